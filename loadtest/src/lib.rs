@@ -1,0 +1,35 @@
+//! crablet-loadtest: the load generator and benchmark of crablet.
+//!
+//! # Layout
+//!
+//! - [`wire`]: the JSON shapes of crablet's HTTP API (requests we send, replies we
+//!   parse) and the URL encoding of `GET /read`. Pure, no I/O.
+//! - [`http`]: one keep-alive HTTP/1.1 connection per virtual client and the typed
+//!   `append`/`read` calls on it, with timeouts and error classification.
+//! - [`stats`]: per-client latency histograms and outcome counters, merged at the end.
+//! - [`report`]: the run report (percentiles, rates, verification) as JSON and as a
+//!   human summary.
+//! - [`scenario`]: what one operation of each scenario sends, and the setup and
+//!   verification a scenario needs around its run.
+//! - [`zipf`]: the Zipf key picker of the hot-keys scenario.
+//! - [`verify`]: pure checkers of DCB invariants over a log read back after a run.
+//! - [`driver`]: the closed-loop and open-loop engines that run N virtual clients for
+//!   a bounded time.
+//! - [`preload`]: fast bulk loading of N events with large batched appends.
+//! - [`bench`]: the one-command benchmark: PostgreSQL, crablet server, baselines
+//!   (pgbench/psql), the goal table of targets.md.
+//!
+//! Traffic goes to loopback addresses only ([`http::Target`] refuses anything else),
+//! and every loop is bounded by a deadline or a count.
+#![forbid(unsafe_code)]
+
+pub mod bench;
+pub mod driver;
+pub mod http;
+pub mod preload;
+pub mod report;
+pub mod scenario;
+pub mod stats;
+pub mod verify;
+pub mod wire;
+pub mod zipf;

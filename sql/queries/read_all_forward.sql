@@ -1,0 +1,6 @@
+-- Every event with after < position < before, ascending. $3: limit.
+SELECT position, type, tags, data
+FROM events
+WHERE position > $1 AND position < $2
+ORDER BY position
+LIMIT $3

@@ -1,0 +1,19 @@
+-- Events matching any probe with $2 < position < $3, ascending, at most $4.
+-- $1: JSON array of probes {"k": key, "tags": [...], "types": [...]}.
+-- Each probe is an ordered index range scan of event_keys, cut at the limit,
+-- joined to events by primary key; the union is deduplicated by position.
+SELECT DISTINCT ON (m.position) m.position, m.type, m.tags, m.data
+FROM jsonb_to_recordset($1::text::jsonb) AS p(k int8, tags text[], types text[])
+CROSS JOIN LATERAL (
+    SELECT e.position, e.type, e.tags, e.data
+    FROM event_keys ek
+    JOIN events e ON e.position = ek.position
+    WHERE ek.key = p.k
+      AND ek.position > $2 AND ek.position < $3
+      AND e.tags @> p.tags
+      AND (cardinality(p.types) = 0 OR e.type = ANY (p.types))
+    ORDER BY ek.position
+    LIMIT $4
+) m
+ORDER BY m.position
+LIMIT $4

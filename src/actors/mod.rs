@@ -1,0 +1,153 @@
+//! Supervised writer and reader actors behind a small typed facade.
+//!
+//! [`EventStore`] is all the HTTP layer sees: `append` and `read_page`. Behind
+//! it, writer lanes ([`writer`]) each own one pooled connection and commit
+//! what is waiting in their queue as one batch; conditional appends are
+//! routed to a lane by the first exclusive key of their footprint, so appends
+//! that may conflict meet in one lane (and are decided in order inside one
+//! batch) while disjoint ones run in parallel. Reader actors ([`reader`]) own
+//! the reader pool and run page queries concurrently.
+//!
+//! Actix types stay in this module: the facade speaks in [`crate::dcb`] and
+//! [`crate::store`] types. A lane that restarts fails every append it held;
+//! a client is never left waiting on an actor that is gone.
+
+pub mod reader;
+pub mod writer;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use actix::{Addr, Arbiter, Supervisor};
+use tokio::sync::oneshot;
+
+use crate::config::{ReaderSettings, WriterSettings};
+use crate::dcb::{CheckedAppend, Query, SequencedEvent};
+use crate::metrics::Metrics;
+use crate::store::{AppendOutcome, Page, Pool, StoreError};
+
+pub use reader::Reader;
+pub use writer::WriterLane;
+
+/// Why the event store could not serve a request.
+#[derive(Debug, thiserror::Error)]
+pub enum EventStoreError {
+    /// Too much waiting already; the client should back off and retry.
+    #[error("overloaded: too many appends waiting")]
+    Overloaded,
+    /// The actor serving the request stopped before answering.
+    #[error("the {0} stopped before answering; retry")]
+    ActorGone(&'static str),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The batch that carried the append failed; shared by its appends.
+    #[error(transparent)]
+    Batch(Arc<StoreError>),
+}
+
+impl EventStoreError {
+    /// The underlying store error, if any.
+    pub fn store_error(&self) -> Option<&StoreError> {
+        match self {
+            EventStoreError::Store(e) => Some(e),
+            EventStoreError::Batch(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// The facade over the writer lanes and reader actors. Cheap to clone.
+#[derive(Clone)]
+pub struct EventStore {
+    lanes: Arc<[Addr<WriterLane>]>,
+    readers: Arc<[Addr<Reader>]>,
+    /// Round robin for appends without a condition, and for reads.
+    next_lane: Arc<AtomicUsize>,
+    next_reader: Arc<AtomicUsize>,
+    /// Kept so the arbiters' threads live as long as the store.
+    _arbiters: Arc<Vec<Arbiter>>,
+}
+
+impl EventStore {
+    /// Starts the writer lanes (on one writer thread) and the reader actors
+    /// (one thread each), supervised. Must run inside an actix system.
+    pub fn start(
+        writer_pool: Pool,
+        writer: &WriterSettings,
+        reader_pool: Pool,
+        reader: &ReaderSettings,
+        metrics: &Metrics,
+    ) -> Self {
+        let mut arbiters = Vec::new();
+        let writer_arbiter = Arbiter::new();
+        let lanes: Vec<Addr<WriterLane>> = (0..writer.lanes)
+            .map(|lane| {
+                let (pool, settings, metrics) = (writer_pool.clone(), writer.clone(), metrics.clone());
+                Supervisor::start_in_arbiter(&writer_arbiter.handle(), move |ctx| {
+                    ctx.set_mailbox_capacity(settings.mailbox_capacity);
+                    WriterLane::new(lane, pool, settings, metrics)
+                })
+            })
+            .collect();
+        arbiters.push(writer_arbiter);
+        metrics.writer_lanes.set(writer.lanes as i64);
+        metrics.writer_max_batch_appends.set(writer.max_batch_appends as i64);
+
+        let readers: Vec<Addr<Reader>> = (0..reader.actors)
+            .map(|_| {
+                let arbiter = Arbiter::new();
+                let (pool, capacity, metrics) = (reader_pool.clone(), reader.mailbox_capacity, metrics.clone());
+                let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |ctx| {
+                    ctx.set_mailbox_capacity(capacity);
+                    Reader::new(pool, metrics)
+                });
+                arbiters.push(arbiter);
+                addr
+            })
+            .collect();
+
+        EventStore {
+            lanes: lanes.into(),
+            readers: readers.into(),
+            next_lane: Arc::new(AtomicUsize::new(0)),
+            next_reader: Arc::new(AtomicUsize::new(0)),
+            _arbiters: Arc::new(arbiters),
+        }
+    }
+
+    /// Appends, waiting for the batch that carries the append to commit.
+    pub async fn append(&self, append: CheckedAppend) -> Result<AppendOutcome, EventStoreError> {
+        let lane = self.route(&append);
+        let (reply, outcome) = oneshot::channel();
+        self.lanes[lane]
+            .send(writer::Append { append, reply })
+            .await
+            .map_err(|_| EventStoreError::ActorGone("writer"))?;
+        outcome
+            .await
+            .map_err(|_| EventStoreError::ActorGone("writer"))?
+    }
+
+    /// Reads one page of the events matching `query`.
+    pub async fn read_page(
+        &self,
+        query: Arc<Query>,
+        page: Page,
+    ) -> Result<Vec<SequencedEvent>, EventStoreError> {
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        self.readers[i]
+            .send(reader::ReadPage { query, page })
+            .await
+            .map_err(|_| EventStoreError::ActorGone("reader"))?
+    }
+
+    /// The lane of an append: by its first exclusive key when it has a
+    /// condition, round robin otherwise.
+    fn route(&self, append: &CheckedAppend) -> usize {
+        let n = self.lanes.len();
+        match append.footprint.exclusive_keys().next() {
+            Some(key) => (key as u64 % n as u64) as usize,
+            None => self.next_lane.fetch_add(1, Ordering::Relaxed) % n,
+        }
+    }
+}

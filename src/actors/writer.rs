@@ -1,0 +1,237 @@
+//! Writer lanes: group commit over one owned connection.
+//!
+//! A lane queues the appends it receives and, whenever no batch is in flight,
+//! takes what is waiting (up to the batch limits) and commits it as one
+//! transaction with [`store::append_batch`]. Batches form only from what is
+//! already waiting: at low load an append is committed alone, at once; under
+//! load the appends that arrive during a commit ride in the next one.
+//!
+//! The lane is supervised. A panic while a batch runs fails that batch's
+//! appends and restarts the lane; a restart fails everything the lane held
+//! (dropping a reply channel answers its client with an error) and resets
+//! the lane to empty with no connection.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::time::Instant;
+
+use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, Supervised, WrapFuture};
+use bb8::PooledConnection;
+use futures_util::FutureExt;
+use tokio::sync::oneshot;
+
+use super::EventStoreError;
+use crate::config::WriterSettings;
+use crate::dcb::CheckedAppend;
+use crate::metrics::Metrics;
+use crate::store::{self, connection::ConnectionManager, AppendOutcome, Pool, StoreError};
+
+type Reply = oneshot::Sender<Result<AppendOutcome, EventStoreError>>;
+type OwnedConnection = PooledConnection<'static, ConnectionManager>;
+
+/// Append `append` and answer on `reply` once its batch has committed.
+pub struct Append {
+    pub append: CheckedAppend,
+    /// Answered exactly once; dropped unanswered only if the lane dies.
+    pub reply: Reply,
+}
+
+impl Message for Append {
+    type Result = ();
+}
+
+/// An append waiting for its batch.
+struct Pending {
+    append: CheckedAppend,
+    reply: Reply,
+}
+
+pub struct WriterLane {
+    /// This lane's number, the label of its metrics.
+    lane: usize,
+    pool: Pool,
+    settings: WriterSettings,
+    metrics: Metrics,
+    /// The lane's own connection; taken out while a batch runs, dropped
+    /// (returned to the pool, which discards it if broken) after a failure.
+    connection: Option<OwnedConnection>,
+    /// Appends waiting for the next batch, in arrival order.
+    pending: VecDeque<Pending>,
+    /// Whether a batch is running; at most one per lane.
+    in_flight: bool,
+    /// This lane's series of `writer_pending_appends`.
+    pending_gauge: prometheus::IntGauge,
+}
+
+impl WriterLane {
+    pub fn new(lane: usize, pool: Pool, settings: WriterSettings, metrics: Metrics) -> Self {
+        let pending_gauge = metrics
+            .writer_pending_appends
+            .with_label_values(&[&lane.to_string()]);
+        WriterLane {
+            pending_gauge,
+            lane,
+            pool,
+            settings,
+            metrics,
+            connection: None,
+            pending: VecDeque::new(),
+            in_flight: false,
+        }
+    }
+
+    fn update_pending_gauge(&self) {
+        self.pending_gauge.set(self.pending.len() as i64);
+    }
+
+    /// Takes the next batch off the queue: at least one append, then more
+    /// while the batch stays within every limit.
+    fn take_batch(&mut self) -> Vec<Pending> {
+        let (mut events, mut keys) = (0, 0);
+        let mut batch = Vec::new();
+        while let Some(next) = self.pending.front() {
+            let (e, k) = (next.append.len(), next.append.footprint.len());
+            let fits = batch.len() < self.settings.max_batch_appends
+                && events + e <= self.settings.max_batch_events
+                && keys + k <= self.settings.max_batch_keys;
+            if !batch.is_empty() && !fits {
+                break;
+            }
+            events += e;
+            keys += k;
+            batch.extend(self.pending.pop_front());
+        }
+        batch
+    }
+
+    /// Starts a batch if none is running and appends are waiting.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.in_flight || self.pending.is_empty() {
+            return;
+        }
+        let batch = self.take_batch();
+        self.update_pending_gauge();
+        self.in_flight = true;
+        let connection = self.connection.take();
+        let pool = self.pool.clone();
+        let work = async move {
+            let started = Instant::now();
+            let mut conn = match connection {
+                Some(conn) => conn,
+                None => match pool.get_owned().await {
+                    Ok(conn) => conn,
+                    Err(e) => return (None, batch, Err(StoreError::from(e)), started),
+                },
+            };
+            let appends: Vec<&CheckedAppend> = batch.iter().map(|p| &p.append).collect();
+            let result = store::append_batch(&mut conn, &appends).await;
+            drop(appends);
+            (Some(conn), batch, result, started)
+        };
+        let guarded = AssertUnwindSafe(work).catch_unwind();
+        ctx.spawn(guarded.into_actor(self).map(|done, lane, ctx| {
+            lane.in_flight = false;
+            match done {
+                Ok((conn, batch, result, started)) => {
+                    lane.finish_batch(conn, batch, result, started);
+                    lane.flush(ctx);
+                }
+                Err(_panic) => {
+                    // The batch's reply channels were dropped while
+                    // unwinding: its clients already have their error.
+                    log::error!("writer lane {} panicked; restarting it", lane.lane);
+                    ctx.stop();
+                }
+            }
+        }));
+    }
+
+    fn finish_batch(
+        &mut self,
+        conn: Option<OwnedConnection>,
+        batch: Vec<Pending>,
+        result: Result<Vec<AppendOutcome>, StoreError>,
+        started: Instant,
+    ) {
+        match result {
+            Ok(outcomes) => {
+                self.connection = conn;
+                self.metrics
+                    .writer_batch_duration_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.metrics.writer_batch_appends.observe(batch.len() as f64);
+                for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                    match outcome {
+                        AppendOutcome::Appended { .. } => {
+                            self.metrics.appends_total.with_label_values(&["appended"]).inc();
+                            self.metrics
+                                .events_appended_total
+                                .inc_by(pending.append.len() as u64);
+                        }
+                        AppendOutcome::ConditionFailed => {
+                            self.metrics
+                                .appends_total
+                                .with_label_values(&["condition_failed"])
+                                .inc();
+                        }
+                    }
+                    // The client may have gone; nothing to do then.
+                    let _ = pending.reply.send(Ok(outcome));
+                }
+            }
+            Err(error) => {
+                // Keep a healthy connection; drop one that is closed or in an
+                // unknown state.
+                self.connection = conn.filter(|c| !c.client.is_closed() && !c.broken);
+                log::warn!(
+                    "writer lane {}: batch of {} appends failed: {error}",
+                    self.lane,
+                    batch.len()
+                );
+                let error = std::sync::Arc::new(error);
+                self.metrics
+                    .appends_total
+                    .with_label_values(&["failed"])
+                    .inc_by(batch.len() as u64);
+                for pending in batch {
+                    let _ = pending
+                        .reply
+                        .send(Err(EventStoreError::Batch(error.clone())));
+                }
+            }
+        }
+    }
+}
+
+impl Actor for WriterLane {
+    type Context = Context<Self>;
+}
+
+impl Supervised for WriterLane {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        // Dropping the queue answers every waiting client with an error.
+        self.pending.clear();
+        self.in_flight = false;
+        self.connection = None;
+        self.update_pending_gauge();
+        self.metrics.actor_restarts_total.with_label_values(&["writer"]).inc();
+    }
+}
+
+impl Handler<Append> for WriterLane {
+    type Result = ();
+
+    fn handle(&mut self, msg: Append, ctx: &mut Context<Self>) {
+        if self.pending.len() >= self.settings.max_pending_appends {
+            self.metrics.appends_total.with_label_values(&["overloaded"]).inc();
+            let _ = msg.reply.send(Err(EventStoreError::Overloaded));
+            return;
+        }
+        self.pending.push_back(Pending {
+            append: msg.append,
+            reply: msg.reply,
+        });
+        self.update_pending_gauge();
+        self.flush(ctx);
+    }
+}

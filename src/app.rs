@@ -1,0 +1,175 @@
+//! [`Application`]: assembles settings into a running server. `main` and the
+//! integration tests build the server through this one entry point.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{middleware, web, App, HttpServer};
+
+use crate::actors::EventStore;
+use crate::config::Settings;
+use crate::embedded::{EmbeddedError, EmbeddedPostgres};
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+use crate::store::{self, PoolSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("invalid database URL: {0}")]
+    DatabaseUrl(#[source] tokio_postgres::Error),
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(#[source] tokio_postgres::Error),
+    #[error("schema migration failed: {0}")]
+    Migrate(#[source] tokio_postgres::Error),
+    #[error("embedded PostgreSQL: {0}")]
+    Embedded(#[from] EmbeddedError),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A server bound to its port, ready to run.
+pub struct Application {
+    port: u16,
+    server: Server,
+    /// The private cluster, when crablet runs one; stopped after the server.
+    embedded: Option<EmbeddedPostgres>,
+}
+
+impl Application {
+    /// Starts the embedded PostgreSQL if no database URL is set, applies the
+    /// schema, starts the actors and binds the listener. Must run inside an
+    /// actix system.
+    pub async fn build(settings: Settings) -> Result<Self, AppError> {
+        let mut embedded = None;
+        let database_url = if settings.database_url.trim().is_empty() {
+            let data_dir = settings.data_dir.clone();
+            let cluster = web::block(move || EmbeddedPostgres::start(&data_dir))
+                .await
+                .map_err(|e| {
+                    AppError::Embedded(EmbeddedError::Io {
+                        context: "starting the embedded PostgreSQL".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    })
+                })??;
+            let url = cluster.connection_string("crablet");
+            embedded = Some(cluster);
+            url
+        } else {
+            settings.database_url.clone()
+        };
+        let pg_config: tokio_postgres::Config =
+            database_url.parse().map_err(AppError::DatabaseUrl)?;
+
+        migrate(&pg_config).await?;
+
+        let metrics = Metrics::new();
+        let statement_timeout = settings.database.statement_timeout();
+        let writer_pool = store::build_pool(
+            &pg_config,
+            &PoolSettings {
+                // One connection per lane, and one spare for a lane that is
+                // replacing a broken one.
+                max_size: settings.writer.lanes as u32 + 1,
+                connection_timeout: settings.writer.connect_timeout(),
+                statement_timeout,
+                application_name: "crablet-writer".into(),
+            },
+        );
+        let reader_pool = store::build_pool(
+            &pg_config,
+            &PoolSettings {
+                max_size: settings.reader.pool_size,
+                connection_timeout: settings.reader.pool_timeout(),
+                statement_timeout,
+                application_name: "crablet-reader".into(),
+            },
+        );
+        let store = EventStore::start(
+            writer_pool,
+            &settings.writer,
+            reader_pool,
+            &settings.reader,
+            &metrics,
+        );
+
+        let listener = TcpListener::bind(&settings.listen).map_err(|source| AppError::Listen {
+            address: settings.listen.clone(),
+            source,
+        })?;
+        let port = listener.local_addr().map_err(|source| AppError::Listen {
+            address: settings.listen.clone(),
+            source,
+        })?.port();
+
+        let state = web::Data::new(AppState {
+            store,
+            limits: settings.limits.clone(),
+            metrics,
+            max_body_bytes: settings.http.max_body_bytes,
+            page_size: settings.reader.page_size,
+        });
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(middleware::from_fn(http::record_metrics))
+                .configure(http::routes)
+        })
+        .max_connections(settings.http.max_connections_per_worker)
+        .shutdown_timeout(settings.http.shutdown_timeout_s)
+        .client_request_timeout(Duration::from_secs(10))
+        .listen(listener)
+        .map_err(|source| AppError::Listen {
+            address: settings.listen.clone(),
+            source,
+        })?;
+        if settings.http.workers > 0 {
+            server = server.workers(settings.http.workers);
+        }
+        log::info!("crablet listening on {}", settings.listen.replace(":0", &format!(":{port}")));
+        Ok(Application {
+            port,
+            server: server.run(),
+            embedded,
+        })
+    }
+
+    /// The port the server listens on (useful with `listen = "...:0"`).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until the server is stopped (SIGINT/SIGTERM), then stops the
+    /// embedded PostgreSQL, if any.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        if let Some(mut cluster) = self.embedded {
+            web::block(move || cluster.stop())
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+        }
+        result
+    }
+}
+
+/// Applies the schema over a connection of its own.
+async fn migrate(config: &tokio_postgres::Config) -> Result<(), AppError> {
+    let (mut client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(AppError::Connect)?;
+    let driver = actix_rt::spawn(async move {
+        if let Err(e) = connection.await {
+            log::warn!("migration connection: {e}");
+        }
+    });
+    let result = store::migrate::run(&mut client).await;
+    drop(client);
+    let _ = driver.await;
+    result.map(|_| ()).map_err(AppError::Migrate)
+}

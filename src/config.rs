@@ -1,0 +1,181 @@
+//! Settings: `config/default.toml` (built in), an optional file, `CRABLET_*`
+//! environment variables and command-line flags, in that order of precedence.
+//!
+//! Durations carry their unit in the key name (`_ms`, `_s`). Nothing here
+//! opens a connection or a socket: [`crate::app`] turns settings into a
+//! running server.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use serde::Deserialize;
+
+use crate::dcb::Limits;
+
+/// The built-in defaults, documented key by key.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub listen: String,
+    /// Empty: run the embedded PostgreSQL under `data_dir`.
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    pub http: HttpSettings,
+    pub writer: WriterSettings,
+    pub reader: ReaderSettings,
+    pub database: DatabaseSettings,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    pub max_body_bytes: usize,
+    pub workers: usize,
+    pub max_connections_per_worker: usize,
+    pub shutdown_timeout_s: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WriterSettings {
+    pub lanes: usize,
+    pub max_batch_appends: usize,
+    pub max_batch_events: usize,
+    pub max_batch_keys: usize,
+    pub max_pending_appends: usize,
+    pub mailbox_capacity: usize,
+    pub connect_timeout_ms: u64,
+}
+
+impl WriterSettings {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReaderSettings {
+    pub actors: usize,
+    pub pool_size: u32,
+    pub pool_timeout_ms: u64,
+    pub page_size: i64,
+    pub mailbox_capacity: usize,
+}
+
+impl ReaderSettings {
+    pub fn pool_timeout(&self) -> Duration {
+        Duration::from_millis(self.pool_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub statement_timeout_ms: u64,
+}
+
+impl DatabaseSettings {
+    pub fn statement_timeout(&self) -> Duration {
+        Duration::from_millis(self.statement_timeout_ms)
+    }
+}
+
+/// Values given on the command line; each, when present, wins over every
+/// other source.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub database_url: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] config::ConfigError),
+    #[error("invalid configuration: {0}")]
+    Value(String),
+}
+
+impl Settings {
+    /// Loads the layered settings: defaults, then `file` if given, then the
+    /// environment, then `overrides`.
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Self, SettingsError> {
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
+        }
+        builder = builder.add_source(
+            Environment::with_prefix("CRABLET")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        if let Some(listen) = overrides.listen {
+            settings.listen = listen;
+        }
+        if let Some(url) = overrides.database_url {
+            settings.database_url = url;
+        }
+        if let Some(dir) = overrides.data_dir {
+            settings.data_dir = dir;
+        }
+        settings.check()?;
+        Ok(settings)
+    }
+
+    /// The defaults alone, as the tests start from.
+    pub fn defaults() -> Self {
+        Self::load(None, Overrides::default()).expect("built-in defaults are valid")
+    }
+
+    fn check(&self) -> Result<(), SettingsError> {
+        let positive = [
+            ("writer.lanes", self.writer.lanes),
+            ("writer.max_batch_appends", self.writer.max_batch_appends),
+            ("writer.max_batch_events", self.writer.max_batch_events),
+            ("writer.max_batch_keys", self.writer.max_batch_keys),
+            ("writer.mailbox_capacity", self.writer.mailbox_capacity),
+            ("reader.actors", self.reader.actors),
+            ("reader.pool_size", self.reader.pool_size as usize),
+            ("reader.page_size", self.reader.page_size.max(0) as usize),
+            ("reader.mailbox_capacity", self.reader.mailbox_capacity),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(SettingsError::Value(format!("{key} must be at least 1")));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_defaults_load_and_match_the_documented_values() {
+        let s = Settings::defaults();
+        assert_eq!(s.listen, "127.0.0.1:8080");
+        assert_eq!(s.database_url, "");
+        assert_eq!(s.data_dir, PathBuf::from("./data"));
+        assert_eq!(s.limits, Limits::default());
+    }
+
+    #[test]
+    fn flags_win_over_everything() {
+        let s = Settings::load(
+            None,
+            Overrides {
+                listen: Some("127.0.0.1:0".into()),
+                database_url: Some("host=/tmp".into()),
+                data_dir: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(s.listen, "127.0.0.1:0");
+        assert_eq!(s.database_url, "host=/tmp");
+    }
+}

@@ -1,0 +1,243 @@
+//! The 64-bit keys of tags and types, and the footprint of an append.
+//!
+//! One key space serves two purposes. In PostgreSQL, `event_keys(key,
+//! position)` indexes every event under the key of each of its tags and of its
+//! type, so a lookup is a B-tree range scan whatever the tag looks like. The
+//! same keys are taken as advisory transaction locks by appends:
+//!
+//! - every append takes the keys of its own events' tags and types, and the
+//!   [`GLOBAL_KEY`], **shared**;
+//! - a conditional append takes, for each item of its condition, the key of
+//!   one tag of the item (or of each type of a type-only item), and for the
+//!   all-query the [`GLOBAL_KEY`], **exclusive**.
+//!
+//! An event that matches a query item carries every tag of the item and one of
+//! its types, so any append that could invalidate a condition meets it on at
+//! least one key, while appends whose footprints do not overlap never wait for
+//! each other. All keys of a transaction are taken in one sorted pass, so no
+//! deadlock is possible. Keys are hashes: a collision can only make two
+//! appends wait for each other, never let a conflict through, because every
+//! index hit is verified against the stored event.
+
+use std::collections::BTreeMap;
+
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+use super::model::{AppendRequest, NewEvent, Query};
+
+/// A key of the shared lock and index key space.
+pub type Key = i64;
+
+/// Seeds separate the domains, so a tag and a type with the same name get
+/// different keys. They are part of the stored format: never change them.
+const TAG_SEED: u64 = 0x7461_6773; // "tags"
+const TYPE_SEED: u64 = 0x7479_7065; // "type"
+
+/// Taken shared by every append and exclusive by a condition on all events.
+pub const GLOBAL_KEY: Key = 0x4352_4142_4c45_5447; // "CRABLETG"
+
+/// Serializes position assignment and commit (gap-free reading): held from the
+/// insert of a batch to its commit. Taken after every other key.
+pub const SEQUENCE_KEY: Key = 0x4352_4142_4c45_5453; // "CRABLETS"
+
+pub fn tag_key(tag: &str) -> Key {
+    xxh3_64_with_seed(tag.as_bytes(), TAG_SEED) as Key
+}
+
+pub fn type_key(event_type: &str) -> Key {
+    xxh3_64_with_seed(event_type.as_bytes(), TYPE_SEED) as Key
+}
+
+/// The index keys of one event: one per distinct tag, and one for its type.
+pub fn event_keys(event: &NewEvent) -> Vec<Key> {
+    let mut keys: Vec<Key> = event.tags.iter().map(|t| tag_key(t)).collect();
+    keys.push(type_key(&event.event_type));
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// How an advisory lock is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LockMode {
+    Shared,
+    Exclusive,
+}
+
+/// One driving index scan of a condition or read: events under `key` that
+/// also carry all of `tags` and (when not empty) have one of `types`.
+/// A `key` of `None` means every event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe<'a> {
+    pub key: Option<Key>,
+    pub tags: &'a [String],
+    pub types: &'a [String],
+}
+
+/// The probes that together find every event matching `query`: one per
+/// tagged item (driven by its first tag), one per type of a type-only item,
+/// and a single unkeyed probe for the all-query.
+pub fn probes(query: &Query) -> Vec<Probe<'_>> {
+    if query.is_all() {
+        return vec![Probe {
+            key: None,
+            tags: &[],
+            types: &[],
+        }];
+    }
+    let mut out = Vec::with_capacity(query.items.len());
+    for item in &query.items {
+        if let Some(first) = item.tags.first() {
+            out.push(Probe {
+                key: Some(tag_key(first)),
+                tags: &item.tags,
+                types: &item.types,
+            });
+        } else {
+            for t in &item.types {
+                out.push(Probe {
+                    key: Some(type_key(t)),
+                    tags: &[],
+                    types: std::slice::from_ref(t),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The advisory locks one append (or a batch of appends) needs, each key with
+/// the strongest mode asked for it, in the order they must be taken.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Footprint {
+    locks: BTreeMap<Key, LockMode>,
+}
+
+impl Footprint {
+    /// The footprint of one append: its events' keys shared, its condition's
+    /// probe keys exclusive.
+    pub fn of_append(request: &AppendRequest) -> Self {
+        let mut fp = Footprint::default();
+        fp.add(GLOBAL_KEY, LockMode::Shared);
+        for event in &request.events {
+            for key in event_keys(event) {
+                fp.add(key, LockMode::Shared);
+            }
+        }
+        if let Some(condition) = &request.condition {
+            for probe in probes(&condition.fail_if_events_match) {
+                fp.add(probe.key.unwrap_or(GLOBAL_KEY), LockMode::Exclusive);
+            }
+        }
+        fp
+    }
+
+    pub fn add(&mut self, key: Key, mode: LockMode) {
+        let entry = self.locks.entry(key).or_insert(mode);
+        if mode > *entry {
+            *entry = mode;
+        }
+    }
+
+    pub fn merge(&mut self, other: &Footprint) {
+        for (&key, &mode) in &other.locks {
+            self.add(key, mode);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.locks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.locks.is_empty()
+    }
+
+    /// The keys in ascending order, the order in which they are locked.
+    pub fn iter(&self) -> impl Iterator<Item = (Key, LockMode)> + '_ {
+        self.locks.iter().map(|(&k, &m)| (k, m))
+    }
+
+    /// The exclusive keys, in ascending order: what a writer routes by.
+    pub fn exclusive_keys(&self) -> impl Iterator<Item = Key> + '_ {
+        self.iter()
+            .filter(|(_, m)| *m == LockMode::Exclusive)
+            .map(|(k, _)| k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dcb::model::{AppendCondition, QueryItem};
+
+    fn strings(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn conditional(tag: &str, condition_tags: &[&str], condition_types: &[&str]) -> AppendRequest {
+        AppendRequest {
+            events: vec![NewEvent {
+                event_type: "Registered".into(),
+                tags: strings(&[tag]),
+                data: "{}".into(),
+            }],
+            condition: Some(AppendCondition {
+                fail_if_events_match: Query {
+                    items: vec![QueryItem {
+                        types: strings(condition_types),
+                        tags: strings(condition_tags),
+                    }],
+                },
+                after: None,
+            }),
+        }
+    }
+
+    fn overlap_exclusively(a: &Footprint, b: &Footprint) -> bool {
+        a.iter().any(|(k, ma)| {
+            b.locks
+                .get(&k)
+                .is_some_and(|mb| ma == LockMode::Exclusive || *mb == LockMode::Exclusive)
+        })
+    }
+
+    #[test]
+    fn appends_on_the_same_key_conflict_and_disjoint_ones_do_not() {
+        let a = Footprint::of_append(&conditional("user:a", &["user:a"], &[]));
+        let a2 = Footprint::of_append(&conditional("user:a", &["user:a"], &[]));
+        let b = Footprint::of_append(&conditional("user:b", &["user:b"], &[]));
+        assert!(overlap_exclusively(&a, &a2));
+        assert!(!overlap_exclusively(&a, &b));
+    }
+
+    #[test]
+    fn a_type_only_condition_meets_every_append_of_that_type() {
+        let cond = Footprint::of_append(&conditional("x", &[], &["Registered"]));
+        let other = Footprint::of_append(&conditional("y", &["y"], &[]));
+        assert!(overlap_exclusively(&cond, &other));
+    }
+
+    #[test]
+    fn a_condition_on_all_events_meets_every_append() {
+        let mut req = conditional("x", &["x"], &[]);
+        req.condition.as_mut().unwrap().fail_if_events_match = Query::all();
+        let all = Footprint::of_append(&req);
+        let other = Footprint::of_append(&conditional("y", &["y"], &[]));
+        assert!(overlap_exclusively(&all, &other));
+    }
+
+    #[test]
+    fn tag_and_type_keys_are_separate_domains() {
+        assert_ne!(tag_key("Registered"), type_key("Registered"));
+    }
+
+    #[test]
+    fn merged_footprints_keep_the_strongest_mode() {
+        let mut fp = Footprint::default();
+        fp.add(5, LockMode::Shared);
+        fp.add(5, LockMode::Exclusive);
+        fp.add(5, LockMode::Shared);
+        assert_eq!(fp.iter().collect::<Vec<_>>(), vec![(5, LockMode::Exclusive)]);
+    }
+}

@@ -1,0 +1,25 @@
+//! The DCB model: events, queries, append conditions and read options, with
+//! their validation and their matching semantics.
+//!
+//! This module is pure: it knows nothing of PostgreSQL, HTTP or actors. The
+//! store and the writer lanes call [`Query::matches`] to decide conditions
+//! inside a batch, and [`footprint`] to derive the lock and index keys that
+//! make those decisions safe across transactions and processes.
+//!
+//! Layout:
+//! - [`model`]: the types, as they appear on the wire (serde) and in memory.
+//! - [`validate`]: the limits and the checks every request passes before it is
+//!   queued; a request that fails them is never written.
+//! - [`footprint`]: the 64-bit keys of tags and types, and which keys an
+//!   append takes shared or exclusive.
+
+pub mod footprint;
+pub mod model;
+pub mod validate;
+
+pub use footprint::{Footprint, Key, LockMode};
+pub use model::{
+    AppendCondition, AppendRequest, NewEvent, Position, Query, QueryItem, ReadOptions,
+    SequencedEvent,
+};
+pub use validate::{CheckedAppend, Limits, ValidationError};

@@ -1,0 +1,177 @@
+//! DCB types as they appear on the wire and in memory, and query matching.
+
+use serde::{Deserialize, Serialize};
+
+/// A position in the global log. Positions start at 1, strictly increase and
+/// may have gaps. Stored as PostgreSQL `bigint`, hence `i64`.
+pub type Position = i64;
+
+/// An event to append: a type, a set of tags and opaque data.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct NewEvent {
+    /// The event type; a query item's `types` match it exactly.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Tags, compared exactly. Duplicates collapse to one (see [`NewEvent::normalize`]).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Opaque payload, returned byte for byte.
+    pub data: String,
+}
+
+impl NewEvent {
+    /// Collapses duplicate tags, keeping the first occurrence of each so that
+    /// a reader gets the tags back in the order they were written.
+    pub fn normalize(&mut self) {
+        if self.tags.len() < 2 {
+            return;
+        }
+        let mut seen = std::collections::HashSet::with_capacity(self.tags.len());
+        self.tags.retain(|tag| seen.insert(tag.clone()));
+    }
+}
+
+/// A stored event, as returned by reads.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct SequencedEvent {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub tags: Vec<String>,
+    pub data: String,
+    pub position: Position,
+}
+
+/// One item of a query: the event's type must be one of `types` (when not
+/// empty) and the event must carry every tag of `tags`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+pub struct QueryItem {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+impl QueryItem {
+    /// Whether an event with this type and these tags matches the item.
+    pub fn matches(&self, event_type: &str, tags: &[String]) -> bool {
+        (self.types.is_empty() || self.types.iter().any(|t| t == event_type))
+            && self.tags.iter().all(|wanted| tags.contains(wanted))
+    }
+}
+
+/// A query: its items are OR-ed; no items at all matches every event.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+pub struct Query {
+    #[serde(default)]
+    pub items: Vec<QueryItem>,
+}
+
+impl Query {
+    /// The query that matches every event.
+    pub fn all() -> Self {
+        Query { items: Vec::new() }
+    }
+
+    /// Whether this query matches every event.
+    pub fn is_all(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn matches(&self, event_type: &str, tags: &[String]) -> bool {
+        self.is_all() || self.items.iter().any(|item| item.matches(event_type, tags))
+    }
+}
+
+/// "Fail if any event matching `fail_if_events_match` has a position greater
+/// than `after`" (any position at all when `after` is absent).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct AppendCondition {
+    #[serde(rename = "failIfEventsMatch")]
+    pub fail_if_events_match: Query,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Position>,
+}
+
+impl AppendCondition {
+    /// The exclusive lower bound of the positions the condition looks at.
+    pub fn after_or_zero(&self) -> Position {
+        self.after.unwrap_or(0)
+    }
+}
+
+/// The body of `POST /append`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct AppendRequest {
+    pub events: Vec<NewEvent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<AppendCondition>,
+}
+
+/// Options of a read. `from` is inclusive (the inclusive upper bound when
+/// reading backwards); `after` is an exclusive alternative to `from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Position>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Position>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    #[serde(default)]
+    pub backwards: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn item(types: &[&str], tag_list: &[&str]) -> QueryItem {
+        QueryItem {
+            types: tags(types),
+            tags: tags(tag_list),
+        }
+    }
+
+    #[test]
+    fn an_item_needs_every_tag_and_one_of_the_types() {
+        let it = item(&["A", "B"], &["x", "y"]);
+        assert!(it.matches("A", &tags(&["y", "x", "z"])));
+        assert!(it.matches("B", &tags(&["x", "y"])));
+        assert!(!it.matches("C", &tags(&["x", "y"])));
+        assert!(!it.matches("A", &tags(&["x"])));
+    }
+
+    #[test]
+    fn items_are_ored_and_the_empty_query_matches_everything() {
+        let q = Query {
+            items: vec![item(&["A"], &[]), item(&[], &["t"])],
+        };
+        assert!(q.matches("A", &[]));
+        assert!(q.matches("Z", &tags(&["t"])));
+        assert!(!q.matches("Z", &tags(&["u"])));
+        assert!(Query::all().matches("anything", &[]));
+    }
+
+    #[test]
+    fn tags_are_compared_exactly() {
+        let it = item(&[], &["a:\"b\",{c}\\ü"]);
+        assert!(it.matches("E", &tags(&["a:\"b\",{c}\\ü"])));
+        assert!(!it.matches("E", &tags(&["a:\"b\",{c}\\u"])));
+    }
+
+    #[test]
+    fn duplicate_tags_collapse_keeping_first_order() {
+        let mut e = NewEvent {
+            event_type: "E".into(),
+            tags: tags(&["b", "a", "b", "c", "a"]),
+            data: String::new(),
+        };
+        e.normalize();
+        assert_eq!(e.tags, tags(&["b", "a", "c"]));
+    }
+}

@@ -1,0 +1,262 @@
+//! Limits on every input dimension, and the checks a request passes before it
+//! reaches a writer or a reader. A request that fails them writes nothing.
+
+use serde::Deserialize;
+
+use super::model::{AppendRequest, Position, Query, ReadOptions};
+
+/// Limits on request shapes. Each comes from configuration (`[limits]`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Limits {
+    /// Events in one append (written atomically, in one transaction).
+    pub max_events_per_append: usize,
+    /// Distinct tags on one event.
+    pub max_tags_per_event: usize,
+    /// Items in one query or append condition.
+    pub max_query_items: usize,
+    /// Tags or types in one query item.
+    pub max_values_per_item: usize,
+    /// Bytes in one type name or tag.
+    pub max_name_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_events_per_append: 1000,
+            max_tags_per_event: 64,
+            max_query_items: 64,
+            max_values_per_item: 64,
+            max_name_bytes: 1024,
+        }
+    }
+}
+
+/// Why a request is invalid. The message names the offending field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("an append needs at least one event")]
+    NoEvents,
+    #[error("an append holds at most {max} events, got {got}")]
+    TooManyEvents { max: usize, got: usize },
+    #[error("{field}: must not be empty")]
+    EmptyName { field: String },
+    #[error("{field}: longer than {max} bytes")]
+    NameTooLong { field: String, max: usize },
+    #[error("{field}: must not contain the NUL character")]
+    NulInName { field: String },
+    #[error("events[{index}].tags: at most {max} tags per event")]
+    TooManyTags { index: usize, max: usize },
+    #[error("{field}: a query item needs `types` or `tags` (or both)")]
+    EmptyQueryItem { field: String },
+    #[error("{field}: at most {max} query items")]
+    TooManyItems { field: String, max: usize },
+    #[error("{field}: at most {max} values")]
+    TooManyValues { field: String, max: usize },
+    #[error("{field}: must not be negative")]
+    NegativePosition { field: String },
+    #[error("options: `from` and `after` exclude each other")]
+    FromAndAfter,
+    #[error("options.limit: must not exceed {max}")]
+    LimitTooLarge { max: u64 },
+}
+
+fn check_name(field: impl Fn() -> String, value: &str, limits: &Limits) -> Result<(), ValidationError> {
+    if value.is_empty() {
+        return Err(ValidationError::EmptyName { field: field() });
+    }
+    if value.len() > limits.max_name_bytes {
+        return Err(ValidationError::NameTooLong {
+            field: field(),
+            max: limits.max_name_bytes,
+        });
+    }
+    if value.contains('\0') {
+        return Err(ValidationError::NulInName { field: field() });
+    }
+    Ok(())
+}
+
+fn check_position(field: &str, value: Option<Position>) -> Result<(), ValidationError> {
+    match value {
+        Some(p) if p < 0 => Err(ValidationError::NegativePosition {
+            field: field.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Validates a query; `field` names it in messages (`query`, `condition.failIfEventsMatch`).
+pub fn validate_query(field: &str, query: &Query, limits: &Limits) -> Result<(), ValidationError> {
+    if query.items.len() > limits.max_query_items {
+        return Err(ValidationError::TooManyItems {
+            field: format!("{field}.items"),
+            max: limits.max_query_items,
+        });
+    }
+    for (i, item) in query.items.iter().enumerate() {
+        if item.types.is_empty() && item.tags.is_empty() {
+            return Err(ValidationError::EmptyQueryItem {
+                field: format!("{field}.items[{i}]"),
+            });
+        }
+        for (name, values) in [("types", &item.types), ("tags", &item.tags)] {
+            if values.len() > limits.max_values_per_item {
+                return Err(ValidationError::TooManyValues {
+                    field: format!("{field}.items[{i}].{name}"),
+                    max: limits.max_values_per_item,
+                });
+            }
+            for (j, value) in values.iter().enumerate() {
+                check_name(|| format!("{field}.items[{i}].{name}[{j}]"), value, limits)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Validates an append and normalizes its events (duplicate tags collapse).
+pub fn validate_append(request: &mut AppendRequest, limits: &Limits) -> Result<(), ValidationError> {
+    if request.events.is_empty() {
+        return Err(ValidationError::NoEvents);
+    }
+    if request.events.len() > limits.max_events_per_append {
+        return Err(ValidationError::TooManyEvents {
+            max: limits.max_events_per_append,
+            got: request.events.len(),
+        });
+    }
+    for (i, event) in request.events.iter_mut().enumerate() {
+        check_name(|| format!("events[{i}].type"), &event.event_type, limits)?;
+        event.normalize();
+        if event.tags.len() > limits.max_tags_per_event {
+            return Err(ValidationError::TooManyTags {
+                index: i,
+                max: limits.max_tags_per_event,
+            });
+        }
+        for (j, tag) in event.tags.iter().enumerate() {
+            check_name(|| format!("events[{i}].tags[{j}]"), tag, limits)?;
+        }
+    }
+    if let Some(condition) = &request.condition {
+        validate_query("condition.failIfEventsMatch", &condition.fail_if_events_match, limits)?;
+        check_position("condition.after", condition.after)?;
+    }
+    Ok(())
+}
+
+/// Validates read options.
+pub fn validate_read_options(options: &ReadOptions) -> Result<(), ValidationError> {
+    check_position("options.from", options.from)?;
+    check_position("options.after", options.after)?;
+    if options.from.is_some() && options.after.is_some() {
+        return Err(ValidationError::FromAndAfter);
+    }
+    if let Some(limit) = options.limit {
+        if limit > i64::MAX as u64 {
+            return Err(ValidationError::LimitTooLarge { max: i64::MAX as u64 });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dcb::model::{AppendCondition, NewEvent, QueryItem};
+
+    fn event(t: &str, tags: &[&str]) -> NewEvent {
+        NewEvent {
+            event_type: t.into(),
+            tags: tags.iter().map(|s| s.to_string()).collect(),
+            data: "{}".into(),
+        }
+    }
+
+    fn append(events: Vec<NewEvent>, condition: Option<AppendCondition>) -> AppendRequest {
+        AppendRequest { events, condition }
+    }
+
+    #[test]
+    fn an_append_without_events_is_rejected() {
+        let err = validate_append(&mut append(vec![], None), &Limits::default()).unwrap_err();
+        assert_eq!(err, ValidationError::NoEvents);
+    }
+
+    #[test]
+    fn empty_and_nul_names_are_rejected_with_their_path() {
+        let limits = Limits::default();
+        let err = validate_append(&mut append(vec![event("", &[])], None), &limits).unwrap_err();
+        assert_eq!(err.to_string(), "events[0].type: must not be empty");
+        let err = validate_append(&mut append(vec![event("E", &["ok", "a\0b"])], None), &limits)
+            .unwrap_err();
+        assert_eq!(err.to_string(), "events[0].tags[1]: must not contain the NUL character");
+    }
+
+    #[test]
+    fn a_query_item_without_types_or_tags_is_rejected() {
+        let condition = AppendCondition {
+            fail_if_events_match: Query {
+                items: vec![QueryItem::default()],
+            },
+            after: None,
+        };
+        let err = validate_append(&mut append(vec![event("E", &[])], Some(condition)), &Limits::default())
+            .unwrap_err();
+        assert!(matches!(err, ValidationError::EmptyQueryItem { .. }));
+    }
+
+    #[test]
+    fn negative_positions_and_from_with_after_are_rejected() {
+        let options = ReadOptions {
+            from: Some(-1),
+            ..Default::default()
+        };
+        assert!(validate_read_options(&options).is_err());
+        let options = ReadOptions {
+            from: Some(1),
+            after: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(validate_read_options(&options), Err(ValidationError::FromAndAfter));
+    }
+
+    #[test]
+    fn too_many_events_are_rejected() {
+        let limits = Limits {
+            max_events_per_append: 2,
+            ..Default::default()
+        };
+        let events = vec![event("E", &[]), event("E", &[]), event("E", &[])];
+        assert!(matches!(
+            validate_append(&mut append(events, None), &limits),
+            Err(ValidationError::TooManyEvents { max: 2, got: 3 })
+        ));
+    }
+}
+
+/// An append that passed validation, with its footprint computed once: the
+/// only form in which an append reaches a writer.
+#[derive(Debug, Clone)]
+pub struct CheckedAppend {
+    pub request: AppendRequest,
+    pub footprint: super::Footprint,
+}
+
+impl CheckedAppend {
+    pub fn new(mut request: AppendRequest, limits: &Limits) -> Result<Self, ValidationError> {
+        validate_append(&mut request, limits)?;
+        let footprint = super::Footprint::of_append(&request);
+        Ok(CheckedAppend { request, footprint })
+    }
+
+    /// Number of events the append writes.
+    pub fn len(&self) -> usize {
+        self.request.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.request.events.is_empty()
+    }
+}

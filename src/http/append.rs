@@ -1,0 +1,41 @@
+//! `POST /append`.
+
+use std::time::Instant;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Serialize;
+
+use super::{read_body, ApiError, AppState};
+use crate::dcb::{AppendRequest, CheckedAppend, Position};
+use crate::store::AppendOutcome;
+
+/// The response of an append: the contract's two fields, plus the position
+/// of the last event written.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppendResponse {
+    pub duration_in_microseconds: u64,
+    pub append_condition_failed: bool,
+    pub last_position: Option<Position>,
+}
+
+pub async fn append(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    let body = read_body(&req, payload, state.max_body_bytes).await?;
+    let request: AppendRequest = serde_json::from_slice(&body)?;
+    let append = CheckedAppend::new(request, &state.limits)?;
+    let outcome = state.store.append(append).await?;
+    let (failed, last_position) = match outcome {
+        AppendOutcome::Appended { last, .. } => (false, Some(last)),
+        AppendOutcome::ConditionFailed => (true, None),
+    };
+    Ok(HttpResponse::Ok().json(AppendResponse {
+        duration_in_microseconds: started.elapsed().as_micros() as u64,
+        append_condition_failed: failed,
+        last_position,
+    }))
+}

@@ -1,0 +1,118 @@
+//! The one place where failures become HTTP responses.
+//!
+//! Every error body is JSON, `{"error": {"code": "...", "message": "..."}}`,
+//! with a stable machine-readable code: 400 for invalid input, 404/405 for
+//! unknown routes, 413 for bodies over the limit, 503 when crablet or the
+//! database is overloaded or unavailable, and 500 with an opaque message for
+//! anything unexpected (the full error chain is logged, never sent).
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::actors::EventStoreError;
+use crate::dcb::ValidationError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body or a parameter is not valid JSON of the expected shape.
+    #[error("{0}")]
+    InvalidJson(String),
+    /// Well-formed input that breaks a DCB rule or a limit.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("request body exceeds {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("no route for {0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// crablet sheds load; retry later.
+    #[error("{0}")]
+    Overloaded(String),
+    /// The database is unreachable or a worker restarted; retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else. The message stays in the log.
+    #[error("internal error")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidJson(_) => "invalid_json",
+            ApiError::Invalid(_) => "invalid_request",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Overloaded(_) => "overloaded",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidJson(_) | ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Overloaded(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Internal(detail) = self {
+            log::error!("internal error: {detail}");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code(),
+                message: self.to_string(),
+            },
+        };
+        let mut response = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::Overloaded(_) | ApiError::Unavailable(_)) {
+            response.insert_header(("Retry-After", "1"));
+        }
+        response.json(body)
+    }
+}
+
+impl From<EventStoreError> for ApiError {
+    fn from(err: EventStoreError) -> Self {
+        match &err {
+            EventStoreError::Overloaded => ApiError::Overloaded(err.to_string()),
+            EventStoreError::ActorGone(_) => ApiError::Unavailable(err.to_string()),
+            _ => match err.store_error() {
+                Some(store) if store.is_unavailable() => {
+                    log::warn!("database unavailable: {store:?}");
+                    ApiError::Unavailable("database unavailable; retry".into())
+                }
+                Some(store) => ApiError::Internal(format!("{store}: {store:?}")),
+                None => ApiError::Internal(format!("{err:?}")),
+            },
+        }
+    }
+}
+
+impl From<serde_json::Error> for ApiError {
+    fn from(err: serde_json::Error) -> Self {
+        ApiError::InvalidJson(err.to_string())
+    }
+}

@@ -1,0 +1,259 @@
+//! `GET /read` and `POST /read`: streamed JSON arrays of events.
+//!
+//! The first page is fetched before the response starts, so a database
+//! failure still gets a proper status. Later pages are fetched as the client
+//! consumes the body, one bounded query each; nothing buffers the whole
+//! result. A failure after the first page aborts the connection, so a client
+//! never mistakes a truncated array for a complete one.
+
+use std::sync::Arc;
+
+use actix_web::web::Bytes;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::stream;
+use serde::Deserialize;
+
+use super::{read_body, ApiError, AppState};
+use crate::actors::EventStore;
+use crate::dcb::validate::{validate_query, validate_read_options};
+use crate::dcb::{Position, Query, ReadOptions, SequencedEvent};
+use crate::store::Page;
+
+/// Query string of `GET /read`: both values are URL-encoded JSON.
+#[derive(Deserialize)]
+pub struct ReadParams {
+    query: Option<String>,
+    options: Option<String>,
+}
+
+/// Body of `POST /read`.
+#[derive(Deserialize)]
+pub struct ReadBody {
+    #[serde(default)]
+    query: Query,
+    #[serde(default)]
+    options: ReadOptions,
+}
+
+pub async fn read_get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let params = web::Query::<ReadParams>::from_query(req.query_string())
+        .map_err(|e| ApiError::InvalidJson(format!("query string: {e}")))?;
+    let query = match params.query.as_deref() {
+        Some(text) => serde_json::from_str(text)
+            .map_err(|e| ApiError::InvalidJson(format!("query: {e}")))?,
+        None => Query::all(),
+    };
+    let options = match params.options.as_deref() {
+        Some(text) => serde_json::from_str(text)
+            .map_err(|e| ApiError::InvalidJson(format!("options: {e}")))?,
+        None => ReadOptions::default(),
+    };
+    respond(&state, query, options).await
+}
+
+pub async fn read_post(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(&req, payload, state.max_body_bytes).await?;
+    let body: ReadBody = if body.is_empty() {
+        ReadBody {
+            query: Query::all(),
+            options: ReadOptions::default(),
+        }
+    } else {
+        serde_json::from_slice(&body)?
+    };
+    respond(&state, body.query, body.options).await
+}
+
+async fn respond(state: &AppState, query: Query, options: ReadOptions) -> Result<HttpResponse, ApiError> {
+    validate_query("query", &query, &state.limits)?;
+    validate_read_options(&options)?;
+    let mut cursor = Cursor::new(Arc::new(query), &options, state.page_size);
+    let store = state.store.clone();
+    let first = cursor.next_page(&store).await?.unwrap_or_default();
+    let mut encoder = Encoder::default();
+    let head = encoder.page(&first, cursor.done);
+    let mut response = HttpResponse::Ok();
+    response.content_type("application/json");
+    if cursor.done {
+        return Ok(response.body(head));
+    }
+    let rest = stream::unfold(
+        (cursor, encoder, store),
+        |(mut cursor, mut encoder, store)| async move {
+            if encoder.closed {
+                return None;
+            }
+            match cursor.next_page(&store).await {
+                Ok(page) => {
+                    let chunk = encoder.page(&page.unwrap_or_default(), cursor.done);
+                    Some((Ok(chunk), (cursor, encoder, store)))
+                }
+                Err(e) => {
+                    log::warn!("read stream aborted: {e}");
+                    encoder.closed = true;
+                    Some((Err(ApiError::from(e)), (cursor, encoder, store)))
+                }
+            }
+        },
+    );
+    let body = futures_util::StreamExt::chain(stream::once(async move { Ok::<_, ApiError>(head) }), rest);
+    Ok(response.streaming(body))
+}
+
+/// Where a read stands: the open interval still to read and how many events
+/// it may still return.
+struct Cursor {
+    query: Arc<Query>,
+    after: Position,
+    before: Position,
+    backwards: bool,
+    remaining: Option<u64>,
+    page_size: i64,
+    done: bool,
+}
+
+impl Cursor {
+    fn new(query: Arc<Query>, options: &ReadOptions, page_size: i64) -> Self {
+        let (after, before) = if options.backwards {
+            (
+                options.after.unwrap_or(0),
+                options.from.map_or(Position::MAX, |f| f.saturating_add(1)),
+            )
+        } else {
+            (
+                options.after.unwrap_or_else(|| options.from.map_or(0, |f| (f - 1).max(0))),
+                Position::MAX,
+            )
+        };
+        Cursor {
+            query,
+            after,
+            before,
+            backwards: options.backwards,
+            remaining: options.limit,
+            page_size,
+            done: false,
+        }
+    }
+
+    /// The next page, or `None` once the read is complete.
+    async fn next_page(
+        &mut self,
+        store: &EventStore,
+    ) -> Result<Option<Vec<SequencedEvent>>, crate::actors::EventStoreError> {
+        if self.done {
+            return Ok(None);
+        }
+        let limit = match self.remaining {
+            Some(r) => (r.min(self.page_size as u64)) as i64,
+            None => self.page_size,
+        };
+        if limit == 0 || self.after.saturating_add(1) >= self.before {
+            self.done = true;
+            return Ok(Some(Vec::new()));
+        }
+        let page = Page {
+            after: self.after,
+            before: self.before,
+            backwards: self.backwards,
+            limit,
+        };
+        let events = store.read_page(self.query.clone(), page).await?;
+        if let Some(last) = events.last() {
+            if self.backwards {
+                self.before = last.position;
+            } else {
+                self.after = last.position;
+            }
+        }
+        if let Some(r) = self.remaining.as_mut() {
+            *r -= events.len() as u64;
+        }
+        if (events.len() as i64) < limit || self.remaining == Some(0) {
+            self.done = true;
+        }
+        Ok(Some(events))
+    }
+}
+
+/// Writes the JSON array piece by piece.
+#[derive(Default)]
+struct Encoder {
+    opened: bool,
+    any: bool,
+    closed: bool,
+}
+
+impl Encoder {
+    fn page(&mut self, events: &[SequencedEvent], last: bool) -> Bytes {
+        let mut out = Vec::with_capacity(events.len() * 128 + 2);
+        if !self.opened {
+            out.push(b'[');
+            self.opened = true;
+        }
+        for event in events {
+            if self.any {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut out, event).expect("events serialize");
+            self.any = true;
+        }
+        if last {
+            out.push(b']');
+            self.closed = true;
+        }
+        Bytes::from(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(position: Position) -> SequencedEvent {
+        SequencedEvent {
+            event_type: "E".into(),
+            tags: vec!["t".into()],
+            data: "d".into(),
+            position,
+        }
+    }
+
+    #[test]
+    fn pages_join_into_one_json_array() {
+        let mut enc = Encoder::default();
+        let mut out = Vec::new();
+        out.extend_from_slice(&enc.page(&[event(1), event(2)], false));
+        out.extend_from_slice(&enc.page(&[], false));
+        out.extend_from_slice(&enc.page(&[event(3)], true));
+        let parsed: Vec<SequencedEvent> = serde_json::from_slice(&out).unwrap();
+        assert_eq!(parsed.iter().map(|e| e.position).collect::<Vec<_>>(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn an_empty_read_is_an_empty_array() {
+        let mut enc = Encoder::default();
+        assert_eq!(&enc.page(&[], true)[..], b"[]");
+    }
+
+    #[test]
+    fn from_is_inclusive_in_both_directions() {
+        let q = Arc::new(Query::all());
+        let fwd = Cursor::new(q.clone(), &ReadOptions { from: Some(5), ..Default::default() }, 10);
+        assert_eq!((fwd.after, fwd.before), (4, Position::MAX));
+        let back = Cursor::new(
+            q,
+            &ReadOptions {
+                from: Some(5),
+                backwards: true,
+                ..Default::default()
+            },
+            10,
+        );
+        assert_eq!((back.after, back.before), (0, 6));
+    }
+}

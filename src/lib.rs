@@ -1,0 +1,29 @@
+//! crablet: a Dynamic Consistency Boundary (DCB) event store on PostgreSQL.
+//!
+//! # Layout
+//!
+//! - [`dcb`]: the model (events, queries, conditions), validation, matching
+//!   and the lock/index key footprint of an append. Pure: no I/O.
+//! - [`store`]: the only module that speaks SQL: schema migrations, pooled
+//!   connections with prepared statements, batch appends, paged reads.
+//! - [`actors`]: supervised writer lanes (group commit, keyed routing) and
+//!   reader actors, each owning its pooled connections, behind the small typed
+//!   facade [`actors::EventStore`].
+//! - [`http`]: actix-web routes, request parsing, error mapping, streaming.
+//! - [`metrics`]: every Prometheus metric, with its help text and buckets.
+//! - [`config`]: layered settings (`config/default.toml`, `CRABLET_*`, flags).
+//! - [`embedded`]: the private PostgreSQL cluster used when no database URL
+//!   is configured.
+//! - [`app`]: [`app::Application`], which assembles all of the above; used by
+//!   `main` and by the tests alike.
+
+#![forbid(unsafe_code)]
+
+pub mod actors;
+pub mod app;
+pub mod config;
+pub mod dcb;
+pub mod embedded;
+pub mod http;
+pub mod metrics;
+pub mod store;
