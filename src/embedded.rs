@@ -260,8 +260,9 @@ impl EmbeddedPostgres {
         }
         self.owns_server = false;
         log::info!("stopped PostgreSQL in {}", self.pgdata.display());
-        if self.socket_dir.starts_with(TMP_SOCKET_PARENT) {
-            // Best effort: empty once the server is down; recreated on start.
+        if !self.socket_dir.starts_with(&self.data_dir) {
+            // The /tmp fallback: do not leave it behind. Best effort: it is empty
+            // once the server is down, and recreated on start.
             let _ = fs::remove_dir(&self.socket_dir);
         }
         Ok(())
