@@ -101,10 +101,13 @@ impl Application {
             address: settings.listen.clone(),
             source,
         })?;
-        let port = listener.local_addr().map_err(|source| AppError::Listen {
-            address: settings.listen.clone(),
-            source,
-        })?.port();
+        let port = listener
+            .local_addr()
+            .map_err(|source| AppError::Listen {
+                address: settings.listen.clone(),
+                source,
+            })?
+            .port();
 
         let state = web::Data::new(AppState {
             store,
@@ -130,7 +133,10 @@ impl Application {
         if settings.http.workers > 0 {
             server = server.workers(settings.http.workers);
         }
-        log::info!("crablet listening on {}", settings.listen.replace(":0", &format!(":{port}")));
+        log::info!(
+            "crablet listening on {}",
+            settings.listen.replace(":0", &format!(":{port}"))
+        );
         Ok(Application {
             port,
             server: server.run(),

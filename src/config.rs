@@ -101,7 +101,8 @@ impl Settings {
     /// Loads the layered settings: defaults, then `file` if given, then the
     /// environment, then `overrides`.
     pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Self, SettingsError> {
-        let mut builder = Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
         if let Some(path) = file {
             builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
         }

@@ -8,7 +8,11 @@ use crablet::app::Application;
 use crablet::config::{Overrides, Settings};
 
 #[derive(Parser)]
-#[command(name = "crablet", version, about = "A DCB event-store server on PostgreSQL")]
+#[command(
+    name = "crablet",
+    version,
+    about = "A DCB event-store server on PostgreSQL"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,7 +77,9 @@ fn main() -> ExitCode {
 fn serve(config: Option<PathBuf>, overrides: Overrides) -> Result<(), String> {
     let settings = Settings::load(config.as_deref(), overrides).map_err(|e| e.to_string())?;
     actix_web::rt::System::new().block_on(async move {
-        let app = Application::build(settings).await.map_err(|e| e.to_string())?;
+        let app = Application::build(settings)
+            .await
+            .map_err(|e| e.to_string())?;
         app.run_until_stopped().await.map_err(|e| e.to_string())
     })
 }

@@ -12,8 +12,8 @@ use prometheus::{
 
 /// Latency buckets in seconds, 50 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 10.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
 ];
 
 /// Appends per batch.
@@ -51,13 +51,19 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("crablet".into()), None).expect("valid prefix");
         let http_requests_total = IntCounterVec::new(
-            Opts::new("http_requests_total", "HTTP requests by route, method and status"),
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by route, method and status",
+            ),
             &["route", "method", "status"],
         )
         .expect("valid metric");
         let http_request_duration_seconds = HistogramVec::new(
-            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency by route")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "HTTP request latency by route",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["route"],
         )
         .expect("valid metric");
@@ -69,8 +75,11 @@ impl Metrics {
         let events_appended_total =
             IntCounter::new("events_appended_total", "Events written").expect("valid metric");
         let writer_batch_appends = Histogram::with_opts(
-            HistogramOpts::new("writer_batch_appends", "Appends committed in one transaction")
-                .buckets(BATCH_SIZE_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "writer_batch_appends",
+                "Appends committed in one transaction",
+            )
+            .buckets(BATCH_SIZE_BUCKETS.to_vec()),
         )
         .expect("valid metric");
         let writer_batch_duration_seconds = Histogram::with_opts(

@@ -82,7 +82,8 @@ impl EventStore {
         let writer_arbiter = Arbiter::new();
         let lanes: Vec<Addr<WriterLane>> = (0..writer.lanes)
             .map(|lane| {
-                let (pool, settings, metrics) = (writer_pool.clone(), writer.clone(), metrics.clone());
+                let (pool, settings, metrics) =
+                    (writer_pool.clone(), writer.clone(), metrics.clone());
                 Supervisor::start_in_arbiter(&writer_arbiter.handle(), move |ctx| {
                     ctx.set_mailbox_capacity(settings.mailbox_capacity);
                     WriterLane::new(lane, pool, settings, metrics)
@@ -91,12 +92,18 @@ impl EventStore {
             .collect();
         arbiters.push(writer_arbiter);
         metrics.writer_lanes.set(writer.lanes as i64);
-        metrics.writer_max_batch_appends.set(writer.max_batch_appends as i64);
+        metrics
+            .writer_max_batch_appends
+            .set(writer.max_batch_appends as i64);
 
         let readers: Vec<Addr<Reader>> = (0..reader.actors)
             .map(|_| {
                 let arbiter = Arbiter::new();
-                let (pool, capacity, metrics) = (reader_pool.clone(), reader.mailbox_capacity, metrics.clone());
+                let (pool, capacity, metrics) = (
+                    reader_pool.clone(),
+                    reader.mailbox_capacity,
+                    metrics.clone(),
+                );
                 let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |ctx| {
                     ctx.set_mailbox_capacity(capacity);
                     Reader::new(pool, metrics)

@@ -43,7 +43,10 @@ impl Supervised for Reader {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
         // Reads in flight are tasks of their own; they finish or fail on
         // their own and their callers get an answer either way.
-        self.metrics.actor_restarts_total.with_label_values(&["reader"]).inc();
+        self.metrics
+            .actor_restarts_total
+            .with_label_values(&["reader"])
+            .inc();
     }
 }
 

@@ -15,7 +15,10 @@ use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
-use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, Supervised, WrapFuture};
+use actix::{
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, Supervised,
+    WrapFuture,
+};
 use bb8::PooledConnection;
 use futures_util::FutureExt;
 use tokio::sync::oneshot;
@@ -159,11 +162,16 @@ impl WriterLane {
                 self.metrics
                     .writer_batch_duration_seconds
                     .observe(started.elapsed().as_secs_f64());
-                self.metrics.writer_batch_appends.observe(batch.len() as f64);
+                self.metrics
+                    .writer_batch_appends
+                    .observe(batch.len() as f64);
                 for (pending, outcome) in batch.into_iter().zip(outcomes) {
                     match outcome {
                         AppendOutcome::Appended { .. } => {
-                            self.metrics.appends_total.with_label_values(&["appended"]).inc();
+                            self.metrics
+                                .appends_total
+                                .with_label_values(&["appended"])
+                                .inc();
                             self.metrics
                                 .events_appended_total
                                 .inc_by(pending.append.len() as u64);
@@ -214,7 +222,10 @@ impl Supervised for WriterLane {
         self.in_flight = false;
         self.connection = None;
         self.update_pending_gauge();
-        self.metrics.actor_restarts_total.with_label_values(&["writer"]).inc();
+        self.metrics
+            .actor_restarts_total
+            .with_label_values(&["writer"])
+            .inc();
     }
 }
 
@@ -223,7 +234,10 @@ impl Handler<Append> for WriterLane {
 
     fn handle(&mut self, msg: Append, ctx: &mut Context<Self>) {
         if self.pending.len() >= self.settings.max_pending_appends {
-            self.metrics.appends_total.with_label_values(&["overloaded"]).inc();
+            self.metrics
+                .appends_total
+                .with_label_values(&["overloaded"])
+                .inc();
             let _ = msg.reply.send(Err(EventStoreError::Overloaded));
             return;
         }

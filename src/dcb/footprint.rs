@@ -238,6 +238,9 @@ mod tests {
         fp.add(5, LockMode::Shared);
         fp.add(5, LockMode::Exclusive);
         fp.add(5, LockMode::Shared);
-        assert_eq!(fp.iter().collect::<Vec<_>>(), vec![(5, LockMode::Exclusive)]);
+        assert_eq!(
+            fp.iter().collect::<Vec<_>>(),
+            vec![(5, LockMode::Exclusive)]
+        );
     }
 }

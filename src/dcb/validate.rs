@@ -61,7 +61,11 @@ pub enum ValidationError {
     LimitTooLarge { max: u64 },
 }
 
-fn check_name(field: impl Fn() -> String, value: &str, limits: &Limits) -> Result<(), ValidationError> {
+fn check_name(
+    field: impl Fn() -> String,
+    value: &str,
+    limits: &Limits,
+) -> Result<(), ValidationError> {
     if value.is_empty() {
         return Err(ValidationError::EmptyName { field: field() });
     }
@@ -116,7 +120,10 @@ pub fn validate_query(field: &str, query: &Query, limits: &Limits) -> Result<(),
 }
 
 /// Validates an append and normalizes its events (duplicate tags collapse).
-pub fn validate_append(request: &mut AppendRequest, limits: &Limits) -> Result<(), ValidationError> {
+pub fn validate_append(
+    request: &mut AppendRequest,
+    limits: &Limits,
+) -> Result<(), ValidationError> {
     if request.events.is_empty() {
         return Err(ValidationError::NoEvents);
     }
@@ -140,7 +147,11 @@ pub fn validate_append(request: &mut AppendRequest, limits: &Limits) -> Result<(
         }
     }
     if let Some(condition) = &request.condition {
-        validate_query("condition.failIfEventsMatch", &condition.fail_if_events_match, limits)?;
+        validate_query(
+            "condition.failIfEventsMatch",
+            &condition.fail_if_events_match,
+            limits,
+        )?;
         check_position("condition.after", condition.after)?;
     }
     Ok(())
@@ -155,7 +166,9 @@ pub fn validate_read_options(options: &ReadOptions) -> Result<(), ValidationErro
     }
     if let Some(limit) = options.limit {
         if limit > i64::MAX as u64 {
-            return Err(ValidationError::LimitTooLarge { max: i64::MAX as u64 });
+            return Err(ValidationError::LimitTooLarge {
+                max: i64::MAX as u64,
+            });
         }
     }
     Ok(())
@@ -189,9 +202,15 @@ mod tests {
         let limits = Limits::default();
         let err = validate_append(&mut append(vec![event("", &[])], None), &limits).unwrap_err();
         assert_eq!(err.to_string(), "events[0].type: must not be empty");
-        let err = validate_append(&mut append(vec![event("E", &["ok", "a\0b"])], None), &limits)
-            .unwrap_err();
-        assert_eq!(err.to_string(), "events[0].tags[1]: must not contain the NUL character");
+        let err = validate_append(
+            &mut append(vec![event("E", &["ok", "a\0b"])], None),
+            &limits,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "events[0].tags[1]: must not contain the NUL character"
+        );
     }
 
     #[test]
@@ -202,8 +221,11 @@ mod tests {
             },
             after: None,
         };
-        let err = validate_append(&mut append(vec![event("E", &[])], Some(condition)), &Limits::default())
-            .unwrap_err();
+        let err = validate_append(
+            &mut append(vec![event("E", &[])], Some(condition)),
+            &Limits::default(),
+        )
+        .unwrap_err();
         assert!(matches!(err, ValidationError::EmptyQueryItem { .. }));
     }
 
@@ -219,7 +241,10 @@ mod tests {
             after: Some(1),
             ..Default::default()
         };
-        assert_eq!(validate_read_options(&options), Err(ValidationError::FromAndAfter));
+        assert_eq!(
+            validate_read_options(&options),
+            Err(ValidationError::FromAndAfter)
+        );
     }
 
     #[test]

@@ -35,12 +35,16 @@ pub struct ReadBody {
     options: ReadOptions,
 }
 
-pub async fn read_get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn read_get(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let params = web::Query::<ReadParams>::from_query(req.query_string())
         .map_err(|e| ApiError::InvalidJson(format!("query string: {e}")))?;
     let query = match params.query.as_deref() {
-        Some(text) => serde_json::from_str(text)
-            .map_err(|e| ApiError::InvalidJson(format!("query: {e}")))?,
+        Some(text) => {
+            serde_json::from_str(text).map_err(|e| ApiError::InvalidJson(format!("query: {e}")))?
+        }
         None => Query::all(),
     };
     let options = match params.options.as_deref() {
@@ -68,7 +72,11 @@ pub async fn read_post(
     respond(&state, body.query, body.options).await
 }
 
-async fn respond(state: &AppState, query: Query, options: ReadOptions) -> Result<HttpResponse, ApiError> {
+async fn respond(
+    state: &AppState,
+    query: Query,
+    options: ReadOptions,
+) -> Result<HttpResponse, ApiError> {
     validate_query("query", &query, &state.limits)?;
     validate_read_options(&options)?;
     let mut cursor = Cursor::new(Arc::new(query), &options, state.page_size);
@@ -100,7 +108,8 @@ async fn respond(state: &AppState, query: Query, options: ReadOptions) -> Result
             }
         },
     );
-    let body = futures_util::StreamExt::chain(stream::once(async move { Ok::<_, ApiError>(head) }), rest);
+    let body =
+        futures_util::StreamExt::chain(stream::once(async move { Ok::<_, ApiError>(head) }), rest);
     Ok(response.streaming(body))
 }
 
@@ -125,7 +134,9 @@ impl Cursor {
             )
         } else {
             (
-                options.after.unwrap_or_else(|| options.from.map_or(0, |f| (f - 1).max(0))),
+                options
+                    .after
+                    .unwrap_or_else(|| options.from.map_or(0, |f| (f - 1).max(0))),
                 Position::MAX,
             )
         };
@@ -231,7 +242,10 @@ mod tests {
         out.extend_from_slice(&enc.page(&[], false));
         out.extend_from_slice(&enc.page(&[event(3)], true));
         let parsed: Vec<SequencedEvent> = serde_json::from_slice(&out).unwrap();
-        assert_eq!(parsed.iter().map(|e| e.position).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(
+            parsed.iter().map(|e| e.position).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
     }
 
     #[test]
@@ -243,7 +257,14 @@ mod tests {
     #[test]
     fn from_is_inclusive_in_both_directions() {
         let q = Arc::new(Query::all());
-        let fwd = Cursor::new(q.clone(), &ReadOptions { from: Some(5), ..Default::default() }, 10);
+        let fwd = Cursor::new(
+            q.clone(),
+            &ReadOptions {
+                from: Some(5),
+                ..Default::default()
+            },
+            10,
+        );
         assert_eq!((fwd.after, fwd.before), (4, Position::MAX));
         let back = Cursor::new(
             q,

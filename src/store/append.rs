@@ -179,14 +179,17 @@ pub fn decide(batch: &[&CheckedAppend], failed_in_store: &[usize]) -> Vec<bool> 
             Some(_) if failed_in_store.contains(&i) => false,
             Some(condition) => {
                 let query = &condition.fail_if_events_match;
-                !batch[..i].iter().zip(&accepted).any(|(earlier, &was_accepted)| {
-                    was_accepted
-                        && earlier
-                            .request
-                            .events
-                            .iter()
-                            .any(|e| query.matches(&e.event_type, &e.tags))
-                })
+                !batch[..i]
+                    .iter()
+                    .zip(&accepted)
+                    .any(|(earlier, &was_accepted)| {
+                        was_accepted
+                            && earlier
+                                .request
+                                .events
+                                .iter()
+                                .any(|e| query.matches(&e.event_type, &e.tags))
+                    })
             }
         };
         accepted.push(ok);
@@ -264,7 +267,11 @@ mod tests {
 
     #[test]
     fn conflicting_appends_in_one_batch_let_only_the_first_through() {
-        let (a, b, c) = (register("a", true), register("a", true), register("b", true));
+        let (a, b, c) = (
+            register("a", true),
+            register("a", true),
+            register("b", true),
+        );
         assert_eq!(decide(&[&a, &b, &c], &[]), vec![true, false, true]);
     }
 
@@ -282,7 +289,11 @@ mod tests {
 
     #[test]
     fn insert_columns_number_events_of_accepted_appends_only() {
-        let (a, b, c) = (register("a", false), register("b", false), register("c", false));
+        let (a, b, c) = (
+            register("a", false),
+            register("b", false),
+            register("c", false),
+        );
         let cols = InsertColumns::of(&[&a, &b, &c], &[true, false, true]);
         assert_eq!(cols.types.len(), 2);
         assert_eq!(cols.tag_owners, vec![1, 2]);

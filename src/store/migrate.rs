@@ -10,8 +10,16 @@ use tokio_postgres::Client;
 /// Every migration, in the order it is applied. Append only: never edit or
 /// reorder a released migration.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
-    (1, "events", include_str!("../../sql/migrations/001_events.sql")),
-    (2, "event_keys", include_str!("../../sql/migrations/002_event_keys.sql")),
+    (
+        1,
+        "events",
+        include_str!("../../sql/migrations/001_events.sql"),
+    ),
+    (
+        2,
+        "event_keys",
+        include_str!("../../sql/migrations/002_event_keys.sql"),
+    ),
     (
         3,
         "events_position_seq",

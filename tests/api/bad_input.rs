@@ -14,33 +14,152 @@ const CASES: &[(&str, &str, Option<&str>, u16)] = &[
     ("POST", "/append", Some("{}"), 400),
     ("POST", "/append", Some(r#"{"events": []}"#), 400),
     ("POST", "/append", Some(r#"{"events": {}}"#), 400),
-    ("POST", "/append", Some(r#"{"events": [{"tags": [], "data": "x"}]}"#), 400),
-    ("POST", "/append", Some(r#"{"events": [{"type": "", "tags": [], "data": "x"}]}"#), 400),
-    ("POST", "/append", Some(r#"{"events": [{"type": 7, "tags": [], "data": "x"}]}"#), 400),
-    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": "t", "data": "x"}]}"#), 400),
-    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": [1], "data": "x"}]}"#), 400),
-    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": [""], "data": "x"}]}"#), 400),
-    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": ["a\u0000b"], "data": "x"}]}"#), 400),
-    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": [], "data": {"a": 1}}]}"#), 400),
-    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": []}]}"#), 400),
+    (
+        "POST",
+        "/append",
+        Some(r#"{"events": [{"tags": [], "data": "x"}]}"#),
+        400,
+    ),
+    (
+        "POST",
+        "/append",
+        Some(r#"{"events": [{"type": "", "tags": [], "data": "x"}]}"#),
+        400,
+    ),
+    (
+        "POST",
+        "/append",
+        Some(r#"{"events": [{"type": 7, "tags": [], "data": "x"}]}"#),
+        400,
+    ),
+    (
+        "POST",
+        "/append",
+        Some(r#"{"events": [{"type": "E", "tags": "t", "data": "x"}]}"#),
+        400,
+    ),
+    (
+        "POST",
+        "/append",
+        Some(r#"{"events": [{"type": "E", "tags": [1], "data": "x"}]}"#),
+        400,
+    ),
+    (
+        "POST",
+        "/append",
+        Some(r#"{"events": [{"type": "E", "tags": [""], "data": "x"}]}"#),
+        400,
+    ),
+    (
+        "POST",
+        "/append",
+        Some(r#"{"events": [{"type": "E", "tags": ["a\u0000b"], "data": "x"}]}"#),
+        400,
+    ),
+    (
+        "POST",
+        "/append",
+        Some(r#"{"events": [{"type": "E", "tags": [], "data": {"a": 1}}]}"#),
+        400,
+    ),
+    (
+        "POST",
+        "/append",
+        Some(r#"{"events": [{"type": "E", "tags": []}]}"#),
+        400,
+    ),
     // A valid event with an invalid condition: nothing may be written.
-    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {}}"#), 400),
-    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": [{}]}}}"#), 400),
-    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": [{"types": [], "tags": []}]}}}"#), 400),
-    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": []}, "after": -1}}"#), 400),
-    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": []}, "after": 1e30}}"#), 400),
-    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": []}, "after": 99999999999999999999}}"#), 400),
-    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": [{"tags": [""]}]}}}"#), 400),
-    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": "all"}}}"#), 400),
+    (
+        "POST",
+        "/append",
+        Some(r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {}}"#),
+        400,
+    ),
+    (
+        "POST",
+        "/append",
+        Some(
+            r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": [{}]}}}"#,
+        ),
+        400,
+    ),
+    (
+        "POST",
+        "/append",
+        Some(
+            r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": [{"types": [], "tags": []}]}}}"#,
+        ),
+        400,
+    ),
+    (
+        "POST",
+        "/append",
+        Some(
+            r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": []}, "after": -1}}"#,
+        ),
+        400,
+    ),
+    (
+        "POST",
+        "/append",
+        Some(
+            r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": []}, "after": 1e30}}"#,
+        ),
+        400,
+    ),
+    (
+        "POST",
+        "/append",
+        Some(
+            r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": []}, "after": 99999999999999999999}}"#,
+        ),
+        400,
+    ),
+    (
+        "POST",
+        "/append",
+        Some(
+            r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": [{"tags": [""]}]}}}"#,
+        ),
+        400,
+    ),
+    (
+        "POST",
+        "/append",
+        Some(
+            r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": "all"}}}"#,
+        ),
+        400,
+    ),
     ("GET", "/read?query=nope", None, 400),
-    ("GET", "/read?query=%7B%22items%22%3A%5B%7B%7D%5D%7D", None, 400),
+    (
+        "GET",
+        "/read?query=%7B%22items%22%3A%5B%7B%7D%5D%7D",
+        None,
+        400,
+    ),
     ("GET", "/read?options=%7B%22from%22%3A-1%7D", None, 400),
-    ("GET", "/read?options=%7B%22from%22%3A1%2C%22after%22%3A1%7D", None, 400),
+    (
+        "GET",
+        "/read?options=%7B%22from%22%3A1%2C%22after%22%3A1%7D",
+        None,
+        400,
+    ),
     ("GET", "/read?options=%7B%22limit%22%3A-5%7D", None, 400),
-    ("GET", "/read?options=%7B%22backwards%22%3A%22yes%22%7D", None, 400),
+    (
+        "GET",
+        "/read?options=%7B%22backwards%22%3A%22yes%22%7D",
+        None,
+        400,
+    ),
     ("GET", "/read?query=%ZZ", None, 400),
     ("POST", "/read", Some("{"), 400),
-    ("POST", "/read", Some(r#"{"query": {"items": [{"tags": [""]}]}}"#), 400),
+    (
+        "POST",
+        "/read",
+        Some(r#"{"query": {"items": [{"tags": [""]}]}}"#),
+        400,
+    ),
     ("GET", "/append", None, 405),
     ("DELETE", "/read", None, 405),
     ("GET", "/nope", None, 404),
@@ -52,13 +171,27 @@ async fn every_bad_request_gets_a_json_4xx_and_writes_nothing() {
     for &(method, path, body, expected) in CASES {
         let method = Method::from_bytes(method.as_bytes()).unwrap();
         let (status, text) = app.raw(method.clone(), path, body).await;
-        assert_eq!(status, expected, "{method} {path} {body:?} answered {status}: {text}");
+        assert_eq!(
+            status, expected,
+            "{method} {path} {body:?} answered {status}: {text}"
+        );
         let error: Value = serde_json::from_str(&text)
             .unwrap_or_else(|_| panic!("{method} {path}: body is not JSON: {text}"));
-        assert!(error["error"]["code"].is_string(), "{method} {path}: {text}");
-        assert!(error["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{text}");
+        assert!(
+            error["error"]["code"].is_string(),
+            "{method} {path}: {text}"
+        );
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{text}"
+        );
     }
-    assert!(app.read_all().await.is_empty(), "a rejected request wrote something");
+    assert!(
+        app.read_all().await.is_empty(),
+        "a rejected request wrote something"
+    );
 }
 
 #[actix_rt::test]
@@ -79,7 +212,10 @@ async fn error_messages_name_the_offending_field() {
             Some(r#"{"events": [{"type": "E", "data": "x"}], "condition": {"failIfEventsMatch": {"items": [{"tags": ["a"]}, {}]}}}"#),
         )
         .await;
-    assert!(text.contains("condition.failIfEventsMatch.items[1]"), "{text}");
+    assert!(
+        text.contains("condition.failIfEventsMatch.items[1]"),
+        "{text}"
+    );
 }
 
 #[actix_rt::test]
@@ -89,7 +225,10 @@ async fn a_body_over_the_limit_gets_413_and_an_append_over_the_event_limit_400()
         s.limits.max_events_per_append = 3;
     })
     .await;
-    let big = format!(r#"{{"events": [{{"type": "E", "tags": [], "data": "{}"}}]}}"#, "x".repeat(4096));
+    let big = format!(
+        r#"{{"events": [{{"type": "E", "tags": [], "data": "{}"}}]}}"#,
+        "x".repeat(4096)
+    );
     let (status, text) = app.raw(Method::POST, "/append", Some(&big)).await;
     assert_eq!(status, 413, "{text}");
     assert!(text.contains("payload_too_large"), "{text}");

@@ -70,9 +70,9 @@ fn cluster() -> &'static Cluster {
 }
 
 fn fxhash(bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(0xcbf29ce484222325_u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3))
+    bytes.iter().fold(0xcbf29ce484222325_u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 fn strip_dbname(conn: &str) -> String {
@@ -86,9 +86,10 @@ fn strip_dbname(conn: &str) -> String {
 pub async fn fresh_database() -> String {
     let base = cluster().base.clone();
     let name = format!("crablet_test_{:016x}", rand::random::<u64>());
-    let (client, connection) = tokio_postgres::connect(&format!("{base} dbname=postgres"), tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test cluster");
+    let (client, connection) =
+        tokio_postgres::connect(&format!("{base} dbname=postgres"), tokio_postgres::NoTls)
+            .await
+            .expect("connect to the test cluster");
     let driver = actix_rt::spawn(connection);
     client
         .batch_execute(&format!("CREATE DATABASE {name}"))
@@ -102,7 +103,6 @@ pub async fn fresh_database() -> String {
 /// A running server and a client for it.
 pub struct TestApp {
     pub address: String,
-    pub database_url: String,
     pub http: reqwest::Client,
 }
 
@@ -135,7 +135,6 @@ pub async fn spawn_app_on(database_url: &str, tune: impl FnOnce(&mut Settings)) 
     actix_rt::spawn(app.run_until_stopped());
     TestApp {
         address,
-        database_url: database_url.to_string(),
         http: client(),
     }
 }
@@ -167,7 +166,7 @@ pub async fn spawn_process(database_url: &str) -> ServerProcess {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
         listener.local_addr().expect("addr").port()
     };
-    let child = Command::new(env!("CARGO_BIN_EXE_crablet"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_crablet"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("DATABASE_URL", database_url)
         .env("RUST_LOG", "warn")
@@ -184,6 +183,8 @@ pub async fn spawn_process(database_url: &str) -> ServerProcess {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("crablet serve on port {port} did not become healthy");
 }
 
@@ -216,15 +217,31 @@ pub async fn post_append(http: &reqwest::Client, address: &str, body: &Value) ->
     Answer { status, body }
 }
 
-pub async fn get_read(http: &reqwest::Client, address: &str, query: &Value, options: &Value) -> Vec<SequencedEvent> {
+pub async fn get_read(
+    http: &reqwest::Client,
+    address: &str,
+    query: &Value,
+    options: &Value,
+) -> Vec<SequencedEvent> {
     let response = http
         .get(format!("{address}/read"))
-        .query(&[("query", query.to_string()), ("options", options.to_string())])
+        .query(&[
+            ("query", query.to_string()),
+            ("options", options.to_string()),
+        ])
         .send()
         .await
         .expect("read request");
-    assert_eq!(response.status(), 200, "read answered {}", response.status());
-    response.json().await.expect("read body is a JSON array of events")
+    assert_eq!(
+        response.status(),
+        200,
+        "read answered {}",
+        response.status()
+    );
+    response
+        .json()
+        .await
+        .expect("read body is a JSON array of events")
 }
 
 impl TestApp {
@@ -242,10 +259,19 @@ impl TestApp {
     }
 
     /// Sends a raw request and returns status and body text.
-    pub async fn raw(&self, method: reqwest::Method, path_and_query: &str, body: Option<&str>) -> (u16, String) {
-        let mut request = self.http.request(method, format!("{}{}", self.address, path_and_query));
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Option<&str>,
+    ) -> (u16, String) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{}", self.address, path_and_query));
         if let Some(body) = body {
-            request = request.header("content-type", "application/json").body(body.to_string());
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
         }
         let response = request.send().await.expect("request");
         let status = response.status().as_u16();

@@ -12,7 +12,15 @@ fn positions(events: &[crablet::dcb::SequencedEvent]) -> Vec<i64> {
 async fn an_appended_event_reads_back_byte_for_byte() {
     let app = spawn_app().await;
     let data = "{\"a\": [1, 2.50, \"ü\\u0000\"], \"b\": null}\u{0}\u{1F980}\n\"'\\";
-    let tags = ["user:1", "q\"uote", "c,omma", "{brace}", "back\\slash", "ünï:cødé", "user:1"];
+    let tags = [
+        "user:1",
+        "q\"uote",
+        "c,omma",
+        "{brace}",
+        "back\\slash",
+        "ünï:cødé",
+        "user:1",
+    ];
     let answer = app
         .append(json!({"events": [event("Registered", &tags, data)]}))
         .await;
@@ -28,14 +36,25 @@ async fn an_appended_event_reads_back_byte_for_byte() {
     assert_eq!(e.data, data);
     assert_eq!(
         e.tags,
-        vec!["user:1", "q\"uote", "c,omma", "{brace}", "back\\slash", "ünï:cødé"],
+        vec![
+            "user:1",
+            "q\"uote",
+            "c,omma",
+            "{brace}",
+            "back\\slash",
+            "ünï:cødé"
+        ],
         "duplicate tags collapse, order kept"
     );
     for tag in &tags {
-        let found = app.read(json!({"items": [{"tags": [tag]}]}), json!({})).await;
+        let found = app
+            .read(json!({"items": [{"tags": [tag]}]}), json!({}))
+            .await;
         assert_eq!(found.len(), 1, "tag {tag:?} is matched exactly");
     }
-    let none = app.read(json!({"items": [{"tags": ["user:"]}]}), json!({})).await;
+    let none = app
+        .read(json!({"items": [{"tags": ["user:"]}]}), json!({}))
+        .await;
     assert!(none.is_empty(), "no prefix matching");
 }
 
@@ -72,9 +91,18 @@ async fn query_items_are_ored_types_are_any_of_and_tags_are_all_of() {
         (json!({"items": [{"tags": ["t1", "t2"]}]}), vec![1]),
         (json!({"items": [{"types": ["A"]}]}), vec![1, 4]),
         (json!({"items": [{"types": ["A", "C"]}]}), vec![1, 3, 4]),
-        (json!({"items": [{"types": ["B", "C"], "tags": ["t2"]}]}), vec![3]),
-        (json!({"items": [{"types": ["A"], "tags": ["t1"]}, {"tags": ["t3"]}]}), vec![1, 5]),
-        (json!({"items": [{"tags": ["t1"]}, {"tags": ["t2"]}]}), vec![1, 2, 3]),
+        (
+            json!({"items": [{"types": ["B", "C"], "tags": ["t2"]}]}),
+            vec![3],
+        ),
+        (
+            json!({"items": [{"types": ["A"], "tags": ["t1"]}, {"tags": ["t3"]}]}),
+            vec![1, 5],
+        ),
+        (
+            json!({"items": [{"tags": ["t1"]}, {"tags": ["t2"]}]}),
+            vec![1, 2, 3],
+        ),
         (json!({"items": []}), vec![1, 2, 3, 4, 5]),
         (json!({"items": [{"tags": ["nope"]}]}), vec![]),
     ];
@@ -91,7 +119,9 @@ async fn query_items_are_ored_types_are_any_of_and_tags_are_all_of() {
 #[actix_rt::test]
 async fn read_options_from_limit_backwards_and_after() {
     let app = spawn_app().await;
-    let events: Vec<_> = (1..=10).map(|i| event("E", &["t"], &i.to_string())).collect();
+    let events: Vec<_> = (1..=10)
+        .map(|i| event("E", &["t"], &i.to_string()))
+        .collect();
     app.append(json!({ "events": events })).await;
     let q = json!({"items": [{"tags": ["t"]}]});
     let cases = [
@@ -103,12 +133,19 @@ async fn read_options_from_limit_backwards_and_after() {
         (json!({"limit": 0}), vec![]),
         (json!({"backwards": true, "limit": 3}), vec![10, 9, 8]),
         (json!({"backwards": true, "from": 4}), vec![4, 3, 2, 1]),
-        (json!({"backwards": true, "from": 4, "limit": 2}), vec![4, 3]),
+        (
+            json!({"backwards": true, "from": 4, "limit": 2}),
+            vec![4, 3],
+        ),
         (json!({"backwards": true, "after": 7}), vec![10, 9, 8]),
         (json!({"from": 1000000}), vec![]),
     ];
     for (options, expected) in cases {
-        assert_eq!(positions(&app.read(q.clone(), options.clone()).await), expected, "{options}");
+        assert_eq!(
+            positions(&app.read(q.clone(), options.clone()).await),
+            expected,
+            "{options}"
+        );
         assert_eq!(
             positions(&app.read(json!({"items": []}), options.clone()).await),
             expected,
@@ -123,17 +160,58 @@ async fn a_condition_fails_only_on_a_matching_event_after_its_position() {
     // Each case gets its own tags and types, so cases cannot affect each
     // other: `p` is the position of the case's `Registered` event and `p + 1`
     // that of its `Other` event.
-    let cases: Vec<(&str, fn(&str, i64) -> serde_json::Value, bool)> = vec![
-        ("no after", |c, _| unless_tagged(&[&format!("user:{c}")], None), true),
-        ("after 0", |c, _| unless_tagged(&[&format!("user:{c}")], Some(0)), true),
-        ("after the match", |c, p| unless_tagged(&[&format!("user:{c}")], Some(p)), false),
-        ("after beyond the head", |c, _| unless_tagged(&[&format!("user:{c}")], Some(1_000_000)), false),
-        ("another tag", |c, _| unless_tagged(&[&format!("other:{c}")], None), false),
-        ("all tags needed", |c, _| unless_tagged(&[&format!("user:{c}"), &format!("x:{c}")], None), false),
-        ("type only, before", |c, p| json!({"failIfEventsMatch": {"items": [{"types": [format!("Other{c}")]}]}, "after": p}), true),
-        ("type only, after", |c, p| json!({"failIfEventsMatch": {"items": [{"types": [format!("Other{c}")]}]}, "after": p + 1}), false),
-        ("type and tag", |c, _| json!({"failIfEventsMatch": {"items": [{"types": ["Nope"], "tags": [format!("user:{c}")]}]}}), false),
-        ("items are ored", |c, _| json!({"failIfEventsMatch": {"items": [{"tags": ["absent"]}, {"tags": [format!("x:{c}")]}]}}), true),
+    type Case = (&'static str, fn(&str, i64) -> serde_json::Value, bool);
+    let cases: Vec<Case> = vec![
+        (
+            "no after",
+            |c, _| unless_tagged(&[&format!("user:{c}")], None),
+            true,
+        ),
+        (
+            "after 0",
+            |c, _| unless_tagged(&[&format!("user:{c}")], Some(0)),
+            true,
+        ),
+        (
+            "after the match",
+            |c, p| unless_tagged(&[&format!("user:{c}")], Some(p)),
+            false,
+        ),
+        (
+            "after beyond the head",
+            |c, _| unless_tagged(&[&format!("user:{c}")], Some(1_000_000)),
+            false,
+        ),
+        (
+            "another tag",
+            |c, _| unless_tagged(&[&format!("other:{c}")], None),
+            false,
+        ),
+        (
+            "all tags needed",
+            |c, _| unless_tagged(&[&format!("user:{c}"), &format!("x:{c}")], None),
+            false,
+        ),
+        (
+            "type only, before",
+            |c, p| json!({"failIfEventsMatch": {"items": [{"types": [format!("Other{c}")]}]}, "after": p}),
+            true,
+        ),
+        (
+            "type only, after",
+            |c, p| json!({"failIfEventsMatch": {"items": [{"types": [format!("Other{c}")]}]}, "after": p + 1}),
+            false,
+        ),
+        (
+            "type and tag",
+            |c, _| json!({"failIfEventsMatch": {"items": [{"types": ["Nope"], "tags": [format!("user:{c}")]}]}}),
+            false,
+        ),
+        (
+            "items are ored",
+            |c, _| json!({"failIfEventsMatch": {"items": [{"tags": ["absent"]}, {"tags": [format!("x:{c}")]}]}}),
+            true,
+        ),
     ];
     for (i, (name, condition, fails)) in cases.into_iter().enumerate() {
         let c = i.to_string();
@@ -152,7 +230,11 @@ async fn a_condition_fails_only_on_a_matching_event_after_its_position() {
         assert_eq!(answer.status, 200, "{name}: {answer:?}");
         assert_eq!(answer.rejected(), fails, "{name}: {answer:?}");
         let written = app.read_all().await.len() - before;
-        assert_eq!(written, if fails { 0 } else { 1 }, "{name}: a failed append writes nothing");
+        assert_eq!(
+            written,
+            if fails { 0 } else { 1 },
+            "{name}: a failed append writes nothing"
+        );
     }
     // The all-query: any event after `after`.
     let head = app.read_all().await.last().unwrap().position;
@@ -164,8 +246,10 @@ async fn a_condition_fails_only_on_a_matching_event_after_its_position() {
 #[actix_rt::test]
 async fn post_read_answers_like_get_read() {
     let app = spawn_app().await;
-    app.append(json!({"events": [event("A", &["t"], "1"), event("B", &["t"], "2"), event("A", &[], "3")]}))
-        .await;
+    app.append(
+        json!({"events": [event("A", &["t"], "1"), event("B", &["t"], "2"), event("A", &[], "3")]}),
+    )
+    .await;
     let (status, body) = app
         .raw(
             reqwest::Method::POST,
@@ -183,17 +267,38 @@ async fn a_read_longer_than_a_page_streams_every_event_once() {
     let app = spawn_app_with(|s| s.reader.page_size = 7).await;
     for chunk in 0..5 {
         let events: Vec<_> = (0..10)
-            .map(|i| event("E", &[if i % 2 == 0 { "even" } else { "odd" }], &format!("{chunk}-{i}")))
+            .map(|i| {
+                event(
+                    "E",
+                    &[if i % 2 == 0 { "even" } else { "odd" }],
+                    &format!("{chunk}-{i}"),
+                )
+            })
             .collect();
         app.append(json!({ "events": events })).await;
     }
-    assert_eq!(positions(&app.read_all().await), (1..=50).collect::<Vec<_>>());
-    let even = app.read(json!({"items": [{"tags": ["even"]}]}), json!({})).await;
+    assert_eq!(
+        positions(&app.read_all().await),
+        (1..=50).collect::<Vec<_>>()
+    );
+    let even = app
+        .read(json!({"items": [{"tags": ["even"]}]}), json!({}))
+        .await;
     assert_eq!(positions(&even), (1..=50).step_by(2).collect::<Vec<_>>());
-    let limited = app.read(json!({"items": []}), json!({"from": 3, "limit": 20})).await;
+    let limited = app
+        .read(json!({"items": []}), json!({"from": 3, "limit": 20}))
+        .await;
     assert_eq!(positions(&limited), (3..23).collect::<Vec<_>>());
-    let back = app.read(json!({"items": [{"tags": ["odd"]}]}), json!({"backwards": true, "limit": 9})).await;
-    assert_eq!(positions(&back), (34..=50).rev().step_by(2).collect::<Vec<_>>());
+    let back = app
+        .read(
+            json!({"items": [{"tags": ["odd"]}]}),
+            json!({"backwards": true, "limit": 9}),
+        )
+        .await;
+    assert_eq!(
+        positions(&back),
+        (34..=50).rev().step_by(2).collect::<Vec<_>>()
+    );
 }
 
 #[actix_rt::test]
@@ -204,7 +309,15 @@ async fn health_and_metrics_answer() {
     assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
     let (status, body) = app.raw(reqwest::Method::GET, "/metrics", None).await;
     assert_eq!(status, 200);
-    assert!(body.contains("crablet_appends_total{outcome=\"appended\"} 1"), "{body}");
-    assert!(body.contains("crablet_http_requests_total{method=\"POST\",route=\"/append\",status=\"200\"} 1"), "{body}");
+    assert!(
+        body.contains("crablet_appends_total{outcome=\"appended\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains(
+            "crablet_http_requests_total{method=\"POST\",route=\"/append\",status=\"200\"} 1"
+        ),
+        "{body}"
+    );
     assert!(body.contains("crablet_writer_lanes 4"), "{body}");
 }

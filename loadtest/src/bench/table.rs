@@ -1,0 +1,151 @@
+//! The goal table the benchmark prints: one row per goal of targets.md with the
+//! crablet figure, the baseline figure measured beside it, their ratio, the goal and
+//! whether it was met.
+//!
+//! Owns formatting only.
+
+use serde::Serialize;
+
+/// One row of the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// Goal id (`P1`..`P6`).
+    pub id: String,
+    /// What was measured.
+    pub workload: String,
+    /// crablet's figure, formatted.
+    pub crablet: String,
+    /// The baseline's figure, formatted.
+    pub baseline: String,
+    /// crablet / baseline (P2: latency ratio), when both exist.
+    pub ratio: Option<f64>,
+    /// The goal, as targets.md states it.
+    pub goal: String,
+    /// Whether the goal was met (None: not measured, or the phase failed).
+    pub met: Option<bool>,
+    /// crablet's raw figure.
+    pub crablet_value: Option<f64>,
+    /// The baseline's raw figure.
+    pub baseline_value: Option<f64>,
+}
+
+impl Row {
+    /// A row for a goal whose phase failed.
+    pub fn failed(id: &str, workload: &str, goal: &str, error: &str) -> Self {
+        Self {
+            id: id.into(),
+            workload: workload.into(),
+            crablet: format!("error: {}", first_line(error)),
+            baseline: String::new(),
+            ratio: None,
+            goal: goal.into(),
+            met: None,
+            crablet_value: None,
+            baseline_value: None,
+        }
+    }
+}
+
+fn first_line(s: &str) -> String {
+    const MAX_CHARS: usize = 60;
+    s.lines().next().unwrap_or("").chars().take(MAX_CHARS).collect()
+}
+
+/// The table as Markdown with aligned columns.
+pub fn render(rows: &[Row]) -> String {
+    let header = ["goal", "workload", "crablet", "baseline", "ratio", "goal", "met"];
+    let cells: Vec<[String; 7]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.id.clone(),
+                r.workload.clone(),
+                r.crablet.clone(),
+                r.baseline.clone(),
+                r.ratio.map_or_else(|| "-".into(), |x| format!("{x:.2}")),
+                r.goal.clone(),
+                match r.met {
+                    Some(true) => "yes".into(),
+                    Some(false) => "NO".into(),
+                    None => "-".into(),
+                },
+            ]
+        })
+        .collect();
+    let mut widths = header.map(|h| h.chars().count());
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cols: &[String]| {
+        let padded: Vec<String> = cols
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        format!("| {} |\n", padded.join(" | "))
+    };
+    let mut out = line(&header.map(String::from));
+    out.push_str(&line(&widths.map(|w| "-".repeat(w))));
+    for row in &cells {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+/// `12345.6` as `12,346`.
+pub fn thousands(x: f64) -> String {
+    let n = x.round() as i64;
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0.4), "0");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(16084.6), "16,085");
+        assert_eq!(thousands(1_234_567.0), "1,234,567");
+        assert_eq!(thousands(-1234.0), "-1,234");
+    }
+
+    #[test]
+    fn the_table_aligns_columns_and_marks_goals() {
+        let rows = vec![
+            Row {
+                id: "P1".into(),
+                workload: "w".into(),
+                crablet: "24,000 events/s".into(),
+                baseline: "16,000 tx/s".into(),
+                ratio: Some(1.5),
+                goal: ">= 1.5".into(),
+                met: Some(true),
+                crablet_value: Some(24_000.0),
+                baseline_value: Some(16_000.0),
+            },
+            Row::failed("P4", "read", ">= 1", "server died\nmore"),
+        ];
+        let t = render(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert!(lines.iter().all(|l| l.chars().count() == lines[0].chars().count()));
+        assert!(lines[2].contains("| 1.50 ") && lines[2].contains("| yes "));
+        assert!(lines[3].contains("error: server died") && lines[3].contains("| - "));
+    }
+}
