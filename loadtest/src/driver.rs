@@ -115,8 +115,10 @@ pub async fn run(cfg: &RunConfig, live: Arc<LiveCounters>) -> anyhow::Result<Rep
             match rate {
                 None => closed_loop(&scenario, &mut ctx, deadline, &live).await,
                 Some(rate) => {
-                    open_loop(&scenario, &mut ctx, start, deadline, rate, &next_slot, &live)
-                        .await
+                    open_loop(
+                        &scenario, &mut ctx, start, deadline, rate, &next_slot, &live,
+                    )
+                    .await
                 }
             }
             ctx
@@ -220,7 +222,8 @@ async fn finish(
 
 async fn progress_lines(start: Instant, live: Arc<LiveCounters>) {
     let mut last = live.completed.load(Ordering::Relaxed);
-    let mut ticker = tokio::time::interval_at((start + PROGRESS_INTERVAL).into(), PROGRESS_INTERVAL);
+    let mut ticker =
+        tokio::time::interval_at((start + PROGRESS_INTERVAL).into(), PROGRESS_INTERVAL);
     loop {
         ticker.tick().await;
         let now = live.completed.load(Ordering::Relaxed);

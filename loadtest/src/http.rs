@@ -110,7 +110,13 @@ impl RequestError {
 
     /// True for the statuses crablet uses to shed load (429, 503).
     pub fn is_overload(&self) -> bool {
-        matches!(self, Self::Status { status: 429 | 503, .. })
+        matches!(
+            self,
+            Self::Status {
+                status: 429 | 503,
+                ..
+            }
+        )
     }
 }
 

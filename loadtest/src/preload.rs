@@ -48,7 +48,7 @@ pub struct PreloadConfig {
 }
 
 /// How the preload went.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct PreloadResult {
     /// Events written.
     pub events: u64,
@@ -87,7 +87,8 @@ pub async fn preload(target: &Target, cfg: &PreloadConfig) -> anyhow::Result<Pre
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(cfg.concurrency);
     for _ in 0..cfg.concurrency {
-        let (next, done, retries, data) = (next.clone(), done.clone(), retries.clone(), data.clone());
+        let (next, done, retries, data) =
+            (next.clone(), done.clone(), retries.clone(), data.clone());
         let (target, cfg) = (target.clone(), cfg.clone());
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn::new(target, BATCH_TIMEOUT);

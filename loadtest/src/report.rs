@@ -188,7 +188,12 @@ impl Report {
     ) -> Self {
         Self {
             scenario: scenario.to_string(),
-            mode: if rate_per_s.is_some() { "open" } else { "closed" }.to_string(),
+            mode: if rate_per_s.is_some() {
+                "open"
+            } else {
+                "closed"
+            }
+            .to_string(),
             clients,
             rate_per_s,
             duration_s,
@@ -329,7 +334,11 @@ mod tests {
     fn rates_divide_by_elapsed_and_decisions_count_rejections() {
         let mut s = Stats::default();
         for _ in 0..30 {
-            s.record("decision", Duration::from_micros(10), Outcome::Ok { items: 1 });
+            s.record(
+                "decision",
+                Duration::from_micros(10),
+                Outcome::Ok { items: 1 },
+            );
         }
         for _ in 0..10 {
             s.record("decision", Duration::from_micros(10), Outcome::Conflict);

@@ -513,8 +513,7 @@ impl Scenario {
                     )
                     .await?;
                 let mut v = Verification {
-                    invariant: "no event matching a condition lies in (after, own position)"
-                        .into(),
+                    invariant: "no event matching a condition lies in (after, own position)".into(),
                     events_checked: events.len() as u64,
                     ..Verification::default()
                 };

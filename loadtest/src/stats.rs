@@ -176,7 +176,10 @@ mod tests {
         b.record("y", Duration::from_millis(5), Outcome::Ok { items: 10 });
         a.merge(&b);
         let x = &a.labels["x"];
-        assert_eq!((x.ok, x.conflicts, x.error_count(), x.total()), (1, 1, 1, 3));
+        assert_eq!(
+            (x.ok, x.conflicts, x.error_count(), x.total()),
+            (1, 1, 1, 3)
+        );
         assert_eq!(x.latency.len(), 3);
         assert_eq!(x.latency.max(), 300);
         assert_eq!(a.labels["y"].items, 10);

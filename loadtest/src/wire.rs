@@ -29,7 +29,10 @@ impl QueryItem {
     /// Whether an event of `event_type` carrying `tags` matches this item.
     pub fn matches(&self, event_type: &str, tags: &[String]) -> bool {
         (self.types.is_empty() || self.types.iter().any(|t| t == event_type))
-            && self.tags.iter().all(|wanted| tags.iter().any(|t| t == wanted))
+            && self
+                .tags
+                .iter()
+                .all(|wanted| tags.iter().any(|t| t == wanted))
     }
 }
 
@@ -224,10 +227,9 @@ mod tests {
 
     #[test]
     fn append_response_tolerates_a_missing_last_position() {
-        let r: AppendResponse = serde_json::from_str(
-            r#"{"durationInMicroseconds":5,"appendConditionFailed":true}"#,
-        )
-        .unwrap();
+        let r: AppendResponse =
+            serde_json::from_str(r#"{"durationInMicroseconds":5,"appendConditionFailed":true}"#)
+                .unwrap();
         assert!(r.append_condition_failed);
         assert_eq!(r.last_position, None);
     }

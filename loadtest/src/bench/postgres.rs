@@ -47,7 +47,8 @@ impl ConnInfo {
             if chars.peek().is_none() {
                 break;
             }
-            let key: String = std::iter::from_fn(|| chars.next_if(|&c| c != '=' && !c.is_whitespace())).collect();
+            let key: String =
+                std::iter::from_fn(|| chars.next_if(|&c| c != '=' && !c.is_whitespace())).collect();
             while chars.next_if(|c| c.is_whitespace()).is_some() {}
             anyhow::ensure!(
                 chars.next() == Some('='),
@@ -84,8 +85,11 @@ impl ConnInfo {
     pub fn with_dbname(&self, dbname: &str) -> Self {
         match self {
             Self::KeyValue(pairs) => {
-                let mut pairs: Vec<(String, String)> =
-                    pairs.iter().filter(|(k, _)| k != "dbname").cloned().collect();
+                let mut pairs: Vec<(String, String)> = pairs
+                    .iter()
+                    .filter(|(k, _)| k != "dbname")
+                    .cloned()
+                    .collect();
                 pairs.push(("dbname".into(), dbname.into()));
                 Self::KeyValue(pairs)
             }
@@ -131,7 +135,11 @@ impl ConnInfo {
 
 /// Quotes a key-value connection string value when it needs it.
 fn quote_value(v: &str) -> String {
-    if !v.is_empty() && !v.chars().any(|c| c.is_whitespace() || c == '\'' || c == '\\') {
+    if !v.is_empty()
+        && !v
+            .chars()
+            .any(|c| c.is_whitespace() || c == '\'' || c == '\\')
+    {
         return v.to_string();
     }
     let escaped = v.replace('\\', "\\\\").replace('\'', "\\'");
@@ -159,7 +167,10 @@ pub fn find_tool(name: &str) -> anyhow::Result<PathBuf> {
             }
         }
     }
-    if let Ok(out) = std::process::Command::new("pg_config").arg("--bindir").output() {
+    if let Ok(out) = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+    {
         if out.status.success() {
             let candidate = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join(name);
             if candidate.is_file() {
@@ -178,10 +189,9 @@ pub fn find_tool(name: &str) -> anyhow::Result<PathBuf> {
         .filter(|(_, p)| p.is_file())
         .collect();
     versions.sort();
-    versions
-        .pop()
-        .map(|(_, p)| p)
-        .ok_or_else(|| anyhow::anyhow!("{name} not found (PATH, pg_config --bindir, {DEBIAN_PG_ROOT}/*/bin)"))
+    versions.pop().map(|(_, p)| p).ok_or_else(|| {
+        anyhow::anyhow!("{name} not found (PATH, pg_config --bindir, {DEBIAN_PG_ROOT}/*/bin)")
+    })
 }
 
 /// The client programs the bench uses.
@@ -225,7 +235,11 @@ impl Tools {
     }
 
     /// Runs pgbench with `script` for `duration` and parses its summary.
-    pub async fn pgbench(&self, conn: &ConnInfo, run: &PgbenchRun<'_>) -> anyhow::Result<PgbenchResult> {
+    pub async fn pgbench(
+        &self,
+        conn: &ConnInfo,
+        run: &PgbenchRun<'_>,
+    ) -> anyhow::Result<PgbenchResult> {
         let mut cmd = Command::new(&self.pgbench);
         cmd.args(["-n", "-M", "prepared"])
             .arg(format!("--client={}", run.clients))
@@ -233,7 +247,8 @@ impl Tools {
             .arg(format!("--time={}", run.duration.as_secs().max(1)))
             .arg(format!("--file={}", run.script.display()));
         if let Some(prefix) = run.log_prefix {
-            cmd.arg("--log").arg(format!("--log-prefix={}", prefix.display()));
+            cmd.arg("--log")
+                .arg(format!("--log-prefix={}", prefix.display()));
         }
         cmd.arg(conn.to_conn_string())
             .stdin(Stdio::null())
@@ -305,7 +320,8 @@ pub fn parse_pgbench_summary(out: &str) -> anyhow::Result<PgbenchResult> {
             }
         } else if let Some(rest) = line.strip_prefix("latency average = ") {
             r.latency_avg_ms = number(rest).unwrap_or(0.0);
-        } else if let Some(rest) = line.strip_prefix("number of transactions actually processed: ") {
+        } else if let Some(rest) = line.strip_prefix("number of transactions actually processed: ")
+        {
             r.transactions = rest
                 .split(['/', ' '])
                 .next()
@@ -348,12 +364,19 @@ pub fn read_pgbench_logs(prefix: &Path) -> anyhow::Result<Percentiles> {
             stats::record_us(&mut h, us);
         }
     }
-    anyhow::ensure!(!h.is_empty(), "no pgbench log lines under {}", prefix.display());
+    anyhow::ensure!(
+        !h.is_empty(),
+        "no pgbench log lines under {}",
+        prefix.display()
+    );
     Ok(Percentiles::of(&h))
 }
 
 /// Settings worth printing beside the figures.
-pub async fn server_settings(tools: &Tools, conn: &ConnInfo) -> anyhow::Result<BTreeMap<String, String>> {
+pub async fn server_settings(
+    tools: &Tools,
+    conn: &ConnInfo,
+) -> anyhow::Result<BTreeMap<String, String>> {
     let out = tools
         .psql(
             conn,
@@ -372,7 +395,10 @@ pub async fn server_settings(tools: &Tools, conn: &ConnInfo) -> anyhow::Result<B
 /// Drops (if present) and creates database `name`.
 pub async fn recreate_database(tools: &Tools, admin: &ConnInfo, name: &str) -> anyhow::Result<()> {
     tools
-        .psql(admin, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name)))
+        .psql(
+            admin,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name)),
+        )
         .await?;
     tools
         .psql(admin, &format!("CREATE DATABASE {}", quote_ident(name)))
@@ -383,7 +409,10 @@ pub async fn recreate_database(tools: &Tools, admin: &ConnInfo, name: &str) -> a
 /// Drops database `name` if present.
 pub async fn drop_database(tools: &Tools, admin: &ConnInfo, name: &str) -> anyhow::Result<()> {
     tools
-        .psql(admin, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name)))
+        .psql(
+            admin,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name)),
+        )
         .await
         .map(|_| ())
 }
@@ -452,7 +481,9 @@ mod tests {
     #[test]
     fn quoted_values_round_trip() {
         let c = ConnInfo::parse(r"host='/tmp/a dir' password='it\'s' dbname = x").unwrap();
-        let ConnInfo::KeyValue(pairs) = &c else { panic!("not key-value") };
+        let ConnInfo::KeyValue(pairs) = &c else {
+            panic!("not key-value")
+        };
         assert_eq!(pairs[0], ("host".into(), "/tmp/a dir".into()));
         assert_eq!(pairs[1], ("password".into(), "it's".into()));
         assert_eq!(pairs[2], ("dbname".into(), "x".into()));
@@ -471,7 +502,10 @@ mod tests {
         );
         let bare = ConnInfo::parse("postgresql://localhost").unwrap();
         assert_eq!(bare.dbname(), None);
-        assert_eq!(bare.with_dbname("x").to_conn_string(), "postgresql://localhost/x");
+        assert_eq!(
+            bare.with_dbname("x").to_conn_string(),
+            "postgresql://localhost/x"
+        );
     }
 
     #[test]
@@ -509,7 +543,10 @@ mod tests {
 
     #[test]
     fn pgbench_log_lines_give_latency_in_microseconds() {
-        assert_eq!(parse_pgbench_log_line("0 199 2241 0 1175850568 995598"), Some(2241));
+        assert_eq!(
+            parse_pgbench_log_line("0 199 2241 0 1175850568 995598"),
+            Some(2241)
+        );
         assert_eq!(parse_pgbench_log_line("3 7 skipped 0 1175850569 0"), None);
         assert_eq!(parse_pgbench_log_line(""), None);
     }

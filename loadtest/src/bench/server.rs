@@ -46,7 +46,8 @@ pub struct PrivatePostgres {
 impl PrivatePostgres {
     /// Starts `crablet postgres --data-dir <data_dir>` and waits for its URL line.
     pub async fn start(crablet: &Path, data_dir: &Path, log: &Path) -> anyhow::Result<Self> {
-        let log_file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let log_file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let mut child = Command::new(crablet)
             .arg("postgres")
             .arg("--data-dir")
@@ -109,7 +110,8 @@ impl CrabletServer {
     /// waits until `/health` answers 200.
     pub async fn start(crablet: &Path, database_url: &str, log: &Path) -> anyhow::Result<Self> {
         let port = free_port()?;
-        let log_file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let log_file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let log_err = log_file.try_clone()?;
         let mut cmd = Command::new(crablet);
         cmd.arg("serve")
@@ -190,7 +192,10 @@ async fn stop_child(child: &mut Child, what: &str) -> anyhow::Result<()> {
             Ok(())
         }
         Err(_) => {
-            child.kill().await.with_context(|| format!("killing {what}"))?;
+            child
+                .kill()
+                .await
+                .with_context(|| format!("killing {what}"))?;
             anyhow::bail!("{what} did not stop within {STOP_TIMEOUT:?} and was killed")
         }
     }
@@ -247,12 +252,21 @@ pub struct RssSampler {
 }
 
 impl RssSampler {
-    /// Starts sampling `pid` every `interval`, for at most `max_duration`.
-    pub fn start(pid: u32, interval: Duration, max_duration: Duration, live: Arc<LiveCounters>) -> Self {
+    /// Starts sampling `pid` every `interval`, for at most `max_duration`; with
+    /// `print_every`, prints a line (stderr) at that interval.
+    pub fn start(
+        pid: u32,
+        interval: Duration,
+        max_duration: Duration,
+        live: Arc<LiveCounters>,
+        print_every: Option<Duration>,
+    ) -> Self {
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             let started = Instant::now();
             let mut samples = Vec::new();
+            let mut next_print = print_every.map_or(f64::INFINITY, |d| d.as_secs_f64());
+            let mut printed_ops = 0;
             let mut ticker = tokio::time::interval(interval);
             while started.elapsed() <= max_duration {
                 tokio::select! {
@@ -260,11 +274,23 @@ impl RssSampler {
                     _ = &mut stopped => break,
                 }
                 let Some(kib) = rss_kib(pid) else { break };
-                samples.push(RssSample {
+                let sample = RssSample {
                     t_s: started.elapsed().as_secs_f64(),
                     rss_mib: kib as f64 / KIB,
                     ops: live.completed.load(Ordering::Relaxed),
-                });
+                };
+                if let Some(every) = print_every {
+                    if sample.t_s >= next_print {
+                        let rate = (sample.ops - printed_ops) as f64 / every.as_secs_f64();
+                        eprintln!(
+                            "rss: t={:>4.0}s {:>6.1} MiB, {rate:.0} ops/s",
+                            sample.t_s, sample.rss_mib
+                        );
+                        next_print += every.as_secs_f64();
+                        printed_ops = sample.ops;
+                    }
+                }
+                samples.push(sample);
             }
             samples
         });
@@ -334,7 +360,11 @@ mod tests {
     fn samples(values: &[(f64, f64)]) -> Vec<RssSample> {
         values
             .iter()
-            .map(|&(t_s, rss_mib)| RssSample { t_s, rss_mib, ops: 0 })
+            .map(|&(t_s, rss_mib)| RssSample {
+                t_s,
+                rss_mib,
+                ops: 0,
+            })
             .collect()
     }
 

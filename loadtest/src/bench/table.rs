@@ -48,12 +48,19 @@ impl Row {
 
 fn first_line(s: &str) -> String {
     const MAX_CHARS: usize = 60;
-    s.lines().next().unwrap_or("").chars().take(MAX_CHARS).collect()
+    s.lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(MAX_CHARS)
+        .collect()
 }
 
 /// The table as Markdown with aligned columns.
 pub fn render(rows: &[Row]) -> String {
-    let header = ["goal", "workload", "crablet", "baseline", "ratio", "goal", "met"];
+    let header = [
+        "goal", "workload", "crablet", "baseline", "ratio", "goal", "met",
+    ];
     let cells: Vec<[String; 7]> = rows
         .iter()
         .map(|r| {
@@ -144,7 +151,9 @@ mod tests {
         let t = render(&rows);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 4);
-        assert!(lines.iter().all(|l| l.chars().count() == lines[0].chars().count()));
+        assert!(lines
+            .iter()
+            .all(|l| l.chars().count() == lines[0].chars().count()));
         assert!(lines[2].contains("| 1.50 ") && lines[2].contains("| yes "));
         assert!(lines[3].contains("error: server died") && lines[3].contains("| - "));
     }

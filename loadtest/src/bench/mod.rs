@@ -1,0 +1,1157 @@
+//! The one-command benchmark: every performance goal of targets.md (P1–P6) measured
+//! beside its raw PostgreSQL baseline, in one invocation, on one PostgreSQL.
+//!
+//! Owns the plan (which workload, how long, in which database), the sequence of
+//! phases, and the verdicts. It starts what it needs — a private cluster through
+//! `crablet postgres` unless given a database URL, and `crablet serve` on a free
+//! loopback port — and stops all of it, by pid, when it is done.
+//!
+//! Databases (created fresh on each run): `crablet_bench_raw` (the baselines'
+//! plain tables), `crablet_bench_empty` (P1–P3, P6), `crablet_bench_1m` (P4, P5,
+//! preloaded), `crablet_bench_soak` (`--soak`).
+//!
+//! - [`postgres`]: connection strings, psql/pgbench, the baselines' SQL.
+//! - [`server`]: the cluster and server processes, RSS sampling.
+//! - [`table`]: the printed table.
+
+pub mod postgres;
+pub mod server;
+pub mod table;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::ValueEnum;
+use serde::Serialize;
+
+use crate::driver::{self, LiveCounters, RunConfig};
+use crate::http::Target;
+use crate::preload::{self, PreloadConfig, PreloadResult, EVENTS_PER_TAG};
+use crate::report::{ms, Report};
+use crate::scenario::{payload, ScenarioConfig, ScenarioKind};
+use postgres::{ConnInfo, PgbenchResult, PgbenchRun, Tools};
+use server::{CrabletServer, PrivatePostgres, RssSample, RssSampler};
+use table::{thousands, Row};
+
+/// Length of the throughput phases (P1, P3, P5 and the insert baseline).
+const THROUGHPUT_PHASE: Duration = Duration::from_secs(20);
+/// Length of the latency phases (P2).
+const LATENCY_PHASE: Duration = Duration::from_secs(10);
+/// Length of the read phases (P4).
+const READ_PHASE: Duration = Duration::from_secs(15);
+/// Length of every phase with `--quick`.
+const QUICK_PHASE: Duration = Duration::from_secs(5);
+/// Warm-up load on a freshly started server before it is measured (pgbench, for
+/// its part, excludes its connection time).
+const WARMUP: Duration = Duration::from_secs(2);
+/// Events stored for P4/P5.
+const VOLUME_EVENTS: u64 = 1_000_000;
+/// Events stored for P4/P5 with `--quick`.
+const QUICK_VOLUME_EVENTS: u64 = 100_000;
+/// Clients of the write goals (P1, P3, P5).
+const WRITE_CLIENTS: usize = 64;
+/// Clients of the read goal (P4).
+const READ_CLIENTS: usize = 16;
+/// pgbench threads (`-j`): the machine has 2 cores.
+const PGBENCH_JOBS: usize = 2;
+/// Events per preload append.
+const PRELOAD_BATCH: u64 = 1000;
+/// Concurrent preload appends.
+const PRELOAD_CONCURRENCY: usize = 4;
+/// Size of every event's data, bytes, on both sides.
+const DATA_BYTES: usize = 64;
+/// Hot keys of P3.
+const HOT_KEYS: usize = 100;
+/// Zipf exponent of P3.
+const HOT_KEYS_ZIPF: f64 = 1.0;
+/// RSS sampling interval.
+const RSS_INTERVAL: Duration = Duration::from_secs(1);
+/// RSS lines printed during a soak, every...
+const SOAK_PRINT_INTERVAL: Duration = Duration::from_secs(30);
+/// Default soak length.
+pub const DEFAULT_SOAK: Duration = Duration::from_secs(600);
+
+/// P1: conditional appends/s over raw INSERT tx/s, at least.
+const P1_GOAL: f64 = 1.5;
+/// P2: conditional append p50 over raw INSERT p50, at most.
+const P2_GOAL: f64 = 2.0;
+/// P3: decisions/s over raw INSERT tx/s, at least.
+const P3_GOAL: f64 = 1.0;
+/// P4: reads/s over pgbench GIN reads/s, at least.
+const P4_GOAL: f64 = 1.0;
+/// P5: P1 at volume over P1 on an empty store, at least.
+const P5_GOAL: f64 = 0.8;
+/// P6: server RSS under P1 load, MiB, at most.
+const P6_GOAL_MIB: f64 = 100.0;
+
+/// Database of the baselines' tables.
+const DB_RAW: &str = "crablet_bench_raw";
+/// crablet's empty store.
+const DB_EMPTY: &str = "crablet_bench_empty";
+/// crablet's preloaded store.
+const DB_VOLUME: &str = "crablet_bench_1m";
+/// crablet's soak store.
+const DB_SOAK: &str = "crablet_bench_soak";
+
+/// The goals of targets.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
+pub enum Goal {
+    /// Conditional appends, disjoint keys, 64 clients, vs raw INSERT.
+    P1,
+    /// Conditional append latency at 1 client vs raw INSERT latency.
+    P2,
+    /// Hot keys, 64 clients, decisions/s vs raw INSERT, 0 violations.
+    P3,
+    /// Read one tag at volume, 16 clients, vs pgbench on a GIN table.
+    P4,
+    /// P1 at volume vs P1 empty.
+    P5,
+    /// Server RSS under P1.
+    P6,
+}
+
+/// What `crablet-loadtest bench` was asked.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// Use this PostgreSQL (its role must be able to create databases); None: start
+    /// a private cluster with `crablet postgres` in a temp folder.
+    pub database_url: Option<String>,
+    /// The crablet binary; None: `crablet` next to this binary.
+    pub crablet_bin: Option<PathBuf>,
+    /// Short phases and a smaller volume (a smoke run of about two minutes).
+    pub quick: bool,
+    /// Run the P1 load for `soak_duration` after the goals, sampling RSS.
+    pub soak: bool,
+    /// Length of the soak.
+    pub soak_duration: Duration,
+    /// Goals to measure (empty: all).
+    pub goals: Vec<Goal>,
+    /// Override every phase's length.
+    pub phase_duration: Option<Duration>,
+    /// Override the number of events stored for P4/P5.
+    pub volume_events: Option<u64>,
+    /// Measure only the baselines (no crablet server needed).
+    pub baselines_only: bool,
+    /// Keep the temp folder (logs, cluster) and the databases.
+    pub keep: bool,
+    /// Seed of the clients' random streams.
+    pub seed: u64,
+    /// Load-generator request timeout.
+    pub request_timeout: Duration,
+}
+
+/// Phase lengths and sizes, from the config.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// P1, P3, P5 and the insert baseline, seconds.
+    pub throughput_s: f64,
+    /// P2, seconds.
+    pub latency_s: f64,
+    /// P4, seconds.
+    pub read_s: f64,
+    /// Events stored for P4/P5.
+    pub volume_events: u64,
+    /// Clients of P1/P3/P5.
+    pub write_clients: usize,
+    /// Clients of P4.
+    pub read_clients: usize,
+    /// Soak length, seconds (0: no soak).
+    pub soak_s: f64,
+}
+
+impl Plan {
+    fn of(cfg: &BenchConfig) -> Self {
+        let pick = |normal: Duration| {
+            cfg.phase_duration
+                .unwrap_or(if cfg.quick { QUICK_PHASE } else { normal })
+                .as_secs_f64()
+        };
+        Self {
+            throughput_s: pick(THROUGHPUT_PHASE),
+            latency_s: pick(LATENCY_PHASE),
+            read_s: pick(READ_PHASE),
+            volume_events: cfg.volume_events.unwrap_or(if cfg.quick {
+                QUICK_VOLUME_EVENTS
+            } else {
+                VOLUME_EVENTS
+            }),
+            write_clients: WRITE_CLIENTS,
+            read_clients: READ_CLIENTS,
+            soak_s: if cfg.soak {
+                cfg.soak_duration.as_secs_f64()
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
+/// RSS over a soak.
+#[derive(Debug, Clone, Serialize)]
+pub struct SoakReport {
+    /// The load's report.
+    pub run: Report,
+    /// Every sample (1 s apart).
+    pub samples: Vec<RssSample>,
+    /// First vs last minute.
+    pub flatness: Option<server::Flatness>,
+}
+
+/// Everything the bench measured, as written to `--json`.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct BenchReport {
+    /// PostgreSQL settings in force.
+    pub settings: BTreeMap<String, String>,
+    /// Phase lengths and sizes.
+    pub plan: Option<Plan>,
+    /// The goal table.
+    pub rows: Vec<Row>,
+    /// crablet runs by phase name.
+    pub runs: BTreeMap<String, Report>,
+    /// Baselines by phase name.
+    pub baselines: BTreeMap<String, PgbenchResult>,
+    /// The volume preload.
+    pub preload: Option<PreloadResult>,
+    /// Seconds to build the GIN baseline table.
+    pub gin_load_s: Option<f64>,
+    /// Server RSS during the P1 run.
+    pub rss_p1: Vec<RssSample>,
+    /// The soak, if run.
+    pub soak: Option<SoakReport>,
+    /// Remarks printed under the table (errors, conflicts, anomalies).
+    pub notes: Vec<String>,
+    /// Wall time of the whole bench, seconds.
+    pub elapsed_s: f64,
+}
+
+/// Runs the benchmark, prints progress to stderr, and returns the report. The
+/// caller prints [`table::render`] of its rows and the notes.
+pub async fn run(cfg: BenchConfig) -> anyhow::Result<BenchReport> {
+    let started = Instant::now();
+    let tmp = std::env::temp_dir().join(format!(
+        "crablet-bench-{}-{}",
+        std::process::id(),
+        cfg.seed & 0xffff_ffff
+    ));
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    // The private cluster may run as an unprivileged user: let it into the folder.
+    set_world_accessible(&tmp);
+    eprintln!("bench: work folder {}", tmp.display());
+
+    let tools = Tools::find()?;
+    let crablet = if cfg.baselines_only && cfg.database_url.is_some() {
+        None
+    } else {
+        Some(crablet_binary(cfg.crablet_bin.as_deref())?)
+    };
+    let mut cluster = None;
+    let admin_url = match (&cfg.database_url, &crablet) {
+        (Some(url), _) => url.clone(),
+        (None, Some(bin)) => {
+            eprintln!(
+                "bench: starting a private PostgreSQL ({} postgres)",
+                bin.display()
+            );
+            let pg =
+                PrivatePostgres::start(bin, &tmp.join("pgdata"), &tmp.join("postgres.log")).await?;
+            let url = pg.database_url.clone();
+            cluster = Some(pg);
+            url
+        }
+        (None, None) => anyhow::bail!("no database URL and no crablet binary"),
+    };
+
+    let mut bench = Bench {
+        plan: Plan::of(&cfg),
+        tools,
+        crablet,
+        admin: ConnInfo::parse(&admin_url)?,
+        tmp: tmp.clone(),
+        server: None,
+        server_starts: 0,
+        p1_baseline: None,
+        p1_crablet: None,
+        report: BenchReport::default(),
+        cfg,
+    };
+    let outcome = bench.run_all().await;
+    if let Err(e) = &outcome {
+        bench.report.notes.push(format!("bench aborted: {e:#}"));
+    }
+    bench.stop_server().await;
+    if !bench.cfg.keep {
+        for db in [DB_RAW, DB_EMPTY, DB_VOLUME, DB_SOAK] {
+            if let Err(e) = postgres::drop_database(&bench.tools, &bench.admin, db).await {
+                eprintln!("bench: could not drop {db}: {e:#}");
+            }
+        }
+    }
+    if let Some(pg) = cluster {
+        if let Err(e) = pg.stop().await {
+            eprintln!("bench: stopping the private PostgreSQL: {e:#}");
+        }
+    }
+    if bench.cfg.keep {
+        eprintln!("bench: kept {}", tmp.display());
+    } else if let Err(e) = std::fs::remove_dir_all(&tmp) {
+        eprintln!("bench: could not remove {}: {e}", tmp.display());
+    }
+    bench.report.elapsed_s = started.elapsed().as_secs_f64();
+    outcome?;
+    Ok(bench.report)
+}
+
+/// Best effort: mode 0777 on the work folder (the cluster may run as another user).
+fn set_world_accessible(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    const WORLD_RWX: u32 = 0o777;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(WORLD_RWX));
+}
+
+/// The crablet binary: the given path, or `crablet` beside this executable.
+fn crablet_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let path = match given {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()
+            .context("locating this executable")?
+            .parent()
+            .context("executable has no folder")?
+            .join("crablet"),
+    };
+    anyhow::ensure!(
+        path.is_file(),
+        "crablet binary not found at {} (build it: cargo build --release -p crablet, or pass --crablet-bin)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// The state of one bench invocation.
+struct Bench {
+    /// What was asked.
+    cfg: BenchConfig,
+    /// Phase lengths and sizes.
+    plan: Plan,
+    /// psql and pgbench.
+    tools: Tools,
+    /// The crablet binary (None with `--baselines-only` and an external database).
+    crablet: Option<PathBuf>,
+    /// Connection to the maintenance database (creates the others).
+    admin: ConnInfo,
+    /// Work folder: logs, scripts, pgbench logs, the private cluster.
+    tmp: PathBuf,
+    /// The running server and the database it serves.
+    server: Option<(CrabletServer, String)>,
+    /// Servers started so far (names their logs).
+    server_starts: u32,
+    /// Raw INSERT tx/s at 64 clients (P1, P3).
+    p1_baseline: Option<f64>,
+    /// crablet P1 events/s on the empty store (P5).
+    p1_crablet: Option<f64>,
+    /// What has been measured.
+    report: BenchReport,
+}
+
+impl Bench {
+    fn wants(&self, goal: Goal) -> bool {
+        self.cfg.goals.is_empty() || self.cfg.goals.contains(&goal)
+    }
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    async fn run_all(&mut self) -> anyhow::Result<()> {
+        self.report.plan = Some(self.plan.clone());
+        self.report.settings = postgres::server_settings(&self.tools, &self.admin).await?;
+        eprintln!("bench: PostgreSQL settings {:?}", self.report.settings);
+        let raw = self.db(DB_RAW);
+        postgres::recreate_database(&self.tools, &self.admin, DB_RAW).await?;
+        self.tools.psql(&raw, postgres::INSERT_TABLE_DDL).await?;
+        let needs_empty = [Goal::P1, Goal::P2, Goal::P3, Goal::P6]
+            .iter()
+            .any(|&g| self.wants(g));
+        if needs_empty && !self.cfg.baselines_only {
+            postgres::recreate_database(&self.tools, &self.admin, DB_EMPTY).await?;
+        }
+
+        if self.wants(Goal::P1) || self.wants(Goal::P6) {
+            let r = self.goal_p1().await;
+            self.row_or_failure(r, "P1", "append-if, disjoint keys, 64 clients", ">= 1.5x");
+        }
+        if self.wants(Goal::P2) {
+            let r = self.goal_p2().await;
+            self.row_or_failure(r, "P2", "append-if p50 latency, 1 client", "<= 2x");
+        }
+        if self.wants(Goal::P3) {
+            let r = self.goal_p3().await;
+            self.row_or_failure(
+                r,
+                "P3",
+                "hot keys (100, Zipf), 64 clients",
+                ">= 1x, 0 violations",
+            );
+        }
+        if self.wants(Goal::P4) || self.wants(Goal::P5) {
+            if let Err(e) = self.load_volume().await {
+                let msg = format!("{e:#}");
+                self.report.notes.push(format!("volume load failed: {msg}"));
+                for (id, w, g) in [(Goal::P4, "P4", ">= 1x"), (Goal::P5, "P5", ">= 0.8")] {
+                    if self.wants(id) {
+                        self.report.rows.push(Row::failed(w, "volume", g, &msg));
+                    }
+                }
+            } else {
+                if self.wants(Goal::P4) {
+                    let r = self.goal_p4().await;
+                    self.row_or_failure(
+                        r,
+                        "P4",
+                        "read one tag (10 events) @volume, 16 clients",
+                        ">= 1x",
+                    );
+                }
+                if self.wants(Goal::P5) {
+                    let r = self.goal_p5().await;
+                    self.row_or_failure(r, "P5", "P1 @volume vs P1 empty", ">= 0.8");
+                }
+            }
+        }
+        if self.cfg.soak && !self.cfg.baselines_only {
+            if let Err(e) = self.soak().await {
+                self.report.notes.push(format!("soak failed: {e:#}"));
+            }
+        }
+        if self.wants(Goal::P6) && !self.cfg.baselines_only {
+            let row = self.p6_row();
+            self.report.rows.push(row);
+        }
+        Ok(())
+    }
+
+    fn row_or_failure(
+        &mut self,
+        r: anyhow::Result<Option<Row>>,
+        id: &str,
+        workload: &str,
+        goal: &str,
+    ) {
+        match r {
+            Ok(Some(row)) => self.report.rows.push(row),
+            Ok(None) => {}
+            Err(e) => {
+                let msg = format!("{e:#}");
+                eprintln!("bench: {id} failed: {msg}");
+                self.report.notes.push(format!("{id} failed: {msg}"));
+                self.report.rows.push(Row::failed(id, workload, goal, &msg));
+            }
+        }
+    }
+
+    fn db(&self, name: &str) -> ConnInfo {
+        self.admin.with_dbname(name)
+    }
+
+    fn run_id(&self, phase: &str) -> String {
+        // Distinct per invocation and phase, short enough for tags.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        format!("{phase}{:x}", (self.cfg.seed as u32) ^ nanos)
+    }
+
+    /// The server, running against database `db` (restarted if it died).
+    async fn server_on(&mut self, db: &str) -> anyhow::Result<Target> {
+        if let Some((server, current)) = &mut self.server {
+            if current == db {
+                match server.exited() {
+                    None => return Ok(server.target.clone()),
+                    Some(status) => {
+                        let msg = format!(
+                            "crablet serve exited ({status}) during the bench; log: {}",
+                            server.log.display()
+                        );
+                        eprintln!("bench: {msg}");
+                        self.report.notes.push(msg);
+                    }
+                }
+            }
+        }
+        self.stop_server().await;
+        let crablet = self.crablet.clone().context("no crablet binary")?;
+        self.server_starts += 1;
+        let log = self
+            .tmp
+            .join(format!("server-{}-{db}.log", self.server_starts));
+        let url = self.db(db).to_conn_string();
+        let server = CrabletServer::start(&crablet, &url, &log).await?;
+        eprintln!(
+            "bench: crablet serve pid {} on {} -> {db} (log {})",
+            server.pid,
+            server.target.url(),
+            log.display()
+        );
+        let target = server.target.clone();
+        self.server = Some((server, db.to_string()));
+        Ok(target)
+    }
+
+    async fn stop_server(&mut self) {
+        if let Some((server, _)) = self.server.take() {
+            if let Err(e) = server.stop().await {
+                eprintln!("bench: stopping crablet serve: {e:#}");
+            }
+        }
+    }
+
+    fn server_pid(&self) -> Option<u32> {
+        self.server.as_ref().map(|(s, _)| s.pid)
+    }
+
+    fn scenario(&self, kind: ScenarioKind, phase: &str) -> ScenarioConfig {
+        ScenarioConfig {
+            kind,
+            run_id: self.run_id(phase),
+            read_tags: (self.plan.volume_events / EVENTS_PER_TAG).max(1),
+            tag_prefix: "t".into(),
+            hot_keys: HOT_KEYS,
+            zipf_exponent: HOT_KEYS_ZIPF,
+            data_bytes: DATA_BYTES,
+            seed_reads: false,
+        }
+    }
+
+    /// Runs a crablet workload and records its report under `name`.
+    async fn crablet_run(
+        &mut self,
+        name: &str,
+        target: &Target,
+        scenario: ScenarioConfig,
+        clients: usize,
+        duration: Duration,
+        live: Arc<LiveCounters>,
+    ) -> anyhow::Result<Report> {
+        eprintln!(
+            "bench: {name}: crablet {} x{clients} for {:.0} s",
+            scenario.kind,
+            duration.as_secs_f64()
+        );
+        let report = driver::run(
+            &RunConfig {
+                target: target.clone(),
+                scenario,
+                clients,
+                duration,
+                rate: None,
+                seed: self.cfg.seed,
+                request_timeout: self.cfg.request_timeout,
+                progress: duration >= Duration::from_secs(60),
+                setup: true,
+                verify: true,
+            },
+            live,
+        )
+        .await?;
+        eprint!("{}", report.summary());
+        let errors = report.error_count();
+        if errors > 0 {
+            self.report.notes.push(format!(
+                "{name}: {errors} failed requests {:?}; e.g. {:?}",
+                report.labels.iter().map(|l| &l.errors).collect::<Vec<_>>(),
+                report
+                    .labels
+                    .iter()
+                    .flat_map(|l| l.error_samples.first())
+                    .next()
+            ));
+        }
+        if let Some(status) = self.server.as_mut().and_then(|(s, _)| s.exited()) {
+            anyhow::bail!("crablet serve exited ({status}) during {name}");
+        }
+        self.report.runs.insert(name.to_string(), report.clone());
+        Ok(report)
+    }
+
+    /// A short untimed load on a fresh server.
+    async fn warm_up(&mut self, target: &Target) -> anyhow::Result<()> {
+        let cfg = RunConfig {
+            target: target.clone(),
+            scenario: self.scenario(ScenarioKind::AppendIf, "w"),
+            clients: self.plan.write_clients,
+            duration: WARMUP,
+            rate: None,
+            seed: self.cfg.seed,
+            request_timeout: self.cfg.request_timeout,
+            progress: false,
+            setup: false,
+            verify: false,
+        };
+        driver::run(&cfg, Arc::default()).await.map(|_| ())
+    }
+
+    async fn pgbench(
+        &mut self,
+        name: &str,
+        db: &str,
+        script: &str,
+        clients: usize,
+        duration: Duration,
+        log: bool,
+    ) -> anyhow::Result<PgbenchResult> {
+        eprintln!(
+            "bench: {name}: pgbench -M prepared -c {clients} -j {} for {:.0} s",
+            PGBENCH_JOBS.min(clients),
+            duration.as_secs_f64()
+        );
+        let script_path = self.tmp.join(format!("{name}.sql"));
+        std::fs::write(&script_path, script)
+            .with_context(|| format!("writing {}", script_path.display()))?;
+        let log_prefix = self.tmp.join(format!("{name}-log"));
+        let result = self
+            .tools
+            .pgbench(
+                &self.db(db),
+                &PgbenchRun {
+                    script: &script_path,
+                    clients,
+                    jobs: PGBENCH_JOBS,
+                    duration,
+                    log_prefix: log.then_some(log_prefix.as_path()),
+                },
+            )
+            .await?;
+        eprintln!(
+            "bench: {name}: {:.0} tx/s, latency avg {:.3} ms, {} failed",
+            result.tps, result.latency_avg_ms, result.failed
+        );
+        if result.failed > 0 {
+            self.report.notes.push(format!(
+                "{name}: pgbench reported {} failed transactions",
+                result.failed
+            ));
+        }
+        self.report
+            .baselines
+            .insert(name.to_string(), result.clone());
+        Ok(result)
+    }
+
+    /// Raw 1-row INSERT tx/s at 64 clients (the P1/P3 baseline), on a truncated table.
+    async fn insert_baseline(&mut self, name: &str) -> anyhow::Result<f64> {
+        self.tools
+            .psql(&self.db(DB_RAW), "TRUNCATE bench_insert; CHECKPOINT")
+            .await?;
+        let script = postgres::insert_script(&payload(DATA_BYTES));
+        let clients = self.plan.write_clients;
+        let r = self
+            .pgbench(
+                name,
+                DB_RAW,
+                &script,
+                clients,
+                Self::secs(self.plan.throughput_s),
+                false,
+            )
+            .await?;
+        Ok(r.tps)
+    }
+
+    async fn goal_p1(&mut self) -> anyhow::Result<Option<Row>> {
+        let base = self.insert_baseline("p1-baseline-insert-64").await?;
+        self.p1_baseline = Some(base);
+        if self.cfg.baselines_only {
+            return Ok(Some(baseline_only_row(
+                "P1",
+                "raw INSERT, 64 clients",
+                base,
+                "tx/s",
+            )));
+        }
+        let target = self.server_on(DB_EMPTY).await?;
+        self.warm_up(&target).await?;
+        let live = Arc::new(LiveCounters::default());
+        let pid = self.server_pid().context("no server")?;
+        let duration = Self::secs(self.plan.throughput_s);
+        let sampler = RssSampler::start(
+            pid,
+            RSS_INTERVAL,
+            duration * 2 + Duration::from_secs(60),
+            live.clone(),
+            None,
+        );
+        let scenario = self.scenario(ScenarioKind::AppendIf, "p1");
+        let clients = self.plan.write_clients;
+        let run = self
+            .crablet_run(
+                "p1-append-if-64",
+                &target,
+                scenario,
+                clients,
+                duration,
+                live,
+            )
+            .await;
+        self.report.rss_p1 = sampler.finish().await;
+        let run = run?;
+        let p = run.primary().context("no append-if figures")?;
+        if p.conflicts > 0 {
+            self.report.notes.push(format!(
+                "P1: {} FALSE CONFLICTS (appends on disjoint keys rejected; must be 0)",
+                p.conflicts
+            ));
+        }
+        let rate = p.ok_per_s;
+        self.p1_crablet = Some(rate);
+        if !self.wants(Goal::P1) {
+            return Ok(None);
+        }
+        let ratio = rate / base;
+        self.report.notes.push(format!(
+            "P1: crablet p50 {:.2} ms, p99 {:.2} ms; raw INSERT at 64 clients {:.0} tx/s",
+            ms(p.latency_us.p50_us),
+            ms(p.latency_us.p99_us),
+            base
+        ));
+        Ok(Some(Row {
+            id: "P1".into(),
+            workload: "append-if, disjoint keys, 64 clients".into(),
+            crablet: format!("{} events/s", thousands(rate)),
+            baseline: format!("{} tx/s (INSERT)", thousands(base)),
+            ratio: Some(ratio),
+            goal: format!(">= {P1_GOAL}x"),
+            met: Some(ratio >= P1_GOAL && p.conflicts == 0),
+            crablet_value: Some(rate),
+            baseline_value: Some(base),
+        }))
+    }
+
+    async fn goal_p2(&mut self) -> anyhow::Result<Option<Row>> {
+        self.tools
+            .psql(&self.db(DB_RAW), "TRUNCATE bench_insert")
+            .await?;
+        let script = postgres::insert_script(&payload(DATA_BYTES));
+        let duration = Self::secs(self.plan.latency_s);
+        let base = self
+            .pgbench("p2-baseline-insert-1", DB_RAW, &script, 1, duration, true)
+            .await?;
+        let base_p50 = base
+            .latency
+            .context("pgbench wrote no per-transaction log")?
+            .p50_us;
+        if self.cfg.baselines_only {
+            return Ok(Some(baseline_only_row(
+                "P2",
+                "raw INSERT p50, 1 client",
+                ms(base_p50),
+                "ms",
+            )));
+        }
+        let target = self.server_on(DB_EMPTY).await?;
+        let scenario = self.scenario(ScenarioKind::AppendIf, "p2");
+        let run = self
+            .crablet_run(
+                "p2-append-if-1",
+                &target,
+                scenario,
+                1,
+                duration,
+                Arc::default(),
+            )
+            .await?;
+        let p = run.primary().context("no append-if figures")?;
+        let ratio = p.latency_us.p50_us as f64 / base_p50.max(1) as f64;
+        self.report.notes.push(format!(
+            "P2: crablet p50/p99 {:.3}/{:.3} ms at {:.0} appends/s; raw INSERT p50/p99 {:.3}/{:.3} ms at {:.0} tx/s",
+            ms(p.latency_us.p50_us),
+            ms(p.latency_us.p99_us),
+            p.ok_per_s,
+            ms(base_p50),
+            ms(base.latency.map_or(0, |l| l.p99_us)),
+            base.tps
+        ));
+        Ok(Some(Row {
+            id: "P2".into(),
+            workload: "append-if p50 latency, 1 client".into(),
+            crablet: format!("{:.3} ms", ms(p.latency_us.p50_us)),
+            baseline: format!("{:.3} ms (INSERT)", ms(base_p50)),
+            ratio: Some(ratio),
+            goal: format!("<= {P2_GOAL}x"),
+            met: Some(ratio <= P2_GOAL),
+            crablet_value: Some(ms(p.latency_us.p50_us)),
+            baseline_value: Some(ms(base_p50)),
+        }))
+    }
+
+    async fn p1_baseline(&mut self) -> anyhow::Result<f64> {
+        match self.p1_baseline {
+            Some(b) => Ok(b),
+            None => {
+                let b = self.insert_baseline("p1-baseline-insert-64").await?;
+                self.p1_baseline = Some(b);
+                Ok(b)
+            }
+        }
+    }
+
+    async fn goal_p3(&mut self) -> anyhow::Result<Option<Row>> {
+        let base = self.p1_baseline().await?;
+        if self.cfg.baselines_only {
+            return Ok(None);
+        }
+        let target = self.server_on(DB_EMPTY).await?;
+        let scenario = self.scenario(ScenarioKind::HotKeys, "p3");
+        let clients = self.plan.write_clients;
+        let duration = Self::secs(self.plan.throughput_s);
+        let run = self
+            .crablet_run(
+                "p3-hot-keys-64",
+                &target,
+                scenario,
+                clients,
+                duration,
+                Arc::default(),
+            )
+            .await?;
+        let p = run.primary().context("no decision figures")?;
+        let v = run
+            .verification
+            .clone()
+            .context("hot-keys run was not verified")?;
+        let rate = p.decisions_per_s;
+        let ratio = rate / base;
+        self.report.notes.push(format!(
+            "P3: {:.0} accepted + {:.0} rejected decisions/s, p50 {:.2} ms, p99 {:.2} ms; verification: {} events on {} keys, {} violations, {} unparsable, {} acknowledged missing",
+            p.ok_per_s,
+            p.decisions_per_s - p.ok_per_s,
+            ms(p.latency_us.p50_us),
+            ms(p.latency_us.p99_us),
+            v.events_checked,
+            v.keys_checked,
+            v.violations,
+            v.unparsable,
+            v.lost_acknowledged
+        ));
+        for d in &v.details {
+            self.report.notes.push(format!("P3 violation: {d}"));
+        }
+        Ok(Some(Row {
+            id: "P3".into(),
+            workload: "hot keys (100, Zipf 1.0), 64 clients".into(),
+            crablet: format!(
+                "{} decisions/s, {} violations",
+                thousands(rate),
+                v.violations
+            ),
+            baseline: format!("{} tx/s (INSERT)", thousands(base)),
+            ratio: Some(ratio),
+            goal: format!(">= {P3_GOAL}x, 0 violations"),
+            met: Some(ratio >= P3_GOAL && v.passed()),
+            crablet_value: Some(rate),
+            baseline_value: Some(base),
+        }))
+    }
+
+    /// Stores the volume on both sides: crablet's preload (batched appends) and the
+    /// GIN table, each vacuumed and analyzed.
+    async fn load_volume(&mut self) -> anyhow::Result<()> {
+        let events = self.plan.volume_events;
+        let data = payload(DATA_BYTES);
+        if !self.cfg.baselines_only {
+            postgres::recreate_database(&self.tools, &self.admin, DB_VOLUME).await?;
+            let target = self.server_on(DB_VOLUME).await?;
+            eprintln!(
+                "bench: preloading {events} events ({PRELOAD_BATCH} per append, {PRELOAD_CONCURRENCY} concurrent)"
+            );
+            let result = preload::preload(
+                &target,
+                &PreloadConfig {
+                    events,
+                    batch: PRELOAD_BATCH,
+                    concurrency: PRELOAD_CONCURRENCY,
+                    tag_prefix: "t".into(),
+                    data_bytes: DATA_BYTES,
+                    quiet: false,
+                },
+            )
+            .await?;
+            eprintln!(
+                "bench: preloaded {} events in {:.1} s ({:.0} events/s)",
+                result.events, result.elapsed_s, result.events_per_s
+            );
+            self.report.notes.push(format!(
+                "preload: {} events in {:.1} s = {:.0} events/s ({} batches retried after 429/503)",
+                result.events, result.elapsed_s, result.events_per_s, result.retries
+            ));
+            self.report.preload = Some(result);
+            self.tools
+                .psql(&self.db(DB_VOLUME), "VACUUM ANALYZE")
+                .await?;
+        }
+        if self.wants(Goal::P4) {
+            eprintln!("bench: building the GIN baseline table ({events} rows)");
+            let t = Instant::now();
+            for sql in postgres::gin_table_sql(events, &data) {
+                self.tools.psql(&self.db(DB_RAW), &sql).await?;
+            }
+            self.report.gin_load_s = Some(t.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    async fn goal_p4(&mut self) -> anyhow::Result<Option<Row>> {
+        let tags = (self.plan.volume_events / EVENTS_PER_TAG).max(1);
+        let clients = self.plan.read_clients;
+        let duration = Self::secs(self.plan.read_s);
+        let base = self
+            .pgbench(
+                "p4-baseline-gin-read-16",
+                DB_RAW,
+                &postgres::gin_read_script(tags),
+                clients,
+                duration,
+                false,
+            )
+            .await?;
+        let volume = self.plan.volume_events;
+        if self.cfg.baselines_only {
+            return Ok(Some(baseline_only_row(
+                "P4",
+                "GIN read, 16 clients",
+                base.tps,
+                "tx/s",
+            )));
+        }
+        let target = self.server_on(DB_VOLUME).await?;
+        let scenario = self.scenario(ScenarioKind::Read, "p4");
+        let run = self
+            .crablet_run(
+                "p4-read-16",
+                &target,
+                scenario,
+                clients,
+                duration,
+                Arc::default(),
+            )
+            .await?;
+        let p = run.primary().context("no read figures")?;
+        let per_read = if p.ok > 0 {
+            p.items as f64 / p.ok as f64
+        } else {
+            0.0
+        };
+        if (per_read - EVENTS_PER_TAG as f64).abs() > f64::EPSILON {
+            self.report.notes.push(format!(
+                "P4: reads returned {per_read:.2} events on average, expected {EVENTS_PER_TAG}"
+            ));
+        }
+        let rate = p.ok_per_s;
+        let ratio = rate / base.tps;
+        self.report.notes.push(format!(
+            "P4: crablet p50 {:.2} ms, p99 {:.2} ms; pgbench latency avg {:.2} ms",
+            ms(p.latency_us.p50_us),
+            ms(p.latency_us.p99_us),
+            base.latency_avg_ms
+        ));
+        Ok(Some(Row {
+            id: "P4".into(),
+            workload: format!(
+                "read one tag (10 events), {} stored, 16 clients",
+                thousands(volume as f64)
+            ),
+            crablet: format!("{} reads/s", thousands(rate)),
+            baseline: format!("{} tx/s (GIN)", thousands(base.tps)),
+            ratio: Some(ratio),
+            goal: format!(">= {P4_GOAL}x"),
+            met: Some(ratio >= P4_GOAL && (per_read - EVENTS_PER_TAG as f64).abs() < f64::EPSILON),
+            crablet_value: Some(rate),
+            baseline_value: Some(base.tps),
+        }))
+    }
+
+    async fn goal_p5(&mut self) -> anyhow::Result<Option<Row>> {
+        if self.cfg.baselines_only {
+            return Ok(None);
+        }
+        let empty = match self.p1_crablet {
+            Some(r) => r,
+            None => {
+                postgres::recreate_database(&self.tools, &self.admin, DB_EMPTY).await?;
+                let target = self.server_on(DB_EMPTY).await?;
+                self.warm_up(&target).await?;
+                let scenario = self.scenario(ScenarioKind::AppendIf, "p1");
+                let clients = self.plan.write_clients;
+                let duration = Self::secs(self.plan.throughput_s);
+                let run = self
+                    .crablet_run(
+                        "p1-append-if-64",
+                        &target,
+                        scenario,
+                        clients,
+                        duration,
+                        Arc::default(),
+                    )
+                    .await?;
+                let rate = run.primary().context("no append-if figures")?.ok_per_s;
+                self.p1_crablet = Some(rate);
+                rate
+            }
+        };
+        let target = self.server_on(DB_VOLUME).await?;
+        let scenario = self.scenario(ScenarioKind::AppendIf, "p5");
+        let clients = self.plan.write_clients;
+        let duration = Self::secs(self.plan.throughput_s);
+        let run = self
+            .crablet_run(
+                "p5-append-if-64-volume",
+                &target,
+                scenario,
+                clients,
+                duration,
+                Arc::default(),
+            )
+            .await?;
+        let p = run.primary().context("no append-if figures")?;
+        let rate = p.ok_per_s;
+        let ratio = rate / empty;
+        if p.conflicts > 0 {
+            self.report
+                .notes
+                .push(format!("P5: {} FALSE CONFLICTS (must be 0)", p.conflicts));
+        }
+        // The disk may have slowed down since P1 (it does on these machines): measure
+        // the raw INSERT again so a drop can be told apart from crablet's own.
+        if let Ok(again) = self.insert_baseline("p5-baseline-insert-64-again").await {
+            if let Some(first) = self.p1_baseline {
+                self.report.notes.push(format!(
+                    "P5: raw INSERT at 64 clients re-measured now: {again:.0} tx/s (was {first:.0} at P1, ratio {:.2})",
+                    again / first
+                ));
+            }
+        }
+        Ok(Some(Row {
+            id: "P5".into(),
+            workload: format!(
+                "P1 with {} events stored vs empty",
+                thousands(self.plan.volume_events as f64)
+            ),
+            crablet: format!("{} events/s", thousands(rate)),
+            baseline: format!("{} events/s (empty)", thousands(empty)),
+            ratio: Some(ratio),
+            goal: format!(">= {P5_GOAL}"),
+            met: Some(ratio >= P5_GOAL && p.conflicts == 0),
+            crablet_value: Some(rate),
+            baseline_value: Some(empty),
+        }))
+    }
+
+    async fn soak(&mut self) -> anyhow::Result<()> {
+        postgres::recreate_database(&self.tools, &self.admin, DB_SOAK).await?;
+        let target = self.server_on(DB_SOAK).await?;
+        let pid = self.server_pid().context("no server")?;
+        let duration = self.cfg.soak_duration;
+        let live = Arc::new(LiveCounters::default());
+        let sampler = RssSampler::start(
+            pid,
+            RSS_INTERVAL,
+            duration + Duration::from_secs(120),
+            live.clone(),
+            Some(SOAK_PRINT_INTERVAL),
+        );
+        let scenario = self.scenario(ScenarioKind::AppendIf, "soak");
+        let clients = self.plan.write_clients;
+        let run = self
+            .crablet_run(
+                "soak-append-if-64",
+                &target,
+                scenario,
+                clients,
+                duration,
+                live,
+            )
+            .await;
+        let samples = sampler.finish().await;
+        let run = run?;
+        let flatness = server::flatness(&samples);
+        if let Some(f) = flatness {
+            self.report.notes.push(format!(
+                "soak: RSS {:.1} MiB in the first minute, {:.1} MiB in the last ({:+.1} MiB): {}",
+                f.warm_mib,
+                f.final_mib,
+                f.growth_mib,
+                if f.flat { "flat" } else { "GROWING" }
+            ));
+        }
+        self.report.soak = Some(SoakReport {
+            run,
+            samples,
+            flatness,
+        });
+        Ok(())
+    }
+
+    fn p6_row(&self) -> Row {
+        let max = self
+            .report
+            .rss_p1
+            .iter()
+            .map(|s| s.rss_mib)
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+        let Some(max) = max else {
+            return Row::failed(
+                "P6",
+                "server RSS under P1 load",
+                "<= 100 MiB",
+                "no RSS samples",
+            );
+        };
+        let soak = self.report.soak.as_ref().and_then(|s| {
+            let f = s.flatness?;
+            let max = s.samples.iter().map(|x| x.rss_mib).fold(0.0, f64::max);
+            Some((f, max))
+        });
+        let (crablet, met, goal) = match soak {
+            Some((f, soak_max)) => (
+                format!(
+                    "{max:.1} MiB max (soak: {soak_max:.1} max, {:+.1} MiB)",
+                    f.growth_mib
+                ),
+                max.max(soak_max) <= P6_GOAL_MIB && f.flat,
+                format!("<= {P6_GOAL_MIB:.0} MiB, flat"),
+            ),
+            None => (
+                format!("{max:.1} MiB max"),
+                max <= P6_GOAL_MIB,
+                format!("<= {P6_GOAL_MIB:.0} MiB"),
+            ),
+        };
+        Row {
+            id: "P6".into(),
+            workload: "server RSS under the P1 load".into(),
+            crablet,
+            baseline: "-".into(),
+            ratio: None,
+            goal,
+            met: Some(met),
+            crablet_value: Some(max),
+            baseline_value: None,
+        }
+    }
+}
+
+/// A row that shows only a baseline (`--baselines-only`).
+fn baseline_only_row(id: &str, workload: &str, value: f64, unit: &str) -> Row {
+    Row {
+        id: id.into(),
+        workload: workload.into(),
+        crablet: "-".into(),
+        baseline: format!("{value:.3} {unit}"),
+        ratio: None,
+        goal: "-".into(),
+        met: None,
+        crablet_value: None,
+        baseline_value: Some(value),
+    }
+}
