@@ -3,11 +3,13 @@
 //! - **Closed loop**: each client sends, awaits the reply, and sends again, until
 //!   the deadline. Latency is the time of each operation.
 //! - **Open loop**: operations are scheduled at a constant rate (slot `i` is due at
-//!   `start + i / rate`); each client takes the next slot, waits for its due time if
-//!   it is early, and sends. Latency is measured from the slot's *intended* time, so
-//!   a stalled server shows up as queueing delay instead of being hidden by clients
-//!   that stopped sending (coordinated omission). Slots still unsent at the deadline
-//!   are counted as `unsent`.
+//!   `start + i / rate`). A pacer thread releases each slot at its due time (OS
+//!   sleep, tens of µs of slack, where tokio's timer has 1 ms) into a queue; a free
+//!   client takes the next slot and sends at once. Latency is measured from the
+//!   slot's *intended* time, so a stalled server shows up as queueing delay instead
+//!   of being hidden by clients that stopped sending (coordinated omission); the
+//!   service time from the actual send is kept beside it. Slots still unsent at the
+//!   deadline are counted as `unsent`.
 //!
 //! Clients connect before the clock starts. Each owns its connection, random stream
 //! and stats; nothing is shared on the hot path but two relaxed atomic counters.
@@ -19,9 +21,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
-use tokio::sync::{watch, Barrier};
+use tokio::sync::{mpsc, watch, Barrier, Mutex};
 
 use crate::http::{Conn, Target};
+use crate::procfs::CpuSnapshot;
 use crate::report::Report;
 use crate::scenario::{ClientCtx, Scenario, ScenarioConfig};
 use crate::stats::{Outcome, Stats};
@@ -29,6 +32,9 @@ use crate::stats::{Outcome, Stats};
 /// Pause after a transport failure before the next attempt, so a dead server does
 /// not turn a client into a busy loop.
 const TRANSPORT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
+/// Open loop: a slot due before the deadline is still sent this long after it (a
+/// slot released just before the deadline is not "unsent").
+const OPEN_LOOP_DRAIN_GRACE: Duration = Duration::from_millis(100);
 /// Interval of progress lines.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 /// Spreads per-client seeds apart.
@@ -84,7 +90,8 @@ pub async fn run(cfg: &RunConfig, live: Arc<LiveCounters>) -> anyhow::Result<Rep
 
     let (start_tx, start_rx) = watch::channel::<Option<Instant>>(None);
     let ready = Arc::new(Barrier::new(cfg.clients + 1));
-    let next_slot = Arc::new(AtomicU64::new(0));
+    let (slot_tx, slot_rx) = mpsc::channel::<Instant>(slot_queue_capacity(cfg.rate));
+    let slots = Arc::new(Mutex::new(slot_rx));
     let mut handles = Vec::with_capacity(cfg.clients);
     for id in 0..cfg.clients {
         let mut ctx = ClientCtx {
@@ -95,12 +102,8 @@ pub async fn run(cfg: &RunConfig, live: Arc<LiveCounters>) -> anyhow::Result<Rep
             stats: Stats::default(),
             acked: Vec::new(),
         };
-        let (scenario, ready, live, next_slot) = (
-            scenario.clone(),
-            ready.clone(),
-            live.clone(),
-            next_slot.clone(),
-        );
+        let (scenario, ready, live, slots) =
+            (scenario.clone(), ready.clone(), live.clone(), slots.clone());
         let mut start_rx = start_rx.clone();
         let (duration, rate) = (cfg.duration, cfg.rate);
         handles.push(tokio::spawn(async move {
@@ -114,20 +117,28 @@ pub async fn run(cfg: &RunConfig, live: Arc<LiveCounters>) -> anyhow::Result<Rep
             let deadline = start + duration;
             match rate {
                 None => closed_loop(&scenario, &mut ctx, deadline, &live).await,
-                Some(rate) => {
-                    open_loop(
-                        &scenario, &mut ctx, start, deadline, rate, &next_slot, &live,
-                    )
-                    .await
-                }
+                Some(_) => open_loop(&scenario, &mut ctx, deadline, &slots, &live).await,
             }
             ctx
         }));
     }
+    // Only the clients hold the slot queue now: when they are all gone, the pacer's
+    // next send fails and it stops.
+    drop(slots);
     ready.wait().await;
+    let cpu = CpuSnapshot::now();
     let start = Instant::now();
     // Receivers live in the client tasks until they end, so this cannot fail.
     let _ = start_tx.send(Some(start));
+    if let Some(rate) = cfg.rate {
+        let scheduled = scheduled_slots(cfg.duration, rate);
+        std::thread::Builder::new()
+            .name("pacer".into())
+            .spawn(move || pace(&slot_tx, start, scheduled, rate))
+            .context("starting the pacer thread")?;
+    } else {
+        drop(slot_tx);
+    }
     let progress = cfg
         .progress
         .then(|| tokio::spawn(progress_lines(start, live.clone())));
@@ -140,12 +151,13 @@ pub async fn run(cfg: &RunConfig, live: Arc<LiveCounters>) -> anyhow::Result<Rep
         acked.extend(ctx.acked);
     }
     let elapsed_s = start.elapsed().as_secs_f64();
+    let cpu = cpu.usage_since();
     if let Some(p) = progress {
         p.abort();
     }
     let unsent = match cfg.rate {
         Some(rate) => {
-            let scheduled = (cfg.duration.as_secs_f64() * rate).ceil() as u64;
+            let scheduled = scheduled_slots(cfg.duration, rate);
             let sent: u64 = stats.labels.values().map(|s| s.total()).sum();
             scheduled.saturating_sub(sent)
         }
@@ -162,6 +174,7 @@ pub async fn run(cfg: &RunConfig, live: Arc<LiveCounters>) -> anyhow::Result<Rep
         &stats,
         unsent,
     );
+    report.set_cpu(cpu);
     if cfg.verify && scenario.verifies() {
         report.verification = scenario.verify(&cfg.target, &acked).await?;
     }
@@ -177,43 +190,66 @@ async fn closed_loop(
     while Instant::now() < deadline {
         let began = Instant::now();
         let (label, outcome) = scenario.op(ctx).await;
-        finish(ctx, label, began, outcome, live).await;
+        ctx.stats.record(label, began.elapsed(), outcome.clone());
+        after_op(&outcome, live).await;
+    }
+}
+
+/// Slots due before the deadline.
+fn scheduled_slots(duration: Duration, rate: f64) -> u64 {
+    (duration.as_secs_f64() * rate).ceil() as u64
+}
+
+/// Room for about a second of slots (bounded), so the pacer rarely waits on a
+/// stalled server; when it does, slots still carry their intended time.
+fn slot_queue_capacity(rate: Option<f64>) -> usize {
+    const MIN_CAPACITY: usize = 1024;
+    const MAX_CAPACITY: usize = 100_000;
+    rate.map_or(1, |r| (r as usize).clamp(MIN_CAPACITY, MAX_CAPACITY))
+}
+
+/// The pacer thread: releases slot `i` at `start + i / rate`, `scheduled` slots.
+fn pace(slots: &mpsc::Sender<Instant>, start: Instant, scheduled: u64, rate: f64) {
+    for slot in 0..scheduled {
+        let intended = start + Duration::from_secs_f64(slot as f64 / rate);
+        let now = Instant::now();
+        if intended > now {
+            std::thread::sleep(intended - now);
+        }
+        if slots.blocking_send(intended).is_err() {
+            return;
+        }
     }
 }
 
 async fn open_loop(
     scenario: &Scenario,
     ctx: &mut ClientCtx,
-    start: Instant,
     deadline: Instant,
-    rate: f64,
-    next_slot: &AtomicU64,
+    slots: &Mutex<mpsc::Receiver<Instant>>,
     live: &LiveCounters,
 ) {
     loop {
-        let slot = next_slot.fetch_add(1, Ordering::Relaxed);
-        let intended = start + Duration::from_secs_f64(slot as f64 / rate);
-        if intended >= deadline || Instant::now() >= deadline {
+        let slot = slots.lock().await.recv().await;
+        let Some(intended) = slot else { return };
+        if Instant::now() >= deadline + OPEN_LOOP_DRAIN_GRACE {
             return;
         }
-        tokio::time::sleep_until(intended.into()).await;
+        let sent = Instant::now();
         let (label, outcome) = scenario.op(ctx).await;
-        finish(ctx, label, intended, outcome, live).await;
+        let done = Instant::now();
+        ctx.stats
+            .record_open(label, done - intended, done - sent, outcome.clone());
+        after_op(&outcome, live).await;
     }
 }
 
-async fn finish(
-    ctx: &mut ClientCtx,
-    label: &'static str,
-    since: Instant,
-    outcome: Outcome,
-    live: &LiveCounters,
-) {
+/// Counts the operation and backs off after a transport failure.
+async fn after_op(outcome: &Outcome, live: &LiveCounters) {
     let transport_failure = matches!(
-        &outcome,
+        outcome,
         Outcome::Error { label, .. } if matches!(label.as_str(), "connect" | "io")
     );
-    ctx.stats.record(label, since.elapsed(), outcome);
     live.completed.fetch_add(1, Ordering::Relaxed);
     if transport_failure {
         tokio::time::sleep(TRANSPORT_ERROR_BACKOFF).await;

@@ -15,6 +15,8 @@
 //! - [`verify`]: pure checkers of DCB invariants over a log read back after a run.
 //! - [`driver`]: the closed-loop and open-loop engines that run N virtual clients for
 //!   a bounded time.
+//! - [`procfs`]: RSS and CPU readings from `/proc` (what a run cost, whether the
+//!   cores were full).
 //! - [`preload`]: fast bulk loading of N events with large batched appends.
 //! - [`bench`]: the one-command benchmark: PostgreSQL, crablet server, baselines
 //!   (pgbench/psql), the goal table of targets.md.
@@ -27,6 +29,7 @@ pub mod bench;
 pub mod driver;
 pub mod http;
 pub mod preload;
+pub mod procfs;
 pub mod report;
 pub mod scenario;
 pub mod stats;

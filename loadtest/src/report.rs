@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::procfs::CpuUsage;
 use crate::stats::{LabelStats, Stats};
 
 /// Latency percentiles of one label, in microseconds.
@@ -81,6 +82,8 @@ pub struct LabelReport {
     /// Latency of every operation; in open-loop mode measured from the intended
     /// send time (coordinated omission corrected).
     pub latency_us: Percentiles,
+    /// Open loop only: latency from the actual send (service time).
+    pub service_us: Option<Percentiles>,
 }
 
 impl LabelReport {
@@ -100,6 +103,7 @@ impl LabelReport {
             decisions_per_s: rate(s.ok + s.conflicts),
             items_per_s: rate(s.items),
             latency_us: Percentiles::of(&s.latency),
+            service_us: s.service.as_ref().map(Percentiles::of),
         }
     }
 
@@ -168,6 +172,10 @@ pub struct Report {
     /// Open loop: operations scheduled before the deadline but never sent because
     /// every client was still busy (the server could not keep the rate).
     pub unsent: u64,
+    /// CPU used during the load window (None where `/proc` is missing).
+    pub cpu: Option<CpuUsage>,
+    /// Load-generator CPU per operation, µs: what the generator costs the machine.
+    pub generator_cpu_us_per_op: Option<f64>,
     /// Post-run verification, for scenarios that have one.
     pub verification: Option<Verification>,
 }
@@ -206,6 +214,8 @@ impl Report {
                 .map(|(label, s)| LabelReport::of(label, s, elapsed_s))
                 .collect(),
             unsent,
+            cpu: None,
+            generator_cpu_us_per_op: None,
             verification: None,
         }
     }
@@ -213,6 +223,15 @@ impl Report {
     /// The headline label's figures.
     pub fn primary(&self) -> Option<&LabelReport> {
         self.labels.iter().find(|l| l.label == self.primary_label)
+    }
+
+    /// Records the CPU used during the load window.
+    pub fn set_cpu(&mut self, cpu: Option<CpuUsage>) {
+        let ops: u64 = self.labels.iter().map(|l| l.requests).sum();
+        self.cpu = cpu;
+        self.generator_cpu_us_per_op = cpu
+            .filter(|_| ops > 0)
+            .map(|c| c.generator_s * 1e6 / ops as f64);
     }
 
     /// Errors over all labels.
@@ -268,6 +287,20 @@ impl Report {
             );
         }
         for l in &self.labels {
+            if let Some(p) = l.service_us {
+                let _ = writeln!(
+                    out,
+                    "{:<10} service time from the actual send: p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3} ms",
+                    l.label,
+                    ms(p.p50_us),
+                    ms(p.p90_us),
+                    ms(p.p99_us),
+                    ms(p.p999_us),
+                    ms(p.max_us)
+                );
+            }
+        }
+        for l in &self.labels {
             if !l.errors.is_empty() {
                 let counts: Vec<String> =
                     l.errors.iter().map(|(k, v)| format!("{k} x{v}")).collect();
@@ -277,6 +310,16 @@ impl Report {
                 }
             }
         }
+        if let Some(cpu) = self.cpu {
+            let _ = writeln!(
+                out,
+                "cpu: machine {:.0}% busy; generator {:.1} s{}",
+                cpu.machine_busy_pct,
+                cpu.generator_s,
+                self.generator_cpu_us_per_op
+                    .map_or_else(String::new, |us| format!(" ({us:.1} us/op)"))
+            );
+        }
         if self.unsent > 0 {
             let _ = writeln!(
                 out,
@@ -285,12 +328,16 @@ impl Report {
             );
         }
         if let Some(v) = &self.verification {
+            let keys = if v.keys_checked > 0 {
+                format!(" on {} keys", v.keys_checked)
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 out,
-                "verification ({}): {} events, {} keys checked: {} violations, {} unparsable, {} acknowledged appends missing -> {}",
+                "verification ({}): {} events{keys}: {} violations, {} unparsable, {} acknowledged appends missing -> {}",
                 v.invariant,
                 v.events_checked,
-                v.keys_checked,
                 v.violations,
                 v.unparsable,
                 v.lost_acknowledged,

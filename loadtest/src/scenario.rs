@@ -31,6 +31,8 @@ pub const LABEL_APPEND_IF: &str = "append-if";
 pub const LABEL_DECISION: &str = "decision";
 /// Label of a quick round: conditional append, then read it back.
 pub const LABEL_QUICK: &str = "quick";
+/// Label of a `GET /health`.
+pub const LABEL_HEALTH: &str = "health";
 
 /// Number of tags of the consistency scenario's tag space.
 const CONSISTENCY_TAGS: usize = 6;
@@ -68,6 +70,8 @@ pub enum ScenarioKind {
     Mixed,
     /// Conditional append, then read it back and compare (a functional smoke loop).
     Quick,
+    /// `GET /health`: the HTTP path alone, to calibrate the generator and the stack.
+    Health,
 }
 
 impl ScenarioKind {
@@ -82,6 +86,7 @@ impl ScenarioKind {
             Self::Consistency => "consistency",
             Self::Mixed => "mixed",
             Self::Quick => "quick",
+            Self::Health => "health",
         }
     }
 }
@@ -187,6 +192,7 @@ impl Scenario {
             ScenarioKind::AppendIf | ScenarioKind::ParallelWrites => LABEL_APPEND_IF,
             ScenarioKind::HotKeys | ScenarioKind::Consistency => LABEL_DECISION,
             ScenarioKind::Quick => LABEL_QUICK,
+            ScenarioKind::Health => LABEL_HEALTH,
         }
     }
 
@@ -251,6 +257,13 @@ impl Scenario {
             ScenarioKind::HotKeys => (LABEL_DECISION, self.hot_key_decision(ctx).await),
             ScenarioKind::Consistency => (LABEL_DECISION, self.consistency_decision(ctx).await),
             ScenarioKind::Quick => (LABEL_QUICK, self.quick_round(ctx).await),
+            ScenarioKind::Health => (
+                LABEL_HEALTH,
+                match ctx.conn.health().await {
+                    Ok(()) => Outcome::Ok { items: 0 },
+                    Err(e) => error(&e),
+                },
+            ),
             ScenarioKind::Mixed => {
                 let roll = ctx.rng.gen_range(0..100);
                 if roll < MIXED_READ_PERCENT {

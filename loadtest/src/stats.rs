@@ -40,8 +40,12 @@ pub enum Outcome {
 /// Counters and latencies of one kind of operation.
 #[derive(Debug, Clone)]
 pub struct LabelStats {
-    /// Latency of every operation (any outcome), µs.
+    /// Latency of every operation (any outcome), µs; in open loop from the intended
+    /// send time.
     pub latency: Histogram<u64>,
+    /// Open loop only: time from the actual send to the reply, µs (the server's
+    /// share, without the schedule lag and the generator's timer slack).
+    pub service: Option<Histogram<u64>>,
     /// Operations that succeeded.
     pub ok: u64,
     /// Conditional appends rejected by their condition.
@@ -58,6 +62,7 @@ impl Default for LabelStats {
     fn default() -> Self {
         Self {
             latency: new_histogram(),
+            service: None,
             ok: 0,
             conflicts: 0,
             errors: BTreeMap::new(),
@@ -79,6 +84,23 @@ pub fn record_us(h: &mut Histogram<u64>, value_us: u64) {
     h.saturating_record(value_us.clamp(1, MAX_TRACKED_LATENCY_US));
 }
 
+/// A duration in whole microseconds (saturating).
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Adds `from` into `into`. Both share bounds, so adding cannot fail; should it,
+/// the values are re-recorded one by one.
+fn add_histogram(into: &mut Histogram<u64>, from: &Histogram<u64>) {
+    if into.add(from).is_err() {
+        for v in from.iter_recorded() {
+            for _ in 0..v.count_at_value() {
+                record_us(into, v.value_iterated_to());
+            }
+        }
+    }
+}
+
 impl LabelStats {
     /// Operations counted, any outcome.
     pub fn total(&self) -> u64 {
@@ -90,11 +112,14 @@ impl LabelStats {
         self.errors.values().sum()
     }
 
-    fn record(&mut self, latency: Duration, outcome: Outcome) {
-        record_us(
-            &mut self.latency,
-            u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
-        );
+    fn record(&mut self, latency: Duration, service: Option<Duration>, outcome: Outcome) {
+        record_us(&mut self.latency, micros(latency));
+        if let Some(service) = service {
+            record_us(
+                self.service.get_or_insert_with(new_histogram),
+                micros(service),
+            );
+        }
         match outcome {
             Outcome::Ok { items } => {
                 self.ok += 1;
@@ -111,11 +136,9 @@ impl LabelStats {
     }
 
     fn merge(&mut self, other: &LabelStats) {
-        // Both histograms share bounds, so adding cannot fail; saturate if it did.
-        if self.latency.add(&other.latency).is_err() {
-            for v in other.latency.iter_recorded() {
-                record_us(&mut self.latency, v.value_iterated_to());
-            }
+        add_histogram(&mut self.latency, &other.latency);
+        if let Some(theirs) = &other.service {
+            add_histogram(self.service.get_or_insert_with(new_histogram), theirs);
         }
         self.ok += other.ok;
         self.conflicts += other.conflicts;
@@ -144,7 +167,22 @@ impl Stats {
         self.labels
             .entry(label)
             .or_default()
-            .record(latency, outcome);
+            .record(latency, None, outcome);
+    }
+
+    /// Records one open-loop operation: `latency` from its intended send time,
+    /// `service` from its actual send.
+    pub fn record_open(
+        &mut self,
+        label: &'static str,
+        latency: Duration,
+        service: Duration,
+        outcome: Outcome,
+    ) {
+        self.labels
+            .entry(label)
+            .or_default()
+            .record(latency, Some(service), outcome);
     }
 
     /// Adds `other` into `self`.
@@ -183,6 +221,23 @@ mod tests {
         assert_eq!(x.latency.len(), 3);
         assert_eq!(x.latency.max(), 300);
         assert_eq!(a.labels["y"].items, 10);
+        assert!(a.labels["x"].service.is_none());
+    }
+
+    #[test]
+    fn open_loop_records_keep_service_time_apart() {
+        let mut a = Stats::default();
+        a.record_open(
+            "x",
+            Duration::from_millis(50),
+            Duration::from_millis(2),
+            Outcome::Ok { items: 1 },
+        );
+        let mut b = Stats::default();
+        b.merge(&a);
+        let x = &b.labels["x"];
+        assert!(x.latency.max() >= 49_000);
+        assert!(x.service.as_ref().is_some_and(|s| s.max() < 3_000));
     }
 
     #[test]

@@ -37,11 +37,15 @@ impl Zipf {
         self.cdf.is_empty()
     }
 
-    /// The probability of key `k`.
+    /// The probability of key `k` (0 outside `0..n`).
     pub fn probability(&self, k: usize) -> f64 {
         let total = self.cdf.last().copied().unwrap_or(1.0);
-        let below = if k == 0 { 0.0 } else { self.cdf[k - 1] };
-        (self.cdf[k] - below) / total
+        let below = k
+            .checked_sub(1)
+            .and_then(|i| self.cdf.get(i))
+            .copied()
+            .unwrap_or(0.0);
+        self.cdf.get(k).map_or(0.0, |c| (c - below) / total)
     }
 
     /// Picks a key in `0..n`.
@@ -92,6 +96,7 @@ mod tests {
     fn exponent_zero_is_uniform_and_bad_input_is_refused() {
         let z = Zipf::new(4, 0.0).unwrap();
         assert!((z.probability(3) - 0.25).abs() < 1e-12);
+        assert_eq!(z.probability(4), 0.0);
         assert!(Zipf::new(0, 1.0).is_err());
         assert!(Zipf::new(10, -1.0).is_err());
     }

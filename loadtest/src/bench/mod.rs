@@ -30,6 +30,7 @@ use serde::Serialize;
 use crate::driver::{self, LiveCounters, RunConfig};
 use crate::http::Target;
 use crate::preload::{self, PreloadConfig, PreloadResult, EVENTS_PER_TAG};
+use crate::procfs;
 use crate::report::{ms, Report};
 use crate::scenario::{payload, ScenarioConfig, ScenarioKind};
 use postgres::{ConnInfo, PgbenchResult, PgbenchRun, Tools};
@@ -47,6 +48,8 @@ const QUICK_PHASE: Duration = Duration::from_secs(5);
 /// Warm-up load on a freshly started server before it is measured (pgbench, for
 /// its part, excludes its connection time).
 const WARMUP: Duration = Duration::from_secs(2);
+/// Length of the `GET /health` runs that measure the HTTP floor (P2, P4 notes).
+const HTTP_FLOOR_PHASE: Duration = Duration::from_secs(3);
 /// Events stored for P4/P5.
 const VOLUME_EVENTS: u64 = 1_000_000;
 /// Events stored for P4/P5 with `--quick`.
@@ -539,6 +542,8 @@ impl Bench {
             scenario.kind,
             duration.as_secs_f64()
         );
+        let server_pid = self.server_pid().map(|p| p.to_string());
+        let server_cpu_before = server_pid.as_deref().and_then(procfs::process_cpu_s);
         let report = driver::run(
             &RunConfig {
                 target: target.clone(),
@@ -556,6 +561,20 @@ impl Bench {
         )
         .await?;
         eprint!("{}", report.summary());
+        let server_cpu = server_pid
+            .as_deref()
+            .and_then(procfs::process_cpu_s)
+            .zip(server_cpu_before)
+            .map(|(after, before)| after - before);
+        let ops: u64 = report.labels.iter().map(|l| l.requests).sum();
+        if let (Some(server_s), Some(cpu)) = (server_cpu, report.cpu) {
+            self.report.notes.push(format!(
+                "{name}: machine {:.0}% busy; CPU per operation: crablet {:.1} us, load generator {:.1} us",
+                cpu.machine_busy_pct,
+                server_s * 1e6 / ops.max(1) as f64,
+                report.generator_cpu_us_per_op.unwrap_or(0.0)
+            ));
+        }
         let errors = report.error_count();
         if errors > 0 {
             self.report.notes.push(format!(
@@ -590,6 +609,28 @@ impl Bench {
             verify: false,
         };
         driver::run(&cfg, Arc::default()).await.map(|_| ())
+    }
+
+    /// `GET /health` for a few seconds: the HTTP round trip without the store, so
+    /// a figure can be split into "HTTP" and "store".
+    async fn http_floor(&mut self, target: &Target, clients: usize) -> anyhow::Result<Report> {
+        let cfg = RunConfig {
+            target: target.clone(),
+            scenario: self.scenario(ScenarioKind::Health, "h"),
+            clients,
+            duration: HTTP_FLOOR_PHASE,
+            rate: None,
+            seed: self.cfg.seed,
+            request_timeout: self.cfg.request_timeout,
+            progress: false,
+            setup: false,
+            verify: false,
+        };
+        let report = driver::run(&cfg, Arc::default()).await?;
+        self.report
+            .runs
+            .insert(format!("http-floor-health-{clients}"), report.clone());
+        Ok(report)
     }
 
     async fn pgbench(
@@ -761,8 +802,14 @@ impl Bench {
                 Arc::default(),
             )
             .await?;
-        let p = run.primary().context("no append-if figures")?;
+        let p = run.primary().context("no append-if figures")?.clone();
         let ratio = p.latency_us.p50_us as f64 / base_p50.max(1) as f64;
+        if let Some(floor) = self.http_floor(&target, 1).await?.primary() {
+            self.report.notes.push(format!(
+                "P2: HTTP floor (GET /health, 1 client): p50 {:.3} ms",
+                ms(floor.latency_us.p50_us)
+            ));
+        }
         self.report.notes.push(format!(
             "P2: crablet p50/p99 {:.3}/{:.3} ms at {:.0} appends/s; raw INSERT p50/p99 {:.3}/{:.3} ms at {:.0} tx/s",
             ms(p.latency_us.p50_us),
@@ -936,7 +983,14 @@ impl Bench {
                 Arc::default(),
             )
             .await?;
-        let p = run.primary().context("no read figures")?;
+        let p = run.primary().context("no read figures")?.clone();
+        if let Some(floor) = self.http_floor(&target, clients).await?.primary() {
+            self.report.notes.push(format!(
+                "P4: HTTP floor (GET /health, {clients} clients): {:.0} req/s, p50 {:.3} ms",
+                floor.ok_per_s,
+                ms(floor.latency_us.p50_us)
+            ));
+        }
         let per_read = if p.ok > 0 {
             p.items as f64 / p.ok as f64
         } else {

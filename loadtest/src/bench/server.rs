@@ -215,23 +215,6 @@ fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
 }
 
-/// `VmRSS` of a process, in KiB.
-pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_vm_rss_kib(&status)
-}
-
-/// Parses the `VmRSS:` line of `/proc/<pid>/status`.
-pub fn parse_vm_rss_kib(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// One RSS sample.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct RssSample {
@@ -273,7 +256,9 @@ impl RssSampler {
                     _ = ticker.tick() => {}
                     _ = &mut stopped => break,
                 }
-                let Some(kib) = rss_kib(pid) else { break };
+                let Some(kib) = crate::procfs::rss_kib(pid) else {
+                    break;
+                };
                 let sample = RssSample {
                     t_s: started.elapsed().as_secs_f64(),
                     rss_mib: kib as f64 / KIB,
@@ -348,14 +333,6 @@ pub fn flatness(samples: &[RssSample]) -> Option<Flatness> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn vm_rss_is_read_from_proc_status() {
-        let status = "Name:\tcrablet\nVmPeak:\t  200000 kB\nVmRSS:\t   34816 kB\nThreads:\t4\n";
-        assert_eq!(parse_vm_rss_kib(status), Some(34_816));
-        assert_eq!(parse_vm_rss_kib("Name: x\n"), None);
-        assert!(rss_kib(std::process::id()).is_some());
-    }
 
     fn samples(values: &[(f64, f64)]) -> Vec<RssSample> {
         values
