@@ -7,7 +7,7 @@ use std::time::Duration;
 use actix_web::dev::Server;
 use actix_web::{middleware, web, App, HttpServer};
 
-use crate::actors::EventStore;
+use crate::actors::{EventStore, Writers};
 use crate::config::Settings;
 use crate::embedded::{EmbeddedError, EmbeddedPostgres};
 use crate::http::{self, AppState};
@@ -89,13 +89,7 @@ impl Application {
                 application_name: "crablet-reader".into(),
             },
         );
-        let store = EventStore::start(
-            writer_pool,
-            &settings.writer,
-            reader_pool,
-            &settings.reader,
-            &metrics,
-        );
+        let writers = Writers::start(writer_pool, &settings.writer, &metrics);
 
         let listener = TcpListener::bind(&settings.listen).map_err(|source| AppError::Listen {
             address: settings.listen.clone(),
@@ -109,16 +103,25 @@ impl Application {
             })?
             .port();
 
-        let state = web::Data::new(AppState {
-            store,
-            limits: settings.limits.clone(),
-            metrics,
-            max_body_bytes: settings.http.max_body_bytes,
-            page_size: settings.reader.page_size,
-        });
+        let (limits, reader_settings) = (settings.limits.clone(), settings.reader.clone());
+        let max_body_bytes = settings.http.max_body_bytes;
         let mut server = HttpServer::new(move || {
+            // Runs once on each worker thread: its reader lives there.
+            let store = EventStore::on_this_thread(
+                &writers,
+                reader_pool.clone(),
+                &reader_settings,
+                &metrics,
+            );
+            let state = web::Data::new(AppState {
+                store,
+                limits: limits.clone(),
+                metrics: metrics.clone(),
+                max_body_bytes,
+                page_size: reader_settings.page_size,
+            });
             App::new()
-                .app_data(state.clone())
+                .app_data(state)
                 .wrap(middleware::from_fn(http::record_metrics))
                 .configure(http::routes)
         })
@@ -130,9 +133,7 @@ impl Application {
             address: settings.listen.clone(),
             source,
         })?;
-        if settings.http.workers > 0 {
-            server = server.workers(settings.http.workers);
-        }
+        server = server.workers(http_workers(settings.http.workers));
         log::info!(
             "crablet listening on {}",
             settings.listen.replace(":0", &format!(":{port}"))
@@ -161,6 +162,15 @@ impl Application {
         }
         result
     }
+}
+
+/// The number of HTTP worker threads: as configured, or one per two cores.
+fn http_workers(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / 2).max(1)
 }
 
 /// Applies the schema over a connection of its own.

@@ -56,7 +56,6 @@ impl WriterSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ReaderSettings {
-    pub actors: usize,
     pub pool_size: u32,
     pub pool_timeout_ms: u64,
     pub page_size: i64,
@@ -138,7 +137,6 @@ impl Settings {
             ("writer.max_batch_events", self.writer.max_batch_events),
             ("writer.max_batch_keys", self.writer.max_batch_keys),
             ("writer.mailbox_capacity", self.writer.mailbox_capacity),
-            ("reader.actors", self.reader.actors),
             ("reader.pool_size", self.reader.pool_size as usize),
             ("reader.page_size", self.reader.page_size.max(0) as usize),
             ("reader.mailbox_capacity", self.reader.mailbox_capacity),

@@ -6,7 +6,9 @@
 //! routed to a lane by the first exclusive key of their footprint, so appends
 //! that may conflict meet in one lane (and are decided in order inside one
 //! batch) while disjoint ones run in parallel. Reader actors ([`reader`]) own
-//! the reader pool and run page queries concurrently.
+//! the reader pool and run page queries concurrently; each HTTP worker thread
+//! gets its own reader, so a read never crosses threads on its way to the
+//! database.
 //!
 //! Actix types stay in this module: the facade speaks in [`crate::dcb`] and
 //! [`crate::store`] types. A lane that restarts fails every append it held;
@@ -56,69 +58,72 @@ impl EventStoreError {
     }
 }
 
-/// The facade over the writer lanes and reader actors. Cheap to clone.
+/// The facade over the writer lanes and a reader actor. Cheap to clone.
 #[derive(Clone)]
 pub struct EventStore {
     lanes: Arc<[Addr<WriterLane>]>,
-    readers: Arc<[Addr<Reader>]>,
-    /// Round robin for appends without a condition, and for reads.
+    /// The reader of the thread this facade was made for.
+    reader: Addr<Reader>,
+    /// Round robin for appends without a condition.
     next_lane: Arc<AtomicUsize>,
-    next_reader: Arc<AtomicUsize>,
-    /// Kept so the arbiters' threads live as long as the store.
-    _arbiters: Arc<Vec<Arbiter>>,
+    /// Kept so the writer thread lives as long as the store.
+    _writer_thread: Arc<Arbiter>,
 }
 
-impl EventStore {
-    /// Starts the writer lanes (on one writer thread) and the reader actors
-    /// (one thread each), supervised. Must run inside an actix system.
-    pub fn start(
-        writer_pool: Pool,
-        writer: &WriterSettings,
-        reader_pool: Pool,
-        reader: &ReaderSettings,
-        metrics: &Metrics,
-    ) -> Self {
-        let mut arbiters = Vec::new();
-        let writer_arbiter = Arbiter::new();
-        let lanes: Vec<Addr<WriterLane>> = (0..writer.lanes)
+/// The writer lanes, started once and shared by every thread's facade.
+#[derive(Clone)]
+pub struct Writers {
+    lanes: Arc<[Addr<WriterLane>]>,
+    next_lane: Arc<AtomicUsize>,
+    writer_thread: Arc<Arbiter>,
+}
+
+impl Writers {
+    /// Starts the supervised writer lanes on a writer thread of their own.
+    /// Must run inside an actix system.
+    pub fn start(pool: Pool, settings: &WriterSettings, metrics: &Metrics) -> Self {
+        let writer_thread = Arbiter::new();
+        let lanes: Vec<Addr<WriterLane>> = (0..settings.lanes)
             .map(|lane| {
-                let (pool, settings, metrics) =
-                    (writer_pool.clone(), writer.clone(), metrics.clone());
-                Supervisor::start_in_arbiter(&writer_arbiter.handle(), move |ctx| {
+                let (pool, settings, metrics) = (pool.clone(), settings.clone(), metrics.clone());
+                Supervisor::start_in_arbiter(&writer_thread.handle(), move |ctx| {
                     ctx.set_mailbox_capacity(settings.mailbox_capacity);
                     WriterLane::new(lane, pool, settings, metrics)
                 })
             })
             .collect();
-        arbiters.push(writer_arbiter);
-        metrics.writer_lanes.set(writer.lanes as i64);
+        metrics.writer_lanes.set(settings.lanes as i64);
         metrics
             .writer_max_batch_appends
-            .set(writer.max_batch_appends as i64);
-
-        let readers: Vec<Addr<Reader>> = (0..reader.actors)
-            .map(|_| {
-                let arbiter = Arbiter::new();
-                let (pool, capacity, metrics) = (
-                    reader_pool.clone(),
-                    reader.mailbox_capacity,
-                    metrics.clone(),
-                );
-                let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |ctx| {
-                    ctx.set_mailbox_capacity(capacity);
-                    Reader::new(pool, metrics)
-                });
-                arbiters.push(arbiter);
-                addr
-            })
-            .collect();
-
-        EventStore {
+            .set(settings.max_batch_appends as i64);
+        Writers {
             lanes: lanes.into(),
-            readers: readers.into(),
             next_lane: Arc::new(AtomicUsize::new(0)),
-            next_reader: Arc::new(AtomicUsize::new(0)),
-            _arbiters: Arc::new(arbiters),
+            writer_thread: Arc::new(writer_thread),
+        }
+    }
+}
+
+impl EventStore {
+    /// A facade for the current thread: starts a supervised reader actor here,
+    /// owning (a share of) the reader pool. Must run on an actix arbiter,
+    /// such as an HTTP worker thread.
+    pub fn on_this_thread(
+        writers: &Writers,
+        reader_pool: Pool,
+        reader: &ReaderSettings,
+        metrics: &Metrics,
+    ) -> Self {
+        let (capacity, metrics) = (reader.mailbox_capacity, metrics.clone());
+        let reader = Supervisor::start(move |ctx: &mut actix::Context<Reader>| {
+            ctx.set_mailbox_capacity(capacity);
+            Reader::new(reader_pool, metrics)
+        });
+        EventStore {
+            lanes: writers.lanes.clone(),
+            reader,
+            next_lane: writers.next_lane.clone(),
+            _writer_thread: writers.writer_thread.clone(),
         }
     }
 
@@ -141,8 +146,7 @@ impl EventStore {
         query: Arc<Query>,
         page: Page,
     ) -> Result<Vec<SequencedEvent>, EventStoreError> {
-        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
-        self.readers[i]
+        self.reader
             .send(reader::ReadPage { query, page })
             .await
             .map_err(|_| EventStoreError::ActorGone("reader"))?

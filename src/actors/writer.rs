@@ -188,9 +188,9 @@ impl WriterLane {
                 }
             }
             Err(error) => {
-                // Keep a healthy connection; drop one that is closed or in an
-                // unknown state.
-                self.connection = conn.filter(|c| !c.client.is_closed() && !c.broken);
+                // Keep a healthy connection (a failed batch leaves it idle,
+                // its transaction rolled back); drop a closed one.
+                self.connection = conn.filter(|c| !c.client.is_closed());
                 log::warn!(
                     "writer lane {}: batch of {} appends failed: {error}",
                     self.lane,

@@ -1,31 +1,30 @@
-//! The batch append: one transaction for many appends, each decided in order.
+//! The batch append: many appends decided in order and committed together,
+//! in one round trip.
 //!
-//! Two pipelined round trips per batch:
+//! crablet prepares everything that needs no database: the batch's advisory
+//! locks (its merged [`Footprint`], sorted), the probes of every condition,
+//! the pairs of appends that conflict inside the batch, and the event
+//! columns. Then it sends one call of `crablet_append_batch` (see
+//! `sql/migrations/004_append_batch.sql`) as its own transaction. The
+//! function locks, checks the conditions with a snapshot taken after the
+//! locks are held, decides the appends in batch order, and inserts the
+//! accepted events under the sequencing lock, so commit order equals
+//! position order.
 //!
-//! 1. `BEGIN`; the batch's advisory locks in one sorted pass (shared for the
-//!    keys of the events it writes, exclusive for the keys its conditions
-//!    probe; see [`crate::dcb::footprint`]); then, only if some append has a
-//!    condition, one statement that reports which conditions match a stored
-//!    event. It runs after the locks are held, under READ COMMITTED, so its
-//!    snapshot includes every transaction that held a conflicting key.
-//! 2. The sequencing lock, the insert of every accepted event, `COMMIT`.
-//!    Positions are assigned under the sequencing lock and the lock is
-//!    released only after the commit is visible, so commit order equals
-//!    position order: a reader can never see a position appear below one it
-//!    has already seen (gap-free reading).
-//!
-//! Between the two, the appends are decided in batch order: an append fails
-//! if the store check found a match, or if its condition matches an event of
-//! an earlier accepted append of the same batch. The latter's position is not
-//! known yet; it lies above the head any client can have read, so the append
-//! is rejected whatever its `after` (an `after` beyond the head is the only
-//! case where this is stricter than necessary).
+//! An append is rejected if its condition matches a stored event after its
+//! `after`, or an event of an earlier accepted append of the same batch. The
+//! latter's position is not known when the pairs are computed; it lies above
+//! the head any client can have read, so the append is rejected whatever its
+//! `after` (an `after` beyond the head is the only case where this is
+//! stricter than deciding the two appends in separate batches).
+
+use std::collections::HashMap;
 
 use serde::Serialize;
 use tokio_postgres::types::ToSql;
 
 use super::{Connection, StoreError};
-use crate::dcb::footprint::{self, LockMode, SEQUENCE_KEY};
+use crate::dcb::footprint::{self, Key, LockMode, SEQUENCE_KEY};
 use crate::dcb::{CheckedAppend, Footprint, Position};
 
 /// What became of one append of a batch.
@@ -37,7 +36,7 @@ pub enum AppendOutcome {
     ConditionFailed,
 }
 
-/// One probe of one append's condition, as `check_conditions.sql` reads it.
+/// One probe of one append's condition, as `crablet_append_batch` reads it.
 #[derive(Serialize)]
 struct ConditionProbe<'a> {
     /// Index of the append in the batch.
@@ -45,7 +44,7 @@ struct ConditionProbe<'a> {
     /// The condition's `after` (0 when absent).
     a: Position,
     /// Key to scan; `None` scans all events.
-    k: Option<i64>,
+    k: Option<Key>,
     tags: &'a [String],
     types: &'a [String],
 }
@@ -57,95 +56,55 @@ pub async fn append_batch(
     conn: &mut Connection,
     batch: &[&CheckedAppend],
 ) -> Result<Vec<AppendOutcome>, StoreError> {
-    let result = run_batch(conn, batch).await;
-    if result.is_err() && !conn.client.is_closed() {
-        // Leaves the session clean for the next batch; if even that fails,
-        // the pool discards the connection.
-        if let Err(e) = conn.client.batch_execute("ROLLBACK").await {
-            log::warn!("rollback after a failed batch failed: {e}");
-            conn.broken = true;
-        }
-    }
-    result
-}
-
-async fn run_batch(
-    conn: &mut Connection,
-    batch: &[&CheckedAppend],
-) -> Result<Vec<AppendOutcome>, StoreError> {
     let mut footprint = Footprint::default();
     for append in batch {
         footprint.merge(&append.footprint);
     }
-    let (keys, exclusive): (Vec<i64>, Vec<bool>) = footprint
+    let (lock_keys, lock_exclusive): (Vec<Key>, Vec<bool>) = footprint
         .iter()
         .map(|(key, mode)| (key, mode == LockMode::Exclusive))
         .unzip();
     let probes = condition_probes(batch);
-
-    // Round trip 1: begin, lock, check.
-    let client = &conn.client;
-    let st = &conn.statements;
-    let failed_in_store: Vec<usize> = if probes.is_empty() {
-        let lock_params: [&(dyn ToSql + Sync); 2] = [&keys, &exclusive];
-        tokio::try_join!(
-            client.batch_execute("BEGIN"),
-            client.execute(&st.lock_keys, &lock_params),
-        )?;
-        Vec::new()
-    } else {
-        let probes_json = serde_json::to_string(&probes).expect("probes serialize");
-        let lock_params: [&(dyn ToSql + Sync); 2] = [&keys, &exclusive];
-        let check_params: [&(dyn ToSql + Sync); 1] = [&probes_json];
-        let (_, _, rows) = tokio::try_join!(
-            client.batch_execute("BEGIN"),
-            client.execute(&st.lock_keys, &lock_params),
-            client.query(&st.check_conditions, &check_params),
-        )?;
-        rows.iter()
-            .map(|row| row.get::<_, i32>(0) as usize)
-            .collect()
-    };
-
-    let accepted = decide(batch, &failed_in_store);
-    if !accepted.iter().any(|&a| a) {
-        client.batch_execute("ROLLBACK").await?;
-        return Ok(vec![AppendOutcome::ConditionFailed; batch.len()]);
-    }
-
-    // Round trip 2: sequence, insert, commit.
-    let columns = InsertColumns::of(batch, &accepted);
-    let params: [&(dyn ToSql + Sync); 6] = [
+    let probes_json =
+        (!probes.is_empty()).then(|| serde_json::to_string(&probes).expect("probes serialize"));
+    let (conflict_later, conflict_earlier): (Vec<i32>, Vec<i32>) =
+        conflict_pairs(batch).into_iter().unzip();
+    let appends = batch.len() as i32;
+    let columns = EventColumns::of(batch);
+    let params: [&(dyn ToSql + Sync); 14] = [
+        &lock_keys,
+        &lock_exclusive,
+        &probes_json,
+        &conflict_later,
+        &conflict_earlier,
+        &appends,
+        &columns.appends,
         &columns.types,
         &columns.data,
-        &columns.tag_owners,
+        &columns.tag_events,
         &columns.tags,
-        &columns.key_owners,
+        &columns.key_events,
         &columns.keys,
+        &SEQUENCE_KEY,
     ];
-    let sequence_params: [&(dyn ToSql + Sync); 1] = [&SEQUENCE_KEY];
-    let (_, rows, _) = tokio::try_join!(
-        client.execute(&st.lock_sequence, &sequence_params),
-        client.query(&st.insert_events, &params),
-        client.batch_execute("COMMIT"),
-    )?;
-    let positions: Vec<Position> = rows.iter().map(|row| row.get(0)).collect();
 
-    let mut next = positions.iter();
-    let outcomes = batch
-        .iter()
-        .zip(&accepted)
-        .map(|(append, &ok)| {
-            if !ok {
-                return AppendOutcome::ConditionFailed;
-            }
-            let mine: Vec<Position> = next.by_ref().take(append.len()).copied().collect();
-            AppendOutcome::Appended {
-                first: mine.first().copied().unwrap_or_default(),
-                last: mine.last().copied().unwrap_or_default(),
-            }
-        })
-        .collect();
+    // One statement in an implicit transaction: PostgreSQL commits it at the
+    // protocol's Sync and answers ReadyForQuery only after the commit, and
+    // the rows are handed over only then, so nothing is acknowledged before
+    // it is durable. A failure rolls the whole batch back.
+    let rows = conn
+        .client
+        .query(&conn.statements.append_batch, &params)
+        .await?;
+
+    let mut outcomes = vec![AppendOutcome::ConditionFailed; batch.len()];
+    for row in rows {
+        let index: i32 = row.get(0);
+        outcomes[index as usize] = AppendOutcome::Appended {
+            first: row.get(1),
+            last: row.get(2),
+        };
+    }
     Ok(outcomes)
 }
 
@@ -168,69 +127,92 @@ fn condition_probes<'a>(batch: &[&'a CheckedAppend]) -> Vec<ConditionProbe<'a>> 
     probes
 }
 
-/// Decides the appends in batch order: `failed_in_store` are those whose
-/// condition matched a stored event; an append also fails when its condition
-/// matches an event of an earlier accepted append of the batch.
-pub fn decide(batch: &[&CheckedAppend], failed_in_store: &[usize]) -> Vec<bool> {
-    let mut accepted = Vec::with_capacity(batch.len());
-    for (i, append) in batch.iter().enumerate() {
-        let ok = match &append.request.condition {
-            None => true,
-            Some(_) if failed_in_store.contains(&i) => false,
-            Some(condition) => {
-                let query = &condition.fail_if_events_match;
-                !batch[..i]
+/// The pairs `(later, earlier)` of the batch where an event of the earlier
+/// append matches the later append's condition, ordered by the later append:
+/// the later one is rejected if the earlier one is accepted.
+///
+/// Earlier appends are indexed by the keys of their events, so each
+/// condition is compared only with appends that share a probe key.
+pub fn conflict_pairs(batch: &[&CheckedAppend]) -> Vec<(i32, i32)> {
+    let mut pairs = Vec::new();
+    let mut by_key: HashMap<Key, Vec<usize>> = HashMap::new();
+    for (j, append) in batch.iter().enumerate() {
+        if let Some(condition) = &append.request.condition {
+            let query = &condition.fail_if_events_match;
+            let mut candidates: Vec<usize> = if query.is_all() {
+                (0..j).collect()
+            } else {
+                footprint::probes(query)
                     .iter()
-                    .zip(&accepted)
-                    .any(|(earlier, &was_accepted)| {
-                        was_accepted
-                            && earlier
-                                .request
-                                .events
-                                .iter()
-                                .any(|e| query.matches(&e.event_type, &e.tags))
-                    })
+                    .filter_map(|p| p.key.and_then(|k| by_key.get(&k)))
+                    .flatten()
+                    .copied()
+                    .collect()
+            };
+            candidates.sort_unstable();
+            candidates.dedup();
+            for i in candidates {
+                let matches = batch[i]
+                    .request
+                    .events
+                    .iter()
+                    .any(|e| query.matches(&e.event_type, &e.tags));
+                if matches {
+                    pairs.push((j as i32, i as i32));
+                }
             }
-        };
-        accepted.push(ok);
+        }
+        for event in &append.request.events {
+            for key in footprint::event_keys(event) {
+                let owners = by_key.entry(key).or_default();
+                if owners.last() != Some(&j) {
+                    owners.push(j);
+                }
+            }
+        }
     }
-    accepted
+    pairs
 }
 
-/// The columns of `insert_events.sql` for the accepted appends of a batch.
-struct InsertColumns<'a> {
+/// The event columns of a batch, flattened for `crablet_append_batch`.
+struct EventColumns<'a> {
+    /// Per event: the index of its append.
+    appends: Vec<i32>,
     types: Vec<&'a str>,
     data: Vec<&'a [u8]>,
-    tag_owners: Vec<i64>,
+    /// Per tag: the 1-based ordinal of its event.
+    tag_events: Vec<i64>,
     tags: Vec<&'a str>,
-    key_owners: Vec<i64>,
-    keys: Vec<i64>,
+    /// Per index key: the 1-based ordinal of its event.
+    key_events: Vec<i64>,
+    keys: Vec<Key>,
 }
 
-impl<'a> InsertColumns<'a> {
-    fn of(batch: &[&'a CheckedAppend], accepted: &[bool]) -> Self {
-        let mut cols = InsertColumns {
+impl<'a> EventColumns<'a> {
+    fn of(batch: &[&'a CheckedAppend]) -> Self {
+        let mut cols = EventColumns {
+            appends: Vec::new(),
             types: Vec::new(),
             data: Vec::new(),
-            tag_owners: Vec::new(),
+            tag_events: Vec::new(),
             tags: Vec::new(),
-            key_owners: Vec::new(),
+            key_events: Vec::new(),
             keys: Vec::new(),
         };
         let events = batch
             .iter()
-            .zip(accepted)
-            .filter(|(_, &ok)| ok)
-            .flat_map(|(append, _)| append.request.events.iter());
-        for (ordinal, event) in (1_i64..).zip(events) {
+            .enumerate()
+            .flat_map(|(i, append)| append.request.events.iter().map(move |e| (i, e)));
+        for (ordinal, (append, event)) in (1_i64..).zip(events) {
+            cols.appends.push(append as i32);
             cols.types.push(&event.event_type);
             cols.data.push(event.data.as_bytes());
             for tag in &event.tags {
-                cols.tag_owners.push(ordinal);
+                cols.tag_events.push(ordinal);
                 cols.tags.push(tag);
             }
             for key in footprint::event_keys(event) {
-                cols.key_owners.push(ordinal);
+                cols.key_events.push(ordinal);
                 cols.keys.push(key);
             }
         }
@@ -243,61 +225,80 @@ mod tests {
     use super::*;
     use crate::dcb::{AppendCondition, AppendRequest, Limits, NewEvent, Query, QueryItem};
 
-    fn register(user: &str, conditional: bool) -> CheckedAppend {
-        let tag = format!("user:{user}");
-        let condition = conditional.then(|| AppendCondition {
-            fail_if_events_match: Query {
-                items: vec![QueryItem {
-                    types: vec![],
-                    tags: vec![tag.clone()],
-                }],
-            },
-            after: None,
-        });
+    fn append(tag: &str, condition: Option<Query>) -> CheckedAppend {
         let request = AppendRequest {
             events: vec![NewEvent {
                 event_type: "Registered".into(),
-                tags: vec![tag],
+                tags: vec![tag.to_string()],
                 data: "{}".into(),
             }],
-            condition,
+            condition: condition.map(|q| AppendCondition {
+                fail_if_events_match: q,
+                after: None,
+            }),
         };
         CheckedAppend::new(request, &Limits::default()).unwrap()
     }
 
+    fn tagged(tag: &str) -> Option<Query> {
+        Some(Query {
+            items: vec![QueryItem {
+                types: vec![],
+                tags: vec![tag.to_string()],
+            }],
+        })
+    }
+
     #[test]
-    fn conflicting_appends_in_one_batch_let_only_the_first_through() {
-        let (a, b, c) = (
-            register("a", true),
-            register("a", true),
-            register("b", true),
+    fn appends_conflict_with_every_earlier_append_whose_events_match() {
+        let a = append("user:a", tagged("user:a"));
+        let b = append("user:b", tagged("user:b"));
+        let a2 = append("user:a", tagged("user:a"));
+        let a3 = append("user:a", tagged("user:a"));
+        assert_eq!(
+            conflict_pairs(&[&a, &b, &a2, &a3]),
+            vec![(2, 0), (3, 0), (3, 2)]
         );
-        assert_eq!(decide(&[&a, &b, &c], &[]), vec![true, false, true]);
     }
 
     #[test]
-    fn an_append_rejected_by_the_store_does_not_block_later_ones() {
-        let (a, b) = (register("a", true), register("a", true));
-        assert_eq!(decide(&[&a, &b], &[0]), vec![false, true]);
+    fn unconditional_appends_conflict_with_later_conditions_only() {
+        let plain = append("user:a", None);
+        let cond = append("user:a", tagged("user:a"));
+        assert_eq!(conflict_pairs(&[&plain, &cond]), vec![(1, 0)]);
+        assert_eq!(conflict_pairs(&[&cond, &plain]), vec![]);
     }
 
     #[test]
-    fn unconditional_appends_are_always_accepted_and_count_for_later_conditions() {
-        let (a, b) = (register("a", false), register("a", true));
-        assert_eq!(decide(&[&a, &b], &[]), vec![true, false]);
+    fn a_condition_on_all_events_conflicts_with_every_earlier_append() {
+        let a = append("user:a", None);
+        let b = append("user:b", None);
+        let all = append("user:c", Some(Query::all()));
+        assert_eq!(conflict_pairs(&[&a, &b, &all]), vec![(2, 0), (2, 1)]);
     }
 
     #[test]
-    fn insert_columns_number_events_of_accepted_appends_only() {
-        let (a, b, c) = (
-            register("a", false),
-            register("b", false),
-            register("c", false),
+    fn a_type_only_condition_conflicts_through_the_type_key() {
+        let a = append("user:a", None);
+        let by_type = append(
+            "user:z",
+            Some(Query {
+                items: vec![QueryItem {
+                    types: vec!["Registered".into()],
+                    tags: vec![],
+                }],
+            }),
         );
-        let cols = InsertColumns::of(&[&a, &b, &c], &[true, false, true]);
-        assert_eq!(cols.types.len(), 2);
-        assert_eq!(cols.tag_owners, vec![1, 2]);
-        assert_eq!(cols.tags, vec!["user:a", "user:c"]);
-        assert_eq!(cols.key_owners.len(), 4);
+        assert_eq!(conflict_pairs(&[&a, &by_type]), vec![(1, 0)]);
+    }
+
+    #[test]
+    fn event_columns_number_events_across_the_batch() {
+        let (a, b) = (append("user:a", None), append("user:b", None));
+        let cols = EventColumns::of(&[&a, &b]);
+        assert_eq!(cols.appends, vec![0, 1]);
+        assert_eq!(cols.tag_events, vec![1, 2]);
+        assert_eq!(cols.tags, vec!["user:a", "user:b"]);
+        assert_eq!(cols.key_events.len(), 4);
     }
 }

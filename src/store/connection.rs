@@ -12,13 +12,11 @@ use tokio_postgres::{Client, NoTls, Statement};
 
 /// SQL of every prepared statement, one file each.
 mod sql {
-    pub const LOCK_KEYS: &str = include_str!("../../sql/queries/lock_keys.sql");
-    pub const CHECK_CONDITIONS: &str = include_str!("../../sql/queries/check_conditions.sql");
-    pub const HEAD: &str = include_str!("../../sql/queries/head.sql");
-    pub const LOCK_SEQUENCE: &str = include_str!("../../sql/queries/lock_sequence.sql");
-    pub const INSERT_EVENTS: &str = include_str!("../../sql/queries/insert_events.sql");
+    pub const APPEND_BATCH: &str = include_str!("../../sql/queries/append_batch.sql");
     pub const READ_ALL_FORWARD: &str = include_str!("../../sql/queries/read_all_forward.sql");
     pub const READ_ALL_BACKWARD: &str = include_str!("../../sql/queries/read_all_backward.sql");
+    pub const READ_KEY_FORWARD: &str = include_str!("../../sql/queries/read_key_forward.sql");
+    pub const READ_KEY_BACKWARD: &str = include_str!("../../sql/queries/read_key_backward.sql");
     pub const READ_PROBES_FORWARD: &str = include_str!("../../sql/queries/read_probes_forward.sql");
     pub const READ_PROBES_BACKWARD: &str =
         include_str!("../../sql/queries/read_probes_backward.sql");
@@ -26,13 +24,11 @@ mod sql {
 
 /// The prepared statements of one connection.
 pub struct Statements {
-    pub lock_keys: Statement,
-    pub check_conditions: Statement,
-    pub head: Statement,
-    pub lock_sequence: Statement,
-    pub insert_events: Statement,
+    pub append_batch: Statement,
     pub read_all_forward: Statement,
     pub read_all_backward: Statement,
+    pub read_key_forward: Statement,
+    pub read_key_backward: Statement,
     pub read_probes_forward: Statement,
     pub read_probes_backward: Statement,
 }
@@ -40,27 +36,23 @@ pub struct Statements {
 impl Statements {
     async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
         // Prepared concurrently: tokio-postgres pipelines them in one round trip.
-        let (lock_keys, check_conditions, head, lock_sequence, insert_events) = tokio::try_join!(
-            client.prepare(sql::LOCK_KEYS),
-            client.prepare(sql::CHECK_CONDITIONS),
-            client.prepare(sql::HEAD),
-            client.prepare(sql::LOCK_SEQUENCE),
-            client.prepare(sql::INSERT_EVENTS),
-        )?;
-        let (read_all_forward, read_all_backward, read_probes_forward, read_probes_backward) = tokio::try_join!(
+        let (append_batch, read_all_forward, read_all_backward) = tokio::try_join!(
+            client.prepare(sql::APPEND_BATCH),
             client.prepare(sql::READ_ALL_FORWARD),
             client.prepare(sql::READ_ALL_BACKWARD),
+        )?;
+        let (read_key_forward, read_key_backward, read_probes_forward, read_probes_backward) = tokio::try_join!(
+            client.prepare(sql::READ_KEY_FORWARD),
+            client.prepare(sql::READ_KEY_BACKWARD),
             client.prepare(sql::READ_PROBES_FORWARD),
             client.prepare(sql::READ_PROBES_BACKWARD),
         )?;
         Ok(Statements {
-            lock_keys,
-            check_conditions,
-            head,
-            lock_sequence,
-            insert_events,
+            append_batch,
             read_all_forward,
             read_all_backward,
+            read_key_forward,
+            read_key_backward,
             read_probes_forward,
             read_probes_backward,
         })
@@ -71,9 +63,6 @@ impl Statements {
 pub struct Connection {
     pub client: Client,
     pub statements: Statements,
-    /// Set when a failure left the session in an unknown state (a rollback
-    /// that did not go through): the pool then discards the connection.
-    pub broken: bool,
 }
 
 /// bb8 connection manager: bb8-postgres's, plus statement preparation.
@@ -88,11 +77,7 @@ impl bb8::ManageConnection for ConnectionManager {
     async fn connect(&self) -> Result<Connection, Self::Error> {
         let client = self.inner.connect().await?;
         let statements = Statements::prepare(&client).await?;
-        Ok(Connection {
-            client,
-            statements,
-            broken: false,
-        })
+        Ok(Connection { client, statements })
     }
 
     async fn is_valid(&self, conn: &mut Connection) -> Result<(), Self::Error> {
@@ -100,7 +85,7 @@ impl bb8::ManageConnection for ConnectionManager {
     }
 
     fn has_broken(&self, conn: &mut Connection) -> bool {
-        conn.broken || conn.client.is_closed()
+        conn.client.is_closed()
     }
 }
 
@@ -122,16 +107,18 @@ pub struct PoolSettings {
 pub fn build_pool(config: &tokio_postgres::Config, settings: &PoolSettings) -> Pool {
     let mut config = config.clone();
     config.application_name(&settings.application_name);
-    let mut options = String::new();
+    // Every statement crablet prepares is written so that its generic plan
+    // is an index range scan whatever the values; forcing generic plans
+    // spares planning on every execution and rules out a custom plan that
+    // walks the log.
+    let mut options = String::from("-c plan_cache_mode=force_generic_plan");
     if !settings.statement_timeout.is_zero() {
         options.push_str(&format!(
-            "-c statement_timeout={}",
+            " -c statement_timeout={}",
             settings.statement_timeout.as_millis()
         ));
     }
-    if !options.is_empty() {
-        config.options(&options);
-    }
+    config.options(&options);
     let manager = ConnectionManager {
         inner: PostgresConnectionManager::new(config, NoTls),
     };

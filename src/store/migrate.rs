@@ -25,6 +25,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "events_position_seq",
         include_str!("../../sql/migrations/003_events_position_seq.sql"),
     ),
+    (
+        4,
+        "append_batch",
+        include_str!("../../sql/migrations/004_append_batch.sql"),
+    ),
 ];
 
 /// Advisory lock key held while migrating ("CRABLETM").

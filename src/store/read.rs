@@ -55,18 +55,39 @@ pub async fn read_page(
                 })
             })
             .collect();
-        let probes_json = serde_json::to_string(&probes).expect("probes serialize");
-        let statement = if page.backwards {
-            &st.read_probes_backward
+        if let [probe] = probes.as_slice() {
+            let statement = if page.backwards {
+                &st.read_key_backward
+            } else {
+                &st.read_key_forward
+            };
+            conn.client
+                .query(
+                    statement,
+                    &[
+                        &probe.k,
+                        &page.after,
+                        &page.before,
+                        &probe.tags,
+                        &probe.types,
+                        &page.limit,
+                    ],
+                )
+                .await?
         } else {
-            &st.read_probes_forward
-        };
-        conn.client
-            .query(
-                statement,
-                &[&probes_json, &page.after, &page.before, &page.limit],
-            )
-            .await?
+            let probes_json = serde_json::to_string(&probes).expect("probes serialize");
+            let statement = if page.backwards {
+                &st.read_probes_backward
+            } else {
+                &st.read_probes_forward
+            };
+            conn.client
+                .query(
+                    statement,
+                    &[&probes_json, &page.after, &page.before, &page.limit],
+                )
+                .await?
+        }
     };
     rows.iter()
         .map(|row| {

@@ -319,5 +319,5 @@ async fn health_and_metrics_answer() {
         ),
         "{body}"
     );
-    assert!(body.contains("crablet_writer_lanes 4"), "{body}");
+    assert!(body.contains("crablet_writer_lanes 1"), "{body}");
 }

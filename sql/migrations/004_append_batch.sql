@@ -1,0 +1,113 @@
+-- crablet_append_batch: one writer batch, decided and written in one call, so
+-- a batch costs one round trip (the call is its own transaction).
+--
+-- Each statement of a VOLATILE function takes a fresh snapshot under READ
+-- COMMITTED, so the condition check below sees every transaction that held
+-- a key this batch has just locked.
+--
+-- 1. Take the batch's advisory locks, in the order given (ascending keys):
+--    shared for the keys of the events written, exclusive for the keys the
+--    conditions probe.
+-- 2. Check every condition probe against the stored events.
+-- 3. Decide the appends in batch order: an append is rejected if a probe of
+--    its condition matched, or if it conflicts with an earlier append of the
+--    batch that is accepted (pairs computed by crablet, ordered by the later
+--    append).
+-- 4. Take the sequencing lock, draw positions and insert the events of the
+--    accepted appends with their index keys. The lock is held until commit,
+--    so transactions commit in position order (gap-free reading).
+--
+-- Returns one row per accepted append: its index and its first and last
+-- position. Appends without a row were rejected by their condition.
+CREATE OR REPLACE FUNCTION crablet_append_batch(
+    p_lock_keys        int8[],
+    p_lock_exclusive   bool[],
+    p_probes           text,     -- JSON [{"i","a","k","tags","types"}], or NULL
+    p_conflict_later   int4[],   -- append index (0-based) ...
+    p_conflict_earlier int4[],   -- ... rejected if this earlier one is accepted
+    p_appends          int4,     -- number of appends in the batch
+    p_event_append     int4[],   -- per event: index of its append
+    p_types            text[],
+    p_data             bytea[],
+    p_tag_event        int8[],   -- per tag: 1-based event ordinal
+    p_tags             text[],
+    p_key_event        int8[],   -- per index key: 1-based event ordinal
+    p_keys             int8[],
+    p_sequence_key     int8
+) RETURNS TABLE (append_index int4, first_position int8, last_position int8)
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    accepted bool[] := array_fill(true, ARRAY[p_appends]);
+    failed int4;
+    n int4;
+BEGIN
+    PERFORM CASE WHEN t.exclusive
+                 THEN pg_advisory_xact_lock(t.key)
+                 ELSE pg_advisory_xact_lock_shared(t.key)
+            END
+    FROM unnest(p_lock_keys, p_lock_exclusive) AS t(key, exclusive);
+
+    IF p_probes IS NOT NULL THEN
+        FOR failed IN
+            SELECT DISTINCT p.i
+            FROM jsonb_to_recordset(p_probes::jsonb)
+                 AS p(i int4, a int8, k int8, tags text[], types text[])
+            WHERE CASE
+                WHEN p.k IS NULL THEN EXISTS (
+                    SELECT 1 FROM events e WHERE e.position > p.a)
+                ELSE EXISTS (
+                    SELECT 1
+                    FROM event_keys ek
+                    JOIN events e ON e.position = ek.position
+                    WHERE ek.key = p.k
+                      AND ek.position > p.a
+                      AND e.tags @> p.tags
+                      AND (cardinality(p.types) = 0 OR e.type = ANY (p.types)))
+            END
+        LOOP
+            accepted[failed + 1] := false;
+        END LOOP;
+    END IF;
+
+    FOR n IN 1 .. coalesce(array_length(p_conflict_later, 1), 0) LOOP
+        IF accepted[p_conflict_earlier[n] + 1] THEN
+            accepted[p_conflict_later[n] + 1] := false;
+        END IF;
+    END LOOP;
+
+    IF NOT (true = ANY (accepted)) THEN
+        RETURN;
+    END IF;
+
+    PERFORM pg_advisory_xact_lock(p_sequence_key);
+
+    RETURN QUERY
+    WITH new_events AS MATERIALIZED (
+        -- Rows come in ordinality order, so positions follow batch order.
+        SELECT nextval('events_position_seq') AS position, e.ord, e.append, e.type, e.data
+        FROM unnest(p_event_append, p_types, p_data) WITH ORDINALITY AS e(append, type, data, ord)
+        WHERE accepted[e.append + 1]
+    ),
+    new_tags AS (
+        SELECT t.event, array_agg(t.tag ORDER BY t.n) AS tags
+        FROM unnest(p_tag_event, p_tags) WITH ORDINALITY AS t(event, tag, n)
+        GROUP BY t.event
+    ),
+    inserted_keys AS (
+        INSERT INTO event_keys (key, position)
+        SELECT k.key, ne.position
+        FROM unnest(p_key_event, p_keys) AS k(event, key)
+        JOIN new_events ne ON ne.ord = k.event
+    ),
+    inserted_events AS (
+        INSERT INTO events (position, type, tags, data)
+        SELECT ne.position, ne.type, coalesce(nt.tags, '{}'::text[]), ne.data
+        FROM new_events ne
+        LEFT JOIN new_tags nt ON nt.event = ne.ord
+    )
+    SELECT ne.append::int4, min(ne.position), max(ne.position)
+    FROM new_events ne
+    GROUP BY ne.append;
+END;
+$$;
