@@ -8,4 +8,5 @@ mod helpers;
 mod bad_input;
 mod concurrency;
 mod model;
+mod plans;
 mod semantics;
