@@ -64,7 +64,7 @@ async fn every_read_statement_is_an_index_scan_under_a_generic_plan() {
             .map(|i| {
                 let n = chunk * PER_APPEND + i;
                 event(
-                    if n % 2 == 0 { "Even" } else { "Odd" },
+                    if n.is_multiple_of(2) { "Even" } else { "Odd" },
                     &[&format!("t:{}", n % 100)],
                     "{}",
                 )
