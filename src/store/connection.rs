@@ -110,8 +110,10 @@ pub fn build_pool(config: &tokio_postgres::Config, settings: &PoolSettings) -> P
     // Every statement crablet prepares is written so that its generic plan
     // is an index range scan whatever the values; forcing generic plans
     // spares planning on every execution and rules out a custom plan that
-    // walks the log.
-    let mut options = String::from("-c plan_cache_mode=force_generic_plan");
+    // walks the log. JIT is off: a generic plan's estimated cost grows with
+    // the store until it crosses `jit_above_cost`, and then every execution
+    // of a sub-millisecond statement would pay milliseconds of compilation.
+    let mut options = String::from("-c plan_cache_mode=force_generic_plan -c jit=off");
     if !settings.statement_timeout.is_zero() {
         options.push_str(&format!(
             " -c statement_timeout={}",
