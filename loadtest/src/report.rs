@@ -135,6 +135,9 @@ pub struct Verification {
     pub violations: u64,
     /// Events whose data could not be parsed back (must be 0).
     pub unparsable: u64,
+    /// Acknowledged appends (their `lastPosition`) looked up in the log: without
+    /// it, 0 missing could mean that nothing was checked.
+    pub acknowledged_checked: u64,
     /// Acknowledged appends whose position is missing from the log (must be 0).
     pub lost_acknowledged: u64,
     /// The first violations, described.
@@ -335,12 +338,13 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "verification ({}): {} events{keys}: {} violations, {} unparsable, {} acknowledged appends missing -> {}",
+                "verification ({}): {} events{keys}: {} violations, {} unparsable, {} of {} acknowledged appends missing -> {}",
                 v.invariant,
                 v.events_checked,
                 v.violations,
                 v.unparsable,
                 v.lost_acknowledged,
+                v.acknowledged_checked,
                 if v.passed() { "PASS" } else { "FAIL" }
             );
             for d in &v.details {

@@ -581,6 +581,7 @@ fn push_detail(v: &mut Verification, detail: String) {
 
 fn add_missing(v: &mut Verification, acknowledged: &[u64], log: &[u64]) {
     let missing = verify::missing_positions(acknowledged, log);
+    v.acknowledged_checked = acknowledged.len() as u64;
     v.lost_acknowledged = missing.len() as u64;
     if let Some(first) = missing.first() {
         push_detail(

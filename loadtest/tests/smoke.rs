@@ -106,8 +106,10 @@ async fn hot_keys_decide_both_ways_without_violation(port: u16) {
     );
     let v = verified(&report);
     assert_eq!(v.keys_checked, HOT_KEYS as u64);
-    // The keys belong to this run: their events are exactly the accepted decisions.
+    // The keys belong to this run: their events are exactly the accepted decisions,
+    // and every acceptance answered its `lastPosition` (each found in the log).
     assert_eq!(v.events_checked, decisions.ok);
+    assert_eq!(v.acknowledged_checked, decisions.ok);
 }
 
 async fn random_conditions_are_never_violated(port: u16) {
@@ -117,6 +119,7 @@ async fn random_conditions_are_never_violated(port: u16) {
     assert!(decisions.ok > 0, "no decision was accepted");
     let v = verified(&report);
     assert_eq!(v.events_checked, decisions.ok);
+    assert_eq!(v.acknowledged_checked, decisions.ok);
 }
 
 async fn reads_of_preloaded_tags_return_ten_events_each(port: u16) {

@@ -870,7 +870,7 @@ impl Bench {
         let rate = p.decisions_per_s;
         let ratio = rate / base;
         self.report.notes.push(format!(
-            "P3: {:.0} accepted + {:.0} rejected decisions/s, p50 {:.2} ms, p99 {:.2} ms; verification: {} events on {} keys, {} violations, {} unparsable, {} acknowledged missing",
+            "P3: {:.0} accepted + {:.0} rejected decisions/s, p50 {:.2} ms, p99 {:.2} ms; verification: {} events on {} keys, {} violations, {} unparsable, {} of {} acknowledged missing",
             p.ok_per_s,
             p.decisions_per_s - p.ok_per_s,
             ms(p.latency_us.p50_us),
@@ -879,7 +879,8 @@ impl Bench {
             v.keys_checked,
             v.violations,
             v.unparsable,
-            v.lost_acknowledged
+            v.lost_acknowledged,
+            v.acknowledged_checked
         ));
         for d in &v.details {
             self.report.notes.push(format!("P3 violation: {d}"));
