@@ -47,6 +47,10 @@ impl Message for Append {
 struct Pending {
     append: CheckedAppend,
     reply: Reply,
+    /// Set when a batch that carried this append failed with a database
+    /// error: it is retried in a batch of its own, so one append that the
+    /// database refuses cannot fail the appends that shared its batch.
+    alone: bool,
 }
 
 pub struct WriterLane {
@@ -93,6 +97,9 @@ impl WriterLane {
         let (mut events, mut keys) = (0, 0);
         let mut batch = Vec::new();
         while let Some(next) = self.pending.front() {
+            if !batch.is_empty() && next.alone {
+                break;
+            }
             let (e, k) = (next.append.len(), next.append.footprint.len());
             let fits = batch.len() < self.settings.max_batch_appends
                 && events + e <= self.settings.max_batch_events
@@ -102,7 +109,11 @@ impl WriterLane {
             }
             events += e;
             keys += k;
+            let alone = next.alone;
             batch.extend(self.pending.pop_front());
+            if alone {
+                break;
+            }
         }
         batch
     }
@@ -187,6 +198,21 @@ impl WriterLane {
                     let _ = pending.reply.send(Ok(outcome));
                 }
             }
+            Err(error) if batch.len() > 1 && !error.is_unavailable() => {
+                // Nothing of the batch was written. Retry each append alone,
+                // ahead of everything that arrived since, in the same order.
+                self.connection = conn.filter(|c| !c.client.is_closed());
+                log::warn!(
+                    "writer lane {}: batch of {} appends failed ({error}); retrying them one by one",
+                    self.lane,
+                    batch.len()
+                );
+                for mut pending in batch.into_iter().rev() {
+                    pending.alone = true;
+                    self.pending.push_front(pending);
+                }
+                self.update_pending_gauge();
+            }
             Err(error) => {
                 // Keep a healthy connection (a failed batch leaves it idle,
                 // its transaction rolled back); drop a closed one.
@@ -244,6 +270,7 @@ impl Handler<Append> for WriterLane {
         self.pending.push_back(Pending {
             append: msg.append,
             reply: msg.reply,
+            alone: false,
         });
         self.update_pending_gauge();
         self.flush(ctx);

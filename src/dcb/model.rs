@@ -1,6 +1,16 @@
 //! DCB types as they appear on the wire and in memory, and query matching.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Reads an explicit JSON `null` as the field's default, the way an absent
+/// field is read: clients built on JavaScript often send `null` for "none".
+pub(crate) fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
 
 /// A position in the global log. Positions start at 1, strictly increase and
 /// may have gaps. Stored as PostgreSQL `bigint`, hence `i64`.
@@ -13,7 +23,7 @@ pub struct NewEvent {
     #[serde(rename = "type")]
     pub event_type: String,
     /// Tags, compared exactly. Duplicates collapse to one (see [`NewEvent::normalize`]).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub tags: Vec<String>,
     /// Opaque payload, returned byte for byte.
     pub data: String,
@@ -45,9 +55,17 @@ pub struct SequencedEvent {
 /// empty) and the event must carry every tag of `tags`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 pub struct QueryItem {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub types: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub tags: Vec<String>,
 }
 
@@ -62,7 +80,7 @@ impl QueryItem {
 /// A query: its items are OR-ed; no items at all matches every event.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 pub struct Query {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub items: Vec<QueryItem>,
 }
 
@@ -118,7 +136,7 @@ pub struct ReadOptions {
     pub after: Option<Position>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub backwards: bool,
 }
 
@@ -162,6 +180,24 @@ mod tests {
         let it = item(&[], &["a:\"b\",{c}\\ü"]);
         assert!(it.matches("E", &tags(&["a:\"b\",{c}\\ü"])));
         assert!(!it.matches("E", &tags(&["a:\"b\",{c}\\u"])));
+    }
+
+    #[test]
+    fn explicit_nulls_read_like_absent_fields() {
+        let item: QueryItem = serde_json::from_str(r#"{"types": null, "tags": ["t"]}"#).unwrap();
+        assert_eq!(
+            item,
+            QueryItem {
+                types: vec![],
+                tags: tags(&["t"])
+            }
+        );
+        let options: ReadOptions =
+            serde_json::from_str(r#"{"from": null, "limit": null, "backwards": null}"#).unwrap();
+        assert_eq!(options, ReadOptions::default());
+        let event: NewEvent =
+            serde_json::from_str(r#"{"type": "E", "tags": null, "data": ""}"#).unwrap();
+        assert!(event.tags.is_empty());
     }
 
     #[test]

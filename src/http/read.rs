@@ -29,9 +29,9 @@ pub struct ReadParams {
 /// Body of `POST /read`.
 #[derive(Deserialize)]
 pub struct ReadBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::dcb::model::null_as_default")]
     query: Query,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::dcb::model::null_as_default")]
     options: ReadOptions,
 }
 

@@ -337,3 +337,57 @@ async fn random_decisions_never_accept_an_append_whose_condition_was_violated() 
         "the clients never collided"
     );
 }
+
+#[actix_rt::test]
+async fn an_append_the_database_refuses_does_not_fail_the_others_in_its_batch() {
+    const BURST: usize = 60;
+    let database = fresh_database().await;
+    let app = crate::helpers::spawn_app_on(&database, |s| s.writer.lanes = 1).await;
+    // A trigger stands in for any failure the database may raise on one
+    // append: it refuses events of type `Poison`.
+    let (client, connection) = tokio_postgres::connect(&database, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    actix_rt::spawn(connection);
+    client
+        .batch_execute(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.type = 'Poison' THEN RAISE EXCEPTION 'poison'; END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_poison BEFORE INSERT ON events
+                 FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+        )
+        .await
+        .expect("install trigger");
+    let mut poisoned = 0;
+    let mut lost = 0;
+    for round in 0..3 {
+        let burst = (0..BURST).map(|i| {
+            let app = &app;
+            async move {
+                let kind = if i == BURST / 2 { "Poison" } else { "Fine" };
+                let tag = format!("r{round}:{i}");
+                let answer = app
+                    .append(json!({
+                        "events": [event(kind, &[&tag], "{}")],
+                        "condition": unless_tagged(&[&tag], None),
+                    }))
+                    .await;
+                (kind, answer)
+            }
+        });
+        for (kind, answer) in join_all(burst).await {
+            match kind {
+                "Poison" => poisoned += (answer.status == 500) as usize,
+                _ => lost += (!answer.appended()) as usize,
+            }
+        }
+    }
+    eprintln!(
+        "poisoned batches: {poisoned} of 3 poison appends refused, {lost} good appends failed"
+    );
+    assert_eq!((poisoned, lost), (3, 0));
+    assert_eq!(app.read_all().await.len(), 3 * (BURST - 1));
+}
