@@ -22,39 +22,61 @@ mod sql {
         include_str!("../../sql/queries/read_probes_backward.sql");
 }
 
+/// A read statement in both directions.
+pub struct Directed {
+    pub forward: Statement,
+    pub backward: Statement,
+}
+
+impl Directed {
+    pub fn pick(&self, backwards: bool) -> &Statement {
+        if backwards {
+            &self.backward
+        } else {
+            &self.forward
+        }
+    }
+}
+
 /// The prepared statements of one connection.
 pub struct Statements {
     pub append_batch: Statement,
-    pub read_all_forward: Statement,
-    pub read_all_backward: Statement,
-    pub read_key_forward: Statement,
-    pub read_key_backward: Statement,
-    pub read_probes_forward: Statement,
-    pub read_probes_backward: Statement,
+    /// Every event in a position range.
+    pub read_all: Directed,
+    /// The events under one key (a query with a single probe).
+    pub read_key: Directed,
+    /// The events matching a JSON list of probes.
+    pub read_probes: Directed,
 }
 
 impl Statements {
     async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
         // Prepared concurrently: tokio-postgres pipelines them in one round trip.
-        let (append_batch, read_all_forward, read_all_backward) = tokio::try_join!(
+        let (append_batch, all_forward, all_backward, key_forward, key_backward) = tokio::try_join!(
             client.prepare(sql::APPEND_BATCH),
             client.prepare(sql::READ_ALL_FORWARD),
             client.prepare(sql::READ_ALL_BACKWARD),
-        )?;
-        let (read_key_forward, read_key_backward, read_probes_forward, read_probes_backward) = tokio::try_join!(
             client.prepare(sql::READ_KEY_FORWARD),
             client.prepare(sql::READ_KEY_BACKWARD),
+        )?;
+        let (probes_forward, probes_backward) = tokio::try_join!(
             client.prepare(sql::READ_PROBES_FORWARD),
             client.prepare(sql::READ_PROBES_BACKWARD),
         )?;
         Ok(Statements {
             append_batch,
-            read_all_forward,
-            read_all_backward,
-            read_key_forward,
-            read_key_backward,
-            read_probes_forward,
-            read_probes_backward,
+            read_all: Directed {
+                forward: all_forward,
+                backward: all_backward,
+            },
+            read_key: Directed {
+                forward: key_forward,
+                backward: key_backward,
+            },
+            read_probes: Directed {
+                forward: probes_forward,
+                backward: probes_backward,
+            },
         })
     }
 }

@@ -35,14 +35,11 @@ pub async fn read_page(
     page: &Page,
 ) -> Result<Vec<SequencedEvent>, StoreError> {
     let st = &conn.statements;
+    let (after, before, limit) = (&page.after, &page.before, &page.limit);
     let rows = if query.is_all() {
-        let statement = if page.backwards {
-            &st.read_all_backward
-        } else {
-            &st.read_all_forward
-        };
+        let statement = st.read_all.pick(page.backwards);
         conn.client
-            .query(statement, &[&page.after, &page.before, &page.limit])
+            .query(statement, &[after, before, limit])
             .await?
     } else {
         let probes: Vec<ReadProbe> = footprint::probes(query)
@@ -56,36 +53,16 @@ pub async fn read_page(
             })
             .collect();
         if let [probe] = probes.as_slice() {
-            let statement = if page.backwards {
-                &st.read_key_backward
-            } else {
-                &st.read_key_forward
-            };
+            let statement = st.read_key.pick(page.backwards);
+            let (key, tags, types) = (&probe.k, &probe.tags, &probe.types);
             conn.client
-                .query(
-                    statement,
-                    &[
-                        &probe.k,
-                        &page.after,
-                        &page.before,
-                        &probe.tags,
-                        &probe.types,
-                        &page.limit,
-                    ],
-                )
+                .query(statement, &[key, after, before, tags, types, limit])
                 .await?
         } else {
             let probes_json = serde_json::to_string(&probes).expect("probes serialize");
-            let statement = if page.backwards {
-                &st.read_probes_backward
-            } else {
-                &st.read_probes_forward
-            };
+            let statement = st.read_probes.pick(page.backwards);
             conn.client
-                .query(
-                    statement,
-                    &[&probes_json, &page.after, &page.before, &page.limit],
-                )
+                .query(statement, &[&probes_json, after, before, limit])
                 .await?
         }
     };
