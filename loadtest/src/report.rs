@@ -52,6 +52,17 @@ impl Percentiles {
             mean_us: h.mean(),
         }
     }
+
+    /// p50, p90, p99, p99.9 and max, in milliseconds (the summary's columns).
+    pub fn tail_ms(&self) -> [f64; 5] {
+        [
+            ms(self.p50_us),
+            ms(self.p90_us),
+            ms(self.p99_us),
+            ms(self.p999_us),
+            ms(self.max_us),
+        ]
+    }
 }
 
 /// Figures of one operation label.
@@ -271,10 +282,10 @@ impl Report {
             "max ms"
         );
         for l in &self.labels {
-            let p = l.latency_us;
+            let [p50, p90, p99, p999, max] = l.latency_us.tail_ms();
             let _ = writeln!(
                 out,
-                "{:<10} {:>9} {:>9} {:>9} {:>7} {:>10.1} {:>10.1} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
+                "{:<10} {:>9} {:>9} {:>9} {:>7} {:>10.1} {:>10.1} {p50:>8.3} {p90:>8.3} {p99:>8.3} {p999:>8.3} {max:>8.3}",
                 l.label,
                 l.requests,
                 l.ok,
@@ -282,24 +293,15 @@ impl Report {
                 l.error_count(),
                 l.requests_per_s,
                 l.items_per_s,
-                ms(p.p50_us),
-                ms(p.p90_us),
-                ms(p.p99_us),
-                ms(p.p999_us),
-                ms(p.max_us)
             );
         }
         for l in &self.labels {
-            if let Some(p) = l.service_us {
+            if let Some(service) = l.service_us {
+                let [p50, p90, p99, p999, max] = service.tail_ms();
                 let _ = writeln!(
                     out,
-                    "{:<10} service time from the actual send: p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3} ms",
+                    "{:<10} service time from the actual send: p50 {p50:.3} p90 {p90:.3} p99 {p99:.3} p99.9 {p999:.3} max {max:.3} ms",
                     l.label,
-                    ms(p.p50_us),
-                    ms(p.p90_us),
-                    ms(p.p99_us),
-                    ms(p.p999_us),
-                    ms(p.max_us)
                 );
             }
         }

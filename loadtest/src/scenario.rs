@@ -304,21 +304,7 @@ impl Scenario {
     }
 
     async fn append_if_unique(&self, ctx: &mut ClientCtx) -> Outcome {
-        let key = self.unique_key(ctx);
-        let request = AppendRequest {
-            events: vec![NewEvent {
-                event_type: "Registered".into(),
-                tags: vec![key.clone()],
-                data: self.payload.clone(),
-            }],
-            condition: Some(AppendCondition {
-                fail_if_events_match: Query::single(QueryItem {
-                    types: vec!["Registered".into()],
-                    tags: vec![key],
-                }),
-                after: None,
-            }),
-        };
+        let request = append_once("Registered", self.unique_key(ctx), self.payload.clone());
         let result = ctx.conn.append(&request).await;
         append_outcome(result, 1, None)
     }
@@ -326,20 +312,7 @@ impl Scenario {
     async fn parallel_write(&self, ctx: &mut ClientCtx) -> Outcome {
         // The community k6 script: tag `vu<id>-iter<n>`, type SomeEvent, data "{}".
         let tag = format!("r{}-vu{}-iter{}", self.cfg.run_id, ctx.id, ctx.seq);
-        let request = AppendRequest {
-            events: vec![NewEvent {
-                event_type: "SomeEvent".into(),
-                tags: vec![tag.clone()],
-                data: "{}".into(),
-            }],
-            condition: Some(AppendCondition {
-                fail_if_events_match: Query::single(QueryItem {
-                    types: vec!["SomeEvent".into()],
-                    tags: vec![tag],
-                }),
-                after: None,
-            }),
-        };
+        let request = append_once("SomeEvent", tag, "{}".into());
         let result = ctx.conn.append(&request).await;
         append_outcome(result, 1, None)
     }
@@ -504,16 +477,12 @@ impl Scenario {
                     v.keys_checked += 1;
                     v.events_checked += events.len() as u64;
                     v.unparsable += check.unparsable;
-                    v.violations += check.violations.len() as u64;
-                    for bad in check.violations.iter().take(MAX_DETAILS) {
-                        push_detail(
-                            &mut v,
-                            format!(
-                                "key {key}: event at {} was appended with after={} but the key's previous event is at {}",
-                                bad.position, bad.after, bad.previous
-                            ),
-                        );
-                    }
+                    add_violations(&mut v, &check.violations, |bad| {
+                        format!(
+                            "key {key}: event at {} was appended with after={} but the key's previous event is at {}",
+                            bad.position, bad.after, bad.previous
+                        )
+                    });
                 }
                 add_missing(&mut v, acknowledged, &positions);
                 Ok(Some(v))
@@ -546,17 +515,12 @@ impl Scenario {
                         }
                     })
                     .collect();
-                let violations = verify::check_conditions(&logged);
-                v.violations = violations.len() as u64;
-                for bad in violations.iter().take(MAX_DETAILS) {
-                    push_detail(
-                        &mut v,
-                        format!(
-                            "event at {} (condition after {}) was accepted although matching event {} precedes it",
-                            bad.position, bad.after, bad.conflicting_position
-                        ),
-                    );
-                }
+                add_violations(&mut v, &verify::check_conditions(&logged), |bad| {
+                    format!(
+                        "event at {} (condition after {}) was accepted although matching event {} precedes it",
+                        bad.position, bad.after, bad.conflicting_position
+                    )
+                });
                 add_missing(&mut v, acknowledged, &positions);
                 Ok(Some(v))
             }
@@ -576,6 +540,33 @@ const MAX_DETAILS: usize = 20;
 fn push_detail(v: &mut Verification, detail: String) {
     if v.details.len() < MAX_DETAILS {
         v.details.push(detail);
+    }
+}
+
+/// Counts `violations` into `v` and describes the first of them.
+fn add_violations<T>(v: &mut Verification, violations: &[T], describe: impl Fn(&T) -> String) {
+    v.violations += violations.len() as u64;
+    for bad in violations.iter().take(MAX_DETAILS) {
+        push_detail(v, describe(bad));
+    }
+}
+
+/// One event tagged `tag`, on the condition that no `event_type` event carries that
+/// tag yet: it conflicts only when the tag was used before.
+fn append_once(event_type: &str, tag: String, data: String) -> AppendRequest {
+    AppendRequest {
+        events: vec![NewEvent {
+            event_type: event_type.into(),
+            tags: vec![tag.clone()],
+            data,
+        }],
+        condition: Some(AppendCondition {
+            fail_if_events_match: Query::single(QueryItem {
+                types: vec![event_type.into()],
+                tags: vec![tag],
+            }),
+            after: None,
+        }),
     }
 }
 

@@ -40,6 +40,13 @@ pub const GLOBAL_KEY: Key = 0x4352_4142_4c45_5447; // "CRABLETG"
 /// insert of a batch to its commit. Taken after every other key.
 pub const SEQUENCE_KEY: Key = 0x4352_4142_4c45_5453; // "CRABLETS"
 
+/// An append whose footprint has more keys than this takes the [`GLOBAL_KEY`]
+/// exclusive instead (lock escalation): every append holds that key shared,
+/// so the one lock excludes everything the many would have, and PostgreSQL's
+/// shared lock table (64 × `max_connections` entries by default) cannot be
+/// exhausted by a few large appends.
+pub const ESCALATION_KEYS: usize = 256;
+
 pub fn tag_key(tag: &str) -> Key {
     xxh3_64_with_seed(tag.as_bytes(), TAG_SEED) as Key
 }
@@ -128,6 +135,10 @@ impl Footprint {
             for probe in probes(&condition.fail_if_events_match) {
                 fp.add(probe.key.unwrap_or(GLOBAL_KEY), LockMode::Exclusive);
             }
+        }
+        if fp.len() > ESCALATION_KEYS {
+            fp.locks.clear();
+            fp.add(GLOBAL_KEY, LockMode::Exclusive);
         }
         fp
     }
@@ -225,6 +236,32 @@ mod tests {
         let all = Footprint::of_append(&req);
         let other = Footprint::of_append(&conditional("y", &["y"], &[]));
         assert!(overlap_exclusively(&all, &other));
+    }
+
+    #[test]
+    fn a_large_footprint_escalates_to_the_global_key_and_still_meets_everything() {
+        let mut big = conditional("x", &["x"], &[]);
+        big.events = (0..ESCALATION_KEYS)
+            .map(|i| NewEvent {
+                event_type: "Imported".into(),
+                tags: vec![format!("item:{i}")],
+                data: "{}".into(),
+            })
+            .collect();
+        let escalated = Footprint::of_append(&big);
+        assert_eq!(
+            escalated.iter().collect::<Vec<_>>(),
+            vec![(GLOBAL_KEY, LockMode::Exclusive)]
+        );
+        let plain = Footprint::of_append(&AppendRequest {
+            events: vec![NewEvent {
+                event_type: "Other".into(),
+                tags: vec!["unrelated".into()],
+                data: "{}".into(),
+            }],
+            condition: None,
+        });
+        assert!(overlap_exclusively(&escalated, &plain));
     }
 
     #[test]

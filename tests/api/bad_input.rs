@@ -237,3 +237,43 @@ async fn a_body_over_the_limit_gets_413_and_an_append_over_the_event_limit_400()
     assert_eq!(status, 400, "{text}");
     assert!(app.read_all().await.is_empty());
 }
+
+#[actix_rt::test]
+async fn the_largest_valid_appends_are_accepted_several_at_once() {
+    // Three lanes: unconditional appends spread over them and run at once.
+    let app = spawn_app_with(|s| s.writer.lanes = 3).await;
+    let limits = crablet::dcb::Limits::default();
+    // Every event carries the most tags; the condition has the most items of
+    // the most types: tens of thousands of keys each (escalated to one lock,
+    // see dcb::footprint::ESCALATION_KEYS).
+    let events: Vec<Value> = (0..limits.max_events_per_append)
+        .map(|e| {
+            let tags: Vec<String> = (0..limits.max_tags_per_event)
+                .map(|t| format!("e{e}:t{t}"))
+                .collect();
+            serde_json::json!({"type": "Bulk", "tags": tags, "data": ""})
+        })
+        .collect();
+    let items: Vec<Value> = (0..limits.max_query_items)
+        .map(|i| {
+            let types: Vec<String> = (0..limits.max_values_per_item)
+                .map(|t| format!("T{i}.{t}"))
+                .collect();
+            serde_json::json!({ "types": types })
+        })
+        .collect();
+    let conditional =
+        serde_json::json!({"events": events, "condition": {"failIfEventsMatch": {"items": items}}})
+            .to_string();
+    let plain = serde_json::json!({ "events": events }).to_string();
+    let bodies = [&plain, &plain, &plain, &conditional];
+    let requests = bodies
+        .iter()
+        .map(|body| app.raw(Method::POST, "/append", Some(body)));
+    for (status, text) in futures_util::future::join_all(requests).await {
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains(r#""appendConditionFailed":false"#), "{text}");
+    }
+    let all = app.read_all().await;
+    assert_eq!(all.len(), 4 * limits.max_events_per_append);
+}

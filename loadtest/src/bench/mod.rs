@@ -31,7 +31,7 @@ use crate::driver::{self, LiveCounters, RunConfig};
 use crate::http::Target;
 use crate::preload::{self, PreloadConfig, PreloadResult, EVENTS_PER_TAG};
 use crate::procfs;
-use crate::report::{ms, Report};
+use crate::report::{ms, LabelReport, Report};
 use crate::scenario::{payload, ScenarioConfig, ScenarioKind};
 use postgres::{ConnInfo, PgbenchResult, PgbenchRun, Tools};
 use server::{CrabletServer, PrivatePostgres, RssSample, RssSampler};
@@ -190,6 +190,100 @@ impl Plan {
             },
         }
     }
+
+    /// Tags of the stored volume, [`EVENTS_PER_TAG`] events each (what P4 reads).
+    fn read_tags(&self) -> u64 {
+        (self.volume_events / EVENTS_PER_TAG).max(1)
+    }
+
+    /// P1 (and P6 beside it): conditional appends on disjoint keys, empty store.
+    fn p1(&self) -> Phase {
+        Phase {
+            name: "p1-append-if-64",
+            db: DB_EMPTY,
+            kind: ScenarioKind::AppendIf,
+            tag: "p1",
+            clients: self.write_clients,
+            duration: secs(self.throughput_s),
+        }
+    }
+
+    /// P2: P1's append from one client, for its latency.
+    fn p2(&self) -> Phase {
+        Phase {
+            name: "p2-append-if-1",
+            tag: "p2",
+            clients: 1,
+            duration: secs(self.latency_s),
+            ..self.p1()
+        }
+    }
+
+    /// P3: read-decide-append on the hot keys, empty store.
+    fn p3(&self) -> Phase {
+        Phase {
+            name: "p3-hot-keys-64",
+            kind: ScenarioKind::HotKeys,
+            tag: "p3",
+            ..self.p1()
+        }
+    }
+
+    /// P4: reads of one stored tag each, at volume.
+    fn p4(&self) -> Phase {
+        Phase {
+            name: "p4-read-16",
+            db: DB_VOLUME,
+            kind: ScenarioKind::Read,
+            tag: "p4",
+            clients: self.read_clients,
+            duration: secs(self.read_s),
+        }
+    }
+
+    /// P5: P1 at volume.
+    fn p5(&self) -> Phase {
+        Phase {
+            name: "p5-append-if-64-volume",
+            db: DB_VOLUME,
+            tag: "p5",
+            ..self.p1()
+        }
+    }
+
+    /// The soak: P1's load for `duration`, on a store of its own.
+    fn soak(&self, duration: Duration) -> Phase {
+        Phase {
+            name: "soak-append-if-64",
+            db: DB_SOAK,
+            tag: "soak",
+            duration,
+            ..self.p1()
+        }
+    }
+}
+
+/// Seconds of the plan as a duration.
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+/// One crablet load of the bench: which workload, against which store, how many
+/// clients, how long.
+#[derive(Debug, Clone, Copy)]
+struct Phase {
+    /// Name of the run in the report's `runs` and in the notes.
+    name: &'static str,
+    /// The store the server serves.
+    db: &'static str,
+    /// The workload.
+    kind: ScenarioKind,
+    /// Start of the run id, which every tag the run writes contains.
+    tag: &'static str,
+    /// Virtual clients.
+    clients: usize,
+    /// Length of the load.
+    duration: Duration,
 }
 
 /// RSS over a soak.
@@ -363,10 +457,6 @@ impl Bench {
         self.cfg.goals.is_empty() || self.cfg.goals.contains(&goal)
     }
 
-    fn secs(s: f64) -> Duration {
-        Duration::from_secs_f64(s)
-    }
-
     async fn run_all(&mut self) -> anyhow::Result<()> {
         self.report.plan = Some(self.plan.clone());
         self.report.settings = postgres::server_settings(&self.tools, &self.admin).await?;
@@ -502,6 +592,13 @@ impl Bench {
         Ok(target)
     }
 
+    /// [`Self::server_on`], warmed up by a short load before it is measured.
+    async fn warm_server_on(&mut self, db: &str) -> anyhow::Result<Target> {
+        let target = self.server_on(db).await?;
+        self.warm_up(&target).await?;
+        Ok(target)
+    }
+
     async fn stop_server(&mut self) {
         if let Some((server, _)) = self.server.take() {
             if let Err(e) = server.stop().await {
@@ -518,7 +615,7 @@ impl Bench {
         ScenarioConfig {
             kind,
             run_id: self.run_id(phase),
-            read_tags: (self.plan.volume_events / EVENTS_PER_TAG).max(1),
+            read_tags: self.plan.read_tags(),
             tag_prefix: "t".into(),
             hot_keys: HOT_KEYS,
             zipf_exponent: HOT_KEYS_ZIPF,
@@ -527,39 +624,83 @@ impl Bench {
         }
     }
 
-    /// Runs a crablet workload and records its report under `name`.
-    async fn crablet_run(
-        &mut self,
-        name: &str,
+    /// A closed-loop load of `kind` from `clients` for `duration`, as the warm-up
+    /// and the HTTP floor run it: no setup, no verification, no progress lines.
+    fn run_config(
+        &self,
         target: &Target,
-        scenario: ScenarioConfig,
+        kind: ScenarioKind,
+        tag: &str,
         clients: usize,
         duration: Duration,
+    ) -> RunConfig {
+        RunConfig {
+            target: target.clone(),
+            scenario: self.scenario(kind, tag),
+            clients,
+            duration,
+            rate: None,
+            seed: self.cfg.seed,
+            request_timeout: self.cfg.request_timeout,
+            progress: false,
+            setup: false,
+            verify: false,
+        }
+    }
+
+    /// Runs `phase` on the server of its store, as the server is (no warm-up);
+    /// returns the server's target and the run's report.
+    async fn run_phase(&mut self, phase: &Phase) -> anyhow::Result<(Target, Report)> {
+        let target = self.server_on(phase.db).await?;
+        let run = self.crablet_run(&target, phase, Arc::default()).await?;
+        Ok((target, run))
+    }
+
+    /// [`Self::crablet_run`] while the server's RSS is sampled every
+    /// [`RSS_INTERVAL`], for at most `max_sampling` (with a line printed every
+    /// `print_every`, if given). The samples are returned even when the run fails.
+    async fn crablet_run_sampling_rss(
+        &mut self,
+        target: &Target,
+        phase: &Phase,
+        max_sampling: Duration,
+        print_every: Option<Duration>,
+    ) -> anyhow::Result<(anyhow::Result<Report>, Vec<RssSample>)> {
+        let pid = self.server_pid().context("no server")?;
+        let live = Arc::new(LiveCounters::default());
+        let sampler = RssSampler::start(pid, RSS_INTERVAL, max_sampling, live.clone(), print_every);
+        let run = self.crablet_run(target, phase, live).await;
+        Ok((run, sampler.finish().await))
+    }
+
+    /// Runs `phase` on `target` and records its report under the phase's name.
+    async fn crablet_run(
+        &mut self,
+        target: &Target,
+        phase: &Phase,
         live: Arc<LiveCounters>,
     ) -> anyhow::Result<Report> {
+        let Phase {
+            name,
+            kind,
+            tag,
+            clients,
+            duration,
+            ..
+        } = *phase;
         eprintln!(
-            "bench: {name}: crablet {} x{clients} for {:.0} s",
-            scenario.kind,
+            "bench: {name}: crablet {kind} x{clients} for {:.0} s",
             duration.as_secs_f64()
         );
         let server_pid = self.server_pid().map(|p| p.to_string());
         let server_cpu_before = server_pid.as_deref().and_then(procfs::process_cpu_s);
-        let report = driver::run(
-            &RunConfig {
-                target: target.clone(),
-                scenario,
-                clients,
-                duration,
-                rate: None,
-                seed: self.cfg.seed,
-                request_timeout: self.cfg.request_timeout,
-                progress: duration >= Duration::from_secs(60),
-                setup: true,
-                verify: true,
-            },
-            live,
-        )
-        .await?;
+        let cfg = RunConfig {
+            progress: duration >= Duration::from_secs(60),
+            setup: true,
+            verify: true,
+            ..self.run_config(target, kind, tag, clients, duration)
+        };
+        let report = driver::run(&cfg, live).await?;
         eprint!("{}", report.summary());
         let server_cpu = server_pid
             .as_deref()
@@ -596,36 +737,20 @@ impl Bench {
 
     /// A short untimed load on a fresh server.
     async fn warm_up(&mut self, target: &Target) -> anyhow::Result<()> {
-        let cfg = RunConfig {
-            target: target.clone(),
-            scenario: self.scenario(ScenarioKind::AppendIf, "w"),
-            clients: self.plan.write_clients,
-            duration: WARMUP,
-            rate: None,
-            seed: self.cfg.seed,
-            request_timeout: self.cfg.request_timeout,
-            progress: false,
-            setup: false,
-            verify: false,
-        };
+        let cfg = self.run_config(
+            target,
+            ScenarioKind::AppendIf,
+            "w",
+            self.plan.write_clients,
+            WARMUP,
+        );
         driver::run(&cfg, Arc::default()).await.map(|_| ())
     }
 
     /// `GET /health` for a few seconds: the HTTP round trip without the store, so
     /// a figure can be split into "HTTP" and "store".
     async fn http_floor(&mut self, target: &Target, clients: usize) -> anyhow::Result<Report> {
-        let cfg = RunConfig {
-            target: target.clone(),
-            scenario: self.scenario(ScenarioKind::Health, "h"),
-            clients,
-            duration: HTTP_FLOOR_PHASE,
-            rate: None,
-            seed: self.cfg.seed,
-            request_timeout: self.cfg.request_timeout,
-            progress: false,
-            setup: false,
-            verify: false,
-        };
+        let cfg = self.run_config(target, ScenarioKind::Health, "h", clients, HTTP_FLOOR_PHASE);
         let report = driver::run(&cfg, Arc::default()).await?;
         self.report
             .runs
@@ -680,29 +805,49 @@ impl Bench {
         Ok(result)
     }
 
-    /// Raw 1-row INSERT tx/s at 64 clients (the P1/P3 baseline), on a truncated table.
+    /// Raw 1-row INSERT tx/s with P1's clients and duration (the P1/P3 baseline), on
+    /// a truncated table.
     async fn insert_baseline(&mut self, name: &str) -> anyhow::Result<f64> {
         self.tools
             .psql(&self.db(DB_RAW), "TRUNCATE bench_insert; CHECKPOINT")
             .await?;
         let script = postgres::insert_script(&payload(DATA_BYTES));
-        let clients = self.plan.write_clients;
+        let p1 = self.plan.p1();
         let r = self
-            .pgbench(
-                name,
-                DB_RAW,
-                &script,
-                clients,
-                Self::secs(self.plan.throughput_s),
-                false,
-            )
+            .pgbench(name, DB_RAW, &script, p1.clients, p1.duration, false)
             .await?;
         Ok(r.tps)
     }
 
+    /// The P1/P3 baseline: measured once, by whichever goal comes first.
+    async fn p1_baseline(&mut self) -> anyhow::Result<f64> {
+        match self.p1_baseline {
+            Some(b) => Ok(b),
+            None => {
+                let b = self.insert_baseline("p1-baseline-insert-64").await?;
+                self.p1_baseline = Some(b);
+                Ok(b)
+            }
+        }
+    }
+
+    /// crablet's P1 events/s on the empty store (P5's reference): P1's figure, or
+    /// measured now on a fresh store when P1 did not run or failed.
+    async fn p1_crablet(&mut self) -> anyhow::Result<f64> {
+        if let Some(rate) = self.p1_crablet {
+            return Ok(rate);
+        }
+        let phase = self.plan.p1();
+        postgres::recreate_database(&self.tools, &self.admin, phase.db).await?;
+        let target = self.warm_server_on(phase.db).await?;
+        let run = self.crablet_run(&target, &phase, Arc::default()).await?;
+        let rate = primary(&run)?.ok_per_s;
+        self.p1_crablet = Some(rate);
+        Ok(rate)
+    }
+
     async fn goal_p1(&mut self) -> anyhow::Result<Option<Row>> {
-        let base = self.insert_baseline("p1-baseline-insert-64").await?;
-        self.p1_baseline = Some(base);
+        let base = self.p1_baseline().await?;
         if self.cfg.baselines_only {
             return Ok(Some(baseline_only_row(
                 "P1",
@@ -711,33 +856,16 @@ impl Bench {
                 "tx/s",
             )));
         }
-        let target = self.server_on(DB_EMPTY).await?;
-        self.warm_up(&target).await?;
-        let live = Arc::new(LiveCounters::default());
-        let pid = self.server_pid().context("no server")?;
-        let duration = Self::secs(self.plan.throughput_s);
-        let sampler = RssSampler::start(
-            pid,
-            RSS_INTERVAL,
-            duration * 2 + Duration::from_secs(60),
-            live.clone(),
-            None,
-        );
-        let scenario = self.scenario(ScenarioKind::AppendIf, "p1");
-        let clients = self.plan.write_clients;
-        let run = self
-            .crablet_run(
-                "p1-append-if-64",
-                &target,
-                scenario,
-                clients,
-                duration,
-                live,
-            )
-            .await;
-        self.report.rss_p1 = sampler.finish().await;
+        // Warmed up, with the server's RSS sampled throughout for P6.
+        let phase = self.plan.p1();
+        let target = self.warm_server_on(phase.db).await?;
+        let max_sampling = phase.duration * 2 + Duration::from_secs(60);
+        let (run, rss) = self
+            .crablet_run_sampling_rss(&target, &phase, max_sampling, None)
+            .await?;
+        self.report.rss_p1 = rss;
         let run = run?;
-        let p = run.primary().context("no append-if figures")?;
+        let p = primary(&run)?;
         if p.conflicts > 0 {
             self.report.notes.push(format!(
                 "P1: {} FALSE CONFLICTS (appends on disjoint keys rejected; must be 0)",
@@ -770,13 +898,20 @@ impl Bench {
     }
 
     async fn goal_p2(&mut self) -> anyhow::Result<Option<Row>> {
+        let phase = self.plan.p2();
         self.tools
             .psql(&self.db(DB_RAW), "TRUNCATE bench_insert")
             .await?;
         let script = postgres::insert_script(&payload(DATA_BYTES));
-        let duration = Self::secs(self.plan.latency_s);
         let base = self
-            .pgbench("p2-baseline-insert-1", DB_RAW, &script, 1, duration, true)
+            .pgbench(
+                "p2-baseline-insert-1",
+                DB_RAW,
+                &script,
+                phase.clients,
+                phase.duration,
+                true,
+            )
             .await?;
         let base_p50 = base
             .latency
@@ -790,21 +925,10 @@ impl Bench {
                 "ms",
             )));
         }
-        let target = self.server_on(DB_EMPTY).await?;
-        let scenario = self.scenario(ScenarioKind::AppendIf, "p2");
-        let run = self
-            .crablet_run(
-                "p2-append-if-1",
-                &target,
-                scenario,
-                1,
-                duration,
-                Arc::default(),
-            )
-            .await?;
-        let p = run.primary().context("no append-if figures")?.clone();
+        let (target, run) = self.run_phase(&phase).await?;
+        let p = primary(&run)?;
         let ratio = p.latency_us.p50_us as f64 / base_p50.max(1) as f64;
-        if let Some(floor) = self.http_floor(&target, 1).await?.primary() {
+        if let Some(floor) = self.http_floor(&target, phase.clients).await?.primary() {
             self.report.notes.push(format!(
                 "P2: HTTP floor (GET /health, 1 client): p50 {:.3} ms",
                 ms(floor.latency_us.p50_us)
@@ -832,37 +956,13 @@ impl Bench {
         }))
     }
 
-    async fn p1_baseline(&mut self) -> anyhow::Result<f64> {
-        match self.p1_baseline {
-            Some(b) => Ok(b),
-            None => {
-                let b = self.insert_baseline("p1-baseline-insert-64").await?;
-                self.p1_baseline = Some(b);
-                Ok(b)
-            }
-        }
-    }
-
     async fn goal_p3(&mut self) -> anyhow::Result<Option<Row>> {
         let base = self.p1_baseline().await?;
         if self.cfg.baselines_only {
             return Ok(None);
         }
-        let target = self.server_on(DB_EMPTY).await?;
-        let scenario = self.scenario(ScenarioKind::HotKeys, "p3");
-        let clients = self.plan.write_clients;
-        let duration = Self::secs(self.plan.throughput_s);
-        let run = self
-            .crablet_run(
-                "p3-hot-keys-64",
-                &target,
-                scenario,
-                clients,
-                duration,
-                Arc::default(),
-            )
-            .await?;
-        let p = run.primary().context("no decision figures")?;
+        let (_, run) = self.run_phase(&self.plan.p3()).await?;
+        let p = primary(&run)?;
         let v = run
             .verification
             .clone()
@@ -950,16 +1050,15 @@ impl Bench {
     }
 
     async fn goal_p4(&mut self) -> anyhow::Result<Option<Row>> {
-        let tags = (self.plan.volume_events / EVENTS_PER_TAG).max(1);
-        let clients = self.plan.read_clients;
-        let duration = Self::secs(self.plan.read_s);
+        let phase = self.plan.p4();
+        let clients = phase.clients;
         let base = self
             .pgbench(
                 "p4-baseline-gin-read-16",
                 DB_RAW,
-                &postgres::gin_read_script(tags),
+                &postgres::gin_read_script(self.plan.read_tags()),
                 clients,
-                duration,
+                phase.duration,
                 false,
             )
             .await?;
@@ -972,19 +1071,8 @@ impl Bench {
                 "tx/s",
             )));
         }
-        let target = self.server_on(DB_VOLUME).await?;
-        let scenario = self.scenario(ScenarioKind::Read, "p4");
-        let run = self
-            .crablet_run(
-                "p4-read-16",
-                &target,
-                scenario,
-                clients,
-                duration,
-                Arc::default(),
-            )
-            .await?;
-        let p = run.primary().context("no read figures")?.clone();
+        let (target, run) = self.run_phase(&phase).await?;
+        let p = primary(&run)?;
         if let Some(floor) = self.http_floor(&target, clients).await?.primary() {
             self.report.notes.push(format!(
                 "P4: HTTP floor (GET /health, {clients} clients): {:.0} req/s, p50 {:.3} ms",
@@ -997,7 +1085,8 @@ impl Bench {
         } else {
             0.0
         };
-        if (per_read - EVENTS_PER_TAG as f64).abs() > f64::EPSILON {
+        let off_by = (per_read - EVENTS_PER_TAG as f64).abs();
+        if off_by > f64::EPSILON {
             self.report.notes.push(format!(
                 "P4: reads returned {per_read:.2} events on average, expected {EVENTS_PER_TAG}"
             ));
@@ -1020,7 +1109,7 @@ impl Bench {
             baseline: format!("{} tx/s (GIN)", thousands(base.tps)),
             ratio: Some(ratio),
             goal: format!(">= {P4_GOAL}x"),
-            met: Some(ratio >= P4_GOAL && (per_read - EVENTS_PER_TAG as f64).abs() < f64::EPSILON),
+            met: Some(ratio >= P4_GOAL && off_by < f64::EPSILON),
             crablet_value: Some(rate),
             baseline_value: Some(base.tps),
         }))
@@ -1030,45 +1119,9 @@ impl Bench {
         if self.cfg.baselines_only {
             return Ok(None);
         }
-        let empty = match self.p1_crablet {
-            Some(r) => r,
-            None => {
-                postgres::recreate_database(&self.tools, &self.admin, DB_EMPTY).await?;
-                let target = self.server_on(DB_EMPTY).await?;
-                self.warm_up(&target).await?;
-                let scenario = self.scenario(ScenarioKind::AppendIf, "p1");
-                let clients = self.plan.write_clients;
-                let duration = Self::secs(self.plan.throughput_s);
-                let run = self
-                    .crablet_run(
-                        "p1-append-if-64",
-                        &target,
-                        scenario,
-                        clients,
-                        duration,
-                        Arc::default(),
-                    )
-                    .await?;
-                let rate = run.primary().context("no append-if figures")?.ok_per_s;
-                self.p1_crablet = Some(rate);
-                rate
-            }
-        };
-        let target = self.server_on(DB_VOLUME).await?;
-        let scenario = self.scenario(ScenarioKind::AppendIf, "p5");
-        let clients = self.plan.write_clients;
-        let duration = Self::secs(self.plan.throughput_s);
-        let run = self
-            .crablet_run(
-                "p5-append-if-64-volume",
-                &target,
-                scenario,
-                clients,
-                duration,
-                Arc::default(),
-            )
-            .await?;
-        let p = run.primary().context("no append-if figures")?;
+        let empty = self.p1_crablet().await?;
+        let (_, run) = self.run_phase(&self.plan.p5()).await?;
+        let p = primary(&run)?;
         let rate = p.ok_per_s;
         let ratio = rate / empty;
         if p.conflicts > 0 {
@@ -1103,31 +1156,13 @@ impl Bench {
     }
 
     async fn soak(&mut self) -> anyhow::Result<()> {
-        postgres::recreate_database(&self.tools, &self.admin, DB_SOAK).await?;
-        let target = self.server_on(DB_SOAK).await?;
-        let pid = self.server_pid().context("no server")?;
-        let duration = self.cfg.soak_duration;
-        let live = Arc::new(LiveCounters::default());
-        let sampler = RssSampler::start(
-            pid,
-            RSS_INTERVAL,
-            duration + Duration::from_secs(120),
-            live.clone(),
-            Some(SOAK_PRINT_INTERVAL),
-        );
-        let scenario = self.scenario(ScenarioKind::AppendIf, "soak");
-        let clients = self.plan.write_clients;
-        let run = self
-            .crablet_run(
-                "soak-append-if-64",
-                &target,
-                scenario,
-                clients,
-                duration,
-                live,
-            )
-            .await;
-        let samples = sampler.finish().await;
+        let phase = self.plan.soak(self.cfg.soak_duration);
+        postgres::recreate_database(&self.tools, &self.admin, phase.db).await?;
+        let target = self.server_on(phase.db).await?;
+        let max_sampling = phase.duration + Duration::from_secs(120);
+        let (run, samples) = self
+            .crablet_run_sampling_rss(&target, &phase, max_sampling, Some(SOAK_PRINT_INTERVAL))
+            .await?;
         let run = run?;
         let flatness = server::flatness(&samples);
         if let Some(f) = flatness {
@@ -1194,6 +1229,12 @@ impl Bench {
             baseline_value: None,
         }
     }
+}
+
+/// The run's headline figures; an error when it has none.
+fn primary(run: &Report) -> anyhow::Result<&LabelReport> {
+    run.primary()
+        .with_context(|| format!("no {} figures", run.primary_label))
 }
 
 /// A row that shows only a baseline (`--baselines-only`).
