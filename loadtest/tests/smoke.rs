@@ -25,7 +25,7 @@ use crablet::embedded::EmbeddedPostgres;
 use crablet_loadtest::driver::{self, RunConfig};
 use crablet_loadtest::http::Target;
 use crablet_loadtest::preload::{self, PreloadConfig, EVENTS_PER_TAG};
-use crablet_loadtest::report::{LabelReport, Report};
+use crablet_loadtest::report::{LabelReport, Report, Verification};
 use crablet_loadtest::scenario::{ScenarioConfig, ScenarioKind};
 
 /// Length of each run's load.
@@ -79,7 +79,6 @@ async fn drive(port: u16) {
 async fn quick_rounds_read_back_what_they_appended(port: u16) {
     let report = run(port, ScenarioKind::Quick, "quick", None).await;
     let quick = primary(&report, "quick");
-    assert_clean(quick);
     assert!(quick.ok > 0, "no quick round completed");
     assert_eq!(quick.conflicts, 0, "a unique key conflicted");
     // One event appended and one read back per round.
@@ -89,7 +88,6 @@ async fn quick_rounds_read_back_what_they_appended(port: u16) {
 async fn appends_on_unique_keys_never_conflict(port: u16) {
     let report = run(port, ScenarioKind::AppendIf, "appendif", None).await;
     let appends = primary(&report, "append-if");
-    assert_clean(appends);
     assert!(appends.ok > 0, "no append was accepted");
     assert_eq!(appends.conflicts, 0, "false conflicts on unique keys");
     assert_eq!(appends.items, appends.ok);
@@ -98,28 +96,20 @@ async fn appends_on_unique_keys_never_conflict(port: u16) {
 async fn hot_keys_decide_both_ways_without_violation(port: u16) {
     let report = run(port, ScenarioKind::HotKeys, "hot", None).await;
     let decisions = primary(&report, "decision");
-    assert_clean(decisions);
     assert!(decisions.ok > 0, "no decision was accepted");
     assert!(
         decisions.conflicts > 0,
         "{CLIENTS} clients on {HOT_KEYS} keys never had a decision rejected"
     );
-    let v = verified(&report);
+    let v = verified(&report, decisions);
     assert_eq!(v.keys_checked, HOT_KEYS as u64);
-    // The keys belong to this run: their events are exactly the accepted decisions,
-    // and every acceptance answered its `lastPosition` (each found in the log).
-    assert_eq!(v.events_checked, decisions.ok);
-    assert_eq!(v.acknowledged_checked, decisions.ok);
 }
 
 async fn random_conditions_are_never_violated(port: u16) {
     let report = run(port, ScenarioKind::Consistency, "cons", None).await;
     let decisions = primary(&report, "decision");
-    assert_clean(decisions);
     assert!(decisions.ok > 0, "no decision was accepted");
-    let v = verified(&report);
-    assert_eq!(v.events_checked, decisions.ok);
-    assert_eq!(v.acknowledged_checked, decisions.ok);
+    verified(&report, decisions);
 }
 
 async fn reads_of_preloaded_tags_return_ten_events_each(port: u16) {
@@ -142,7 +132,6 @@ async fn reads_of_preloaded_tags_return_ten_events_each(port: u16) {
     // `seed_reads` is off: the run fails if the preload above is not all there.
     let report = run(port, ScenarioKind::Read, "read", None).await;
     let reads = primary(&report, "read");
-    assert_clean(reads);
     assert!(reads.ok > 0, "no read completed");
     assert_eq!(reads.items, EVENTS_PER_TAG * reads.ok);
 }
@@ -151,7 +140,6 @@ async fn an_open_loop_run_keeps_a_modest_rate(port: u16) {
     let report = run(port, ScenarioKind::AppendIf, "open", Some(OPEN_LOOP_RATE)).await;
     assert_eq!(report.mode, "open");
     let appends = primary(&report, "append-if");
-    assert_clean(appends);
     let scheduled = (LOAD_DURATION.as_secs_f64() * OPEN_LOOP_RATE).ceil() as u64;
     assert_eq!(
         report.unsent,
@@ -206,29 +194,27 @@ async fn run(port: u16, kind: ScenarioKind, run_id: &str, rate: Option<f64>) -> 
     report
 }
 
-/// The run's headline figures, which must be those of `label`.
+/// The run's headline figures, which must be those of `label`, with no error of
+/// any kind and every request counted once.
 fn primary<'r>(report: &'r Report, label: &str) -> &'r LabelReport {
     let primary = report
         .primary()
         .unwrap_or_else(|| panic!("no `{label}` figures:\n{}", report.summary()));
     assert_eq!(primary.label, label);
+    assert!(
+        primary.errors.is_empty(),
+        "{label}: errors {:?}, e.g. {:?}",
+        primary.errors,
+        primary.error_samples
+    );
+    assert_eq!(primary.requests, primary.ok + primary.conflicts);
     primary
 }
 
-/// No error of any kind, and every request counted once.
-fn assert_clean(l: &LabelReport) {
-    assert!(
-        l.errors.is_empty(),
-        "{}: errors {:?}, e.g. {:?}",
-        l.label,
-        l.errors,
-        l.error_samples
-    );
-    assert_eq!(l.requests, l.ok + l.conflicts);
-}
-
-/// The run's verification, which must have passed.
-fn verified(report: &Report) -> &crablet_loadtest::report::Verification {
+/// The run's verification, which must have passed and covered exactly the
+/// `accepted` operations: the run's tags hold only the events it had accepted, and
+/// every acceptance answered its `lastPosition` (each found in the log).
+fn verified<'r>(report: &'r Report, accepted: &LabelReport) -> &'r Verification {
     let v = report
         .verification
         .as_ref()
@@ -241,6 +227,8 @@ fn verified(report: &Report) -> &crablet_loadtest::report::Verification {
         v.details
     );
     assert!(v.passed());
+    assert_eq!(v.events_checked, accepted.ok);
+    assert_eq!(v.acknowledged_checked, accepted.ok);
     v
 }
 

@@ -146,7 +146,8 @@ pub struct BenchConfig {
     pub request_timeout: Duration,
 }
 
-/// Phase lengths and sizes, from the config.
+/// Phase lengths and sizes, from the config; the crablet phase of each goal is
+/// built from them (`Plan::p1` to `Plan::p5`, `Plan::soak`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     /// P1, P3, P5 and the insert baseline, seconds.
@@ -680,25 +681,20 @@ impl Bench {
         phase: &Phase,
         live: Arc<LiveCounters>,
     ) -> anyhow::Result<Report> {
-        let Phase {
-            name,
-            kind,
-            tag,
-            clients,
-            duration,
-            ..
-        } = *phase;
+        let name = phase.name;
         eprintln!(
-            "bench: {name}: crablet {kind} x{clients} for {:.0} s",
-            duration.as_secs_f64()
+            "bench: {name}: crablet {} x{} for {:.0} s",
+            phase.kind,
+            phase.clients,
+            phase.duration.as_secs_f64()
         );
         let server_pid = self.server_pid().map(|p| p.to_string());
         let server_cpu_before = server_pid.as_deref().and_then(procfs::process_cpu_s);
         let cfg = RunConfig {
-            progress: duration >= Duration::from_secs(60),
+            progress: phase.duration >= Duration::from_secs(60),
             setup: true,
             verify: true,
-            ..self.run_config(target, kind, tag, clients, duration)
+            ..self.run_config(target, phase.kind, phase.tag, phase.clients, phase.duration)
         };
         let report = driver::run(&cfg, live).await?;
         eprint!("{}", report.summary());
