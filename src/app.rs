@@ -105,7 +105,7 @@ impl Application {
 
         let (limits, reader_settings) = (settings.limits.clone(), settings.reader.clone());
         let max_body_bytes = settings.http.max_body_bytes;
-        let mut server = HttpServer::new(move || {
+        let server = HttpServer::new(move || {
             // Runs once on each worker thread: its reader lives there.
             let store = EventStore::on_this_thread(
                 &writers,
@@ -125,6 +125,7 @@ impl Application {
                 .wrap(middleware::from_fn(http::record_metrics))
                 .configure(http::routes)
         })
+        .workers(http_workers(settings.http.workers))
         .max_connections(settings.http.max_connections_per_worker)
         .shutdown_timeout(settings.http.shutdown_timeout_s)
         .client_request_timeout(Duration::from_secs(10))
@@ -133,7 +134,6 @@ impl Application {
             address: settings.listen.clone(),
             source,
         })?;
-        server = server.workers(http_workers(settings.http.workers));
         log::info!(
             "crablet listening on {}",
             settings.listen.replace(":0", &format!(":{port}"))
