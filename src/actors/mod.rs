@@ -61,21 +61,19 @@ impl EventStoreError {
 /// The facade over the writer lanes and a reader actor. Cheap to clone.
 #[derive(Clone)]
 pub struct EventStore {
-    lanes: Arc<[Addr<WriterLane>]>,
+    writers: Writers,
     /// The reader of the thread this facade was made for.
     reader: Addr<Reader>,
-    /// Round robin for appends without a condition.
-    next_lane: Arc<AtomicUsize>,
-    /// Kept so the writer thread lives as long as the store.
-    _writer_thread: Arc<Arbiter>,
 }
 
 /// The writer lanes, started once and shared by every thread's facade.
 #[derive(Clone)]
 pub struct Writers {
     lanes: Arc<[Addr<WriterLane>]>,
+    /// Round robin for appends without a condition.
     next_lane: Arc<AtomicUsize>,
-    writer_thread: Arc<Arbiter>,
+    /// Kept so the writer thread lives as long as any facade.
+    _writer_thread: Arc<Arbiter>,
 }
 
 impl Writers {
@@ -99,7 +97,7 @@ impl Writers {
         Writers {
             lanes: lanes.into(),
             next_lane: Arc::new(AtomicUsize::new(0)),
-            writer_thread: Arc::new(writer_thread),
+            _writer_thread: Arc::new(writer_thread),
         }
     }
 }
@@ -120,10 +118,8 @@ impl EventStore {
             Reader::new(reader_pool, metrics)
         });
         EventStore {
-            lanes: writers.lanes.clone(),
+            writers: writers.clone(),
             reader,
-            next_lane: writers.next_lane.clone(),
-            _writer_thread: writers.writer_thread.clone(),
         }
     }
 
@@ -131,7 +127,7 @@ impl EventStore {
     pub async fn append(&self, append: CheckedAppend) -> Result<AppendOutcome, EventStoreError> {
         let lane = self.route(&append);
         let (reply, outcome) = oneshot::channel();
-        self.lanes[lane]
+        self.writers.lanes[lane]
             .send(writer::Append { append, reply })
             .await
             .map_err(|_| EventStoreError::ActorGone("writer"))?;
@@ -155,10 +151,10 @@ impl EventStore {
     /// The lane of an append: by its first exclusive key when it has a
     /// condition, round robin otherwise.
     fn route(&self, append: &CheckedAppend) -> usize {
-        let n = self.lanes.len();
+        let n = self.writers.lanes.len();
         match append.footprint.exclusive_keys().next() {
             Some(key) => (key as u64 % n as u64) as usize,
-            None => self.next_lane.fetch_add(1, Ordering::Relaxed) % n,
+            None => self.writers.next_lane.fetch_add(1, Ordering::Relaxed) % n,
         }
     }
 }
