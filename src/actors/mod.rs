@@ -127,10 +127,15 @@ impl EventStore {
     pub async fn append(&self, append: CheckedAppend) -> Result<AppendOutcome, EventStoreError> {
         let lane = self.route(&append);
         let (reply, outcome) = oneshot::channel();
+        // try_send: the lane answers on `reply`, so there is nothing to wait
+        // for on delivery (send().await would cost a second cross-thread
+        // wake-up); a full mailbox is back-pressure, answered with 503.
         self.writers.lanes[lane]
-            .send(writer::Append { append, reply })
-            .await
-            .map_err(|_| EventStoreError::ActorGone("writer"))?;
+            .try_send(writer::Append { append, reply })
+            .map_err(|e| match e {
+                actix::prelude::SendError::Full(_) => EventStoreError::Overloaded,
+                actix::prelude::SendError::Closed(_) => EventStoreError::ActorGone("writer"),
+            })?;
         outcome
             .await
             .map_err(|_| EventStoreError::ActorGone("writer"))?
