@@ -13,6 +13,11 @@
 //! `pg_ctl` (or adopts a server already running on the same data directory), makes
 //! sure the database `crablet` exists, and stops the server it started.
 //!
+//! It also offers the two pieces other PostgreSQL drivers need (the load tester
+//! uses them to find `psql` and `pgbench` and to build connection strings):
+//! [`postgres_bindir`] and [`postgres_tool`] find an installation and its
+//! programs, and [`conninfo_value`] quotes a libpq key-value value.
+//!
 //! What it must not do: speak SQL beyond checking/creating the `crablet` database
 //! (schema belongs to `store/`), open any TCP port, or run PostgreSQL as root. It
 //! drives the stock PostgreSQL tools as child processes; it contains no `unsafe`
@@ -175,7 +180,7 @@ impl EmbeddedPostgres {
     /// Finds the binaries, runs initdb on first use, starts the server (or adopts
     /// one already running on this data dir), ensures database `crablet` exists.
     pub fn start(data_dir: &Path) -> Result<Self, EmbeddedError> {
-        let bindir = find_bindir().ok_or(EmbeddedError::NoBinaries)?;
+        let bindir = postgres_bindir().ok_or(EmbeddedError::NoBinaries)?;
         log::debug!("using PostgreSQL binaries in {}", bindir.display());
 
         fs::create_dir_all(data_dir)
@@ -574,9 +579,10 @@ struct ServerUser {
     gid: u32,
 }
 
-/// The first directory holding `initdb` and `pg_ctl`: found on PATH, else
-/// `pg_config --bindir`, else the newest `/usr/lib/postgresql/*/bin`.
-fn find_bindir() -> Option<PathBuf> {
+/// The directory of a PostgreSQL installation, one holding `initdb` and `pg_ctl`:
+/// where the first `initdb` on PATH really lives, else `pg_config --bindir`, else
+/// the newest `/usr/lib/postgresql/<version>/bin`. `None` when none is found.
+pub fn postgres_bindir() -> Option<PathBuf> {
     std::env::var_os("PATH")
         .and_then(|path| bindir_on_path(&path))
         .or_else(pg_config_bindir)
@@ -642,20 +648,35 @@ fn is_executable(path: &Path) -> bool {
     fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// A PostgreSQL program such as `psql` or `pgbench`: the one of the installation
+/// [`postgres_bindir`] finds, else the first on PATH (some packagings ship the
+/// client programs apart from the server, and a machine may have only the
+/// clients). `None` when neither has it.
+pub fn postgres_tool(name: &str) -> Option<PathBuf> {
+    postgres_bindir()
+        .map(|bindir| bindir.join(name))
+        .filter(|p| is_executable(p))
+        .or_else(|| tool_on_path(name))
+}
+
 /// A tool of the installation in `bindir`, else the one on PATH (some packagings
-/// ship the client tools apart from the server).
+/// ship the client tools apart from the server); the path in `bindir` when
+/// neither has it, so that the error names it.
 fn tool_path(bindir: &Path, name: &str) -> PathBuf {
     let in_bindir = bindir.join(name);
     if is_executable(&in_bindir) {
         return in_bindir;
     }
-    std::env::var_os("PATH")
-        .and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join(name))
-                .find(|p| is_executable(p))
-        })
-        .unwrap_or(in_bindir)
+    tool_on_path(name).unwrap_or(in_bindir)
+}
+
+/// The first executable `name` on PATH.
+fn tool_on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|p| is_executable(p))
+    })
 }
 
 /// `<data_dir>/socket`, unless the socket path would be too long or contain
@@ -718,9 +739,10 @@ fn parse_postmaster_pid(text: &str) -> Option<(u16, PathBuf)> {
     Some((port, PathBuf::from(socket_dir)))
 }
 
-/// A libpq key-value value, single-quoted when it is empty or has spaces,
-/// quotes or backslashes.
-fn conninfo_value(value: &str) -> String {
+/// A value for a libpq key-value connection string (`key=value`), single-quoted
+/// when it is empty or has whitespace, quotes or backslashes, with `'` and `\`
+/// escaped inside the quotes: `my db` gives `'my db'`, `crablet` stays `crablet`.
+pub fn conninfo_value(value: &str) -> String {
     if !value.is_empty()
         && !value
             .chars()

@@ -18,7 +18,7 @@
 //! - [`procfs`]: RSS and CPU readings from `/proc` (what a run cost, whether the
 //!   cores were full).
 //! - [`preload`]: fast bulk loading of N events with large batched appends.
-//! - [`bench`]: the one-command benchmark: PostgreSQL, crablet server, baselines
+//! - [`bench`](mod@bench): the one-command benchmark: PostgreSQL, crablet server, baselines
 //!   (pgbench/psql), the goal table of targets.md.
 //!
 //! Traffic goes to loopback addresses only ([`http::Target`] refuses anything else),

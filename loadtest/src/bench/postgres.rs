@@ -3,6 +3,8 @@
 //!
 //! Owns every baseline's SQL. It talks to PostgreSQL only through the standard
 //! client programs, so the baselines are exactly what anyone can rerun by hand.
+//! Finding those programs and quoting connection-string values is crablet's
+//! ([`crablet::embedded`]), so the bench uses the installation crablet runs on.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,14 +12,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use crablet::embedded::{conninfo_value, postgres_tool};
 use serde::Serialize;
 use tokio::process::Command;
 
 use crate::report::Percentiles;
 use crate::stats;
 
-/// Where Debian/Ubuntu install PostgreSQL's programs, one folder per major version.
-const DEBIAN_PG_ROOT: &str = "/usr/lib/postgresql";
 /// Bound on one psql command (the 1M-row load and its index build included).
 const PSQL_TIMEOUT: Duration = Duration::from_secs(900);
 /// Extra time a pgbench run may take beyond its `-T`.
@@ -126,24 +127,11 @@ impl ConnInfo {
             Self::Url(url) => url.clone(),
             Self::KeyValue(pairs) => pairs
                 .iter()
-                .map(|(k, v)| format!("{k}={}", quote_value(v)))
+                .map(|(k, v)| format!("{k}={}", conninfo_value(v)))
                 .collect::<Vec<_>>()
                 .join(" "),
         }
     }
-}
-
-/// Quotes a key-value connection string value when it needs it.
-fn quote_value(v: &str) -> String {
-    if !v.is_empty()
-        && !v
-            .chars()
-            .any(|c| c.is_whitespace() || c == '\'' || c == '\\')
-    {
-        return v.to_string();
-    }
-    let escaped = v.replace('\\', "\\\\").replace('\'', "\\'");
-    format!("'{escaped}'")
 }
 
 /// A SQL identifier quoted.
@@ -156,41 +144,14 @@ pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// Finds a PostgreSQL client program: PATH, then `pg_config --bindir`, then the
-/// newest `/usr/lib/postgresql/<version>/bin`.
-pub fn find_tool(name: &str) -> anyhow::Result<PathBuf> {
-    if let Some(paths) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&paths) {
-            let candidate = dir.join(name);
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-        }
-    }
-    if let Ok(out) = std::process::Command::new("pg_config")
-        .arg("--bindir")
-        .output()
-    {
-        if out.status.success() {
-            let candidate = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join(name);
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-        }
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(DEBIAN_PG_ROOT)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let version = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
-            Some((version, entry.path().join("bin").join(name)))
-        })
-        .filter(|(_, p)| p.is_file())
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, p)| p).ok_or_else(|| {
-        anyhow::anyhow!("{name} not found (PATH, pg_config --bindir, {DEBIAN_PG_ROOT}/*/bin)")
+/// Finds a PostgreSQL client program the way crablet finds its PostgreSQL
+/// ([`postgres_tool`]).
+fn find_tool(name: &str) -> anyhow::Result<PathBuf> {
+    postgres_tool(name).with_context(|| {
+        format!(
+            "{name} not found: neither in a PostgreSQL installation (initdb on PATH, \
+             pg_config --bindir, /usr/lib/postgresql/*/bin) nor on PATH"
+        )
     })
 }
 
