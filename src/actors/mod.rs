@@ -163,3 +163,78 @@ impl EventStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::config::Settings;
+    use crate::dcb::{AppendRequest, Limits, NewEvent};
+    use crate::store::{build_pool, PoolSettings};
+
+    /// A pool whose database does not exist: every connection attempt fails.
+    fn unreachable_pool() -> Pool {
+        let config: tokio_postgres::Config =
+            "host=/nonexistent/crablet port=1 user=nobody dbname=none"
+                .parse()
+                .unwrap();
+        build_pool(
+            &config,
+            &PoolSettings {
+                max_size: 2,
+                connection_timeout: Duration::from_millis(300),
+                statement_timeout: Duration::ZERO,
+                application_name: "crablet-test".into(),
+            },
+        )
+    }
+
+    #[actix_rt::test]
+    async fn with_the_database_unreachable_appends_and_reads_fail_promptly() {
+        let settings = Settings::defaults();
+        let metrics = Metrics::new();
+        let writers = Writers::start(unreachable_pool(), &settings.writer, &metrics);
+        let store =
+            EventStore::on_this_thread(&writers, unreachable_pool(), &settings.reader, &metrics);
+        let append = CheckedAppend::new(
+            AppendRequest {
+                events: vec![NewEvent {
+                    event_type: "E".into(),
+                    tags: vec![],
+                    data: String::new(),
+                }],
+                condition: None,
+            },
+            &Limits::default(),
+        )
+        .unwrap();
+
+        let started = Instant::now();
+        let results =
+            futures_util::future::join_all((0..5).map(|_| store.append(append.clone()))).await;
+        for result in results {
+            let error = result.expect_err("an append cannot succeed without a database");
+            assert!(
+                error.store_error().is_some_and(|e| e.is_unavailable()),
+                "unexpected error: {error:?}"
+            );
+        }
+        let page = Page {
+            after: 0,
+            before: i64::MAX,
+            backwards: false,
+            limit: 10,
+        };
+        let read = store.read_page(Arc::new(Query::all()), page).await;
+        assert!(read
+            .expect_err("no read without a database")
+            .store_error()
+            .is_some_and(|e| e.is_unavailable()));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "clients waited {:?}",
+            started.elapsed()
+        );
+    }
+}
