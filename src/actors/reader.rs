@@ -57,7 +57,7 @@ impl Handler<ReadPage> for Reader {
         let pool = self.pool.clone();
         let metrics = self.metrics.clone();
         Box::pin(async move {
-            let conn = pool.get().await.map_err(store::StoreError::from)?;
+            let conn = store::checkout(&pool).await?;
             let events = store::read_page(&conn, &msg.query, &msg.page).await?;
             metrics.read_pages_total.inc();
             metrics.read_events_total.inc_by(events.len() as u64);

@@ -19,7 +19,6 @@ use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, Supervised,
     WrapFuture,
 };
-use bb8::PooledConnection;
 use futures_util::FutureExt;
 use tokio::sync::oneshot;
 
@@ -27,10 +26,10 @@ use super::EventStoreError;
 use crate::config::WriterSettings;
 use crate::dcb::CheckedAppend;
 use crate::metrics::Metrics;
-use crate::store::{self, connection::ConnectionManager, AppendOutcome, Pool, StoreError};
+use crate::store::{self, AppendOutcome, Pool, StoreError};
 
 type Reply = oneshot::Sender<Result<AppendOutcome, EventStoreError>>;
-type OwnedConnection = PooledConnection<'static, ConnectionManager>;
+type OwnedConnection = store::LiveConnection;
 
 /// Append `append` and answer on `reply` once its batch has committed.
 pub struct Append {
@@ -130,11 +129,13 @@ impl WriterLane {
         let pool = self.pool.clone();
         let work = async move {
             let started = Instant::now();
-            let mut conn = match connection {
+            // The lane's own connection, unless the server closed it while
+            // it was idle (a PostgreSQL restart): then a fresh one.
+            let mut conn = match connection.filter(|c| !c.client.is_closed()) {
                 Some(conn) => conn,
-                None => match pool.get_owned().await {
+                None => match store::checkout(&pool).await {
                     Ok(conn) => conn,
-                    Err(e) => return (None, batch, Err(StoreError::from(e)), started),
+                    Err(e) => return (None, batch, Err(e), started),
                 },
             };
             let appends: Vec<&CheckedAppend> = batch.iter().map(|p| &p.append).collect();

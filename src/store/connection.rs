@@ -113,6 +113,24 @@ impl bb8::ManageConnection for ConnectionManager {
 
 pub type Pool = bb8::Pool<ConnectionManager>;
 
+/// A connection checked out of a [`Pool`], owned by its holder.
+pub type LiveConnection = bb8::PooledConnection<'static, ConnectionManager>;
+
+/// Checks out a connection that is still open. An idle connection can have
+/// been closed by the server since it was returned (a PostgreSQL restart
+/// closes them all); such a one goes back to the pool, which discards it,
+/// and the next is tried, so the caller never pays for the restart.
+pub async fn checkout(pool: &Pool) -> Result<LiveConnection, super::StoreError> {
+    let attempts = pool.state().connections + 1;
+    for _ in 0..attempts {
+        let conn = pool.get_owned().await?;
+        if !conn.client.is_closed() {
+            return Ok(conn);
+        }
+    }
+    Ok(pool.get_owned().await?)
+}
+
 /// How a pool is sized and how long a caller waits for a connection.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {

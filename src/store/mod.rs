@@ -12,7 +12,7 @@ pub mod migrate;
 pub mod read;
 
 pub use append::{append_batch, AppendOutcome};
-pub use connection::{build_pool, Connection, Pool, PoolSettings};
+pub use connection::{build_pool, checkout, Connection, LiveConnection, Pool, PoolSettings};
 pub use read::{read_page, Page};
 
 use tokio_postgres::error::SqlState;

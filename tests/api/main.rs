@@ -9,4 +9,5 @@ mod bad_input;
 mod concurrency;
 mod model;
 mod plans;
+mod recovery;
 mod semantics;
