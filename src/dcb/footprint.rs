@@ -123,13 +123,19 @@ pub struct Footprint {
 impl Footprint {
     /// The footprint of one append: its events' keys shared, its condition's
     /// probe keys exclusive.
+    #[cfg(test)]
     pub fn of_append(request: &AppendRequest) -> Self {
+        let keys: Vec<Vec<Key>> = request.events.iter().map(event_keys).collect();
+        Self::with_event_keys(request, &keys)
+    }
+
+    /// As [`Footprint::of_append`], given the [`event_keys`] of each of the
+    /// append's events, computed once by the caller.
+    pub fn with_event_keys(request: &AppendRequest, keys_per_event: &[Vec<Key>]) -> Self {
         let mut fp = Footprint::default();
         fp.add(GLOBAL_KEY, LockMode::Shared);
-        for event in &request.events {
-            for key in event_keys(event) {
-                fp.add(key, LockMode::Shared);
-            }
+        for &key in keys_per_event.iter().flatten() {
+            fp.add(key, LockMode::Shared);
         }
         if let Some(condition) = &request.condition {
             for probe in probes(&condition.fail_if_events_match) {

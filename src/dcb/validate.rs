@@ -266,14 +266,27 @@ mod tests {
 #[derive(Debug, Clone)]
 pub struct CheckedAppend {
     pub request: AppendRequest,
+    /// The index keys of each event, in event order (see
+    /// [`super::footprint::event_keys`]): hashed once, used for the locks,
+    /// the in-batch conflict index and the inserted `event_keys` rows.
+    pub event_keys: Vec<Vec<super::Key>>,
     pub footprint: super::Footprint,
 }
 
 impl CheckedAppend {
     pub fn new(mut request: AppendRequest, limits: &Limits) -> Result<Self, ValidationError> {
         validate_append(&mut request, limits)?;
-        let footprint = super::Footprint::of_append(&request);
-        Ok(CheckedAppend { request, footprint })
+        let event_keys: Vec<Vec<super::Key>> = request
+            .events
+            .iter()
+            .map(super::footprint::event_keys)
+            .collect();
+        let footprint = super::Footprint::with_event_keys(&request, &event_keys);
+        Ok(CheckedAppend {
+            request,
+            event_keys,
+            footprint,
+        })
     }
 
     /// Number of events the append writes.

@@ -162,12 +162,10 @@ pub fn conflict_pairs(batch: &[&CheckedAppend]) -> Vec<(i32, i32)> {
                 }
             }
         }
-        for event in &append.request.events {
-            for key in footprint::event_keys(event) {
-                let owners = by_key.entry(key).or_default();
-                if owners.last() != Some(&j) {
-                    owners.push(j);
-                }
+        for &key in append.event_keys.iter().flatten() {
+            let owners = by_key.entry(key).or_default();
+            if owners.last() != Some(&j) {
+                owners.push(j);
             }
         }
     }
@@ -199,11 +197,15 @@ impl<'a> EventColumns<'a> {
             key_events: Vec::new(),
             keys: Vec::new(),
         };
-        let events = batch
-            .iter()
-            .enumerate()
-            .flat_map(|(i, append)| append.request.events.iter().map(move |e| (i, e)));
-        for (ordinal, (append, event)) in (1_i64..).zip(events) {
+        let events = batch.iter().enumerate().flat_map(|(i, append)| {
+            append
+                .request
+                .events
+                .iter()
+                .zip(&append.event_keys)
+                .map(move |(e, keys)| (i, e, keys))
+        });
+        for (ordinal, (append, event, keys)) in (1_i64..).zip(events) {
             cols.appends.push(append as i32);
             cols.types.push(&event.event_type);
             cols.data.push(event.data.as_bytes());
@@ -211,7 +213,7 @@ impl<'a> EventColumns<'a> {
                 cols.tag_events.push(ordinal);
                 cols.tags.push(tag);
             }
-            for key in footprint::event_keys(event) {
+            for &key in keys {
                 cols.key_events.push(ordinal);
                 cols.keys.push(key);
             }
