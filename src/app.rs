@@ -2,7 +2,6 @@
 //! integration tests build the server through this one entry point.
 
 use std::net::TcpListener;
-use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{middleware, web, App, HttpServer};
@@ -91,6 +90,7 @@ impl Application {
         );
         let writers = Writers::start(writer_pool, &settings.writer, &metrics);
 
+        raise_open_files_limit();
         let listener = TcpListener::bind(&settings.listen).map_err(|source| AppError::Listen {
             address: settings.listen.clone(),
             source,
@@ -105,6 +105,7 @@ impl Application {
 
         let (limits, reader_settings) = (settings.limits.clone(), settings.reader.clone());
         let max_body_bytes = settings.http.max_body_bytes;
+        let request_timeout = settings.http.request_timeout();
         let server = HttpServer::new(move || {
             // Runs once on each worker thread: its reader lives there.
             let store = EventStore::on_this_thread(
@@ -119,16 +120,20 @@ impl Application {
                 metrics: metrics.clone(),
                 max_body_bytes,
                 page_size: reader_settings.page_size,
+                request_timeout,
             });
             App::new()
                 .app_data(state)
-                .wrap(middleware::from_fn(http::record_metrics))
+                .wrap(middleware::from_fn(http::context::around_request))
                 .configure(http::routes)
         })
         .workers(http_workers(settings.http.workers))
         .max_connections(settings.http.max_connections_per_worker)
         .shutdown_timeout(settings.http.shutdown_timeout_s)
-        .client_request_timeout(Duration::from_secs(10))
+        // The head's share of the whole-request deadline; the body's is
+        // enforced where it is read (http::read_json_body).
+        .client_request_timeout(request_timeout)
+        .keep_alive(settings.http.keep_alive())
         .listen(listener)
         .map_err(|source| AppError::Listen {
             address: settings.listen.clone(),
@@ -161,6 +166,16 @@ impl Application {
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
         }
         result
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit: every connection is
+/// a file descriptor, and the common soft default (1,024) would let a few
+/// thousand idle clients stop crablet from accepting anyone else.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => log::debug!("open files limit: {limit}"),
+        Err(e) => log::warn!("cannot raise the open files limit: {e}"),
     }
 }
 

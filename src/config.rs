@@ -35,6 +35,18 @@ pub struct HttpSettings {
     pub workers: usize,
     pub max_connections_per_worker: usize,
     pub shutdown_timeout_s: u64,
+    pub request_timeout_ms: u64,
+    pub keep_alive_s: u64,
+}
+
+impl HttpSettings {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn keep_alive(&self) -> Duration {
+        Duration::from_secs(self.keep_alive_s)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

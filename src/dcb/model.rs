@@ -18,6 +18,7 @@ pub type Position = i64;
 
 /// An event to append: a type, a set of tags and opaque data.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewEvent {
     /// The event type; a query item's `types` match it exactly.
     #[serde(rename = "type")]
@@ -54,6 +55,7 @@ pub struct SequencedEvent {
 /// One item of a query: the event's type must be one of `types` (when not
 /// empty) and the event must carry every tag of `tags`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct QueryItem {
     #[serde(
         default,
@@ -79,6 +81,7 @@ impl QueryItem {
 
 /// A query: its items are OR-ed; no items at all matches every event.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct Query {
     #[serde(default, deserialize_with = "null_as_default")]
     pub items: Vec<QueryItem>,
@@ -103,6 +106,7 @@ impl Query {
 /// "Fail if any event matching `fail_if_events_match` has a position greater
 /// than `after`" (any position at all when `after` is absent).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct AppendCondition {
     #[serde(rename = "failIfEventsMatch")]
     pub fail_if_events_match: Query,
@@ -119,6 +123,7 @@ impl AppendCondition {
 
 /// The body of `POST /append`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct AppendRequest {
     pub events: Vec<NewEvent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -129,6 +134,7 @@ pub struct AppendRequest {
 /// reading backwards); `after` is an exclusive alternative to `from`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct ReadOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<Position>,

@@ -5,7 +5,7 @@ use std::time::Instant;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
-use super::{read_body, ApiError, AppState};
+use super::{parse, read_json_body, ApiError, AppState};
 use crate::dcb::{AppendRequest, CheckedAppend, Position};
 use crate::store::AppendOutcome;
 
@@ -25,8 +25,8 @@ pub async fn append(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    let body = read_body(&req, payload, state.max_body_bytes).await?;
-    let request: AppendRequest = serde_json::from_slice(&body)?;
+    let body = read_json_body(&req, payload, &state).await?;
+    let request: AppendRequest = parse::json("body", &body)?;
     let append = CheckedAppend::new(request, &state.limits)?;
     let outcome = state.store.append(append).await?;
     let (failed, last_position) = match outcome {

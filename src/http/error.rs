@@ -1,15 +1,21 @@
 //! The one place where failures become HTTP responses.
 //!
-//! Every error body is JSON, `{"error": {"code": "...", "message": "..."}}`,
-//! with a stable machine-readable code: 400 for invalid input, 404/405 for
-//! unknown routes, 413 for bodies over the limit, 503 when crablet or the
-//! database is overloaded or unavailable, and 500 with an opaque message for
-//! anything unexpected (the full error chain is logged, never sent).
+//! Every error body is JSON, `{"error": {"code": "...", "message": "...",
+//! "requestId": "..."}}`, with a stable machine-readable code: 400 for invalid
+//! input, 404/405 for unknown routes, 408 for a request not received in time,
+//! 413 for bodies over the limit, 415 for a body that is not JSON, 503 when
+//! crablet or the database is overloaded or unavailable, and 500 with an
+//! opaque message for anything unexpected (the full error chain is logged
+//! with the request id, never sent). Errors the HTTP/1 dispatcher raises
+//! before a request reaches crablet (malformed framing, a head too large or
+//! too slow) get the same shape from the patched actix-http (see
+//! `vendor/actix-http/README.crablet.md`), without a request id.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
+use super::context;
 use crate::actors::EventStoreError;
 use crate::dcb::ValidationError;
 
@@ -27,6 +33,12 @@ pub enum ApiError {
     NotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The body is not JSON (by its `Content-Type`).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The request body did not arrive before the request's deadline.
+    #[error("the request body was not received within {seconds} s")]
+    RequestTimeout { seconds: u64 },
     /// crablet sheds load; retry later.
     #[error("{0}")]
     Overloaded(String),
@@ -44,9 +56,12 @@ struct ErrorBody<'a> {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct ErrorDetail<'a> {
     code: &'a str,
     message: String,
+    /// The `X-Request-Id` of the request, to find it in the log.
+    request_id: &'a str,
 }
 
 impl ApiError {
@@ -57,6 +72,8 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::RequestTimeout { .. } => "request_timeout",
             ApiError::Overloaded(_) => "overloaded",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
@@ -71,24 +88,38 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::Overloaded(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let ApiError::Internal(detail) = self {
-            log::error!("internal error: {detail}");
+        let request_id = context::request_id();
+        match self {
+            ApiError::Internal(detail) => {
+                log::error!("request {request_id}: internal error: {detail}")
+            }
+            e if e.status_code().is_server_error() => {
+                log::warn!("request {request_id}: {} {e}", e.code())
+            }
+            e => log::debug!("request {request_id}: {} {e}", e.code()),
         }
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code(),
                 message: self.to_string(),
+                request_id: &request_id,
             },
         };
         let mut response = HttpResponse::build(self.status_code());
         if matches!(self, ApiError::Overloaded(_) | ApiError::Unavailable(_)) {
             response.insert_header(("Retry-After", "1"));
+        }
+        if matches!(self, ApiError::RequestTimeout { .. }) {
+            // The rest of the body may still be on its way: start afresh.
+            response.insert_header((actix_web::http::header::CONNECTION, "close"));
         }
         response.json(body)
     }
@@ -108,11 +139,5 @@ impl From<EventStoreError> for ApiError {
                 None => ApiError::Internal(format!("{err:?}")),
             },
         }
-    }
-}
-
-impl From<serde_json::Error> for ApiError {
-    fn from(err: serde_json::Error) -> Self {
-        ApiError::InvalidJson(err.to_string())
     }
 }

@@ -1,19 +1,20 @@
 //! The HTTP front end (actix-web): routes, request parsing and responses.
 //!
 //! Routes speak the community DCB HTTP contract (`GET /read`, `POST /append`)
-//! plus `POST /read`, `GET /health` and `GET /metrics`. Handlers parse and
-//! validate, then call the [`EventStore`] facade; they never touch SQL or
-//! actors directly. Errors become responses in [`error`] only.
+//! plus `POST /read`, `GET /health`, `GET /health/live` and `GET /metrics`.
+//! Handlers parse strictly ([`parse`]) and validate, then call the
+//! [`EventStore`] facade; they never touch SQL or actors directly. Errors
+//! become responses in [`error`] only; [`context`] gives every request an id
+//! and a deadline.
 
 pub mod append;
+pub mod context;
 pub mod error;
+pub mod parse;
 pub mod read;
 
-use std::time::Instant;
+use std::time::Duration;
 
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
@@ -31,6 +32,9 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Events fetched per query when streaming a long read.
     pub page_size: i64,
+    /// Whole-request deadline: the body must have arrived this long after
+    /// the request started.
+    pub request_timeout: Duration,
 }
 
 /// Registers every route; used by the server and the tests alike.
@@ -52,6 +56,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(method_not_allowed)),
     )
     .service(
+        web::resource("/health/live")
+            .route(web::get().to(live))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
         web::resource("/metrics")
             .route(web::get().to(metrics))
             .default_service(web::to(method_not_allowed)),
@@ -59,7 +68,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .default_service(web::to(not_found));
 }
 
-/// Answers 200 when a reader can reach the database, 503 otherwise.
+/// Liveness: 200 while the process serves HTTP, whatever the database does,
+/// so that an orchestrator never restarts crablet because PostgreSQL is down.
+async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "live"}))
+}
+
+/// Readiness: 200 when a reader can reach the database, 503 otherwise.
 async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let page = crate::store::Page {
         after: 0,
@@ -92,13 +107,21 @@ async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed)
 }
 
-/// Reads a request body up to `limit` bytes; 413 beyond it, checked against
-/// `Content-Length` first so an oversized body is not read at all.
-pub async fn read_body(
+/// The most a body buffer is sized up front, whatever `Content-Length` says:
+/// a client cannot make crablet allocate memory it has not sent.
+const INITIAL_BODY_CAPACITY: usize = 16 * 1024;
+
+/// Reads a JSON request body up to `limit` bytes: 415 unless the body is
+/// declared JSON, 413 beyond the limit (checked against `Content-Length`
+/// first, so an oversized body is not read at all), 408 when the body has not
+/// arrived by the request's deadline.
+pub async fn read_json_body(
     req: &HttpRequest,
     mut payload: web::Payload,
-    limit: usize,
+    state: &AppState,
 ) -> Result<web::BytesMut, ApiError> {
+    parse::require_json(req.headers())?;
+    let limit = state.max_body_bytes;
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -107,39 +130,27 @@ pub async fn read_body(
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::InvalidJson(format!("reading the body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge { limit });
+    let started = context::current().map_or_else(std::time::Instant::now, |c| c.started);
+    let deadline = tokio::time::Instant::from_std(started + state.request_timeout);
+    let capacity = declared
+        .unwrap_or(1024)
+        .min(limit)
+        .min(INITIAL_BODY_CAPACITY);
+    let read = async {
+        let mut body = web::BytesMut::with_capacity(capacity);
+        while let Some(chunk) = payload.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::InvalidJson(format!("reading the body: {e}")))?;
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-/// Middleware: counts requests and observes their latency by route template.
-pub async fn record_metrics(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let started = Instant::now();
-    let metrics = req
-        .app_data::<web::Data<AppState>>()
-        .map(|state| state.metrics.clone());
-    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-    let method = req.method().as_str().to_owned();
-    let response = next.call(req).await?;
-    if let Some(metrics) = metrics {
-        let status = response.status();
-        metrics
-            .http_requests_total
-            .with_label_values(&[&route, &method, status.as_str()])
-            .inc();
-        metrics
-            .http_request_duration_seconds
-            .with_label_values(&[&route])
-            .observe(started.elapsed().as_secs_f64());
-    }
-    Ok(response)
+        Ok(body)
+    };
+    tokio::time::timeout_at(deadline, read)
+        .await
+        .map_err(|_| ApiError::RequestTimeout {
+            seconds: state.request_timeout.as_secs(),
+        })?
 }

@@ -13,21 +13,18 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::stream;
 use serde::Deserialize;
 
-use super::{read_body, ApiError, AppState};
+use super::{parse, read_json_body, ApiError, AppState};
 use crate::actors::EventStore;
 use crate::dcb::validate::{validate_query, validate_read_options};
 use crate::dcb::{Position, Query, ReadOptions, SequencedEvent};
 use crate::store::Page;
 
-/// Query string of `GET /read`: both values are URL-encoded JSON.
-#[derive(Deserialize)]
-pub struct ReadParams {
-    query: Option<String>,
-    options: Option<String>,
-}
+/// The parameters of `GET /read`; both values are URL-encoded JSON.
+const READ_PARAMETERS: [&str; 2] = ["query", "options"];
 
 /// Body of `POST /read`.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ReadBody {
     #[serde(default, deserialize_with = "crate::dcb::model::null_as_default")]
     query: Query,
@@ -39,19 +36,13 @@ pub async fn read_get(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let params = web::Query::<ReadParams>::from_query(req.query_string())
-        .map_err(|e| ApiError::InvalidJson(format!("query string: {e}")))?;
-    let query = match params.query.as_deref() {
-        Some(text) => {
-            serde_json::from_str(text).map_err(|e| ApiError::InvalidJson(format!("query: {e}")))?
+    let (mut query, mut options) = (Query::all(), ReadOptions::default());
+    for (name, value) in parse::query_string(req.query_string(), &READ_PARAMETERS)? {
+        match name {
+            "query" => query = parse::json("query", value.as_bytes())?,
+            _ => options = parse::json("options", value.as_bytes())?,
         }
-        None => Query::all(),
-    };
-    let options = match params.options.as_deref() {
-        Some(text) => serde_json::from_str(text)
-            .map_err(|e| ApiError::InvalidJson(format!("options: {e}")))?,
-        None => ReadOptions::default(),
-    };
+    }
     respond(&state, query, options).await
 }
 
@@ -60,14 +51,14 @@ pub async fn read_post(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&req, payload, state.max_body_bytes).await?;
+    let body = read_json_body(&req, payload, &state).await?;
     let body: ReadBody = if body.is_empty() {
         ReadBody {
             query: Query::all(),
             options: ReadOptions::default(),
         }
     } else {
-        serde_json::from_slice(&body)?
+        parse::json("body", &body)?
     };
     respond(&state, body.query, body.options).await
 }
