@@ -6,6 +6,7 @@
 mod helpers;
 
 mod bad_input;
+mod boundary;
 mod concurrency;
 mod model;
 mod plans;

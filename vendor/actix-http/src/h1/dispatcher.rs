@@ -545,8 +545,10 @@ where
         body: BoxBody,
     ) -> Result<(), DispatchError> {
         // crablet patch: an error the dispatcher raises itself (malformed
-        // request, head too large, request timeout) gets a JSON error body.
-        let body = json_error_body(&mut res, body);
+        // request, head too large, request timeout) gets a JSON error body,
+        // written at once with the head: the dispatcher may shut the
+        // connection down right after this call.
+        let json = json_error_body(&mut res, &body);
         let is_upgrade = res.upgrade();
         let (draining, close_for_unread_payload) = {
             let this = self.as_mut().project();
@@ -565,7 +567,18 @@ where
             res.head_mut().set_connection_type(ConnectionType::Close);
         }
 
-        let size = self.as_mut().send_response_inner(res, &body)?;
+        let size = match json {
+            Some(json) => {
+                self.as_mut().send_response_inner(res, &json)?;
+                let this = self.as_mut().project();
+                this.codec
+                    .encode(Message::Chunk(Some(json)), this.write_buf)
+                    .and_then(|()| this.codec.encode(Message::Chunk(None), this.write_buf))
+                    .map_err(DispatchError::Io)?;
+                BodySize::None
+            }
+            None => self.as_mut().send_response_inner(res, &body)?,
+        };
         match size {
             BodySize::None | BodySize::Sized(0) => {
                 let mut this = self.as_mut().project();
@@ -1548,12 +1561,13 @@ mod dispatcher_tests;
 mod buffer_tests;
 
 /// crablet patch: the JSON body `{"error":{"code","message"}}` for an error
-/// response that has no body of its own; other responses pass unchanged.
-fn json_error_body(res: &mut Response<()>, body: BoxBody) -> BoxBody {
+/// response that has no body of its own (setting its content type); `None`
+/// for every other response, which passes unchanged.
+fn json_error_body(res: &mut Response<()>, body: &BoxBody) -> Option<bytes::Bytes> {
     let status = res.status();
     let empty = matches!(body.size(), BodySize::None | BodySize::Sized(0));
     if !empty || !(status.is_client_error() || status.is_server_error()) {
-        return body;
+        return None;
     }
     let (code, message) = match status {
         StatusCode::BAD_REQUEST => ("malformed_request", "malformed HTTP request"),
@@ -1574,7 +1588,7 @@ fn json_error_body(res: &mut Response<()>, body: BoxBody) -> BoxBody {
         crate::header::CONTENT_TYPE,
         crate::header::HeaderValue::from_static("application/json"),
     );
-    BoxBody::new(format!(
+    Some(bytes::Bytes::from(format!(
         "{{\"error\":{{\"code\":\"{code}\",\"message\":\"{message}\"}}}}"
-    ))
+    )))
 }
