@@ -12,3 +12,4 @@ mod model;
 mod plans;
 mod recovery;
 mod semantics;
+mod slow_clients;
