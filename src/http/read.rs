@@ -16,8 +16,7 @@ use serde::Deserialize;
 use super::{read_body, ApiError, AppState};
 use crate::actors::EventStore;
 use crate::dcb::validate::{validate_query, validate_read_options};
-use crate::dcb::{Position, Query, ReadOptions, SequencedEvent};
-use crate::store::Page;
+use crate::dcb::{Page, Position, Query, ReadOptions, SequencedEvent};
 
 /// Query string of `GET /read`: both values are URL-encoded JSON.
 #[derive(Deserialize)]
@@ -231,6 +230,9 @@ mod tests {
             tags: vec!["t".into()],
             data: "d".into(),
             position,
+            id: None,
+            metadata: None,
+            recorded_at: "2026-01-01T00:00:00.000000Z".into(),
         }
     }
 
