@@ -26,7 +26,8 @@ pub struct Metrics {
     pub http_requests_total: IntCounterVec,
     /// HTTP request latency by route template, until the response head.
     pub http_request_duration_seconds: HistogramVec,
-    /// Appends by outcome: appended, condition_failed, overloaded, failed.
+    /// Appends by outcome: appended, condition_failed, duplicate, id_conflict,
+    /// overloaded, failed.
     pub appends_total: IntCounterVec,
     /// Events written.
     pub events_appended_total: IntCounter,

@@ -3,9 +3,10 @@
 //! [`EventStore`] is all the HTTP layer sees: `append` and `read_page`. Behind
 //! it, writer lanes ([`writer`]) each own one pooled connection and commit
 //! what is waiting in their queue as one batch; conditional appends are
-//! routed to a lane by the first exclusive key of their footprint, so appends
-//! that may conflict meet in one lane (and are decided in order inside one
-//! batch) while disjoint ones run in parallel. Reader actors ([`reader`]) own
+//! routed to a lane by the first key of their condition, so appends that may
+//! conflict meet in one lane (and are decided in order inside one batch)
+//! while disjoint ones run in parallel; appends with ids and no condition by
+//! their first id, so a retry meets its original. Reader actors ([`reader`]) own
 //! the reader pool and run page queries concurrently; each HTTP worker thread
 //! gets its own reader, so a read never crosses threads on its way to the
 //! database.
@@ -24,9 +25,9 @@ use actix::{Addr, Arbiter, Supervisor};
 use tokio::sync::oneshot;
 
 use crate::config::{ReaderSettings, WriterSettings};
-use crate::dcb::{CheckedAppend, Query, SequencedEvent};
+use crate::dcb::{AppendOutcome, CheckedAppend, Page, Query, SequencedEvent};
 use crate::metrics::Metrics;
-use crate::store::{AppendOutcome, Page, Pool, StoreError};
+use crate::store::{Pool, StoreError};
 
 pub use reader::Reader;
 pub use writer::WriterLane;
@@ -153,11 +154,12 @@ impl EventStore {
             .map_err(|_| EventStoreError::ActorGone("reader"))?
     }
 
-    /// The lane of an append: by its first exclusive key when it has a
-    /// condition, round robin otherwise.
+    /// The lane of an append: by its condition's first key when it has a
+    /// condition, else by its first id's key when it has ids (a retry queues
+    /// behind its original, in the same lane), round robin otherwise.
     fn route(&self, append: &CheckedAppend) -> usize {
         let n = self.writers.lanes.len();
-        match append.footprint.exclusive_keys().next() {
+        match append.footprint.route() {
             Some(key) => (key as u64 % n as u64) as usize,
             None => self.writers.next_lane.fetch_add(1, Ordering::Relaxed) % n,
         }
@@ -203,6 +205,8 @@ mod tests {
                     event_type: "E".into(),
                     tags: vec![],
                     data: String::new(),
+                    id: None,
+                    metadata: None,
                 }],
                 condition: None,
             },

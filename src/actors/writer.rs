@@ -91,14 +91,24 @@ impl WriterLane {
     }
 
     /// Takes the next batch off the queue: at least one append, then more
-    /// while the batch stays within every limit.
+    /// while the batch stays within every limit. An append that shares an id
+    /// with an append already in the batch ends it: it goes in the next
+    /// batch, which sees the first one committed and answers it as a
+    /// duplicate (or a conflict).
     fn take_batch(&mut self) -> Vec<Pending> {
         let (mut events, mut keys) = (0, 0);
         let mut batch = Vec::new();
+        // The id keys of the batch; never allocated for appends without ids.
+        let mut ids: std::collections::HashSet<crate::dcb::Key> = Default::default();
         while let Some(next) = self.pending.front() {
             if !batch.is_empty() && next.alone {
                 break;
             }
+            let id_keys = &next.append.id_keys;
+            if !batch.is_empty() && id_keys.iter().any(|k| ids.contains(k)) {
+                break;
+            }
+            ids.extend(id_keys);
             let (e, k) = (next.append.len(), next.append.footprint.len());
             let fits = batch.len() < self.settings.max_batch_appends
                 && events + e <= self.settings.max_batch_events
@@ -178,22 +188,14 @@ impl WriterLane {
                     .writer_batch_appends
                     .observe(batch.len() as f64);
                 for (pending, outcome) in batch.into_iter().zip(outcomes) {
-                    match outcome {
-                        AppendOutcome::Appended { .. } => {
-                            self.metrics
-                                .appends_total
-                                .with_label_values(&["appended"])
-                                .inc();
-                            self.metrics
-                                .events_appended_total
-                                .inc_by(pending.append.len() as u64);
-                        }
-                        AppendOutcome::ConditionFailed => {
-                            self.metrics
-                                .appends_total
-                                .with_label_values(&["condition_failed"])
-                                .inc();
-                        }
+                    self.metrics
+                        .appends_total
+                        .with_label_values(&[outcome.label()])
+                        .inc();
+                    if let AppendOutcome::Appended { .. } = outcome {
+                        self.metrics
+                            .events_appended_total
+                            .inc_by(pending.append.len() as u64);
                     }
                     // The client may have gone; nothing to do then.
                     let _ = pending.reply.send(Ok(outcome));

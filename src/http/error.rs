@@ -3,7 +3,7 @@
 //! Every error body is JSON, `{"error": {"code": "...", "message": "...",
 //! "requestId": "..."}}`, with a stable machine-readable code: 400 for invalid
 //! input, 404/405 for unknown routes, 408 for a request not received in time,
-//! 413 for bodies over the limit, 415 for a body that is not JSON, 503 when
+//! 409 for an append that reuses stored ids (`id_conflict`), 413 for bodies over the limit, 415 for a body that is not JSON, 503 when
 //! crablet or the database is overloaded or unavailable, and 500 with an
 //! opaque message for anything unexpected (the full error chain is logged
 //! with the request id, never sent). Errors the HTTP/1 dispatcher raises
@@ -17,7 +17,20 @@ use serde::Serialize;
 
 use super::context;
 use crate::actors::EventStoreError;
-use crate::dcb::ValidationError;
+use crate::dcb::{IdClash, ValidationError};
+
+/// The message of a 409: every clashing id, by its path.
+fn id_conflict_message(ids: &[IdClash]) -> String {
+    let named: Vec<String> = ids
+        .iter()
+        .map(|c| format!("events[{}].id {:?}", c.index, c.id))
+        .collect();
+    format!(
+        "{}: already stored by a different append (a retry must repeat the \
+         original append exactly: the same events with the same ids, in the same order)",
+        named.join(", ")
+    )
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -29,6 +42,9 @@ pub enum ApiError {
     Invalid(#[from] ValidationError),
     #[error("request body exceeds {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// An append reuses ids stored by a different append; nothing written.
+    #[error("{}", id_conflict_message(.0))]
+    IdConflict(Vec<IdClash>),
     #[error("no route for {0}")]
     NotFound(String),
     #[error("method not allowed")]
@@ -69,6 +85,7 @@ impl ApiError {
         match self {
             ApiError::InvalidJson(_) => "invalid_json",
             ApiError::Invalid(_) => "invalid_request",
+            ApiError::IdConflict(_) => "id_conflict",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
@@ -85,6 +102,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::InvalidJson(_) | ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::IdConflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

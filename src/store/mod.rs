@@ -11,9 +11,12 @@ pub mod connection;
 pub mod migrate;
 pub mod read;
 
-pub use append::{append_batch, AppendOutcome};
+/// The outcome and page types live in [`crate::dcb`] (the HTTP layer uses
+/// them without depending on the store); re-exported for the store's callers.
+pub use crate::dcb::{AppendOutcome, Page};
+pub use append::append_batch;
 pub use connection::{build_pool, checkout, Connection, LiveConnection, Pool, PoolSettings};
-pub use read::{read_page, Page};
+pub use read::read_page;
 
 use tokio_postgres::error::SqlState;
 

@@ -8,6 +8,7 @@ mod helpers;
 mod bad_input;
 mod boundary;
 mod concurrency;
+mod ids;
 mod model;
 mod plans;
 mod recovery;
