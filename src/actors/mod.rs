@@ -7,12 +7,18 @@
 //! that may conflict meet in one lane (and are decided in order inside one
 //! batch) while disjoint ones run in parallel. Reader actors ([`reader`]) own
 //! the reader pool and run page queries concurrently; each HTTP worker thread
-//! gets its own reader, so a read never crosses threads on its way to the
-//! database.
+//! gets its own reader, so a read is handed to no other actor thread (the
+//! pooled connection's I/O task may still run on the worker thread that
+//! opened it).
 //!
 //! Actix types stay in this module: the facade speaks in [`crate::dcb`] and
-//! [`crate::store`] types. A lane that restarts fails every append it held;
-//! a client is never left waiting on an actor that is gone.
+//! [`crate::store`] types. Every actor is supervised and catches its own
+//! panics: it restarts with a fresh connection, answers what it held with
+//! the error class its progress allows (503 when nothing can have been
+//! written, `OutcomeUnknown` when a batch may have committed), and counts the
+//! restart in `crablet_actor_restarts_total`. A client is never left waiting
+//! on an actor that is gone, and [`EventStore::lanes_down`] names the writer
+//! lanes that are not running, for readiness.
 
 pub mod reader;
 pub mod writer;
@@ -26,20 +32,25 @@ use tokio::sync::oneshot;
 use crate::config::{ReaderSettings, WriterSettings};
 use crate::dcb::{CheckedAppend, Query, SequencedEvent};
 use crate::metrics::Metrics;
-use crate::store::{AppendOutcome, Page, Pool, StoreError};
+use crate::store::{AppendOutcome, Failure, Page, Pool, StoreError};
 
 pub use reader::Reader;
-pub use writer::WriterLane;
+pub use writer::{LaneHealth, WriterLane};
 
 /// Why the event store could not serve a request.
 #[derive(Debug, thiserror::Error)]
 pub enum EventStoreError {
-    /// Too much waiting already; the client should back off and retry.
+    /// Too much waiting already; nothing was written; back off and retry.
     #[error("overloaded: too many appends waiting")]
     Overloaded,
-    /// The actor serving the request stopped before answering.
-    #[error("the {0} stopped before answering; retry")]
-    ActorGone(&'static str),
+    /// Nothing was written and a retry may succeed: the actor serving the
+    /// request is restarting or gone, or a read lost its connection.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The append may or may not have been written: the actor or the
+    /// connection failed after the batch carrying it was sent.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The batch that carried the append failed; shared by its appends.
@@ -56,6 +67,16 @@ impl EventStoreError {
             _ => None,
         }
     }
+
+    /// What the failed request may have written; see [`Failure`].
+    pub fn failure(&self) -> Failure {
+        match self {
+            EventStoreError::Overloaded | EventStoreError::Unavailable(_) => Failure::Unavailable,
+            EventStoreError::OutcomeUnknown(_) => Failure::OutcomeUnknown,
+            EventStoreError::Store(e) => e.failure(),
+            EventStoreError::Batch(e) => e.failure(),
+        }
+    }
 }
 
 /// The facade over the writer lanes and a reader actor. Cheap to clone.
@@ -70,6 +91,8 @@ pub struct EventStore {
 #[derive(Clone)]
 pub struct Writers {
     lanes: Arc<[Addr<WriterLane>]>,
+    /// Whether each lane runs, set by the lane itself.
+    health: Arc<[Arc<LaneHealth>]>,
     /// Round robin for appends without a condition.
     next_lane: Arc<AtomicUsize>,
     /// Kept so the writer thread lives as long as any facade.
@@ -81,12 +104,18 @@ impl Writers {
     /// Must run inside an actix system.
     pub fn start(pool: Pool, settings: &WriterSettings, metrics: &Metrics) -> Self {
         let writer_thread = Arbiter::new();
-        let lanes: Vec<Addr<WriterLane>> = (0..settings.lanes)
-            .map(|lane| {
+        let health: Vec<Arc<LaneHealth>> = (0..settings.lanes)
+            .map(|lane| Arc::new(LaneHealth::new(lane, metrics)))
+            .collect();
+        let lanes: Vec<Addr<WriterLane>> = health
+            .iter()
+            .enumerate()
+            .map(|(lane, health)| {
                 let (pool, settings, metrics) = (pool.clone(), settings.clone(), metrics.clone());
+                let health = health.clone();
                 Supervisor::start_in_arbiter(&writer_thread.handle(), move |ctx| {
                     ctx.set_mailbox_capacity(settings.mailbox_capacity);
-                    WriterLane::new(lane, pool, settings, metrics)
+                    WriterLane::new(lane, pool, settings, metrics, health)
                 })
             })
             .collect();
@@ -96,6 +125,7 @@ impl Writers {
             .set(settings.max_batch_appends as i64);
         Writers {
             lanes: lanes.into(),
+            health: health.into(),
             next_lane: Arc::new(AtomicUsize::new(0)),
             _writer_thread: Arc::new(writer_thread),
         }
@@ -113,9 +143,10 @@ impl EventStore {
         metrics: &Metrics,
     ) -> Self {
         let (capacity, metrics) = (reader.mailbox_capacity, metrics.clone());
+        let faults = reader.faults.clone();
         let reader = Supervisor::start(move |ctx: &mut actix::Context<Reader>| {
             ctx.set_mailbox_capacity(capacity);
-            Reader::new(reader_pool, metrics)
+            Reader::new(reader_pool, metrics, faults)
         });
         EventStore {
             writers: writers.clone(),
@@ -127,6 +158,7 @@ impl EventStore {
     pub async fn append(&self, append: CheckedAppend) -> Result<AppendOutcome, EventStoreError> {
         let lane = self.route(&append);
         let (reply, outcome) = oneshot::channel();
+        let reply = writer::Reply::new(reply);
         // try_send: the lane answers on `reply`, so there is nothing to wait
         // for on delivery (send().await would cost a second cross-thread
         // wake-up); a full mailbox is back-pressure, answered with 503.
@@ -134,11 +166,24 @@ impl EventStore {
             .try_send(writer::Append { append, reply })
             .map_err(|e| match e {
                 actix::prelude::SendError::Full(_) => EventStoreError::Overloaded,
-                actix::prelude::SendError::Closed(_) => EventStoreError::ActorGone("writer"),
+                actix::prelude::SendError::Closed(_) => EventStoreError::Unavailable(format!(
+                    "writer lane {lane} is gone; nothing was written"
+                )),
             })?;
-        outcome
-            .await
-            .map_err(|_| EventStoreError::ActorGone("writer"))?
+        // A `Reply` answers even when dropped, so the channel closing
+        // unanswered would mean a lost reply: assume the worst.
+        outcome.await.map_err(|_| {
+            EventStoreError::OutcomeUnknown("the writer lane dropped the append unanswered".into())
+        })?
+    }
+
+    /// The writer lanes that are not running: restarting after a panic, or
+    /// gone for good. Empty when every lane can take appends.
+    pub fn lanes_down(&self) -> Vec<usize> {
+        let writers = &self.writers;
+        (0..writers.lanes.len())
+            .filter(|&lane| !writers.health[lane].is_up() || !writers.lanes[lane].connected())
+            .collect()
     }
 
     /// Reads one page of the events matching `query`.
@@ -150,7 +195,9 @@ impl EventStore {
         self.reader
             .send(reader::ReadPage { query, page })
             .await
-            .map_err(|_| EventStoreError::ActorGone("reader"))?
+            .map_err(|_| {
+                EventStoreError::Unavailable("the reader stopped before answering; retry".into())
+            })?
     }
 
     /// The lane of an append: by its first exclusive key when it has a

@@ -2,9 +2,11 @@
 //!
 //! Every error body is JSON, `{"error": {"code": "...", "message": "..."}}`,
 //! with a stable machine-readable code: 400 for invalid input, 404/405 for
-//! unknown routes, 413 for bodies over the limit, 503 when crablet or the
-//! database is overloaded or unavailable, and 500 with an opaque message for
-//! anything unexpected (the full error chain is logged, never sent).
+//! unknown routes, 413 for bodies over the limit, 503 (with `Retry-After`)
+//! only when crablet knows nothing was written and a retry may succeed, 500
+//! `outcome_unknown` when an append may have been written, and 500 with an
+//! opaque message for anything else (the full error chain is logged, never
+//! sent).
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
@@ -12,6 +14,7 @@ use serde::Serialize;
 
 use crate::actors::EventStoreError;
 use crate::dcb::ValidationError;
+use crate::store::Failure;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -30,9 +33,17 @@ pub enum ApiError {
     /// crablet sheds load; retry later.
     #[error("{0}")]
     Overloaded(String),
-    /// The database is unreachable or a worker restarted; retry later.
+    /// Nothing was written: the database is unreachable, refused the
+    /// statement for a transient reason, or a worker restarted; retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// The append may or may not have been written (the connection or a
+    /// worker failed after the batch was sent). The detail stays in the log.
+    #[error(
+        "the append may or may not have been written; retry it with the same event ids \
+         (events[].id), which is safe, or read to find out"
+    )]
+    OutcomeUnknown(String),
     /// Anything else. The message stays in the log.
     #[error("internal error")]
     Internal(String),
@@ -59,6 +70,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Overloaded(_) => "overloaded",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::OutcomeUnknown(_) => "outcome_unknown",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -72,13 +84,17 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Overloaded(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::OutcomeUnknown(_) | ApiError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let ApiError::Internal(detail) = self {
-            log::error!("internal error: {detail}");
+        match self {
+            ApiError::Internal(detail) => log::error!("internal error: {detail}"),
+            ApiError::OutcomeUnknown(detail) => log::error!("outcome unknown: {detail}"),
+            _ => {}
         }
         let body = ErrorBody {
             error: ErrorDetail {
@@ -96,17 +112,16 @@ impl ResponseError for ApiError {
 
 impl From<EventStoreError> for ApiError {
     fn from(err: EventStoreError) -> Self {
-        match &err {
-            EventStoreError::Overloaded => ApiError::Overloaded(err.to_string()),
-            EventStoreError::ActorGone(_) => ApiError::Unavailable(err.to_string()),
-            _ => match err.store_error() {
-                Some(store) if store.is_unavailable() => {
-                    log::warn!("database unavailable: {store:?}");
-                    ApiError::Unavailable("database unavailable; retry".into())
-                }
-                Some(store) => ApiError::Internal(format!("{store}: {store:?}")),
-                None => ApiError::Internal(format!("{err:?}")),
-            },
+        // The class comes from what the failure says was written.
+        match (&err, err.failure()) {
+            (EventStoreError::Overloaded, _) => ApiError::Overloaded(err.to_string()),
+            (EventStoreError::Unavailable(message), _) => ApiError::Unavailable(message.clone()),
+            (_, Failure::Unavailable) => {
+                log::warn!("database unavailable: {err:?}");
+                ApiError::Unavailable("database unavailable; nothing was written; retry".into())
+            }
+            (_, Failure::OutcomeUnknown) => ApiError::OutcomeUnknown(format!("{err}: {err:?}")),
+            (_, Failure::Refused) => ApiError::Internal(format!("{err}: {err:?}")),
         }
     }
 }
