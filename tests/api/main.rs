@@ -11,3 +11,4 @@ mod model;
 mod plans;
 mod recovery;
 mod semantics;
+mod supervision;
