@@ -11,7 +11,7 @@
 //! (`#[serde(skip)]` in [`crate::config`]); only code holding the handle,
 //! i.e. a test that built the settings, can.
 
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 /// Where an armed fault panics.
@@ -19,7 +19,7 @@ use std::sync::Arc;
 #[repr(u8)]
 pub enum FaultPoint {
     /// A writer lane's message handler, before the append is queued.
-    Handle = 1,
+    Handle,
     /// A writer lane taking the next batch off its queue.
     TakeBatch,
     /// A writer lane starting a batch, after taking it.
@@ -41,16 +41,18 @@ pub enum FaultPoint {
     Read,
 }
 
-/// A shared, cloneable fault switch. `Default` is disarmed.
+/// The number of fault points.
+const POINTS: usize = FaultPoint::Read as usize + 1;
+
+/// A shared, cloneable set of fault switches. `Default` is disarmed.
 #[derive(Clone, Default)]
 pub struct Faults(Arc<Armed>);
 
 #[derive(Default)]
 struct Armed {
-    /// The armed point as `FaultPoint as u8`; 0 when disarmed.
-    point: AtomicU8,
-    /// How many more times the armed point fires.
-    remaining: AtomicU32,
+    /// Per point (indexed by `FaultPoint as usize`), how many more times it
+    /// fires; 0 when disarmed.
+    remaining: [AtomicU32; POINTS],
     /// How many times a fault fired, for the tests' accounting.
     fired: AtomicU32,
 }
@@ -58,21 +60,23 @@ struct Armed {
 impl std::fmt::Debug for Faults {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Faults")
-            .field("point", &self.0.point.load(Ordering::Relaxed))
-            .field("remaining", &self.0.remaining.load(Ordering::Relaxed))
-            .finish()
+            .field("fired", &self.fired())
+            .finish_non_exhaustive()
     }
 }
 
 impl Faults {
-    /// Arms `point` to panic the next `times` times it is reached.
+    /// Arms `point` to panic the next `times` times it is reached (other
+    /// armed points stay armed).
     pub fn arm(&self, point: FaultPoint, times: u32) {
-        self.0.remaining.store(times, Ordering::SeqCst);
-        self.0.point.store(point as u8, Ordering::SeqCst);
+        self.0.remaining[point as usize].store(times, Ordering::SeqCst);
     }
 
+    /// Disarms every point.
     pub fn disarm(&self) {
-        self.0.point.store(0, Ordering::SeqCst);
+        for remaining in &self.0.remaining {
+            remaining.store(0, Ordering::SeqCst);
+        }
     }
 
     /// How many times an armed fault has fired.
@@ -80,29 +84,24 @@ impl Faults {
         self.0.fired.load(Ordering::SeqCst)
     }
 
-    /// Panics if `point` is armed; a relaxed load otherwise.
+    /// Panics if `point` is armed; one relaxed load otherwise.
     #[inline]
     pub fn hit(&self, point: FaultPoint) {
-        if self.0.point.load(Ordering::Relaxed) == point as u8 {
+        if self.0.remaining[point as usize].load(Ordering::Relaxed) > 0 {
             self.fire(point);
         }
     }
 
     #[cold]
     fn fire(&self, point: FaultPoint) {
-        let taken = self
-            .0
-            .remaining
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        match taken {
-            Ok(n) => {
-                if n == 1 {
-                    self.disarm();
-                }
-                self.0.fired.fetch_add(1, Ordering::SeqCst);
-                panic!("injected fault at {point:?}");
-            }
-            Err(_) => self.disarm(),
+        let taken = self.0.remaining[point as usize].fetch_update(
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+            |n| n.checked_sub(1),
+        );
+        if taken.is_ok() {
+            self.0.fired.fetch_add(1, Ordering::SeqCst);
+            panic!("injected fault at {point:?}");
         }
     }
 }

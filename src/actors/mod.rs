@@ -218,6 +218,7 @@ mod tests {
     use super::*;
     use crate::config::Settings;
     use crate::dcb::{AppendRequest, Limits, NewEvent};
+    use crate::faults::{FaultPoint, Faults};
     use crate::store::{build_pool, PoolSettings};
 
     /// A pool whose database does not exist: every connection attempt fails.
@@ -235,6 +236,84 @@ mod tests {
                 application_name: "crablet-test".into(),
             },
         )
+    }
+
+    fn one_event() -> CheckedAppend {
+        CheckedAppend::new(
+            AppendRequest {
+                events: vec![NewEvent {
+                    event_type: "E".into(),
+                    tags: vec![],
+                    data: String::new(),
+                }],
+                condition: None,
+            },
+            &Limits::default(),
+        )
+        .unwrap()
+    }
+
+    /// A store whose lanes panic as `faults` says; no database needed for
+    /// the points before a connection is taken.
+    fn store_with_faults(faults: &Faults, backoff_ms: u64) -> EventStore {
+        let mut settings = Settings::defaults();
+        settings.writer.lanes = 2;
+        settings.writer.faults = faults.clone();
+        settings.writer.restart_backoff_ms = backoff_ms;
+        let metrics = Metrics::new();
+        let writers = Writers::start(unreachable_pool(), &settings.writer, &metrics);
+        EventStore::on_this_thread(&writers, unreachable_pool(), &settings.reader, &metrics)
+    }
+
+    async fn wait_for(mut ready: impl FnMut() -> bool) -> bool {
+        for _ in 0..200 {
+            if ready() {
+                return true;
+            }
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
+    }
+
+    #[actix_rt::test]
+    async fn a_lane_is_reported_down_while_it_restarts_and_up_again_after() {
+        let faults = Faults::default();
+        let store = store_with_faults(&faults, 300);
+        assert!(wait_for(|| store.lanes_down().is_empty()).await);
+        faults.arm(FaultPoint::Handle, 1);
+        let error = store.append(one_event()).await.expect_err("injected panic");
+        assert!(
+            matches!(error, EventStoreError::Unavailable(_)),
+            "nothing was written: {error:?}"
+        );
+        let down = store.lanes_down();
+        assert_eq!(down.len(), 1, "the panicked lane is down: {down:?}");
+        assert!(wait_for(|| store.lanes_down().is_empty()).await);
+    }
+
+    #[actix_rt::test]
+    async fn a_lane_whose_supervisor_is_gone_is_reported_down_for_good() {
+        let faults = Faults::default();
+        let store = store_with_faults(&faults, 0);
+        assert!(wait_for(|| store.lanes_down().is_empty()).await);
+        // A panic in the handler makes the supervisor restart the lane, and
+        // the panic armed in `restarting` escapes supervision: the lane is
+        // gone for good.
+        faults.arm(FaultPoint::Restarting, 1);
+        faults.arm(FaultPoint::Handle, 1);
+        let error = store.append(one_event()).await.expect_err("injected panic");
+        assert_eq!(error.failure(), Failure::Unavailable, "{error:?}");
+        assert!(wait_for(|| faults.fired() == 2).await);
+        let down = store.lanes_down();
+        assert_eq!(down.len(), 1, "one lane gone: {down:?}");
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(store.lanes_down(), down, "and it stays down");
+        // Appends routed to it are answered, 503: nothing was written.
+        for _ in 0..4 {
+            if let Err(error) = store.append(one_event()).await {
+                assert_eq!(error.failure(), Failure::Unavailable, "{error:?}");
+            }
+        }
     }
 
     #[actix_rt::test]
