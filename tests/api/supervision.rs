@@ -12,7 +12,7 @@ use crablet::faults::{FaultPoint, Faults};
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 
-use crate::helpers::{event, spawn_app_with, TestApp};
+use crate::helpers::{event, fresh_database, spawn_app_on, TestApp};
 
 /// Where a writer panic happens, and whether the append may have been
 /// written by then (answered 500 `outcome_unknown`) or not (503).
@@ -27,9 +27,13 @@ const WRITER_POINTS: &[(FaultPoint, bool)] = &[
 ];
 
 async fn spawn_with_faults(restart_backoff_ms: u64) -> (TestApp, Faults) {
+    spawn_with_faults_on(&fresh_database().await, restart_backoff_ms).await
+}
+
+async fn spawn_with_faults_on(database_url: &str, restart_backoff_ms: u64) -> (TestApp, Faults) {
     let faults = Faults::default();
     let armed = faults.clone();
-    let app = spawn_app_with(move |s| {
+    let app = spawn_app_on(database_url, move |s| {
         s.writer.faults = armed.clone();
         s.reader.faults = armed;
         s.writer.restart_backoff_ms = restart_backoff_ms;
@@ -259,4 +263,46 @@ async fn a_panic_in_a_reader_answers_503_and_the_reader_restarts() {
             assert_eq!(app.read_all().await.len(), 1, "reads succeed again");
         }
     }
+}
+
+/// The backend pids of this database's writer connections.
+async fn writer_backends(db: &tokio_postgres::Client) -> Vec<i32> {
+    db.query(
+        "SELECT pid FROM pg_stat_activity \
+         WHERE application_name = 'crablet-writer' AND datname = current_database()",
+        &[],
+    )
+    .await
+    .expect("pg_stat_activity")
+    .iter()
+    .map(|row| row.get(0))
+    .collect()
+}
+
+#[actix_rt::test]
+async fn after_a_writer_panic_the_lane_commits_on_a_fresh_connection() {
+    let url = fresh_database().await;
+    let (app, faults) = spawn_with_faults_on(&url, 20).await;
+    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    actix_rt::spawn(connection);
+    assert_eq!(append_tagged(&app, "one").await.status, 200);
+    let before = writer_backends(&db).await;
+    assert_eq!(before.len(), 1, "one lane, one connection");
+    faults.arm(FaultPoint::AfterCall, 1);
+    assert_eq!(append_tagged(&app, "faulted").await.status, 500);
+    assert_eq!(append_tagged(&app, "two").await.status, 200);
+    let mut after = Vec::new();
+    for _ in 0..100 {
+        after = writer_backends(&db).await;
+        if !after.contains(&before[0]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !after.contains(&before[0]) && after.len() == 1,
+        "the panicked batch's connection {before:?} was closed, not pooled: {after:?}"
+    );
 }
