@@ -27,21 +27,27 @@ pub struct Metrics {
     /// HTTP request latency by route template, until the response head.
     pub http_request_duration_seconds: HistogramVec,
     /// Appends by outcome: appended, condition_failed, duplicate, id_conflict,
-    /// overloaded, failed.
+    /// overloaded, unavailable (nothing written), outcome_unknown, failed
+    /// (refused).
     pub appends_total: IntCounterVec,
     /// Events written.
     pub events_appended_total: IntCounter,
     /// Appends committed together in one writer transaction.
     pub writer_batch_appends: Histogram,
-    /// Time a writer batch spends in the database, begin to commit.
+    /// Time from starting a writer batch to the database's answer: the
+    /// connection checkout when the lane needs a new one, then the batch
+    /// call, which returns after the commit.
     pub writer_batch_duration_seconds: Histogram,
     /// Appends waiting in each writer lane.
     pub writer_pending_appends: IntGaugeVec,
     /// Configured writer lanes and batch limit, for dashboards.
     pub writer_lanes: IntGauge,
     pub writer_max_batch_appends: IntGauge,
-    /// Actor restarts by actor kind (writer, reader).
+    /// Actor restarts by actor kind (writer, reader); both series exist
+    /// from start-up, at 0.
     pub actor_restarts_total: IntCounterVec,
+    /// 1 while a writer lane runs, 0 while it is restarting or gone.
+    pub writer_lane_up: IntGaugeVec,
     /// Events returned by reads.
     pub read_events_total: IntCounter,
     /// Queries run by reads (a long read runs one per page).
@@ -86,7 +92,7 @@ impl Metrics {
         let writer_batch_duration_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "writer_batch_duration_seconds",
-                "Database time of one writer batch, begin to commit",
+                "Time of one writer batch, from its start (connection checkout included) to the answer after its commit",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
         )
@@ -108,6 +114,19 @@ impl Metrics {
             &["actor"],
         )
         .expect("valid metric");
+        let writer_lane_up = IntGaugeVec::new(
+            Opts::new(
+                "writer_lane_up",
+                "1 while a writer lane runs, 0 while it restarts or is gone",
+            ),
+            &["lane"],
+        )
+        .expect("valid metric");
+        // A labelled series is exported only once touched: make both kinds
+        // show 0 restarts from start-up.
+        for actor in ["writer", "reader"] {
+            actor_restarts_total.with_label_values(&[actor]);
+        }
         let read_events_total =
             IntCounter::new("read_events_total", "Events returned by reads").expect("valid metric");
         let read_pages_total =
@@ -125,6 +144,7 @@ impl Metrics {
             writer_lanes,
             writer_max_batch_appends,
             actor_restarts_total,
+            writer_lane_up,
             read_events_total,
             read_pages_total,
         };
@@ -144,6 +164,7 @@ impl Metrics {
             Box::new(self.writer_lanes.clone()),
             Box::new(self.writer_max_batch_appends.clone()),
             Box::new(self.actor_restarts_total.clone()),
+            Box::new(self.writer_lane_up.clone()),
             Box::new(self.read_events_total.clone()),
             Box::new(self.read_pages_total.clone()),
         ];
