@@ -247,6 +247,8 @@ mod tests {
                     event_type: "E".into(),
                     tags: vec![],
                     data: String::new(),
+                    id: None,
+                    metadata: None,
                 }],
                 condition: None,
             },
