@@ -74,8 +74,17 @@ async fn live() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "live"}))
 }
 
-/// Readiness: 200 when a reader can reach the database, 503 otherwise.
+/// Readiness: 200 when every writer lane is up and a reader can reach the
+/// database, 503 naming what is not otherwise.
 async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let down = state.store.lanes_down();
+    if !down.is_empty() {
+        let lanes: Vec<String> = down.iter().map(usize::to_string).collect();
+        return Err(ApiError::Unavailable(format!(
+            "writer lane {} down (restarting or stopped)",
+            lanes.join(", ")
+        )));
+    }
     let page = crate::dcb::Page {
         after: 0,
         before: 0,

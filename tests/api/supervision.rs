@@ -172,6 +172,9 @@ async fn while_a_lane_restarts_it_is_reported_down_and_appends_wait_for_it() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(up, Some(0.0), "down during the restart backoff");
+    let (status, body) = app.raw(reqwest::Method::GET, "/health", None).await;
+    assert_eq!(status, 503, "readiness while lane 0 restarts: {body}");
+    assert!(body.contains("writer lane 0 down"), "{body}");
     let started = std::time::Instant::now();
     let reply = append_tagged(&app, "waited").await;
     assert_eq!(reply.status, 200, "held in the mailbox, then committed");
@@ -180,6 +183,8 @@ async fn while_a_lane_restarts_it_is_reported_down_and_appends_wait_for_it() {
         metric(&app, "crablet_writer_lane_up{lane=\"0\"}").await,
         Some(1.0)
     );
+    let (status, body) = app.raw(reqwest::Method::GET, "/health", None).await;
+    assert_eq!(status, 200, "readiness once the lane is back: {body}");
 }
 
 #[actix_rt::test]
