@@ -201,10 +201,16 @@ async fn an_append_whose_answer_is_lost_after_the_commit_is_outcome_unknown_and_
     assert!(warm.appended(), "{warm:?}");
 
     proxy.armed.store(true, Ordering::SeqCst);
+    // An append with an event id and a condition its own event would fail
+    // on a retry: the retry must still be recognised as the original.
+    let cut = json!({
+        "events": [{"type": "Cut", "tags": ["t", "cut"], "data": "2", "id": "cut-1"}],
+        "condition": {"failIfEventsMatch": {"items": [{"tags": ["cut"]}]}}
+    });
     let response = app
         .http
         .post(format!("{}/append", app.address))
-        .json(&json!({"events": [event("Cut", &["t"], "2")]}))
+        .json(&cut)
         .send()
         .await
         .expect("append request");
@@ -240,6 +246,23 @@ async fn an_append_whose_answer_is_lost_after_the_commit_is_outcome_unknown_and_
         }
     };
     assert_eq!(count("Cut").await, 1);
+
+    // The client retries with the same ids, as the message says: the retry
+    // finds the committed append and is answered with its position.
+    let retry = app.append(cut.clone()).await;
+    let stored = direct
+        .query_one("SELECT position FROM events WHERE id = 'cut-1'", &[])
+        .await
+        .expect("the cut append is stored")
+        .get::<_, i64>(0);
+    assert_eq!(retry.status, 200, "{retry:?}");
+    assert_eq!(retry.body["duplicate"], json!(true), "{retry:?}");
+    assert_eq!(
+        retry.body["appendConditionFailed"],
+        json!(false),
+        "{retry:?}"
+    );
+    assert_eq!(retry.body["lastPosition"], json!(stored), "{retry:?}");
 
     // The lane takes a fresh connection and serves again.
     let after = app
