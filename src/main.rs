@@ -80,6 +80,6 @@ fn serve(config: Option<PathBuf>, overrides: Overrides) -> Result<(), String> {
         let app = Application::build(settings)
             .await
             .map_err(|e| e.to_string())?;
-        app.run_until_stopped().await.map_err(|e| e.to_string())
+        app.run_until_signalled().await.map_err(|e| e.to_string())
     })
 }

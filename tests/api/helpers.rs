@@ -292,3 +292,13 @@ pub fn unless_tagged(tags: &[&str], after: Option<i64>) -> Value {
     }
     condition
 }
+
+/// A plain client on `database_url`, for tests that inspect or tamper with the
+/// database directly. Its connection runs on the current actix arbiter.
+pub async fn db_client(database_url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    actix_rt::spawn(connection);
+    client
+}

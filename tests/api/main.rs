@@ -7,6 +7,7 @@ mod helpers;
 
 mod bad_input;
 mod concurrency;
+mod migrations;
 mod model;
 mod plans;
 mod recovery;
