@@ -7,6 +7,7 @@
 //! process exits the pipe closes and the cluster stops.
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use crablet::app::Application;
 use crablet::config::{Overrides, Settings};
 use crablet::dcb::SequencedEvent;
+use crablet::embedded::EmbeddedPostgres;
 use serde_json::{json, Value};
 
 /// The PostgreSQL the tests create their databases in.
@@ -147,10 +149,105 @@ pub fn client() -> reqwest::Client {
         .expect("http client")
 }
 
+/// A private cluster of one test's own, so stopping or restarting it disturbs
+/// no other test. Stopped and removed on drop.
+pub struct OwnCluster {
+    pub dir: PathBuf,
+    pub pg: Option<EmbeddedPostgres>,
+}
+
+impl OwnCluster {
+    pub async fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("crablet-recovery-{}", rand::random::<u64>()));
+        let pg = Self::start_in(dir.clone()).await;
+        OwnCluster { dir, pg: Some(pg) }
+    }
+
+    pub async fn start_in(dir: PathBuf) -> EmbeddedPostgres {
+        tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir))
+            .await
+            .expect("join")
+            .expect("start the test's own PostgreSQL")
+    }
+
+    pub async fn restart(&mut self) {
+        let mut pg = self.pg.take().expect("running");
+        tokio::task::spawn_blocking(move || pg.stop())
+            .await
+            .expect("join")
+            .expect("stop");
+        self.pg = Some(Self::start_in(self.dir.clone()).await);
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        if let Some(mut pg) = self.pg.take() {
+            let _ = pg.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl OwnCluster {
+    /// Its connection string for database `crablet`.
+    pub fn url(&self) -> String {
+        self.pg
+            .as_ref()
+            .expect("running")
+            .connection_string("crablet")
+    }
+
+    /// Stops the server (`pg_ctl stop -m fast`).
+    pub async fn stop(&mut self) {
+        if let Some(mut pg) = self.pg.take() {
+            tokio::task::spawn_blocking(move || pg.stop())
+                .await
+                .expect("join")
+                .expect("stop");
+        }
+    }
+
+    /// Starts it again after [`stop`](Self::stop).
+    pub async fn start_again(&mut self) {
+        assert!(self.pg.is_none(), "already running");
+        self.pg = Some(Self::start_in(self.dir.clone()).await);
+    }
+}
+
 /// A server running as a separate `crablet serve` process.
 pub struct ServerProcess {
     pub address: String,
     child: Child,
+}
+
+impl ServerProcess {
+    /// Sends `signal` (a name such as `INT`, `TERM`, `KILL`) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        send_signal(self.child.id(), signal);
+    }
+
+    /// Waits up to `bound` for the process to exit.
+    pub async fn wait_exit(&mut self, bound: Duration) -> Option<std::process::ExitStatus> {
+        let started = std::time::Instant::now();
+        while started.elapsed() < bound {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+}
+
+/// Sends `signal` (`INT`, `TERM`, `KILL`...) to process `pid` with kill(1).
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
 impl Drop for ServerProcess {
