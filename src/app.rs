@@ -50,6 +50,9 @@ pub struct Application {
     server: Server,
     /// The private cluster, when crablet runs one; stopped after the server.
     embedded: Option<EmbeddedPostgres>,
+    /// After a stop signal, how long open connections are still served
+    /// before idle ones are closed (`http.shutdown_drain_ms`).
+    shutdown_drain: Duration,
 }
 
 impl Application {
@@ -160,6 +163,7 @@ impl Application {
             port,
             server: server.run(),
             embedded,
+            shutdown_drain: Duration::from_millis(settings.http.shutdown_drain_ms),
         })
     }
 
@@ -183,12 +187,19 @@ impl Application {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
         let handle = self.server.handle();
+        let drain = self.shutdown_drain;
         actix_rt::spawn(async move {
             let name = tokio::select! {
                 _ = sigint.recv() => "SIGINT",
                 _ = sigterm.recv() => "SIGTERM",
             };
             log::info!("{name}: finishing the requests in flight, then stopping");
+            // First accept no new connection but go on serving the open ones:
+            // a graceful stop closes idle keep-alive connections at once and
+            // drops a request a client had already sent on one but the
+            // server had not read yet.
+            handle.pause().await;
+            tokio::time::sleep(drain).await;
             handle.stop(true).await;
         });
         self.run_until_stopped().await

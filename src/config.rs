@@ -35,6 +35,9 @@ pub struct HttpSettings {
     pub workers: usize,
     pub max_connections_per_worker: usize,
     pub shutdown_timeout_s: u64,
+    /// After SIGINT/SIGTERM, how long open connections are still served
+    /// (no new ones accepted) before the graceful stop closes idle ones.
+    pub shutdown_drain_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -355,7 +355,10 @@ pub async fn run(cfg: BenchConfig) -> anyhow::Result<BenchReport> {
             );
             let pg =
                 PrivatePostgres::start(bin, &tmp.join("pgdata"), &tmp.join("postgres.log")).await?;
-            let url = pg.database_url.clone();
+            let url = pg
+                .admin_url
+                .clone()
+                .unwrap_or_else(|| pg.database_url.clone());
             cluster = Some(pg);
             url
         }
