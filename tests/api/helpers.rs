@@ -326,24 +326,57 @@ impl Drop for ServerProcess {
 
 /// Starts `crablet serve` as a child process on `database_url`.
 pub async fn spawn_process(database_url: &str) -> ServerProcess {
+    start_process(
+        |command| {
+            command.env("DATABASE_URL", database_url);
+        },
+        Duration::from_secs(10),
+    )
+    .await
+}
+
+/// Starts `crablet serve --data-dir <data_dir>`: the embedded cluster.
+pub async fn spawn_embedded_process(data_dir: &std::path::Path) -> ServerProcess {
+    start_process(
+        |command| {
+            command
+                .env_remove("DATABASE_URL")
+                .env_remove("CRABLET_DATABASE_URL")
+                .arg("--data-dir")
+                .arg(data_dir);
+        },
+        // initdb on first use takes seconds.
+        Duration::from_secs(60),
+    )
+    .await
+}
+
+/// Runs `crablet serve` on a free port, with arguments and environment
+/// completed by `configure`, and waits up to `ready` for `/health`.
+async fn start_process(configure: impl FnOnce(&mut Command), ready: Duration) -> ServerProcess {
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
         listener.local_addr().expect("addr").port()
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_crablet"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("DATABASE_URL", database_url)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_crablet"));
+    command.args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
+    configure(&mut command);
+    let mut child = command
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .spawn()
         .expect("spawn crablet serve");
     let address = format!("http://127.0.0.1:{port}");
     let http = client();
-    for _ in 0..200 {
+    let started = std::time::Instant::now();
+    while started.elapsed() < ready {
         if let Ok(r) = http.get(format!("{address}/health")).send().await {
             if r.status().is_success() {
                 return ServerProcess { address, child };
             }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("crablet serve on port {port} exited with {status}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
