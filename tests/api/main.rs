@@ -7,6 +7,7 @@ mod helpers;
 
 mod bad_input;
 mod concurrency;
+mod crash;
 mod embedded;
 mod lifecycle;
 mod migrations;
