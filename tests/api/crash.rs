@@ -21,8 +21,8 @@ use futures_util::future::join_all;
 use serde_json::json;
 
 use crate::helpers::{
-    client, event, fresh_database, get_read, post_append, spawn_embedded_process, spawn_process,
-    unless_tagged, OwnCluster,
+    client, event, fresh_database, get_read, spawn_embedded_process, spawn_process, unless_tagged,
+    OwnCluster,
 };
 
 /// Clients appending at once.
@@ -65,7 +65,7 @@ async fn load_then(address: &str, crash: impl Future<Output = ()>) -> Vec<Acked>
                     })
                     .collect();
                 let mut body = json!({ "events": body_events });
-                if seq % 3 == 0 {
+                if seq.is_multiple_of(3) {
                     body["condition"] = unless_tagged(&[&tag], None);
                 }
                 let answer = match http
@@ -140,7 +140,7 @@ fn violations(acked: &[Acked], stored: &[SequencedEvent]) -> Vec<String> {
             continue;
         };
         let entry = appends.entry(id).or_insert((n, BTreeMap::new()));
-        entry.1.entry(k).or_default().push(e.position.into());
+        entry.1.entry(k).or_default().push(e.position);
     }
     for (id, (n, by_k)) in &appends {
         let positions: Vec<i64> = (0..*n)
