@@ -20,8 +20,8 @@
 //! [`postgres_bindir`] and [`postgres_tool`] find an installation and its
 //! programs, and [`conninfo_value`] quotes a libpq key-value value.
 //!
-//! What it must not do: speak SQL beyond checking/creating the `crablet` database
-//! (schema belongs to `store/`), open any TCP port, or run PostgreSQL as root. It
+//! What it must not do: speak SQL beyond creating crablet's role and the `crablet`
+//! database (schema belongs to `store/`), open any TCP port, or run PostgreSQL as root. It
 //! drives the stock PostgreSQL tools as child processes; it contains no `unsafe`
 //! and links no extra crate for user lookup or privilege dropping.
 //!
