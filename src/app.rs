@@ -1,9 +1,15 @@
 //! [`Application`]: assembles settings into a running server. `main` and the
 //! integration tests build the server through this one entry point.
+//!
+//! It owns the process's life cycle: waiting for the database at start-up
+//! (`database.startup_timeout_s`), applying the schema, and the graceful stop on
+//! SIGINT or SIGTERM (in-flight requests finish, then the embedded cluster stops).
+//! It holds no request logic and speaks no SQL beyond calling the migrator.
 
 use std::net::TcpListener;
+use std::time::{Duration, Instant};
 
-use actix_web::dev::Server;
+use actix_web::dev::{Server, ServerHandle};
 use actix_web::{middleware, web, App, HttpServer};
 
 use crate::actors::{EventStore, Writers};
@@ -17,10 +23,17 @@ use crate::store::{self, PoolSettings};
 pub enum AppError {
     #[error("invalid database URL: {0}")]
     DatabaseUrl(#[source] tokio_postgres::Error),
-    #[error("cannot connect to PostgreSQL: {0}")]
-    Connect(#[source] tokio_postgres::Error),
+    /// The database stayed unreachable (or refused crablet) at start-up.
+    #[error("cannot connect to PostgreSQL at {address} (gave up after {waited_s:.1} s): {cause}")]
+    Connect {
+        /// Host or socket directory, port, database and user; never a password.
+        address: String,
+        /// The last failure with its whole cause chain.
+        cause: String,
+        waited_s: f64,
+    },
     #[error("schema migration failed: {0}")]
-    Migrate(#[source] tokio_postgres::Error),
+    Migrate(#[from] store::migrate::MigrateError),
     #[error("embedded PostgreSQL: {0}")]
     Embedded(#[from] EmbeddedError),
     #[error("cannot listen on {address}: {source}")]
@@ -37,6 +50,9 @@ pub struct Application {
     server: Server,
     /// The private cluster, when crablet runs one; stopped after the server.
     embedded: Option<EmbeddedPostgres>,
+    /// After a stop signal, how long open connections are still served
+    /// before idle ones are closed (`http.shutdown_drain_ms`).
+    shutdown_drain: Duration,
 }
 
 impl Application {
@@ -61,10 +77,13 @@ impl Application {
         } else {
             settings.database_url.clone()
         };
-        let pg_config: tokio_postgres::Config =
+        let mut pg_config: tokio_postgres::Config =
             database_url.parse().map_err(AppError::DatabaseUrl)?;
+        if pg_config.get_connect_timeout().is_none() {
+            pg_config.connect_timeout(settings.database.connect_timeout());
+        }
 
-        migrate(&pg_config).await?;
+        migrate(&pg_config, settings.database.startup_timeout()).await?;
 
         let metrics = Metrics::new();
         let statement_timeout = settings.database.statement_timeout();
@@ -128,6 +147,9 @@ impl Application {
                 .configure(http::routes)
         })
         .workers(http_workers(settings.http.workers))
+        // Signals are handled in `run_until_signalled`: actix's own handling
+        // makes SIGINT a forced stop that drops the requests in flight.
+        .disable_signals()
         .max_connections(settings.http.max_connections_per_worker)
         .shutdown_timeout(settings.http.shutdown_timeout_s)
         // The head's share of the whole-request deadline; the body's is
@@ -147,6 +169,7 @@ impl Application {
             port,
             server: server.run(),
             embedded,
+            shutdown_drain: Duration::from_millis(settings.http.shutdown_drain_ms),
         })
     }
 
@@ -155,10 +178,45 @@ impl Application {
         self.port
     }
 
-    /// Serves until the server is stopped (SIGINT/SIGTERM), then stops the
-    /// embedded PostgreSQL, if any.
+    /// A handle to stop the server (gracefully with `stop(true)`).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until SIGINT or SIGTERM, then stops gracefully: the listener
+    /// closes, requests in flight get their answers (for at most
+    /// `http.shutdown_timeout_s`), then the embedded PostgreSQL stops.
+    /// What `crablet serve` runs.
+    pub async fn run_until_signalled(self) -> std::io::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let handle = self.server.handle();
+        let drain = self.shutdown_drain;
+        actix_rt::spawn(async move {
+            let name = tokio::select! {
+                _ = sigint.recv() => "SIGINT",
+                _ = sigterm.recv() => "SIGTERM",
+            };
+            log::info!("{name}: finishing the requests in flight, then stopping");
+            // First accept no new connection but go on serving the open ones:
+            // a graceful stop closes idle keep-alive connections at once and
+            // drops a request a client had already sent on one but the
+            // server had not read yet.
+            handle.pause().await;
+            tokio::time::sleep(drain).await;
+            handle.stop(true).await;
+        });
+        self.run_until_stopped().await
+    }
+
+    /// Serves until the server is stopped through its [`handle`](Self::handle)
+    /// (no signal handling: the integration tests run servers in-process),
+    /// then stops the embedded PostgreSQL, if any.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
+        log::info!("HTTP server stopped");
         if let Some(mut cluster) = self.embedded {
             web::block(move || cluster.stop())
                 .await
@@ -188,12 +246,13 @@ fn http_workers(configured: usize) -> usize {
     (cores / 2).max(1)
 }
 
-/// Applies the schema over a connection of its own.
-async fn migrate(config: &tokio_postgres::Config) -> Result<(), AppError> {
-    let (mut client, connection) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(AppError::Connect)?;
+/// Applies the schema over a connection of its own, first waiting up to
+/// `startup_timeout` for the database to accept it.
+async fn migrate(
+    config: &tokio_postgres::Config,
+    startup_timeout: Duration,
+) -> Result<(), AppError> {
+    let (mut client, connection) = connect_at_startup(config, startup_timeout).await?;
     let driver = actix_rt::spawn(async move {
         if let Err(e) = connection.await {
             log::warn!("migration connection: {e}");
@@ -202,5 +261,141 @@ async fn migrate(config: &tokio_postgres::Config) -> Result<(), AppError> {
     let result = store::migrate::run(&mut client).await;
     drop(client);
     let _ = driver.await;
-    result.map(|_| ()).map_err(AppError::Migrate)
+    result?;
+    Ok(())
+}
+
+/// First wait between two connection attempts at start-up; doubles up to
+/// [`STARTUP_RETRY_MAX_DELAY`].
+const STARTUP_RETRY_FIRST_DELAY: Duration = Duration::from_millis(250);
+const STARTUP_RETRY_MAX_DELAY: Duration = Duration::from_secs(2);
+
+type Connected = (
+    tokio_postgres::Client,
+    tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+);
+
+/// Connects, retrying while the failure may pass (the server is not up yet,
+/// is starting, or refuses connections) until `timeout` has elapsed. Each
+/// failure is logged with the address and its whole cause chain; a failure
+/// that cannot pass by waiting (bad password, no such database) ends at once.
+async fn connect_at_startup(
+    config: &tokio_postgres::Config,
+    timeout: Duration,
+) -> Result<Connected, AppError> {
+    let address = describe_address(config);
+    let started = Instant::now();
+    let mut delay = STARTUP_RETRY_FIRST_DELAY;
+    for attempt in 1.. {
+        let error = match config.connect(tokio_postgres::NoTls).await {
+            Ok(connected) => {
+                if attempt > 1 {
+                    log::info!("connected to PostgreSQL at {address} (attempt {attempt})");
+                }
+                return Ok(connected);
+            }
+            Err(error) => error,
+        };
+        let cause = cause_chain(&error);
+        let elapsed = started.elapsed();
+        if !may_pass(&error) || elapsed + delay > timeout {
+            return Err(AppError::Connect {
+                address,
+                cause,
+                waited_s: elapsed.as_secs_f64(),
+            });
+        }
+        log::warn!(
+            "cannot connect to PostgreSQL at {address} (attempt {attempt}, retrying for \
+             {:.0} s more): {cause}",
+            (timeout - elapsed).as_secs_f64()
+        );
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(STARTUP_RETRY_MAX_DELAY);
+    }
+    unreachable!("the attempts never run out")
+}
+
+/// Whether a connection failure may pass by waiting: no answer at all (refused,
+/// no socket, timed out, closed) or the server saying it is not ready yet.
+fn may_pass(error: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    match error.code() {
+        None => true,
+        Some(code) => {
+            *code == SqlState::CANNOT_CONNECT_NOW
+                || *code == SqlState::TOO_MANY_CONNECTIONS
+                || *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || code.code().starts_with("08")
+        }
+    }
+}
+
+/// `host=... port=... dbname=... user=...` of a configuration; never its password.
+pub fn describe_address(config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|host| match host {
+            Host::Tcp(name) => name.clone(),
+            Host::Unix(path) => path.display().to_string(),
+        })
+        .chain(config.get_hostaddrs().iter().map(|a| a.to_string()))
+        .collect();
+    let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+    let or_default = |v: Vec<String>| {
+        if v.is_empty() {
+            "(default)".to_owned()
+        } else {
+            v.join(",")
+        }
+    };
+    format!(
+        "host={} port={} dbname={} user={}",
+        or_default(hosts),
+        or_default(ports),
+        config.get_dbname().unwrap_or("(default)"),
+        config.get_user().unwrap_or("(default)"),
+    )
+}
+
+/// An error and every error below it: "a: b: c".
+fn cause_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_address_names_host_port_database_and_user_but_never_the_password() {
+        let config: tokio_postgres::Config = "postgres://ada:secret@db.example:6543/events"
+            .parse()
+            .unwrap();
+        let address = describe_address(&config);
+        assert_eq!(address, "host=db.example port=6543 dbname=events user=ada");
+        assert!(!address.contains("secret"));
+    }
+
+    #[test]
+    fn the_cause_chain_lists_every_error_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+        assert_eq!(cause_chain(&Outer(io)), "outer: refused");
+    }
 }

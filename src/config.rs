@@ -36,6 +36,9 @@ pub struct HttpSettings {
     pub workers: usize,
     pub max_connections_per_worker: usize,
     pub shutdown_timeout_s: u64,
+    /// After SIGINT/SIGTERM, how long open connections are still served
+    /// (no new ones accepted) before the graceful stop closes idle ones.
+    pub shutdown_drain_ms: u64,
     pub request_timeout_ms: u64,
     pub keep_alive_s: u64,
 }
@@ -95,11 +98,23 @@ impl ReaderSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct DatabaseSettings {
     pub statement_timeout_ms: u64,
+    /// How long start-up waits for the database before giving up.
+    pub startup_timeout_s: u64,
+    /// Bound on opening one connection (TCP connect and start-up handshake).
+    pub connect_timeout_ms: u64,
 }
 
 impl DatabaseSettings {
     pub fn statement_timeout(&self) -> Duration {
         Duration::from_millis(self.statement_timeout_ms)
+    }
+
+    pub fn startup_timeout(&self) -> Duration {
+        Duration::from_secs(self.startup_timeout_s)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
     }
 }
 
@@ -164,6 +179,18 @@ impl Settings {
             ("reader.pool_size", self.reader.pool_size as usize),
             ("reader.page_size", self.reader.page_size.max(0) as usize),
             ("reader.mailbox_capacity", self.reader.mailbox_capacity),
+            (
+                "writer.connect_timeout_ms",
+                self.writer.connect_timeout_ms as usize,
+            ),
+            (
+                "reader.pool_timeout_ms",
+                self.reader.pool_timeout_ms as usize,
+            ),
+            (
+                "database.connect_timeout_ms",
+                self.database.connect_timeout_ms as usize,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -7,6 +7,8 @@
 //! <data_dir>/socket/          the unix socket directory, mode 0700 (or /tmp/crablet-<hash>
 //!                             when that path would be too long for a unix socket)
 //! <data_dir>/postgresql.log   the server log (appended to by `pg_ctl -l`)
+//! <data_dir>/holders.lock     flock'ed shared by every crablet using the cluster
+//! <data_dir>/pgdata/crablet.conf  crablet's server settings, included by postgresql.conf
 //! ```
 //!
 //! It finds the PostgreSQL binaries, runs `initdb` once, starts the server with
@@ -18,19 +20,27 @@
 //! [`postgres_bindir`] and [`postgres_tool`] find an installation and its
 //! programs, and [`conninfo_value`] quotes a libpq key-value value.
 //!
-//! What it must not do: speak SQL beyond checking/creating the `crablet` database
-//! (schema belongs to `store/`), open any TCP port, or run PostgreSQL as root. It
+//! What it must not do: speak SQL beyond creating crablet's role and the `crablet`
+//! database (schema belongs to `store/`), open any TCP port, or run PostgreSQL as root. It
 //! drives the stock PostgreSQL tools as child processes; it contains no `unsafe`
 //! and links no extra crate for user lookup or privilege dropping.
 //!
-//! Lifetime: the server daemonizes, so it survives a SIGKILL of crablet. The next
-//! [`EmbeddedPostgres::start`] on the same data directory adopts the running server
-//! instead of starting a second one. Choice: a value stops only a server *it*
-//! started. An adopted server may belong to another live crablet process on the
-//! same data directory, and stopping it would pull the database from under that
-//! process; the cost is that a server left behind by a killed crablet keeps running
-//! until it is stopped by hand (`pg_ctl stop -D <data_dir>/pgdata`, logged at
-//! adoption) or the machine reboots.
+//! Hardening, written at initdb and re-applied at every start (so clusters made by
+//! older versions get it too): `crablet.conf` sets `listen_addresses = ''` and a
+//! private socket directory (mode 0700), and `pg_hba.conf` has only `local` lines,
+//! so even a plain `pg_ctl start -D <data_dir>/pgdata` by an operator opens no TCP
+//! port. crablet connects as the role `crablet`, which is not a superuser and owns
+//! the database `crablet`; the bootstrap superuser is `crablet_admin` (clusters made
+//! by older versions, whose bootstrap superuser is `crablet`, keep working).
+//!
+//! Lifetime: several crablet processes may use one data directory at once (a
+//! rolling restart starts the new one before stopping the old one). Each is a
+//! *holder*: it keeps a shared flock on `holders.lock` from before it checks or
+//! starts the server until it exits. At exit a holder tries to turn its lock
+//! exclusive without waiting; only the last holder gets it, and it stops the
+//! server. The kernel drops the lock of a process killed with SIGKILL, so a killed
+//! holder never keeps the server running nor blocks the others; the server itself
+//! daemonizes and survives it, and the next start adopts it.
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;
@@ -44,8 +54,30 @@ use std::process::{Command, ExitStatus, Output, Stdio};
 /// The database crablet uses inside the cluster.
 const DATABASE: &str = "crablet";
 
-/// The cluster's superuser, created by `initdb -U`.
-const SUPERUSER: &str = "crablet";
+/// The cluster's bootstrap superuser, created by `initdb -U`; used only to create
+/// crablet's role and databases.
+const ADMIN_USER: &str = "crablet_admin";
+
+/// The role crablet connects as: not a superuser, owner of [`DATABASE`]. In a
+/// cluster made by an older version it is the bootstrap superuser.
+const CRABLET_ROLE: &str = "crablet";
+
+/// The lock file every holder of the cluster keeps a shared flock on.
+const HOLDERS_LOCK_FILE: &str = "holders.lock";
+
+/// crablet's settings file inside pgdata, included at the end of postgresql.conf.
+const CRABLET_CONF: &str = "crablet.conf";
+
+/// The line appended to postgresql.conf (once) to read [`CRABLET_CONF`].
+const INCLUDE_LINE: &str = "include_if_exists = 'crablet.conf'";
+
+/// The whole pg_hba.conf: unix socket only, no TCP line at all.
+const PG_HBA_CONF: &str = "\
+# Written by crablet at every start: connections only over the unix socket,
+# whose directory is private (mode 0700) to the server's user. No TCP lines.
+# TYPE  DATABASE  USER  METHOD
+local   all       all   trust
+";
 
 /// The server's port. With no TCP listener it only names the socket file
 /// (`.s.PGSQL.5432`), so it never collides with another server on the machine.
@@ -171,9 +203,12 @@ pub struct EmbeddedPostgres {
     /// Who the tools run as: `Some` when crablet runs as root, since PostgreSQL
     /// refuses to; `None` runs them as the current user.
     server_user: Option<ServerUser>,
-    /// True while a server this value started is running: only that one is
-    /// stopped by `stop` and `Drop` (see the module doc).
-    owns_server: bool,
+    /// The shared flock on `holders.lock` while this value holds the cluster;
+    /// `None` once stopped (see the module doc).
+    holder: Option<fs::File>,
+    /// The superuser used to create roles and databases: [`ADMIN_USER`], or
+    /// [`CRABLET_ROLE`] in a cluster made by an older version.
+    admin_user: &'static str,
 }
 
 impl EmbeddedPostgres {
@@ -207,6 +242,19 @@ impl EmbeddedPostgres {
             None
         };
 
+        // Become a holder before looking at the server: a last holder that is
+        // stopping it holds the lock exclusive, and this waits for it to finish.
+        let lock_path = data_dir.join(HOLDERS_LOCK_FILE);
+        let holder = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_error(e, format!("opening {}", lock_path.display())))?;
+        holder
+            .lock_shared()
+            .map_err(|e| io_error(e, format!("locking {}", lock_path.display())))?;
+
         let mut pg = EmbeddedPostgres {
             bindir,
             socket_dir: socket_dir_for(&data_dir, PORT),
@@ -214,19 +262,107 @@ impl EmbeddedPostgres {
             pgdata,
             port: PORT,
             server_user,
-            owns_server: false,
+            holder: Some(holder),
+            admin_user: ADMIN_USER,
         };
         pg.prepare_socket_dir()?;
         if !pg.pgdata.join("PG_VERSION").exists() {
             pg.initdb()?;
         }
+        pg.write_hardening()?;
         if pg.is_running()? {
             pg.adopt();
         } else {
             pg.start_server()?;
         }
+        pg.ensure_role()?;
         pg.ensure_database(DATABASE)?;
         Ok(pg)
+    }
+
+    /// Writes crablet's settings and the socket-only pg_hba.conf into the cluster,
+    /// and makes postgresql.conf include the settings: a server started by hand
+    /// with `pg_ctl start` then listens on no TCP address either.
+    fn write_hardening(&self) -> Result<(), EmbeddedError> {
+        let write = |path: PathBuf, text: &str| {
+            fs::write(&path, text)
+                .map_err(|e| io_error(e, format!("writing {}", path.display())))?;
+            if let Some(user) = &self.server_user {
+                chown(&path, user)?;
+            }
+            Ok::<(), EmbeddedError>(())
+        };
+        write(
+            self.pgdata.join(CRABLET_CONF),
+            &crablet_conf(&self.socket_dir, self.port),
+        )?;
+        write(self.pgdata.join("pg_hba.conf"), PG_HBA_CONF)?;
+        let conf_path = self.pgdata.join("postgresql.conf");
+        let conf = fs::read_to_string(&conf_path)
+            .map_err(|e| io_error(e, format!("reading {}", conf_path.display())))?;
+        if !conf.lines().any(|line| line.trim() == INCLUDE_LINE) {
+            let mut conf = conf;
+            if !conf.ends_with('\n') {
+                conf.push('\n');
+            }
+            conf.push_str("\n# crablet's settings (no TCP listener, private socket); keep last.\n");
+            conf.push_str(INCLUDE_LINE);
+            conf.push('\n');
+            write(conf_path, &conf)?;
+        }
+        Ok(())
+    }
+
+    /// Picks the superuser to administer with, and creates crablet's role.
+    fn ensure_role(&mut self) -> Result<(), EmbeddedError> {
+        if !self.role_can_connect(ADMIN_USER) {
+            // A cluster made by an older version: `crablet` is its superuser.
+            self.admin_user = CRABLET_ROLE;
+            log::info!(
+                "the cluster in {} was made by an older crablet: crablet connects as its \
+                 bootstrap superuser `{CRABLET_ROLE}` (a new cluster uses a role that is \
+                 not a superuser)",
+                self.pgdata.display()
+            );
+            return Ok(());
+        }
+        let mut cmd = self.tool("psql");
+        self.connection_args(&mut cmd);
+        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres"]);
+        // Concurrent starts may race to create it: either error means it exists.
+        run_with_stdin(
+            cmd,
+            &format!(
+                "DO $$ BEGIN CREATE ROLE {CRABLET_ROLE} LOGIN NOSUPERUSER NOCREATEROLE; \
+                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;\n"
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// Whether `role` can log in to database `postgres`.
+    fn role_can_connect(&self, role: &str) -> bool {
+        let mut cmd = self.tool("psql");
+        cmd.arg("-h")
+            .arg(&self.socket_dir)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args([
+                "-U", role, "-X", "-q", "-t", "-d", "postgres", "-c", "SELECT 1",
+            ]);
+        run(cmd).is_ok()
+    }
+
+    /// Connection string of the cluster's superuser, for creating and dropping
+    /// databases (the test harness); crablet itself uses [`Self::connection_string`].
+    pub fn admin_connection_string(&self, dbname: &str) -> String {
+        format!(
+            "host={} port={} user={} dbname={}",
+            conninfo_value(&self.socket_dir.to_string_lossy()),
+            self.port,
+            conninfo_value(self.admin_user),
+            conninfo_value(dbname),
+        )
     }
 
     /// libpq key-value connection string for a database of this cluster, e.g.
@@ -236,15 +372,33 @@ impl EmbeddedPostgres {
             "host={} port={} user={} dbname={}",
             conninfo_value(&self.socket_dir.to_string_lossy()),
             self.port,
-            conninfo_value(SUPERUSER),
+            conninfo_value(CRABLET_ROLE),
             conninfo_value(dbname),
         )
     }
 
-    /// Stops the server if this value started it (pg_ctl stop -m fast -w). Idempotent.
-    pub fn stop(&mut self) -> Result<(), EmbeddedError> {
-        if !self.owns_server {
-            return Ok(());
+    /// Releases this holder; the last holder stops the server (pg_ctl stop -m
+    /// fast -w). Idempotent. Returns whether this call stopped the server.
+    pub fn stop(&mut self) -> Result<bool, EmbeddedError> {
+        let Some(holder) = self.holder.take() else {
+            return Ok(false);
+        };
+        // Exclusive only when no other holder is left; never waits.
+        match holder.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                log::info!(
+                    "another crablet still uses PostgreSQL in {}; leaving it running",
+                    self.pgdata.display()
+                );
+                return Ok(false);
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(io_error(e, "locking holders.lock exclusively".to_owned()));
+            }
+        }
+        if !self.is_running()? {
+            return Ok(false);
         }
         let mut cmd = self.tool("pg_ctl");
         cmd.arg("stop")
@@ -263,14 +417,20 @@ impl EmbeddedPostgres {
             }
             Err(e) => return Err(e),
         }
-        self.owns_server = false;
         log::info!("stopped PostgreSQL in {}", self.pgdata.display());
         if !self.socket_dir.starts_with(&self.data_dir) {
             // The /tmp fallback: do not leave it behind. Best effort: it is empty
             // once the server is down, and recreated on start.
             let _ = fs::remove_dir(&self.socket_dir);
         }
-        Ok(())
+        // The exclusive lock is released when `holder` drops, after the stop.
+        drop(holder);
+        Ok(true)
+    }
+
+    /// The data directory (absolute).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// Creates the socket directory, private to the server's user.
@@ -333,7 +493,7 @@ impl EmbeddedPostgres {
         let mut cmd = self.tool("initdb");
         cmd.arg("-D").arg(&self.pgdata).args([
             "-U",
-            SUPERUSER,
+            ADMIN_USER,
             // `trust` is acceptable only because the server listens on no TCP
             // address and its socket directory is private (0700, owned by the
             // server's user): only that user and root can connect at all.
@@ -387,11 +547,8 @@ impl EmbeddedPostgres {
                 self.socket_dir.display()
             ),
         }
-        self.owns_server = false;
         log::info!(
-            "adopted the PostgreSQL server already running in {}; it is left running on exit \
-             (stop it with `pg_ctl stop -D {}`)",
-            self.pgdata.display(),
+            "using the PostgreSQL server already running in {}",
             self.pgdata.display()
         );
     }
@@ -411,7 +568,6 @@ impl EmbeddedPostgres {
             .arg(server_options(&self.socket_dir, self.port));
         match run(cmd) {
             Ok(_) => {
-                self.owns_server = true;
                 log::info!(
                     "started PostgreSQL in {} (socket {}, log {})",
                     self.pgdata.display(),
@@ -453,7 +609,7 @@ impl EmbeddedPostgres {
         }
         let mut cmd = self.tool("createdb");
         self.connection_args(&mut cmd);
-        cmd.arg(dbname);
+        cmd.args(["-O", CRABLET_ROLE]).arg(dbname);
         match run(cmd) {
             Ok(_) => {
                 log::info!("created database {dbname}");
@@ -489,13 +645,13 @@ impl EmbeddedPostgres {
         Ok(String::from_utf8_lossy(&output.stdout).trim() == "1")
     }
 
-    /// `-h <socket dir> -p <port> -U crablet`.
+    /// `-h <socket dir> -p <port> -U <admin user>`.
     fn connection_args(&self, cmd: &mut Command) {
         cmd.arg("-h")
             .arg(&self.socket_dir)
             .arg("-p")
             .arg(self.port.to_string())
-            .args(["-U", SUPERUSER]);
+            .args(["-U", self.admin_user]);
     }
 
     /// A command for one of the PostgreSQL tools, run as the server's user, in
@@ -517,29 +673,45 @@ impl EmbeddedPostgres {
 
 impl Drop for EmbeddedPostgres {
     fn drop(&mut self) {
-        if let Err(e) = self.stop() {
+        if let Err(e) = self.stop().map(drop) {
             log::error!("stopping PostgreSQL in {}: {e}", self.pgdata.display());
         }
     }
 }
 
-/// Foreground mode for `crablet postgres --data-dir DIR`: start, print exactly one
-/// line `DATABASE_URL=<connection_string("crablet")>` to stdout (flushed), then
-/// block until stdin reaches EOF or SIGINT/SIGTERM arrives, then stop.
+/// Foreground mode for `crablet postgres --data-dir DIR`: start, print two lines
+/// to stdout (flushed), `DATABASE_URL=<connection_string("crablet")>` first and
+/// `ADMIN_DATABASE_URL=<admin_connection_string("postgres")>` second, then block
+/// until stdin reaches EOF or SIGINT/SIGTERM arrives, then stop (as a holder: the
+/// server stops if no other crablet uses it). With `remove_data_dir`, the data
+/// directory is deleted after a stop that stopped the server.
 ///
 /// Used by the test harness and the load tester, which keep the pipe to its stdin
 /// open and so the cluster dies with them. Call it outside any async runtime: it
 /// builds its own small one to wait for signals.
-pub fn run_foreground(data_dir: &Path) -> Result<(), EmbeddedError> {
+pub fn run_foreground(data_dir: &Path, remove_data_dir: bool) -> Result<(), EmbeddedError> {
     let mut pg = EmbeddedPostgres::start(data_dir)?;
     let mut stdout = io::stdout().lock();
     writeln!(stdout, "DATABASE_URL={}", pg.connection_string(DATABASE))
+        .and_then(|()| {
+            writeln!(
+                stdout,
+                "ADMIN_DATABASE_URL={}",
+                pg.admin_connection_string("postgres")
+            )
+        })
         .and_then(|()| stdout.flush())
         .map_err(|e| io_error(e, "writing DATABASE_URL to stdout".to_owned()))?;
     drop(stdout);
     let reason = wait_for_shutdown()?;
     log::info!("{reason}: shutting down");
-    pg.stop()
+    let stopped = pg.stop()?;
+    if remove_data_dir && stopped {
+        let dir = pg.data_dir().to_path_buf();
+        fs::remove_dir_all(&dir).map_err(|e| io_error(e, format!("removing {}", dir.display())))?;
+        log::info!("removed {}", dir.display());
+    }
+    Ok(())
 }
 
 /// Blocks until stdin reaches EOF, SIGINT or SIGTERM, and says which.
@@ -726,6 +898,21 @@ fn server_options(socket_dir: &Path, port: u16) -> String {
         let _ = write!(options, " -c {name}={value}");
     }
     options
+}
+
+/// The text of `crablet.conf`: the settings of [`server_options`], for a server
+/// started without them (by hand). `socket_dir` is a plain path.
+fn crablet_conf(socket_dir: &Path, port: u16) -> String {
+    let mut conf = String::from(
+        "# Written by crablet at every start; edits are overwritten.\n\
+         # No TCP listener: the only way in is the private unix socket.\n",
+    );
+    let _ = writeln!(conf, "port = {port}");
+    let _ = writeln!(conf, "unix_socket_directories = '{}'", socket_dir.display());
+    for (name, value) in SERVER_SETTINGS {
+        let _ = writeln!(conf, "{name} = '{value}'");
+    }
+    conf
 }
 
 /// Port and first socket directory from a `postmaster.pid` (lines 4 and 5).
@@ -1153,7 +1340,6 @@ mod tests {
         let data_dir = root.0.join("data");
 
         let mut pg = EmbeddedPostgres::start(&data_dir).expect("first start runs initdb");
-        assert!(pg.owns_server);
         assert!(pg.pgdata.join("PG_VERSION").exists());
         let expected = format!(
             "host={} port=5432 user=crablet dbname=crablet",
@@ -1165,15 +1351,23 @@ mod tests {
         assert_eq!(mode & 0o777, 0o700);
         assert_eq!(current_database(&pg).expect("psql connects"), "crablet");
 
-        // A second start on the same data directory adopts the running server
-        // and leaves it running when dropped.
-        let adopted = EmbeddedPostgres::start(&data_dir).expect("second start adopts");
-        assert!(!adopted.owns_server);
-        assert_eq!(adopted.connection_string("crablet"), expected);
-        drop(adopted);
+        // A second holder on the same data directory uses the running server;
+        // the server outlives whichever holder stops first.
+        let mut second = EmbeddedPostgres::start(&data_dir).expect("second start adopts");
+        assert_eq!(second.connection_string("crablet"), expected);
+        assert!(
+            !second.stop().expect("second stops"),
+            "another holder is left"
+        );
         assert!(pg.is_running().expect("pg_ctl status"));
+        let third = EmbeddedPostgres::start(&data_dir).expect("third start adopts");
+        assert!(!pg.stop().expect("first stops"), "another holder is left");
+        assert_eq!(current_database(&third).expect("psql connects"), "crablet");
+        drop(third); // the last holder: stops the server
 
-        pg.stop().expect("stop");
+        assert!(!pg.is_running().expect("pg_ctl status"));
+        let mut pg = EmbeddedPostgres::start(&data_dir).expect("start again");
+        assert!(pg.stop().expect("stop"), "the only holder stops the server");
         assert!(!pg.is_running().expect("pg_ctl status"));
         assert!(!pg.pgdata.join("postmaster.pid").exists());
         assert!(current_database(&pg).is_err());
@@ -1181,12 +1375,92 @@ mod tests {
 
         // Later starts reuse the cluster; dropping the value stops the server.
         let restarted = EmbeddedPostgres::start(&data_dir).expect("restart");
-        assert!(restarted.owns_server);
         assert_eq!(
             current_database(&restarted).expect("psql connects"),
             "crablet"
         );
         drop(restarted);
         assert!(!pg.is_running().expect("pg_ctl status"));
+    }
+
+    /// Runs `sql` through crablet's own connection string; returns its output.
+    fn as_crablet(pg: &EmbeddedPostgres, sql: &str) -> String {
+        let mut cmd = pg.tool("psql");
+        cmd.args(["-X", "-t", "-A", "-c", sql])
+            .arg(pg.connection_string(DATABASE));
+        let output = run(cmd).expect("psql as crablet");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    #[test]
+    fn the_cluster_is_hardened_on_disk_and_crablet_is_not_a_superuser() {
+        let root = TempDir::new("hardening");
+        let data_dir = root.0.join("data");
+        let mut pg = EmbeddedPostgres::start(&data_dir).expect("start");
+
+        // crablet's role: not a superuser, owner of its database.
+        assert_eq!(
+            as_crablet(
+                &pg,
+                "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+            ),
+            "f"
+        );
+        assert_eq!(
+            as_crablet(
+                &pg,
+                "SELECT pg_get_userbyid(datdba) FROM pg_database \
+                 WHERE datname = current_database()"
+            ),
+            "crablet"
+        );
+
+        // On disk: postgresql.conf includes crablet.conf, which has no TCP
+        // listener; pg_hba.conf has no TCP line.
+        let conf = fs::read_to_string(pg.pgdata.join("postgresql.conf")).expect("conf");
+        assert_eq!(conf.lines().last(), Some(INCLUDE_LINE));
+        let crablet_conf = fs::read_to_string(pg.pgdata.join(CRABLET_CONF)).expect("crablet.conf");
+        assert!(
+            crablet_conf.contains("listen_addresses = ''"),
+            "{crablet_conf}"
+        );
+        assert!(crablet_conf.contains("unix_socket_permissions = '0700'"));
+        let hba = fs::read_to_string(pg.pgdata.join("pg_hba.conf")).expect("pg_hba.conf");
+        let rules: Vec<&str> = hba
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+            .collect();
+        assert!(
+            rules.iter().all(|l| l.starts_with("local")),
+            "pg_hba.conf rules: {rules:?}"
+        );
+        assert!(pg.stop().expect("stop"));
+
+        // An operator's plain `pg_ctl start`, without crablet's options.
+        let mut by_hand = pg.tool("pg_ctl");
+        by_hand
+            .arg("start")
+            .arg("-D")
+            .arg(&pg.pgdata)
+            .arg("-l")
+            .arg(log_file(&pg.data_dir))
+            .args(["-w", "-t", "60"]);
+        run(by_hand).expect("pg_ctl start by hand");
+        let pid_file = fs::read_to_string(pg.pgdata.join("postmaster.pid")).expect("pid file");
+        // Line 6 of postmaster.pid is the first TCP address listened on.
+        let listen = pid_file
+            .lines()
+            .nth(5)
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let shown = as_crablet(&pg, "SHOW listen_addresses");
+        let mut stop = pg.tool("pg_ctl");
+        stop.arg("stop")
+            .arg("-D")
+            .arg(&pg.pgdata)
+            .args(["-m", "fast", "-w"]);
+        run(stop).expect("pg_ctl stop by hand");
+        assert_eq!((listen.as_str(), shown.as_str()), ("", ""));
     }
 }

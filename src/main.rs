@@ -36,11 +36,17 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
-    /// Run only the embedded PostgreSQL: prints `DATABASE_URL=...` and runs
-    /// until stdin closes or a signal arrives (for tests and load tests).
+    /// Run only the embedded PostgreSQL: prints `DATABASE_URL=...` (crablet's
+    /// role) then `ADMIN_DATABASE_URL=...` (the cluster's superuser, database
+    /// `postgres`) and runs until stdin closes or a signal arrives (for tests
+    /// and load tests).
     Postgres {
         #[arg(long, default_value = "./data")]
         data_dir: PathBuf,
+        /// Delete the data directory after stopping the cluster (when no other
+        /// crablet still uses it): for throw-away clusters.
+        #[arg(long)]
+        remove_data_dir_on_exit: bool,
     },
 }
 
@@ -61,9 +67,11 @@ fn main() -> ExitCode {
                 data_dir,
             },
         ),
-        Command::Postgres { data_dir } => {
-            crablet::embedded::run_foreground(&data_dir).map_err(|e| e.to_string())
-        }
+        Command::Postgres {
+            data_dir,
+            remove_data_dir_on_exit,
+        } => crablet::embedded::run_foreground(&data_dir, remove_data_dir_on_exit)
+            .map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -80,6 +88,6 @@ fn serve(config: Option<PathBuf>, overrides: Overrides) -> Result<(), String> {
         let app = Application::build(settings)
             .await
             .map_err(|e| e.to_string())?;
-        app.run_until_stopped().await.map_err(|e| e.to_string())
+        app.run_until_signalled().await.map_err(|e| e.to_string())
     })
 }

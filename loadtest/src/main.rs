@@ -35,7 +35,7 @@ enum Command {
     Run(RunArgs),
     /// Load N events quickly with large batched appends (tag <prefix>:<i/10>).
     Preload(PreloadArgs),
-    /// Measure every goal of targets.md beside its raw PostgreSQL baseline.
+    /// Measure every goal (P1-P6) beside its raw PostgreSQL baseline.
     Bench(BenchArgs),
 }
 

@@ -128,15 +128,29 @@ pub type LiveConnection = bb8::PooledConnection<'static, ConnectionManager>;
 /// been closed by the server since it was returned (a PostgreSQL restart
 /// closes them all); such a one goes back to the pool, which discards it,
 /// and the next is tried, so the caller never pays for the restart.
+///
+/// The whole checkout, however many tries it takes, is bounded by the pool's
+/// connection timeout: while the database is unreachable a caller waits that
+/// long once, never once per try.
 pub async fn checkout(pool: &Pool) -> Result<LiveConnection, super::StoreError> {
+    let bound = pool.config().connection_timeout;
     let attempts = pool.state().connections + 1;
-    for _ in 0..attempts {
-        let conn = pool.get_owned().await?;
-        if !conn.client.is_closed() {
-            return Ok(conn);
+    let tries = async {
+        for _ in 0..attempts {
+            let conn = pool.get_owned().await?;
+            if !conn.client.is_closed() {
+                return Ok(conn);
+            }
         }
-    }
-    Ok(pool.get_owned().await?)
+        Ok(pool.get_owned().await?)
+    };
+    tokio::time::timeout(bound, tries)
+        .await
+        .unwrap_or_else(|_| {
+            Err(super::StoreError::Unavailable(
+                "timed out waiting for a database connection".into(),
+            ))
+        })
 }
 
 /// How a pool is sized and how long a caller waits for a connection.

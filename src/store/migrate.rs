@@ -1,102 +1,261 @@
-//! The migrator: applies `sql/migrations/*.sql` in order, once each, and
-//! records the versions it applied in `crablet_schema_migrations`.
+//! The migrator: applies `sql/migrations/*.sql` in order and records each one
+//! it applied, with a checksum of its text, in `crablet_schema_migrations`.
+//!
+//! Two kinds of migration, flagged in [`MIGRATIONS`]:
+//!
+//! - **schema** migrations (tables, indexes, sequences) run once. Their text
+//!   must never change after release: one whose recorded checksum differs
+//!   from this build's is refused, and crablet does not start.
+//! - **repeatable** migrations (`CREATE OR REPLACE FUNCTION ...`) are applied
+//!   again whenever their text changes, so an edited function reaches every
+//!   existing database at the next start.
 //!
 //! Several crablet processes may start at once against one database: the
-//! whole run holds an advisory lock, so exactly one applies what is missing
-//! and the others then find it applied.
+//! whole run, the creation of the bookkeeping table included, holds a session
+//! advisory lock taken before any DDL (two concurrent `CREATE TABLE IF NOT
+//! EXISTS` can both pass the check and one then fails on the catalog's unique
+//! index). Exactly one process applies what is missing; the others wait, then
+//! find it applied. What it must not do: anything but DDL and its bookkeeping.
 
 use tokio_postgres::Client;
 
-/// Every migration, in the order it is applied. Append only: never edit or
-/// reorder a released migration.
-const MIGRATIONS: &[(i32, &str, &str)] = &[
-    (
-        1,
-        "events",
-        include_str!("../../sql/migrations/001_events.sql"),
-    ),
-    (
-        2,
-        "event_keys",
-        include_str!("../../sql/migrations/002_event_keys.sql"),
-    ),
-    (
-        3,
-        "events_position_seq",
-        include_str!("../../sql/migrations/003_events_position_seq.sql"),
-    ),
-    (
-        4,
-        "append_batch",
-        include_str!("../../sql/migrations/004_append_batch.sql"),
-    ),
-    (
-        5,
-        "event_ids",
-        include_str!("../../sql/migrations/005_event_ids.sql"),
-    ),
+/// One migration file.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Applied in increasing order, starting at 1 with no gaps.
+    pub version: i32,
+    /// Recorded beside the version, for the operator.
+    pub name: &'static str,
+    /// The SQL, run as one transaction.
+    pub sql: &'static str,
+    /// Applied again whenever its text changes (functions); otherwise its
+    /// text is frozen once applied (schema).
+    pub repeatable: bool,
+}
+
+/// Every migration, in the order it is applied. Schema migrations are append
+/// only: never edit or reorder a released one, add a new one instead.
+/// Repeatable ones may be edited; their new text is applied at the next start.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "events",
+        sql: include_str!("../../sql/migrations/001_events.sql"),
+        repeatable: false,
+    },
+    Migration {
+        version: 2,
+        name: "event_keys",
+        sql: include_str!("../../sql/migrations/002_event_keys.sql"),
+        repeatable: false,
+    },
+    Migration {
+        version: 3,
+        name: "events_position_seq",
+        sql: include_str!("../../sql/migrations/003_events_position_seq.sql"),
+        repeatable: false,
+    },
+    Migration {
+        version: 4,
+        name: "append_batch",
+        sql: include_str!("../../sql/migrations/004_append_batch.sql"),
+        repeatable: true,
+    },
+    Migration {
+        version: 5,
+        name: "event_ids",
+        sql: include_str!("../../sql/migrations/005_event_ids.sql"),
+        repeatable: false,
+    },
 ];
 
 /// Advisory lock key held while migrating ("CRABLETM").
 const MIGRATION_LOCK_KEY: i64 = 0x4352_4142_4c45_544d;
 
-/// Applies the missing migrations; returns how many were applied.
-pub async fn run(client: &mut Client) -> Result<usize, tokio_postgres::Error> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS crablet_schema_migrations (
-                 version    int PRIMARY KEY,
-                 name       text NOT NULL,
-                 applied_at timestamptz NOT NULL DEFAULT now()
-             )",
-        )
-        .await?;
+/// The bookkeeping table; `checksum` was added after the first release, hence
+/// the separate, idempotent `ADD COLUMN`.
+const BOOKKEEPING_DDL: &str = "
+    CREATE TABLE IF NOT EXISTS crablet_schema_migrations (
+        version    int PRIMARY KEY,
+        name       text NOT NULL,
+        applied_at timestamptz NOT NULL DEFAULT now()
+    );
+    ALTER TABLE crablet_schema_migrations ADD COLUMN IF NOT EXISTS checksum text;
+";
+
+/// Why the schema could not be brought up to date.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("database error while migrating: {}", describe(.0))]
+    Database(#[from] tokio_postgres::Error),
+    /// A schema migration's text differs from the one applied to this
+    /// database: the schema may not be what this build expects.
+    #[error(
+        "schema migration {version:03} {name} was changed after it was applied to this \
+         database (recorded checksum {recorded}, this build's {current}); released schema \
+         migrations must not be edited: restore its text and add a new migration instead"
+    )]
+    ChangedSchemaMigration {
+        version: i32,
+        name: &'static str,
+        recorded: String,
+        current: String,
+    },
+}
+
+/// tokio-postgres says only "db error"; the server's message is in its source.
+fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{error}: {db}"),
+        None => error.to_string(),
+    }
+}
+
+/// What one run did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Migrations applied for the first time.
+    pub applied: usize,
+    /// Repeatable migrations applied again because their text changed.
+    pub reapplied: usize,
+}
+
+/// The checksum recorded for a migration's text (xxh3-128, hex).
+pub fn checksum(sql: &str) -> String {
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(sql.as_bytes()))
+}
+
+/// Brings the schema up to date under the migration lock.
+pub async fn run(client: &mut Client) -> Result<MigrationReport, MigrateError> {
+    // The lock comes first: nothing, not even the bookkeeping table, is
+    // created outside it.
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await?;
-    let result = apply_missing(client).await;
+    let result = apply_under_lock(client).await;
     let unlock = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
         .await;
-    let applied = result?;
+    let report = result?;
     unlock?;
-    Ok(applied)
+    Ok(report)
 }
 
-async fn apply_missing(client: &mut Client) -> Result<usize, tokio_postgres::Error> {
-    let applied: Vec<i32> = client
-        .query("SELECT version FROM crablet_schema_migrations", &[])
+async fn apply_under_lock(client: &mut Client) -> Result<MigrationReport, MigrateError> {
+    client.batch_execute(BOOKKEEPING_DDL).await?;
+    let recorded: Vec<(i32, Option<String>)> = client
+        .query(
+            "SELECT version, checksum FROM crablet_schema_migrations",
+            &[],
+        )
         .await?
         .iter()
-        .map(|row| row.get(0))
+        .map(|row| (row.get(0), row.get(1)))
         .collect();
-    let mut count = 0;
-    for &(version, name, sql) in MIGRATIONS {
-        if applied.contains(&version) {
-            continue;
+    if let Some(newest) = recorded.iter().map(|(v, _)| *v).max() {
+        let known = MIGRATIONS.last().map_or(0, |m| m.version);
+        if newest > known {
+            log::warn!(
+                "this database has migration {newest:03}, newer than this build knows \
+                 ({known:03}); a newer crablet has used it"
+            );
         }
-        let tx = client.transaction().await?;
-        tx.batch_execute(sql).await?;
-        tx.execute(
-            "INSERT INTO crablet_schema_migrations (version, name) VALUES ($1, $2)",
-            &[&version, &name],
+    }
+    let mut report = MigrationReport::default();
+    for migration in MIGRATIONS {
+        let current = checksum(migration.sql);
+        let previous = recorded
+            .iter()
+            .find(|(version, _)| *version == migration.version)
+            .map(|(_, sum)| sum.clone());
+        match previous {
+            None => {
+                apply(client, migration, &current).await?;
+                log::info!(
+                    "applied migration {:03} {}",
+                    migration.version,
+                    migration.name
+                );
+                report.applied += 1;
+            }
+            Some(Some(sum)) if sum == current => {}
+            // Applied by a version that recorded no checksum: a schema
+            // migration is taken as it is; a function is applied again, as
+            // nothing says which text the database holds.
+            Some(None) if !migration.repeatable => {
+                record_checksum(client, migration, &current).await?;
+            }
+            Some(recorded) if migration.repeatable => {
+                apply(client, migration, &current).await?;
+                log::info!(
+                    "re-applied migration {:03} {}: its text changed (checksum {} -> {current})",
+                    migration.version,
+                    migration.name,
+                    recorded.as_deref().unwrap_or("none"),
+                );
+                report.reapplied += 1;
+            }
+            Some(recorded) => {
+                return Err(MigrateError::ChangedSchemaMigration {
+                    version: migration.version,
+                    name: migration.name,
+                    recorded: recorded.unwrap_or_default(),
+                    current,
+                });
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Runs a migration and records it, in one transaction.
+async fn apply(
+    client: &mut Client,
+    migration: &Migration,
+    checksum: &str,
+) -> Result<(), MigrateError> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(migration.sql).await?;
+    tx.execute(
+        "INSERT INTO crablet_schema_migrations (version, name, checksum) VALUES ($1, $2, $3)
+         ON CONFLICT (version) DO UPDATE
+             SET name = EXCLUDED.name, checksum = EXCLUDED.checksum, applied_at = now()",
+        &[&migration.version, &migration.name, &checksum],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn record_checksum(
+    client: &mut Client,
+    migration: &Migration,
+    checksum: &str,
+) -> Result<(), MigrateError> {
+    client
+        .execute(
+            "UPDATE crablet_schema_migrations SET checksum = $2 WHERE version = $1",
+            &[&migration.version, &checksum],
         )
         .await?;
-        tx.commit().await?;
-        log::info!("applied migration {version:03} {name}");
-        count += 1;
-    }
-    Ok(count)
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::MIGRATIONS;
+    use super::{checksum, MIGRATIONS};
 
     #[test]
     fn migration_versions_increase_by_one_from_one() {
-        for (i, (version, _, _)) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(*version as usize, i + 1);
+        for (i, migration) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(migration.version as usize, i + 1);
         }
+    }
+
+    #[test]
+    fn checksums_follow_the_text() {
+        assert_eq!(checksum("a"), checksum("a"));
+        assert_ne!(checksum("a"), checksum("a "));
+        assert_eq!(checksum("").len(), 32);
     }
 }

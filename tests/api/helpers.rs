@@ -1,12 +1,16 @@
 //! Test harness: one private PostgreSQL cluster per test run, a fresh
 //! database and a fresh server on a free port per test.
 //!
-//! The cluster is started with `crablet postgres` (the embedded mode of the
-//! binary under test) unless `CRABLET_TEST_DATABASE_URL` names a server to
-//! use instead. The harness keeps the child's stdin open; when the test
-//! process exits the pipe closes and the cluster stops.
+//! The cluster is started with `crablet postgres --remove-data-dir-on-exit`
+//! (the embedded mode of the binary under test) in a directory of this test
+//! process's own, unless `CRABLET_TEST_DATABASE_URL` names a server to use
+//! instead. The harness keeps the child's stdin open; when the test process
+//! exits the pipe closes, the cluster stops and its directory is removed.
+//! Each test's database is dropped when its guard ([`TestDatabase`], held by
+//! [`TestApp`]) drops.
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -14,12 +18,16 @@ use std::time::Duration;
 use crablet::app::Application;
 use crablet::config::{Overrides, Settings};
 use crablet::dcb::SequencedEvent;
+use crablet::embedded::EmbeddedPostgres;
 use serde_json::{json, Value};
 
 /// The PostgreSQL the tests create their databases in.
 struct Cluster {
-    /// Connection string without `dbname`.
+    /// crablet's connection string without `dbname`.
     base: String,
+    /// A superuser's connection string (database `postgres`), to create and
+    /// drop the test databases.
+    admin: String,
     /// Held open for the process lifetime: closing it stops the cluster.
     _stdin: Option<Mutex<ChildStdin>>,
     _child: Option<Mutex<Child>>,
@@ -32,18 +40,18 @@ fn cluster() -> &'static Cluster {
         if let Ok(url) = std::env::var("CRABLET_TEST_DATABASE_URL") {
             return Cluster {
                 base: strip_dbname(&url),
+                admin: format!("{} dbname=postgres", strip_dbname(&url)),
                 _stdin: None,
                 _child: None,
             };
         }
         let data_dir = std::env::temp_dir().join(format!(
-            "crablet-test-{}",
-            std::env::current_dir()
-                .map(|d| format!("{:x}", fxhash(d.to_string_lossy().as_bytes())))
-                .unwrap_or_default()
+            "crablet-test-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
         ));
         let mut child = Command::new(env!("CARGO_BIN_EXE_crablet"))
-            .args(["postgres", "--data-dir"])
+            .args(["postgres", "--remove-data-dir-on-exit", "--data-dir"])
             .arg(&data_dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -51,27 +59,24 @@ fn cluster() -> &'static Cluster {
             .spawn()
             .expect("spawn `crablet postgres`");
         let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read DATABASE_URL line");
-        let url = line
-            .trim()
-            .strip_prefix("DATABASE_URL=")
-            .unwrap_or_else(|| panic!("`crablet postgres` printed {line:?}"))
-            .to_string();
+        let mut stdout = BufReader::new(stdout);
+        let mut read_value = |prefix: &str| {
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("read a line");
+            line.trim()
+                .strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("`crablet postgres` printed {line:?}"))
+                .to_string()
+        };
+        let url = read_value("DATABASE_URL=");
+        let admin = read_value("ADMIN_DATABASE_URL=");
         let stdin = child.stdin.take();
         Cluster {
             base: strip_dbname(&url),
+            admin,
             _stdin: stdin.map(Mutex::new),
             _child: Some(Mutex::new(child)),
         }
-    })
-}
-
-fn fxhash(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325_u64, |h, b| {
-        (h ^ *b as u64).wrapping_mul(0x100000001b3)
     })
 }
 
@@ -82,28 +87,89 @@ fn strip_dbname(conn: &str) -> String {
         .join(" ")
 }
 
-/// Creates a fresh database and returns its connection string.
-pub async fn fresh_database() -> String {
-    let base = cluster().base.clone();
+/// A test's own database, dropped (with its connections) when this drops.
+/// Dereferences to its connection string.
+pub struct TestDatabase {
+    name: String,
+    url: String,
+}
+
+impl std::ops::Deref for TestDatabase {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.url
+    }
+}
+
+impl std::fmt::Display for TestDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // On a thread of its own: Drop cannot await, and the test's runtime
+        // may be the one being dropped.
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let admin = cluster().admin.clone();
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let (client, connection) =
+                    tokio_postgres::connect(&admin, tokio_postgres::NoTls).await?;
+                let driver = tokio::spawn(connection);
+                let result = client.batch_execute(&sql).await;
+                drop(client);
+                let _ = driver.await;
+                result
+            })?;
+            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}: {dropped:?}", self.name);
+        }
+    }
+}
+
+/// Creates a fresh database owned by crablet's role; dropped with the guard.
+pub async fn fresh_database() -> TestDatabase {
+    let cluster = cluster();
     let name = format!("crablet_test_{:016x}", rand::random::<u64>());
-    let (client, connection) =
-        tokio_postgres::connect(&format!("{base} dbname=postgres"), tokio_postgres::NoTls)
-            .await
-            .expect("connect to the test cluster");
+    let (client, connection) = tokio_postgres::connect(&cluster.admin, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test cluster");
     let driver = actix_rt::spawn(connection);
+    let owner = owner_of(&cluster.base);
     client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .batch_execute(&format!("CREATE DATABASE {name} OWNER {owner}"))
         .await
         .expect("create test database");
     drop(client);
     let _ = driver.await;
-    format!("{base} dbname={name}")
+    TestDatabase {
+        url: format!("{} dbname={name}", cluster.base),
+        name,
+    }
+}
+
+/// The `user=` of a key-value connection string (crablet's role), else the
+/// current user.
+fn owner_of(conn: &str) -> String {
+    conn.split_whitespace()
+        .find_map(|part| part.strip_prefix("user="))
+        .map_or_else(|| "CURRENT_USER".to_owned(), str::to_owned)
 }
 
 /// A running server and a client for it.
 pub struct TestApp {
     pub address: String,
     pub http: reqwest::Client,
+    /// The database it serves, when the harness created it for this app.
+    _database: Option<TestDatabase>,
 }
 
 /// Starts a server with default settings on a fresh database.
@@ -113,8 +179,10 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts a server on a fresh database, with settings adjusted by `tune`.
 pub async fn spawn_app_with(tune: impl FnOnce(&mut Settings)) -> TestApp {
-    let database_url = fresh_database().await;
-    spawn_app_on(&database_url, tune).await
+    let database = fresh_database().await;
+    let mut app = spawn_app_on(&database, tune).await;
+    app._database = Some(database);
+    app
 }
 
 /// Starts a server on an existing database.
@@ -136,6 +204,7 @@ pub async fn spawn_app_on(database_url: &str, tune: impl FnOnce(&mut Settings)) 
     TestApp {
         address,
         http: client(),
+        _database: None,
     }
 }
 
@@ -147,10 +216,105 @@ pub fn client() -> reqwest::Client {
         .expect("http client")
 }
 
+/// A private cluster of one test's own, so stopping or restarting it disturbs
+/// no other test. Stopped and removed on drop.
+pub struct OwnCluster {
+    pub dir: PathBuf,
+    pub pg: Option<EmbeddedPostgres>,
+}
+
+impl OwnCluster {
+    pub async fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("crablet-recovery-{}", rand::random::<u64>()));
+        let pg = Self::start_in(dir.clone()).await;
+        OwnCluster { dir, pg: Some(pg) }
+    }
+
+    pub async fn start_in(dir: PathBuf) -> EmbeddedPostgres {
+        tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir))
+            .await
+            .expect("join")
+            .expect("start the test's own PostgreSQL")
+    }
+
+    pub async fn restart(&mut self) {
+        let mut pg = self.pg.take().expect("running");
+        tokio::task::spawn_blocking(move || pg.stop())
+            .await
+            .expect("join")
+            .expect("stop");
+        self.pg = Some(Self::start_in(self.dir.clone()).await);
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        if let Some(mut pg) = self.pg.take() {
+            let _ = pg.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl OwnCluster {
+    /// Its connection string for database `crablet`.
+    pub fn url(&self) -> String {
+        self.pg
+            .as_ref()
+            .expect("running")
+            .connection_string("crablet")
+    }
+
+    /// Stops the server (`pg_ctl stop -m fast`).
+    pub async fn stop(&mut self) {
+        if let Some(mut pg) = self.pg.take() {
+            tokio::task::spawn_blocking(move || pg.stop())
+                .await
+                .expect("join")
+                .expect("stop");
+        }
+    }
+
+    /// Starts it again after [`stop`](Self::stop).
+    pub async fn start_again(&mut self) {
+        assert!(self.pg.is_none(), "already running");
+        self.pg = Some(Self::start_in(self.dir.clone()).await);
+    }
+}
+
 /// A server running as a separate `crablet serve` process.
 pub struct ServerProcess {
     pub address: String,
     child: Child,
+}
+
+impl ServerProcess {
+    /// Sends `signal` (a name such as `INT`, `TERM`, `KILL`) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        send_signal(self.child.id(), signal);
+    }
+
+    /// Waits up to `bound` for the process to exit.
+    pub async fn wait_exit(&mut self, bound: Duration) -> Option<std::process::ExitStatus> {
+        let started = std::time::Instant::now();
+        while started.elapsed() < bound {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+}
+
+/// Sends `signal` (`INT`, `TERM`, `KILL`...) to process `pid` with kill(1).
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
 impl Drop for ServerProcess {
@@ -162,24 +326,57 @@ impl Drop for ServerProcess {
 
 /// Starts `crablet serve` as a child process on `database_url`.
 pub async fn spawn_process(database_url: &str) -> ServerProcess {
+    start_process(
+        |command| {
+            command.env("DATABASE_URL", database_url);
+        },
+        Duration::from_secs(10),
+    )
+    .await
+}
+
+/// Starts `crablet serve --data-dir <data_dir>`: the embedded cluster.
+pub async fn spawn_embedded_process(data_dir: &std::path::Path) -> ServerProcess {
+    start_process(
+        |command| {
+            command
+                .env_remove("DATABASE_URL")
+                .env_remove("CRABLET_DATABASE_URL")
+                .arg("--data-dir")
+                .arg(data_dir);
+        },
+        // initdb on first use takes seconds.
+        Duration::from_secs(60),
+    )
+    .await
+}
+
+/// Runs `crablet serve` on a free port, with arguments and environment
+/// completed by `configure`, and waits up to `ready` for `/health`.
+async fn start_process(configure: impl FnOnce(&mut Command), ready: Duration) -> ServerProcess {
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
         listener.local_addr().expect("addr").port()
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_crablet"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("DATABASE_URL", database_url)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_crablet"));
+    command.args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
+    configure(&mut command);
+    let mut child = command
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .spawn()
         .expect("spawn crablet serve");
     let address = format!("http://127.0.0.1:{port}");
     let http = client();
-    for _ in 0..200 {
+    let started = std::time::Instant::now();
+    while started.elapsed() < ready {
         if let Ok(r) = http.get(format!("{address}/health")).send().await {
             if r.status().is_success() {
                 return ServerProcess { address, child };
             }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("crablet serve on port {port} exited with {status}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -291,4 +488,14 @@ pub fn unless_tagged(tags: &[&str], after: Option<i64>) -> Value {
         condition["after"] = json!(after);
     }
     condition
+}
+
+/// A plain client on `database_url`, for tests that inspect or tamper with the
+/// database directly. Its connection runs on the current actix arbiter.
+pub async fn db_client(database_url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    actix_rt::spawn(connection);
+    client
 }

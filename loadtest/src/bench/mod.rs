@@ -1,4 +1,4 @@
-//! The one-command benchmark: every performance goal of targets.md (P1–P6) measured
+//! The one-command benchmark: every performance goal (P1–P6, listed in [`Goal`]) measured
 //! beside its raw PostgreSQL baseline, in one invocation, on one PostgreSQL.
 //!
 //! Owns the plan (which workload, how long, in which database), the sequence of
@@ -99,7 +99,8 @@ const DB_VOLUME: &str = "crablet_bench_1m";
 /// crablet's soak store.
 const DB_SOAK: &str = "crablet_bench_soak";
 
-/// The goals of targets.md.
+/// The performance goals the benchmark measures (P1-P6; the README's Performance
+/// section states each one with its target).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
 pub enum Goal {
     /// Conditional appends, disjoint keys, 64 clients, vs raw INSERT.
@@ -355,7 +356,10 @@ pub async fn run(cfg: BenchConfig) -> anyhow::Result<BenchReport> {
             );
             let pg =
                 PrivatePostgres::start(bin, &tmp.join("pgdata"), &tmp.join("postgres.log")).await?;
-            let url = pg.database_url.clone();
+            let url = pg
+                .admin_url
+                .clone()
+                .unwrap_or_else(|| pg.database_url.clone());
             cluster = Some(pg);
             url
         }

@@ -28,8 +28,11 @@ const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(60);
 const READY_POLL: Duration = Duration::from_millis(100);
 /// Bound on one `/health` probe.
 const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Prefix of the line `crablet postgres` prints.
+/// Prefix of the first line `crablet postgres` prints (crablet's role).
 const DATABASE_URL_PREFIX: &str = "DATABASE_URL=";
+/// Prefix of the second line `crablet postgres` prints (the cluster's superuser);
+/// older versions print only the first.
+const ADMIN_DATABASE_URL_PREFIX: &str = "ADMIN_DATABASE_URL=";
 /// Bytes per KiB.
 const KIB: f64 = 1024.0;
 
@@ -39,8 +42,11 @@ pub struct PrivatePostgres {
     child: Child,
     /// Held open for the cluster's lifetime; dropping it asks it to stop.
     stdin: Option<ChildStdin>,
-    /// The connection string it printed.
+    /// The connection string it printed for crablet's role.
     pub database_url: String,
+    /// The superuser's connection string, when it printed one: the bench
+    /// creates and drops databases with it.
+    pub admin_url: Option<String>,
 }
 
 impl PrivatePostgres {
@@ -61,17 +67,23 @@ impl PrivatePostgres {
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().context("no stdout pipe")?;
         let mut lines = BufReader::new(stdout).lines();
-        let url = tokio::time::timeout(POSTGRES_START_TIMEOUT, async {
+        let urls = tokio::time::timeout(POSTGRES_START_TIMEOUT, async {
             while let Some(line) = lines.next_line().await? {
                 if let Some(url) = line.trim().strip_prefix(DATABASE_URL_PREFIX) {
-                    return anyhow::Ok(Some(url.to_string()));
+                    // The admin line, if any, follows at once.
+                    let admin = lines.next_line().await?.and_then(|next| {
+                        next.trim()
+                            .strip_prefix(ADMIN_DATABASE_URL_PREFIX)
+                            .map(str::to_string)
+                    });
+                    return anyhow::Ok(Some((url.to_string(), admin)));
                 }
             }
             Ok(None)
         })
         .await
         .context("crablet postgres did not print DATABASE_URL in time")??;
-        let Some(database_url) = url else {
+        let Some((database_url, admin_url)) = urls else {
             anyhow::bail!(
                 "crablet postgres exited without printing DATABASE_URL; see {}",
                 log.display()
@@ -83,6 +95,7 @@ impl PrivatePostgres {
             child,
             stdin,
             database_url,
+            admin_url,
         })
     }
 

@@ -1,4 +1,4 @@
-//! The goal table the benchmark prints: one row per goal of targets.md with the
+//! The goal table the benchmark prints: one row per goal (P1-P6) with the
 //! crablet figure, the baseline figure measured beside it, their ratio, the goal and
 //! whether it was met.
 //!
@@ -19,7 +19,7 @@ pub struct Row {
     pub baseline: String,
     /// crablet / baseline (P2: latency ratio), when both exist.
     pub ratio: Option<f64>,
-    /// The goal, as targets.md states it.
+    /// The goal, as the README states it.
     pub goal: String,
     /// Whether the goal was met (None: not measured, or the phase failed).
     pub met: Option<bool>,
