@@ -305,6 +305,8 @@ impl WriterLane {
     ) {
         self.settings.faults.hit(FaultPoint::FinishBatch);
         let failure = result.as_ref().err().map(StoreError::failure);
+        // No connection could be had: the database is unreachable.
+        let unreachable = conn.is_none() && failure == Some(Failure::Unavailable);
         // Keep the connection unless it broke or its state is unknown (a
         // refused batch leaves it idle, its transaction rolled back); one
         // not kept goes back to the pool flagged, and is discarded.
@@ -369,7 +371,22 @@ impl WriterLane {
                     .with_label_values(&[outcome])
                     .inc_by(batch.len() as u64);
                 let error = Arc::new(error);
-                for pending in batch {
+                // With the database unreachable, the appends queued behind
+                // this batch would each wait out another connection timeout:
+                // they fail now too (none was sent), so no client waits
+                // longer than one timeout; later arrivals try afresh.
+                let queued = if unreachable {
+                    let queued: Vec<Pending> = self.pending.drain(..).collect();
+                    self.update_pending_gauge();
+                    self.metrics
+                        .appends_total
+                        .with_label_values(&[outcome])
+                        .inc_by(queued.len() as u64);
+                    queued
+                } else {
+                    Vec::new()
+                };
+                for pending in batch.into_iter().chain(queued) {
                     pending
                         .reply
                         .send(Err(EventStoreError::Batch(error.clone())));
