@@ -139,6 +139,7 @@ impl Application {
                 metrics: metrics.clone(),
                 max_body_bytes,
                 page_size: reader_settings.page_size,
+                page_max_bytes: reader_settings.page_max_bytes,
                 request_timeout,
             });
             App::new()

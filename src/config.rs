@@ -83,6 +83,7 @@ pub struct ReaderSettings {
     pub pool_size: u32,
     pub pool_timeout_ms: u64,
     pub page_size: i64,
+    pub page_max_bytes: usize,
     pub mailbox_capacity: usize,
     /// Test-only panics at named points of the readers; never configured.
     #[serde(skip)]
@@ -178,6 +179,7 @@ impl Settings {
             ("writer.mailbox_capacity", self.writer.mailbox_capacity),
             ("reader.pool_size", self.reader.pool_size as usize),
             ("reader.page_size", self.reader.page_size.max(0) as usize),
+            ("reader.page_max_bytes", self.reader.page_max_bytes),
             ("reader.mailbox_capacity", self.reader.mailbox_capacity),
             (
                 "writer.connect_timeout_ms",

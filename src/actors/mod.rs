@@ -145,9 +145,10 @@ impl EventStore {
     ) -> Self {
         let (capacity, metrics) = (reader.mailbox_capacity, metrics.clone());
         let faults = reader.faults.clone();
+        let page_max_bytes = reader.page_max_bytes;
         let reader = Supervisor::start(move |ctx: &mut actix::Context<Reader>| {
             ctx.set_mailbox_capacity(capacity);
-            Reader::new(reader_pool, metrics, faults)
+            Reader::new(reader_pool, metrics, faults, page_max_bytes)
         });
         EventStore {
             writers: writers.clone(),

@@ -45,15 +45,18 @@ impl Message for Restart {
 pub struct Reader {
     pool: Pool,
     metrics: Metrics,
+    /// Where a page is cut short (`reader.page_max_bytes`).
+    page_max_bytes: usize,
     /// Test-only panics; inert unless a test arms them.
     faults: Faults,
 }
 
 impl Reader {
-    pub fn new(pool: Pool, metrics: Metrics, faults: Faults) -> Self {
+    pub fn new(pool: Pool, metrics: Metrics, faults: Faults, page_max_bytes: usize) -> Self {
         Reader {
             pool,
             metrics,
+            page_max_bytes,
             faults,
         }
     }
@@ -100,12 +103,13 @@ impl Handler<ReadPage> for Reader {
             return Box::pin(async { Err(restarted()) });
         };
         let reader = ctx.address();
+        let page_max_bytes = self.page_max_bytes;
         let work = async move {
             let mut conn = store::checkout(&pool).await?;
             // Discarded, not pooled, if the read is abandoned by a panic.
             conn.discard_on_return = true;
             faults.hit(FaultPoint::Read);
-            let result = store::read_page(&conn, &msg.query, &msg.page).await;
+            let result = store::read_page(&conn, &msg.query, &msg.page, page_max_bytes).await;
             conn.discard_on_return = false;
             let events = result.map_err(|e| match e.failure() {
                 // A read writes nothing: a lost connection is only a failure.

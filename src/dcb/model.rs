@@ -69,6 +69,21 @@ pub struct SequencedEvent {
     pub recorded_at: String,
 }
 
+impl SequencedEvent {
+    /// Roughly the bytes the event holds in memory: what bounds a page of a
+    /// read (`reader.page_max_bytes`).
+    pub fn approximate_size(&self) -> usize {
+        const OVERHEAD: usize = 64;
+        OVERHEAD
+            + self.event_type.len()
+            + self.tags.iter().map(|t| t.len() + 24).sum::<usize>()
+            + self.data.len()
+            + self.id.as_ref().map_or(0, String::len)
+            + self.metadata.as_ref().map_or(0, String::len)
+            + self.recorded_at.len()
+    }
+}
+
 /// One item of a query: the event's type must be one of `types` (when not
 /// empty) and the event must carry every tag of `tags`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]

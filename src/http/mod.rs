@@ -32,6 +32,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Events fetched per query when streaming a long read.
     pub page_size: i64,
+    /// Bytes at which the reader cuts a page short (`reader.page_max_bytes`).
+    pub page_max_bytes: usize,
     /// Whole-request deadline: the body must have arrived this long after
     /// the request started.
     pub request_timeout: Duration,

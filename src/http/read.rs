@@ -69,7 +69,12 @@ async fn respond(
 ) -> Result<HttpResponse, ApiError> {
     validate_query("query", &query, &state.limits)?;
     validate_read_options(&options)?;
-    let mut cursor = Cursor::new(Arc::new(query), &options, state.page_size);
+    let mut cursor = Cursor::new(
+        Arc::new(query),
+        &options,
+        state.page_size,
+        state.page_max_bytes,
+    );
     let store = state.store.clone();
     let first = cursor.next_page(&store).await?.unwrap_or_default();
     let mut encoder = Encoder::default();
@@ -112,11 +117,19 @@ struct Cursor {
     backwards: bool,
     remaining: Option<u64>,
     page_size: i64,
+    /// The reader cuts a page at this many bytes: a short page whose events
+    /// reach it was cut, not the end of the read.
+    page_max_bytes: usize,
     done: bool,
 }
 
 impl Cursor {
-    fn new(query: Arc<Query>, options: &ReadOptions, page_size: i64) -> Self {
+    fn new(
+        query: Arc<Query>,
+        options: &ReadOptions,
+        page_size: i64,
+        page_max_bytes: usize,
+    ) -> Self {
         let (after, before) = if options.backwards {
             (
                 options.after.unwrap_or(0),
@@ -137,6 +150,7 @@ impl Cursor {
             backwards: options.backwards,
             remaining: options.limit,
             page_size,
+            page_max_bytes,
             done: false,
         }
     }
@@ -174,7 +188,9 @@ impl Cursor {
         if let Some(r) = self.remaining.as_mut() {
             *r -= events.len() as u64;
         }
-        if (events.len() as i64) < limit || self.remaining == Some(0) {
+        let bytes: usize = events.iter().map(SequencedEvent::approximate_size).sum();
+        let short = (events.len() as i64) < limit && bytes < self.page_max_bytes;
+        if short || self.remaining == Some(0) {
             self.done = true;
         }
         Ok(Some(events))
@@ -257,6 +273,7 @@ mod tests {
                 ..Default::default()
             },
             10,
+            1 << 20,
         );
         assert_eq!((fwd.after, fwd.before), (4, Position::MAX));
         let back = Cursor::new(
@@ -267,6 +284,7 @@ mod tests {
                 ..Default::default()
             },
             10,
+            1 << 20,
         );
         assert_eq!((back.after, back.before), (0, 6));
     }

@@ -5,8 +5,9 @@
 //! commits happen in position order (see [`super::append`]), a page that
 //! starts after the last position of the previous one misses nothing.
 
+use futures_util::TryStreamExt;
 use serde::Serialize;
-use tokio_postgres::types::{FromSql, Type};
+use tokio_postgres::types::{FromSql, ToSql, Type};
 
 use super::{Connection, StoreError};
 use crate::dcb::footprint;
@@ -20,65 +21,78 @@ struct ReadProbe<'a> {
     types: &'a [String],
 }
 
+/// Reads one page: at most `page.limit` events, and no more once the events
+/// read reach `max_bytes` (at least one event is always returned), so a page
+/// of large events is cut short instead of held in memory whole. Rows are
+/// decoded as they arrive; the rest of a cut page is discarded unread.
 pub async fn read_page(
     conn: &Connection,
     query: &Query,
     page: &Page,
+    max_bytes: usize,
 ) -> Result<Vec<SequencedEvent>, StoreError> {
     let st = &conn.statements;
     let (after, before, limit) = (&page.after, &page.before, &page.limit);
-    let rows = if query.is_all() {
-        let statement = st.read_all.pick(page.backwards);
-        conn.client
-            .query(statement, &[after, before, limit])
-            .await?
-    } else {
-        let probes: Vec<ReadProbe> = footprint::probes(query)
-            .into_iter()
-            .filter_map(|p| {
-                p.key.map(|k| ReadProbe {
-                    k,
-                    tags: p.tags,
-                    types: p.types,
-                })
-            })
-            .collect();
-        if let [probe] = probes.as_slice() {
-            let statement = st.read_key.pick(page.backwards);
-            let (key, tags, types) = (&probe.k, &probe.tags, &probe.types);
-            conn.client
-                .query(statement, &[key, after, before, tags, types, limit])
-                .await?
-        } else {
-            let probes_json = serde_json::to_string(&probes).expect("probes serialize");
-            let statement = st.read_probes.pick(page.backwards);
-            conn.client
-                .query(statement, &[&probes_json, after, before, limit])
-                .await?
-        }
-    };
-    rows.iter()
-        .map(|row| {
-            let position: Position = row.try_get(0)?;
-            let text = |bytes: Vec<u8>| {
-                String::from_utf8(bytes).map_err(|e| StoreError::Corrupt {
-                    position,
-                    reason: e.to_string(),
-                })
-            };
-            let metadata: Option<Vec<u8>> = row.try_get(5)?;
-            let recorded_at: RecordedAt = row.try_get(6)?;
-            Ok(SequencedEvent {
-                position,
-                event_type: row.try_get(1)?,
-                tags: row.try_get(2)?,
-                data: text(row.try_get(3)?)?,
-                id: row.try_get(4)?,
-                metadata: metadata.map(text).transpose()?,
-                recorded_at: recorded_at.rfc3339(),
+    let probes: Vec<ReadProbe> = footprint::probes(query)
+        .into_iter()
+        .filter_map(|p| {
+            p.key.map(|k| ReadProbe {
+                k,
+                tags: p.tags,
+                types: p.types,
             })
         })
-        .collect()
+        .collect();
+    let probes_json = (probes.len() > 1)
+        .then(|| serde_json::to_string(&probes).expect("probes serialize"))
+        .unwrap_or_default();
+    let (statement, params): (_, Vec<&(dyn ToSql + Sync)>) = if query.is_all() {
+        (st.read_all.pick(page.backwards), vec![after, before, limit])
+    } else if let [probe] = probes.as_slice() {
+        (
+            st.read_key.pick(page.backwards),
+            vec![&probe.k, after, before, &probe.tags, &probe.types, limit],
+        )
+    } else {
+        (
+            st.read_probes.pick(page.backwards),
+            vec![&probes_json, after, before, limit],
+        )
+    };
+    let rows = conn.client.query_raw(statement, params).await?;
+    futures_util::pin_mut!(rows);
+    let mut events = Vec::new();
+    let mut bytes = 0;
+    while let Some(row) = rows.try_next().await? {
+        let event = decode(&row)?;
+        bytes += event.approximate_size();
+        events.push(event);
+        if bytes >= max_bytes {
+            break;
+        }
+    }
+    Ok(events)
+}
+
+fn decode(row: &tokio_postgres::Row) -> Result<SequencedEvent, StoreError> {
+    let position: Position = row.try_get(0)?;
+    let text = |bytes: Vec<u8>| {
+        String::from_utf8(bytes).map_err(|e| StoreError::Corrupt {
+            position,
+            reason: e.to_string(),
+        })
+    };
+    let metadata: Option<Vec<u8>> = row.try_get(5)?;
+    let recorded_at: RecordedAt = row.try_get(6)?;
+    Ok(SequencedEvent {
+        position,
+        event_type: row.try_get(1)?,
+        tags: row.try_get(2)?,
+        data: text(row.try_get(3)?)?,
+        id: row.try_get(4)?,
+        metadata: metadata.map(text).transpose()?,
+        recorded_at: recorded_at.rfc3339(),
+    })
 }
 
 /// A `timestamptz` as PostgreSQL sends it in binary: microseconds since

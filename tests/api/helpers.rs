@@ -172,6 +172,14 @@ pub struct TestApp {
     _database: Option<TestDatabase>,
 }
 
+impl TestApp {
+    /// Keeps `database` (dropped with it) as long as the app lives.
+    pub fn owning(mut self, database: TestDatabase) -> Self {
+        self._database = Some(database);
+        self
+    }
+}
+
 /// Starts a server with default settings on a fresh database.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await

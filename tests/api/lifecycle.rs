@@ -78,7 +78,7 @@ async fn while_postgresql_is_down_appends_and_reads_answer_503_within_the_bound_
     let mut cluster = OwnCluster::start().await;
     let app = spawn_app_on(&cluster.url(), |_| {}).await;
     // With the default settings a request waits for one connection attempt
-    // (1 s): appends queued behind a batch that found no connection fail
+    // (2 s): appends queued behind a batch that found no connection fail
     // with it. Plus slack for a loaded machine.
     let defaults = Settings::defaults();
     let configured = defaults

@@ -19,4 +19,5 @@ mod plans;
 mod recovery;
 mod semantics;
 mod slow_clients;
+mod streaming;
 mod supervision;

@@ -27,7 +27,9 @@ const WRITER_POINTS: &[(FaultPoint, bool)] = &[
 ];
 
 async fn spawn_with_faults(restart_backoff_ms: u64) -> (TestApp, Faults) {
-    spawn_with_faults_on(&fresh_database().await, restart_backoff_ms).await
+    let database = fresh_database().await;
+    let (app, faults) = spawn_with_faults_on(&database, restart_backoff_ms).await;
+    (app.owning(database), faults)
 }
 
 async fn spawn_with_faults_on(database_url: &str, restart_backoff_ms: u64) -> (TestApp, Faults) {
