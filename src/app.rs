@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use actix_web::dev::Server;
 use actix_web::{middleware, web, App, HttpServer};
 
-use crate::actors::{EventStore, Writers};
+use crate::actors::{EventStore, Subscriptions, Writers};
 use crate::config::Settings;
 use crate::embedded::{EmbeddedError, EmbeddedPostgres};
 use crate::http::{self, AppState};
@@ -37,6 +37,8 @@ pub struct Application {
     server: Server,
     /// The private cluster, when crablet runs one; stopped after the server.
     embedded: Option<EmbeddedPostgres>,
+    /// Closed when the server stops, so open streams end at once.
+    subscriptions: Subscriptions,
 }
 
 impl Application {
@@ -89,6 +91,12 @@ impl Application {
             },
         );
         let writers = Writers::start(writer_pool, &settings.writer, &metrics);
+        let subscriptions = Subscriptions::start(
+            reader_pool.clone(),
+            writers.committed(),
+            &settings.subscriptions,
+            &metrics,
+        );
 
         raise_open_files_limit();
         let listener = TcpListener::bind(&settings.listen).map_err(|source| AppError::Listen {
@@ -104,6 +112,7 @@ impl Application {
             .port();
 
         let (limits, reader_settings) = (settings.limits.clone(), settings.reader.clone());
+        let server_subscriptions = subscriptions.clone();
         let max_body_bytes = settings.http.max_body_bytes;
         let request_timeout = settings.http.request_timeout();
         let server = HttpServer::new(move || {
@@ -116,6 +125,7 @@ impl Application {
             );
             let state = web::Data::new(AppState {
                 store,
+                subscriptions: server_subscriptions.clone(),
                 limits: limits.clone(),
                 metrics: metrics.clone(),
                 max_body_bytes,
@@ -147,6 +157,7 @@ impl Application {
             port,
             server: server.run(),
             embedded,
+            subscriptions,
         })
     }
 
@@ -158,7 +169,10 @@ impl Application {
     /// Serves until the server is stopped (SIGINT/SIGTERM), then stops the
     /// embedded PostgreSQL, if any.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let closer = actix_rt::spawn(close_subscriptions_on_signal(self.subscriptions.clone()));
         let result = self.server.await;
+        closer.abort();
+        self.subscriptions.close_all();
         if let Some(mut cluster) = self.embedded {
             web::block(move || cluster.stop())
                 .await
@@ -167,6 +181,32 @@ impl Application {
         }
         result
     }
+}
+
+/// Ends every subscription as soon as SIGINT or SIGTERM arrives: the server's
+/// graceful stop waits for open connections, and a subscription never ends
+/// on its own.
+async fn close_subscriptions_on_signal(subscriptions: Subscriptions) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut interrupt), Ok(mut terminate)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    if tokio::signal::ctrl_c().await.is_err() {
+        return;
+    }
+    log::info!("stopping: closing every subscription");
+    subscriptions.close_all();
 }
 
 /// Raises the soft limit on open files to the hard limit: every connection is

@@ -15,20 +15,22 @@
 //! a client is never left waiting on an actor that is gone.
 
 pub mod reader;
+pub mod tailer;
 pub mod writer;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::{Addr, Arbiter, Supervisor};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::config::{ReaderSettings, WriterSettings};
-use crate::dcb::{CheckedAppend, Query, SequencedEvent};
+use crate::dcb::{CheckedAppend, Position, Query, SequencedEvent};
 use crate::metrics::Metrics;
 use crate::store::{AppendOutcome, Page, Pool, StoreError};
 
 pub use reader::Reader;
+pub use tailer::Subscriptions;
 pub use writer::WriterLane;
 
 /// Why the event store could not serve a request.
@@ -72,6 +74,9 @@ pub struct Writers {
     lanes: Arc<[Addr<WriterLane>]>,
     /// Round robin for appends without a condition.
     next_lane: Arc<AtomicUsize>,
+    /// The last position committed through this process, raised after
+    /// each successful append: wakes the subscription tailer at once.
+    committed: Arc<watch::Sender<Position>>,
     /// Kept so the writer thread lives as long as any facade.
     _writer_thread: Arc<Arbiter>,
 }
@@ -97,8 +102,15 @@ impl Writers {
         Writers {
             lanes: lanes.into(),
             next_lane: Arc::new(AtomicUsize::new(0)),
+            committed: Arc::new(watch::channel(0).0),
             _writer_thread: Arc::new(writer_thread),
         }
+    }
+
+    /// Changes whenever an append through this process commits, to the last
+    /// position committed.
+    pub fn committed(&self) -> watch::Receiver<Position> {
+        self.committed.subscribe()
     }
 }
 
@@ -136,9 +148,17 @@ impl EventStore {
                 actix::prelude::SendError::Full(_) => EventStoreError::Overloaded,
                 actix::prelude::SendError::Closed(_) => EventStoreError::ActorGone("writer"),
             })?;
-        outcome
+        let outcome = outcome
             .await
-            .map_err(|_| EventStoreError::ActorGone("writer"))?
+            .map_err(|_| EventStoreError::ActorGone("writer"))??;
+        if let AppendOutcome::Appended { last, .. } = outcome {
+            self.writers.committed.send_if_modified(|committed| {
+                let newer = last > *committed;
+                *committed = (*committed).max(last);
+                newer
+            });
+        }
+        Ok(outcome)
     }
 
     /// Reads one page of the events matching `query`.

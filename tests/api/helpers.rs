@@ -160,8 +160,33 @@ impl Drop for ServerProcess {
     }
 }
 
+impl ServerProcess {
+    /// The process id, to signal it or read its memory use.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status if it did.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
 /// Starts `crablet serve` as a child process on `database_url`.
 pub async fn spawn_process(database_url: &str) -> ServerProcess {
+    spawn_process_with_env(database_url, &[]).await
+}
+
+/// Starts `crablet serve` with extra environment variables (`CRABLET_*`
+/// settings).
+pub async fn spawn_process_with_env(database_url: &str, env: &[(&str, &str)]) -> ServerProcess {
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
         listener.local_addr().expect("addr").port()
@@ -170,6 +195,7 @@ pub async fn spawn_process(database_url: &str) -> ServerProcess {
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("DATABASE_URL", database_url)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .spawn()
         .expect("spawn crablet serve");

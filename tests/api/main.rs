@@ -13,3 +13,4 @@ mod plans;
 mod recovery;
 mod semantics;
 mod slow_clients;
+mod subscribe;
