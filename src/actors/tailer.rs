@@ -160,7 +160,7 @@ impl Subscriptions {
     /// at or below what it delivered may still arrive: it drops them.
     pub fn join(&self, query: Arc<Query>, caught_up_to: Position) -> Option<Membership> {
         let mut live = self.inner.lock();
-        if !live.cursor.is_some_and(|cursor| cursor <= caught_up_to) {
+        if live.cursor.is_none_or(|cursor| cursor > caught_up_to) {
             return None;
         }
         let (sender, events) = mpsc::channel(self.inner.settings.buffer_events);
