@@ -1,13 +1,14 @@
 //! The HTTP front end (actix-web): routes, request parsing and responses.
 //!
 //! Routes speak the community DCB HTTP contract (`GET /read`, `POST /append`)
-//! plus `POST /read`, `GET|POST /subscribe`, `GET /head`, `GET /health`, `GET /health/live` and `GET /metrics`.
+//! plus `POST /read`, `GET|POST /subscribe`, `GET /head`, the event browser at `/`, `GET /health`, `GET /health/live` and `GET /metrics`.
 //! Handlers parse strictly ([`parse`]) and validate, then call the
 //! [`EventStore`] facade; they never touch SQL or actors directly. Errors
 //! become responses in [`error`] only; [`context`] gives every request an id
 //! and a deadline.
 
 pub mod append;
+pub mod browser;
 pub mod context;
 pub mod error;
 pub mod parse;
@@ -51,6 +52,21 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::resource("/read")
             .route(web::get().to(read::read_get))
             .route(web::post().to(read::read_post))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/")
+            .route(web::get().to(browser::index))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/static/app.js")
+            .route(web::get().to(browser::script))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/static/style.css")
+            .route(web::get().to(browser::style))
             .default_service(web::to(method_not_allowed)),
     )
     .service(

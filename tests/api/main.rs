@@ -7,6 +7,7 @@ mod helpers;
 
 mod bad_input;
 mod boundary;
+mod browser;
 mod concurrency;
 mod model;
 mod plans;
