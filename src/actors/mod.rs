@@ -1,7 +1,8 @@
 //! Supervised writer and reader actors behind a small typed facade.
 //!
-//! [`EventStore`] is all the HTTP layer sees: `append` and `read_page`. Behind
-//! it, writer lanes ([`writer`]) each own one pooled connection and commit
+//! [`EventStore`] is all the HTTP layer sees of the store: `append` and
+//! `read_page`; [`Subscriptions`] ([`tailer`]) is its live feed. Behind the
+//! facade, writer lanes ([`writer`]) each own one pooled connection and commit
 //! what is waiting in their queue as one batch; conditional appends are
 //! routed to a lane by the first exclusive key of their footprint, so appends
 //! that may conflict meet in one lane (and are decided in order inside one
