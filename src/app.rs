@@ -137,6 +137,14 @@ impl Application {
                 .wrap(middleware::from_fn(http::context::around_request))
                 .configure(http::routes)
         })
+        // A subscription writes many small chunks on one connection; with
+        // Nagle's algorithm each would wait for the client's delayed ACK
+        // (about 40 ms). Replies are written whole, so nothing is lost.
+        .on_connect(|connection, _| {
+            if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                let _ = tcp.set_nodelay(true);
+            }
+        })
         .workers(http_workers(settings.http.workers))
         .max_connections(settings.http.max_connections_per_worker)
         .shutdown_timeout(settings.http.shutdown_timeout_s)
