@@ -28,6 +28,7 @@ pub struct Settings {
     pub reader: ReaderSettings,
     pub database: DatabaseSettings,
     pub limits: Limits,
+    pub subscriptions: SubscriptionSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -119,6 +120,27 @@ impl DatabaseSettings {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+pub struct SubscriptionSettings {
+    pub max_subscribers: usize,
+    pub buffer_events: usize,
+    pub heartbeat_interval_ms: u64,
+    pub poll_interval_ms: u64,
+    /// 0: a detached subscriber is never disconnected for lagging.
+    pub max_lag_events: i64,
+    pub page_size: i64,
+}
+
+impl SubscriptionSettings {
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+}
+
 /// Values given on the command line; each, when present, wins over every
 /// other source.
 #[derive(Debug, Clone, Default)]
@@ -192,6 +214,22 @@ impl Settings {
             (
                 "database.connect_timeout_ms",
                 self.database.connect_timeout_ms as usize,
+            ),
+            (
+                "subscriptions.buffer_events",
+                self.subscriptions.buffer_events,
+            ),
+            (
+                "subscriptions.heartbeat_interval_ms",
+                self.subscriptions.heartbeat_interval_ms as usize,
+            ),
+            (
+                "subscriptions.poll_interval_ms",
+                self.subscriptions.poll_interval_ms as usize,
+            ),
+            (
+                "subscriptions.page_size",
+                self.subscriptions.page_size.max(0) as usize,
             ),
         ];
         for (key, value) in positive {

@@ -19,6 +19,18 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Appends per batch.
 const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
+/// Subscriber lag, in positions.
+const LAG_BUCKETS: &[f64] = &[
+    0.0,
+    1.0,
+    10.0,
+    100.0,
+    1_000.0,
+    10_000.0,
+    100_000.0,
+    1_000_000.0,
+];
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -52,6 +64,20 @@ pub struct Metrics {
     pub read_events_total: IntCounter,
     /// Queries run by reads (a long read runs one per page).
     pub read_pages_total: IntCounter,
+    /// Open subscriptions (GET/POST /subscribe), live or catching up.
+    pub subscriptions_active: IntGauge,
+    /// Events sent to subscribers.
+    pub subscription_events_delivered_total: IntCounter,
+    /// How far behind the tailer's head a subscriber is when it is sent a
+    /// chunk of events, in positions.
+    pub subscription_lag_events: Histogram,
+    /// Subscribers detached from the live feed because their buffer was full
+    /// (they catch up from the store on their own).
+    pub subscription_detached_total: IntCounter,
+    /// Subscriptions ended by crablet, by reason: shutdown, lagging, unavailable.
+    pub subscription_ended_total: IntCounterVec,
+    /// Store queries the tailer ran (one per poll and per page of new events).
+    pub subscription_tailer_reads_total: IntCounter,
 }
 
 impl Metrics {
@@ -132,6 +158,40 @@ impl Metrics {
         let read_pages_total =
             IntCounter::new("read_pages_total", "Queries run by reads").expect("valid metric");
 
+        let subscriptions_active =
+            IntGauge::new("subscriptions_active", "Open subscriptions").expect("valid metric");
+        let subscription_events_delivered_total = IntCounter::new(
+            "subscription_events_delivered_total",
+            "Events sent to subscribers",
+        )
+        .expect("valid metric");
+        let subscription_lag_events = Histogram::with_opts(
+            HistogramOpts::new(
+                "subscription_lag_events",
+                "Positions between the head and a subscriber when it is sent events",
+            )
+            .buckets(LAG_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        let subscription_detached_total = IntCounter::new(
+            "subscription_detached_total",
+            "Subscribers detached from the live feed with a full buffer",
+        )
+        .expect("valid metric");
+        let subscription_ended_total = IntCounterVec::new(
+            Opts::new(
+                "subscription_ended_total",
+                "Subscriptions ended by crablet, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let subscription_tailer_reads_total = IntCounter::new(
+            "subscription_tailer_reads_total",
+            "Store queries run by the subscription tailer",
+        )
+        .expect("valid metric");
+
         let metrics = Metrics {
             registry,
             http_requests_total,
@@ -147,6 +207,12 @@ impl Metrics {
             writer_lane_up,
             read_events_total,
             read_pages_total,
+            subscriptions_active,
+            subscription_events_delivered_total,
+            subscription_lag_events,
+            subscription_detached_total,
+            subscription_ended_total,
+            subscription_tailer_reads_total,
         };
         metrics.register_all();
         metrics
@@ -167,6 +233,12 @@ impl Metrics {
             Box::new(self.writer_lane_up.clone()),
             Box::new(self.read_events_total.clone()),
             Box::new(self.read_pages_total.clone()),
+            Box::new(self.subscriptions_active.clone()),
+            Box::new(self.subscription_events_delivered_total.clone()),
+            Box::new(self.subscription_lag_events.clone()),
+            Box::new(self.subscription_detached_total.clone()),
+            Box::new(self.subscription_ended_total.clone()),
+            Box::new(self.subscription_tailer_reads_total.clone()),
         ];
         for c in collectors {
             self.registry.register(c).expect("metric registered once");

@@ -288,7 +288,7 @@ impl Conn {
 }
 
 /// Opens a keep-alive HTTP/1.1 connection; its driver runs as a task.
-async fn connect(target: &Target) -> Result<SendRequest<Full<Bytes>>, RequestError> {
+pub(crate) async fn connect(target: &Target) -> Result<SendRequest<Full<Bytes>>, RequestError> {
     let stream = TcpStream::connect(target.addr)
         .await
         .map_err(|e| RequestError::Connect(e.to_string()))?;

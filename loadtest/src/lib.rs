@@ -11,6 +11,8 @@
 //!   human summary.
 //! - [`scenario`]: what one operation of each scenario sends, and the setup and
 //!   verification a scenario needs around its run.
+//! - [`subscribe`]: the `subscribe` scenario: subscribers on `/subscribe` while
+//!   writers append; delivery latency and a gap/duplicate/order check.
 //! - [`zipf`]: the Zipf key picker of the hot-keys scenario.
 //! - [`verify`]: pure checkers of DCB invariants over a log read back after a run.
 //! - [`driver`]: the closed-loop and open-loop engines that run N virtual clients for
@@ -33,6 +35,7 @@ pub mod procfs;
 pub mod report;
 pub mod scenario;
 pub mod stats;
+pub mod subscribe;
 pub mod verify;
 pub mod wire;
 pub mod zipf;

@@ -37,6 +37,37 @@ enum Command {
     Preload(PreloadArgs),
     /// Measure every goal (P1-P6) beside its raw PostgreSQL baseline.
     Bench(BenchArgs),
+    /// Subscribers on /subscribe while writers append: delivery latency
+    /// (acknowledged -> received), delivered events/s, gaps/duplicates/order.
+    Subscribe(SubscribeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SubscribeArgs {
+    /// Server URL (loopback only).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Subscribers, each to a tag of its own.
+    #[arg(long, default_value_t = 100)]
+    subscribers: usize,
+    /// More subscribers, each to every event of the run.
+    #[arg(long, default_value_t = 10)]
+    everything: usize,
+    /// Writer connections.
+    #[arg(long, default_value_t = 8)]
+    writers: usize,
+    /// Appends per second over all writers (one event each).
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Length of the load, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration_s: f64,
+    /// Size of appended events' data, bytes.
+    #[arg(long, default_value_t = 64)]
+    data_bytes: usize,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -223,6 +254,29 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(a) => bench_command(a).await,
+        Command::Subscribe(a) => {
+            let report =
+                crablet_loadtest::subscribe::run(&crablet_loadtest::subscribe::SubscribeConfig {
+                    target: Target::parse(&a.url)?,
+                    subscribers: a.subscribers,
+                    everything: a.everything,
+                    writers: a.writers,
+                    rate: a.rate,
+                    duration: seconds(a.duration_s, "--duration-s")?,
+                    data_bytes: a.data_bytes,
+                    run_id: format!("{:08x}", clock_seed() as u32),
+                })
+                .await?;
+            print!("{}", report.summary());
+            if let Some(path) = &a.json {
+                write_json(path, &report)?;
+            }
+            Ok(if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_CHECK_FAILED)
+            })
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! Supervised writer and reader actors behind a small typed facade.
 //!
-//! [`EventStore`] is all the HTTP layer sees: `append` and `read_page`. Behind
-//! it, writer lanes ([`writer`]) each own one pooled connection and commit
+//! [`EventStore`] is all the HTTP layer sees of the store: `append` and
+//! `read_page`; [`Subscriptions`] ([`tailer`]) is its live feed. Behind the
+//! facade, writer lanes ([`writer`]) each own one pooled connection and commit
 //! what is waiting in their queue as one batch; conditional appends are
 //! routed to a lane by the first key of their condition, so appends that may
 //! conflict meet in one lane (and are decided in order inside one batch)
@@ -22,20 +23,22 @@
 //! lanes that are not running, for readiness.
 
 pub mod reader;
+pub mod tailer;
 pub mod writer;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::{Addr, Arbiter, Supervisor};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::config::{ReaderSettings, WriterSettings};
-use crate::dcb::{AppendOutcome, CheckedAppend, Page, Query, SequencedEvent};
+use crate::dcb::{AppendOutcome, CheckedAppend, Page, Position, Query, SequencedEvent};
 use crate::metrics::Metrics;
 use crate::store::{Failure, Pool, StoreError};
 
 pub use reader::Reader;
+pub use tailer::Subscriptions;
 pub use writer::{LaneHealth, WriterLane};
 
 /// Why the event store could not serve a request.
@@ -96,6 +99,9 @@ pub struct Writers {
     health: Arc<[Arc<LaneHealth>]>,
     /// Round robin for appends without a condition.
     next_lane: Arc<AtomicUsize>,
+    /// The last position committed through this process, raised after
+    /// each successful append: wakes the subscription tailer at once.
+    committed: Arc<watch::Sender<Position>>,
     /// Kept so the writer thread lives as long as any facade.
     _writer_thread: Arc<Arbiter>,
 }
@@ -128,8 +134,15 @@ impl Writers {
             lanes: lanes.into(),
             health: health.into(),
             next_lane: Arc::new(AtomicUsize::new(0)),
+            committed: Arc::new(watch::channel(0).0),
             _writer_thread: Arc::new(writer_thread),
         }
+    }
+
+    /// Changes whenever an append through this process commits, to the last
+    /// position committed.
+    pub fn committed(&self) -> watch::Receiver<Position> {
+        self.committed.subscribe()
     }
 }
 
@@ -174,9 +187,17 @@ impl EventStore {
             })?;
         // A `Reply` answers even when dropped, so the channel closing
         // unanswered would mean a lost reply: assume the worst.
-        outcome.await.map_err(|_| {
+        let outcome = outcome.await.map_err(|_| {
             EventStoreError::OutcomeUnknown("the writer lane dropped the append unanswered".into())
-        })?
+        })??;
+        if let AppendOutcome::Appended { last, .. } = outcome {
+            self.writers.committed.send_if_modified(|committed| {
+                let newer = last > *committed;
+                *committed = (*committed).max(last);
+                newer
+            });
+        }
+        Ok(outcome)
     }
 
     /// The writer lanes that are not running: restarting after a panic, or

@@ -1,24 +1,26 @@
 //! The HTTP front end (actix-web): routes, request parsing and responses.
 //!
 //! Routes speak the community DCB HTTP contract (`GET /read`, `POST /append`)
-//! plus `POST /read`, `GET /health`, `GET /health/live` and `GET /metrics`.
+//! plus `POST /read`, `GET|POST /subscribe`, `GET /head`, the event browser at `/`, `GET /health`, `GET /health/live` and `GET /metrics`.
 //! Handlers parse strictly ([`parse`]) and validate, then call the
 //! [`EventStore`] facade; they never touch SQL or actors directly. Errors
 //! become responses in [`error`] only; [`context`] gives every request an id
 //! and a deadline.
 
 pub mod append;
+pub mod browser;
 pub mod context;
 pub mod error;
 pub mod parse;
 pub mod read;
+pub mod subscribe;
 
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
-use crate::actors::EventStore;
+use crate::actors::{EventStore, Subscriptions};
 use crate::dcb::Limits;
 use crate::metrics::Metrics;
 pub use error::ApiError;
@@ -26,6 +28,8 @@ pub use error::ApiError;
 /// What every handler shares.
 pub struct AppState {
     pub store: EventStore,
+    /// The live feed of this process, shared by every worker.
+    pub subscriptions: Subscriptions,
     pub limits: Limits,
     pub metrics: Metrics,
     /// Largest request body accepted, in bytes.
@@ -50,6 +54,32 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::resource("/read")
             .route(web::get().to(read::read_get))
             .route(web::post().to(read::read_post))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/")
+            .route(web::get().to(browser::index))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/static/app.js")
+            .route(web::get().to(browser::script))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/static/style.css")
+            .route(web::get().to(browser::style))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/subscribe")
+            .route(web::get().to(subscribe::subscribe_get))
+            .route(web::post().to(subscribe::subscribe_post))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/head")
+            .route(web::get().to(subscribe::head))
             .default_service(web::to(method_not_allowed)),
     )
     .service(

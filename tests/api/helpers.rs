@@ -332,11 +332,38 @@ impl Drop for ServerProcess {
     }
 }
 
+impl ServerProcess {
+    /// The process id, to signal it or read its memory use.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status if it did.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
 /// Starts `crablet serve` as a child process on `database_url`.
 pub async fn spawn_process(database_url: &str) -> ServerProcess {
+    spawn_process_with_env(database_url, &[]).await
+}
+
+/// Starts `crablet serve` with extra environment variables (`CRABLET_*`
+/// settings).
+pub async fn spawn_process_with_env(database_url: &str, env: &[(&str, &str)]) -> ServerProcess {
     start_process(
         |command| {
-            command.env("DATABASE_URL", database_url);
+            command
+                .env("DATABASE_URL", database_url)
+                .envs(env.iter().copied());
         },
         Duration::from_secs(10),
     )

@@ -7,6 +7,7 @@ mod helpers;
 
 mod bad_input;
 mod boundary;
+mod browser;
 mod concurrency;
 mod crash;
 mod embedded;
@@ -20,4 +21,5 @@ mod recovery;
 mod semantics;
 mod slow_clients;
 mod streaming;
+mod subscribe;
 mod supervision;

@@ -87,6 +87,9 @@ const P3_GOAL: f64 = 1.0;
 const P4_GOAL: f64 = 1.0;
 /// P5: P1 at volume over P1 on an empty store, at least.
 const P5_GOAL: f64 = 0.8;
+/// P7: subscription delivery p99 (append acknowledged -> received), ms, at most.
+const P7_GOAL_MS: f64 = 10.0;
+
 /// P6: server RSS under P1 load, MiB, at most.
 const P6_GOAL_MIB: f64 = 100.0;
 
@@ -115,6 +118,9 @@ pub enum Goal {
     P5,
     /// Server RSS under P1.
     P6,
+    /// Subscription delivery: 100 own-tag + 10 everything subscribers,
+    /// appends at 2,000/s, delivery p99 <= 10 ms.
+    P7,
 }
 
 /// What `crablet-loadtest bench` was asked.
@@ -469,7 +475,7 @@ impl Bench {
         let raw = self.db(DB_RAW);
         postgres::recreate_database(&self.tools, &self.admin, DB_RAW).await?;
         self.tools.psql(&raw, postgres::INSERT_TABLE_DDL).await?;
-        let needs_empty = [Goal::P1, Goal::P2, Goal::P3, Goal::P6]
+        let needs_empty = [Goal::P1, Goal::P2, Goal::P3, Goal::P6, Goal::P7]
             .iter()
             .any(|&g| self.wants(g));
         if needs_empty && !self.cfg.baselines_only {
@@ -491,6 +497,15 @@ impl Bench {
                 "P3",
                 "hot keys (100, Zipf), 64 clients",
                 ">= 1x, 0 violations",
+            );
+        }
+        if self.wants(Goal::P7) && !self.cfg.baselines_only {
+            let r = self.goal_p7().await;
+            self.row_or_failure(
+                r,
+                "P7",
+                "subscriptions: 100 own-tag + 10 all, 2,000 appends/s",
+                "p99 <= 10 ms",
             );
         }
         if self.wants(Goal::P4) || self.wants(Goal::P5) {
@@ -1180,6 +1195,53 @@ impl Bench {
             flatness,
         });
         Ok(())
+    }
+
+    /// P7: 100 subscribers to a tag of their own and 10 to everything while
+    /// 8 writers append 2,000 events/s; delivery latency and a gap check.
+    async fn goal_p7(&mut self) -> anyhow::Result<Option<Row>> {
+        let target = self.server_on(DB_EMPTY).await?;
+        let duration = self.plan.p2().duration;
+        let report = crate::subscribe::run(&crate::subscribe::SubscribeConfig {
+            target,
+            subscribers: 100,
+            everything: 10,
+            writers: 8,
+            rate: 2000.0,
+            duration,
+            data_bytes: DATA_BYTES,
+            run_id: self.run_id("p7"),
+        })
+        .await?;
+        eprint!("bench: {}", report.summary());
+        self.report.notes.push(format!(
+            "P7: {} events appended, {} delivered ({:.0}/s), delivery p50/p99/max {:.2}/{:.2}/{:.2} ms, {} missing, {} duplicated, {} out of order",
+            report.appended,
+            report.delivered,
+            report.delivered_per_s,
+            report.latency_p50_ms,
+            report.latency_p99_ms,
+            report.latency_max_ms,
+            report.missing,
+            report.duplicated,
+            report.out_of_order
+        ));
+        Ok(Some(Row {
+            id: "P7".into(),
+            workload: "subscriptions: 100 own-tag + 10 all, 2,000 appends/s".into(),
+            crablet: format!(
+                "p99 {:.2} ms, {:.0} events/s delivered, {} gaps/dups/reorders",
+                report.latency_p99_ms,
+                report.delivered_per_s,
+                report.missing + report.duplicated + report.out_of_order
+            ),
+            baseline: "-".into(),
+            ratio: None,
+            goal: format!("p99 <= {P7_GOAL_MS:.0} ms, no gaps"),
+            met: Some(report.latency_p99_ms <= P7_GOAL_MS && report.passed()),
+            crablet_value: Some(report.latency_p99_ms),
+            baseline_value: None,
+        }))
     }
 
     fn p6_row(&self) -> Row {

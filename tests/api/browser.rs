@@ -1,0 +1,267 @@
+//! The event browser in a real headless Chromium, driven through
+//! chromedriver's WebDriver HTTP API: the page loads, follows the log live,
+//! and an event appended through the API appears on it. A screenshot is
+//! saved under `target/`. Skips (saying so) when Chromium or chromedriver is
+//! not installed (Debian: `apt-get install chromium chromium-driver`).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::helpers::{event, spawn_app};
+
+fn find_program(candidates: &[&str]) -> Option<String> {
+    candidates.iter().find_map(|name| {
+        let path = std::path::Path::new(name);
+        if path.is_absolute() {
+            return path.exists().then(|| name.to_string());
+        }
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(name))
+                .find(|p| p.exists())
+                .map(|p| p.to_string_lossy().into_owned())
+        })
+    })
+}
+
+/// chromedriver and the browser profile, removed when dropped.
+struct Driver {
+    child: Child,
+    profile: std::path::PathBuf,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// A WebDriver session, deleted (closing the browser) when dropped.
+struct Session<'d> {
+    driver: &'d Driver,
+    http: reqwest::Client,
+    id: String,
+}
+
+impl Session<'_> {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/session/{}{}", self.driver.url, self.id, path);
+        let mut request = self.http.request(method, url);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let answer: Value = request
+            .send()
+            .await
+            .expect("webdriver request")
+            .json()
+            .await
+            .expect("webdriver JSON");
+        answer["value"].clone()
+    }
+
+    async fn script(&self, source: &str) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": source, "args": []})),
+        )
+        .await
+    }
+
+    /// Polls `script` until it returns a truthy value or `timeout` passes.
+    async fn wait_for(&self, script: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let value = self.script(script).await;
+            let truthy = !(value.is_null()
+                || value == json!(false)
+                || value == json!("")
+                || value.get("error").is_some());
+            if truthy || Instant::now() > deadline {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn close(self) {
+        let url = format!("{}/session/{}", self.driver.url, self.id);
+        let _ = self.http.delete(url).send().await;
+    }
+}
+
+fn decode_base64(text: &str) -> Vec<u8> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let digits: Vec<u32> = text.bytes().filter_map(value).collect();
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for group in digits.chunks(4) {
+        let n = group
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, d)| n | (d << (18 - 6 * i)));
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..group.len().saturating_sub(1)]);
+    }
+    out
+}
+
+#[actix_rt::test]
+async fn the_browser_page_shows_an_appended_event_live() {
+    let (Some(chromium), Some(chromedriver)) = (
+        find_program(&["chromium", "chromium-browser", "google-chrome"]),
+        find_program(&["chromedriver", "/usr/lib/chromium/chromedriver"]),
+    ) else {
+        println!(
+            "SKIPPED: the browser test needs Chromium and chromedriver \
+             (Debian: apt-get install chromium chromium-driver)"
+        );
+        return;
+    };
+    let app = spawn_app().await;
+    for i in 0..3 {
+        app.append(json!({"events": [event("OrderPlaced", &["order:old", &format!("n:{i}")], "{\"total\":12}")]}))
+            .await;
+    }
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let profile = std::env::temp_dir().join(format!("crablet-chromium-{}", rand::random::<u64>()));
+    let child = Command::new(&chromedriver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let driver = Driver {
+        child,
+        profile: profile.clone(),
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let http = reqwest::Client::new();
+    let mut ready = false;
+    for _ in 0..100 {
+        if let Ok(r) = http.get(format!("{}/status", driver.url)).send().await {
+            if r.status().is_success() {
+                ready = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "chromedriver did not start");
+    let capabilities = json!({"capabilities": {"alwaysMatch": {
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": chromium,
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-background-networking",
+                "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                "--window-size=1280,900",
+                format!("--user-data-dir={}", profile.display()),
+            ]
+        }
+    }}});
+    let created: Value = http
+        .post(format!("{}/session", driver.url))
+        .json(&capabilities)
+        .send()
+        .await
+        .expect("new session")
+        .json()
+        .await
+        .expect("session JSON");
+    let id = created["value"]["sessionId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no session: {created}"))
+        .to_string();
+    let session = Session {
+        driver: &driver,
+        http: http.clone(),
+        id,
+    };
+
+    session
+        .call(
+            reqwest::Method::POST,
+            "/url",
+            Some(json!({"url": format!("{}/", app.address)})),
+        )
+        .await;
+    let title = session.script("return document.title").await;
+    // The stored events are listed, newest first, and the head is shown.
+    let listed = session
+        .wait_for(
+            "const rows = document.querySelectorAll('#page tr td.pos'); return rows.length === 3 && rows[0].textContent === '3'",
+            Duration::from_secs(10),
+        )
+        .await;
+    let head = session
+        .wait_for(
+            "return document.getElementById('head').textContent === '3'",
+            Duration::from_secs(10),
+        )
+        .await;
+
+    // Follow live, then append through the API: the event appears.
+    session
+        .script("document.getElementById('follow').click(); return true")
+        .await;
+    let following = session
+        .wait_for(
+            "return document.getElementById('live-status').textContent === 'following'",
+            Duration::from_secs(10),
+        )
+        .await;
+    let started = Instant::now();
+    let answer = app
+        .append(json!({"events": [event("PaymentReceived", &["order:new", "customer:ada"], "{\"amount\":42}")]}))
+        .await;
+    assert!(answer.appended(), "{answer:?}");
+    let seen = session
+        .wait_for(
+            "const t = document.getElementById('live').innerText; return t.includes('PaymentReceived') && t.includes('customer:ada')",
+            Duration::from_secs(10),
+        )
+        .await;
+    let latency = started.elapsed();
+
+    let screenshot = session
+        .call(reqwest::Method::GET, "/screenshot", None)
+        .await;
+    let png = decode_base64(screenshot.as_str().unwrap_or(""));
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    let _ = std::fs::create_dir_all(&target);
+    let path = target.join("browser-live.png");
+    std::fs::write(&path, &png).expect("write the screenshot");
+    session.close().await;
+    println!(
+        "page {title}: listed {listed}, head {head}, following {following}, live event shown {seen} {latency:?} after the append; screenshot ({} bytes) saved to {}",
+        png.len(),
+        path.display()
+    );
+    assert_eq!(title, json!("crablet event browser"));
+    assert_eq!(listed, json!(true), "the stored events were not listed");
+    assert_eq!(head, json!(true), "the head was not shown");
+    assert_eq!(following, json!(true), "the page did not start following");
+    assert_eq!(seen, json!(true), "the appended event did not appear live");
+    assert!(png.starts_with(b"\x89PNG"), "the screenshot is not a PNG");
+    drop(driver);
+}

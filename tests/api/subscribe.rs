@@ -1,0 +1,710 @@
+//! Subscriptions (`/subscribe`) and `/head`: every matching event exactly once
+//! and in order, across processes, through resumption and slow consumers;
+//! heartbeats, the subscriber limit and the final message on shutdown.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crablet::dcb::SequencedEvent;
+
+use crate::helpers::{
+    client, event, fresh_database, get_read, post_append, spawn_app, spawn_app_with, spawn_process,
+    spawn_process_with_env,
+};
+
+/// One item of a subscription stream, in either wire format.
+#[derive(Debug)]
+pub enum Item {
+    Event(SequencedEvent),
+    Heartbeat(i64),
+    End(Value),
+}
+
+/// A subscription read by a task of its own into a channel.
+pub struct Subscription {
+    pub items: mpsc::UnboundedReceiver<Item>,
+    /// Events whose SSE `id:` differed from their position.
+    pub bad_ids: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Subscription {
+    /// Opens `GET /subscribe`; `sse` picks the format, `last_event_id` sets
+    /// the header. Panics unless the answer is 200.
+    pub async fn open(
+        http: &reqwest::Client,
+        address: &str,
+        query: &Value,
+        after: Option<i64>,
+        sse: bool,
+        last_event_id: Option<i64>,
+    ) -> Subscription {
+        let mut params = vec![("query", query.to_string())];
+        if let Some(after) = after {
+            params.push(("after", after.to_string()));
+        }
+        let mut request = http
+            .get(format!("{address}/subscribe"))
+            .query(&params)
+            .timeout(Duration::from_secs(3600));
+        if sse {
+            request = request.header("accept", "text/event-stream");
+        }
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let response = request.send().await.expect("subscribe request");
+        assert_eq!(
+            response.status(),
+            200,
+            "subscribe answered {}",
+            response.status()
+        );
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            content_type,
+            if sse {
+                "text/event-stream"
+            } else {
+                "application/x-ndjson"
+            }
+        );
+        let (tx, items) = mpsc::unbounded_channel();
+        let bad_ids = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let bad = bad_ids.clone();
+        let reader = tokio::spawn(async move {
+            let mut body = response.bytes_stream();
+            let mut buffer: Vec<u8> = Vec::new();
+            while let Some(Ok(chunk)) = body.next().await {
+                buffer.extend_from_slice(&chunk);
+                let separator: &[u8] = if sse { b"\n\n" } else { b"\n" };
+                while let Some(at) = find(&buffer, separator) {
+                    let record: Vec<u8> = buffer.drain(..at + separator.len()).collect();
+                    let text = String::from_utf8(record).expect("UTF-8 stream");
+                    let item = if sse {
+                        parse_sse(&text, &bad)
+                    } else {
+                        parse_ndjson(&text)
+                    };
+                    if tx.send(item).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Subscription {
+            items,
+            bad_ids,
+            reader,
+        }
+    }
+
+    /// The next item, or `None` after `timeout` or at the end of the stream.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Item> {
+        tokio::time::timeout(timeout, self.items.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Collects events until `n` have arrived or `timeout` passes.
+    pub async fn events(&mut self, n: usize, timeout: Duration) -> Vec<SequencedEvent> {
+        let deadline = Instant::now() + timeout;
+        let mut events = Vec::new();
+        while events.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left).await {
+                Some(Item::Event(e)) => events.push(e),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        events
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn parse_ndjson(line: &str) -> Item {
+    let value: Value = serde_json::from_str(line.trim()).expect("each line is JSON");
+    if let Some(head) = value.get("heartbeat") {
+        return Item::Heartbeat(head["head"].as_i64().expect("heartbeat head"));
+    }
+    if value.get("end").is_some() {
+        return Item::End(value);
+    }
+    Item::Event(serde_json::from_value(value).expect("an event"))
+}
+
+fn parse_sse(block: &str, bad_ids: &std::sync::atomic::AtomicUsize) -> Item {
+    let (mut id, mut data, mut kind, mut comment) = (None, None, None, None);
+    for line in block.lines() {
+        if let Some(v) = line.strip_prefix("id: ") {
+            id = Some(v.parse::<i64>().expect("numeric id"));
+        } else if let Some(v) = line.strip_prefix("data: ") {
+            data = Some(v.to_string());
+        } else if let Some(v) = line.strip_prefix("event: ") {
+            kind = Some(v.to_string());
+        } else if let Some(v) = line.strip_prefix(": ") {
+            comment = Some(v.to_string());
+        }
+    }
+    if let Some(c) = comment {
+        let head = c
+            .strip_prefix("heartbeat ")
+            .and_then(|h| h.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected comment {c:?}"));
+        return Item::Heartbeat(head);
+    }
+    let data = data.unwrap_or_else(|| panic!("SSE block without data: {block:?}"));
+    if kind.as_deref() == Some("end") {
+        return Item::End(serde_json::from_str(&data).expect("end JSON"));
+    }
+    let event: SequencedEvent = serde_json::from_str(&data).expect("event JSON");
+    if id != Some(event.position) {
+        bad_ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    Item::Event(event)
+}
+
+/// Missing, duplicated and out-of-order events of `got` against `expected`.
+fn violations(expected: &[i64], got: &[i64]) -> (usize, usize, usize) {
+    let mut seen: HashMap<i64, usize> = HashMap::new();
+    for p in got {
+        *seen.entry(*p).or_default() += 1;
+    }
+    let missing = expected.iter().filter(|p| !seen.contains_key(p)).count();
+    let duplicated = seen.values().filter(|n| **n > 1).count();
+    let unordered = got.windows(2).filter(|w| w[0] >= w[1]).count();
+    (missing, duplicated, unordered)
+}
+
+fn positions(events: &[SequencedEvent]) -> Vec<i64> {
+    events.iter().map(|e| e.position).collect()
+}
+
+#[actix_rt::test]
+async fn four_subscribers_on_two_processes_get_every_matching_event_once_in_order() {
+    let database = fresh_database().await;
+    let first = spawn_process(&database).await;
+    let second = spawn_process(&database).await;
+    let http = client();
+    let queries = [
+        json!({"items": []}),
+        json!({"items": [{"tags": ["color:red"]}]}),
+        json!({"items": [{"types": ["Shipped"]}]}),
+        json!({"items": [{"types": ["Ordered"], "tags": ["color:blue"]}, {"tags": ["big"]}]}),
+    ];
+    // Some history first, so the subscribers catch up, then follow live.
+    for i in 0..50 {
+        let color = if i % 2 == 0 {
+            "color:red"
+        } else {
+            "color:blue"
+        };
+        post_append(
+            &http,
+            &first.address,
+            &json!({"events": [event("Ordered", &[color], &format!("{i}"))]}),
+        )
+        .await;
+    }
+    let mut subscriptions = Vec::new();
+    for (i, query) in queries.iter().enumerate() {
+        let address = if i % 2 == 0 {
+            &first.address
+        } else {
+            &second.address
+        };
+        subscriptions.push(Subscription::open(&http, address, query, None, i < 2, None).await);
+    }
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (http, address) = (
+                http.clone(),
+                if w % 2 == 0 {
+                    first.address.clone()
+                } else {
+                    second.address.clone()
+                },
+            );
+            tokio::spawn(async move {
+                for i in 0..60 {
+                    let color = ["color:red", "color:blue", "color:green"][(w + i) % 3];
+                    let kind = ["Ordered", "Shipped"][i % 2];
+                    let mut events = vec![event(kind, &[color], &format!("{w}-{i}"))];
+                    if i % 10 == 0 {
+                        // Now and then a larger append, with a "big" tag.
+                        events.extend(
+                            (0..30).map(|j| event("Ordered", &[color, "big"], &format!("{j}"))),
+                        );
+                    }
+                    let answer = post_append(&http, &address, &json!({"events": events})).await;
+                    assert!(answer.appended(), "{answer:?}");
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let mut total = (0, 0, 0);
+    for (i, (query, subscription)) in queries.iter().zip(subscriptions.iter_mut()).enumerate() {
+        let expected = positions(&get_read(&http, &first.address, query, &json!({})).await);
+        let got = subscription
+            .events(expected.len(), Duration::from_secs(30))
+            .await;
+        // Nothing more may follow.
+        let extra = subscription.events(1, Duration::from_millis(300)).await;
+        let mut got = positions(&got);
+        got.extend(positions(&extra));
+        let (missing, duplicated, unordered) = violations(&expected, &got);
+        println!(
+            "subscriber {i}: expected {} events, got {}: {missing} missing, {duplicated} duplicated, {unordered} out of order, {} extra, {} SSE ids off",
+            expected.len(),
+            got.len(),
+            extra.len(),
+            subscription.bad_ids.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        assert_eq!(got, expected, "subscriber {i} saw a different sequence");
+        total.0 += missing;
+        total.1 += duplicated;
+        total.2 += unordered;
+        assert_eq!(
+            subscription
+                .bad_ids
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+    }
+    assert_eq!(total, (0, 0, 0));
+}
+
+#[actix_rt::test]
+async fn a_subscriber_dropped_mid_stream_resumes_with_last_event_id_or_after_and_misses_nothing() {
+    let app = spawn_app().await;
+    let all = json!({"items": []});
+    for i in 0..100 {
+        app.append(json!({"events": [event("E", &["t"], &format!("{i}"))]}))
+            .await;
+    }
+    // SSE: read 40, drop, resume with Last-Event-ID.
+    let mut sse = Subscription::open(&app.http, &app.address, &all, None, true, None).await;
+    let first = sse.events(40, Duration::from_secs(10)).await;
+    drop(sse);
+    let last_seen = first.last().expect("40 events").position;
+    for i in 100..200 {
+        app.append(json!({"events": [event("E", &["t"], &format!("{i}"))]}))
+            .await;
+    }
+    // `after=1` is overridden by the header.
+    let mut resumed = Subscription::open(
+        &app.http,
+        &app.address,
+        &all,
+        Some(1),
+        true,
+        Some(last_seen),
+    )
+    .await;
+    let rest = resumed.events(160, Duration::from_secs(10)).await;
+    let mut got = positions(&first);
+    got.extend(positions(&rest));
+    let expected = positions(&app.read_all().await);
+    let (missing, duplicated, unordered) = violations(&expected, &got);
+    println!("SSE resume: {missing} missing, {duplicated} duplicated, {unordered} out of order");
+    assert_eq!(got, expected);
+
+    // NDJSON: the same with `after`, while appends continue live.
+    let mut nd = Subscription::open(&app.http, &app.address, &all, None, false, None).await;
+    let first = nd.events(150, Duration::from_secs(10)).await;
+    drop(nd);
+    for i in 200..250 {
+        app.append(json!({"events": [event("E", &["t"], &format!("{i}"))]}))
+            .await;
+    }
+    let after = first.last().expect("events").position;
+    let mut resumed =
+        Subscription::open(&app.http, &app.address, &all, Some(after), false, None).await;
+    let rest = resumed.events(100, Duration::from_secs(10)).await;
+    let mut got = positions(&first);
+    got.extend(positions(&rest));
+    let expected = positions(&app.read_all().await);
+    let (missing, duplicated, unordered) = violations(&expected, &got);
+    println!("NDJSON resume: {missing} missing, {duplicated} duplicated, {unordered} out of order");
+    assert_eq!(got, expected);
+}
+
+/// Resident memory of a process, from /proc.
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[actix_rt::test]
+async fn a_slow_subscriber_neither_delays_the_others_nor_grows_memory_without_bound() {
+    let database = fresh_database().await;
+    let mut server =
+        spawn_process_with_env(&database, &[("CRABLET_SUBSCRIPTIONS__BUFFER_EVENTS", "64")]).await;
+    let http = client();
+    let all = json!({"items": []});
+    // The slow subscriber sends its request and then reads nothing at all.
+    let host = server.address.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&host)
+        .await
+        .expect("connect");
+    slow.write_all(
+        format!("GET /subscribe HTTP/1.1\r\nHost: {host}\r\nAccept: application/x-ndjson\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .expect("request");
+    let mut fast = Subscription::open(&http, &server.address, &all, None, false, None).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss_before = rss_bytes(server.pid()).unwrap_or(0);
+
+    // 40 MB of events: far more than the socket buffers hold.
+    let data = "x".repeat(2_000);
+    let (appends, per_append) = (200, 100);
+    let mut latencies = Vec::new();
+    let mut fast_events = Vec::new();
+    for i in 0..appends {
+        let events: Vec<Value> = (0..per_append)
+            .map(|_| event("E", &[&format!("a:{i}")], &data))
+            .collect();
+        let started = Instant::now();
+        let answer = post_append(&http, &server.address, &json!({"events": events})).await;
+        assert!(answer.appended(), "{answer:?}");
+        let got = fast.events(per_append, Duration::from_secs(10)).await;
+        latencies.push(started.elapsed());
+        let short = got.len() < per_append;
+        fast_events.extend(got);
+        if short {
+            break;
+        }
+    }
+    latencies.sort();
+    let rss_after = rss_bytes(server.pid()).unwrap_or(0);
+    let metrics = http
+        .get(format!("{}/metrics", server.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let detached = metric(&metrics, "crablet_subscription_detached_total");
+    let expected: Vec<i64> = (1..=(appends * per_append) as i64).collect();
+    let (missing, duplicated, unordered) = violations(&expected, &positions(&fast_events));
+    println!(
+        "fast subscriber: {} events, {missing} missing, {duplicated} duplicated, {unordered} out of order; append-to-delivery p50 {:?}, max {:?}; slow subscriber detached {detached} times; server RSS {} MiB before, {} MiB after {} MiB appended",
+        fast_events.len(),
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1],
+        rss_before >> 20,
+        rss_after >> 20,
+        (appends * per_append * data.len()) >> 20,
+    );
+    assert_eq!((missing, duplicated, unordered), (0, 0, 0));
+    assert!(latencies[latencies.len() / 2] < Duration::from_millis(500));
+    assert!(detached >= 1.0, "the slow subscriber was never detached");
+    assert!(
+        rss_after < rss_before + (24 << 20),
+        "server RSS grew from {} MiB to {} MiB",
+        rss_before >> 20,
+        rss_after >> 20
+    );
+
+    // Now the slow subscriber reads: it gets everything, once, in order.
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let needle = format!("\"position\":{}}}", appends * per_append);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => received.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+        if find(
+            &received[received.len().saturating_sub(64 << 10)..],
+            needle.as_bytes(),
+        )
+        .is_some()
+        {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&received);
+    let slow_positions: Vec<i64> = text
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            l.starts_with('{')
+                .then(|| serde_json::from_str::<Value>(l).ok())
+                .flatten()
+        })
+        .filter_map(|v| v.get("position").and_then(Value::as_i64))
+        .collect();
+    let (missing, duplicated, unordered) = violations(&expected, &slow_positions);
+    println!(
+        "slow subscriber: {} events, {missing} missing, {duplicated} duplicated, {unordered} out of order",
+        slow_positions.len()
+    );
+    assert_eq!((missing, duplicated, unordered), (0, 0, 0));
+    let _ = server_kill(&mut server);
+}
+
+fn server_kill(server: &mut crate::helpers::ServerProcess) -> Option<std::process::ExitStatus> {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status();
+    server.wait_for_exit(Duration::from_secs(15))
+}
+
+#[actix_rt::test]
+async fn a_thousand_subscribers_each_get_their_own_events() {
+    let app = spawn_app_with(|s| s.subscriptions.heartbeat_interval_ms = 60_000).await;
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
+    let n = 1_000.min((soft as usize).saturating_sub(512) / 2);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(n + 16)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let mut subscriptions = Vec::with_capacity(n);
+    for i in 0..n {
+        let query = json!({"items": [{"tags": [format!("s:{i}")]}]});
+        subscriptions
+            .push(Subscription::open(&http, &app.address, &query, None, i % 2 == 0, None).await);
+    }
+    let opened = started.elapsed();
+    // Let every subscriber join the live feed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let events: Vec<Value> = chunk
+            .iter()
+            .flat_map(|i| {
+                let tag = format!("s:{i}");
+                vec![event("E", &[&tag], "1"), event("E", &[&tag], "2")]
+            })
+            .collect();
+        assert!(app.append(json!({"events": events})).await.appended());
+    }
+    let mut wrong = 0;
+    for (i, s) in subscriptions.iter_mut().enumerate() {
+        let got = s.events(2, Duration::from_secs(20)).await;
+        let ok = got.len() == 2
+            && got.iter().all(|e| e.tags == vec![format!("s:{i}")])
+            && got[0].data == "1"
+            && got[1].data == "2";
+        if !ok {
+            wrong += 1;
+        }
+    }
+    println!(
+        "{n} subscribers opened in {opened:?}; all events delivered {:?} after the first append; {wrong} subscribers got something else",
+        started.elapsed()
+    );
+    assert_eq!(wrong, 0);
+}
+
+#[actix_rt::test]
+async fn heartbeats_arrive_in_both_formats_with_the_head() {
+    let app = spawn_app_with(|s| s.subscriptions.heartbeat_interval_ms = 100).await;
+    app.append(json!({"events": [event("E", &[], "")]})).await;
+    let query = json!({"items": [{"types": ["Other"]}]});
+    for sse in [true, false] {
+        let mut s = Subscription::open(&app.http, &app.address, &query, None, sse, None).await;
+        let (mut heartbeats, mut heads) = (0, Vec::new());
+        let deadline = Instant::now() + Duration::from_millis(1_000);
+        while let Some(item) = s
+            .next(deadline.saturating_duration_since(Instant::now()))
+            .await
+        {
+            if let Item::Heartbeat(head) = item {
+                heartbeats += 1;
+                heads.push(head);
+            }
+        }
+        println!("sse={sse}: {heartbeats} heartbeats in 1 s, heads {heads:?}");
+        assert!(heartbeats >= 5, "{heartbeats} heartbeats");
+        assert!(heads.iter().all(|h| *h == 1));
+    }
+}
+
+#[actix_rt::test]
+async fn over_the_subscriber_limit_the_answer_is_503_json_until_a_place_frees() {
+    let app = spawn_app_with(|s| s.subscriptions.max_subscribers = 2).await;
+    let all = json!({"items": []});
+    let a = Subscription::open(&app.http, &app.address, &all, None, false, None).await;
+    let _b = Subscription::open(&app.http, &app.address, &all, None, true, None).await;
+    let third = app
+        .http
+        .get(format!("{}/subscribe", app.address))
+        .send()
+        .await
+        .expect("subscribe request");
+    let status = third.status().as_u16();
+    let body = third.text().await.unwrap_or_default();
+    println!("third subscriber: {status} {body}");
+    assert_eq!(status, 503);
+    let body: Value = serde_json::from_str(&body).expect("JSON error body");
+    assert_eq!(body["error"]["code"], "overloaded");
+    drop(a);
+    // The server notices the closed connection on its next write at the
+    // latest; a heartbeat or an event makes one.
+    let mut freed = false;
+    for i in 0..50 {
+        app.append(json!({"events": [event("E", &[], &format!("{i}"))]}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let response = app
+            .http
+            .get(format!("{}/subscribe", app.address))
+            .send()
+            .await
+            .expect("subscribe request");
+        if response.status() == 200 {
+            freed = true;
+            break;
+        }
+    }
+    assert!(freed, "the place of a closed subscription was never freed");
+}
+
+#[actix_rt::test]
+async fn subscribe_parameters_are_strict() {
+    let app = spawn_app().await;
+    for path in [
+        "/subscribe?from=1",
+        "/subscribe?after=-1",
+        "/subscribe?after=abc",
+        "/subscribe?query=%7B%22items%22%3A%5B%7B%7D%5D%7D",
+    ] {
+        let (status, body) = app.raw(reqwest::Method::GET, path, None).await;
+        println!("{path}: {status} {body}");
+        assert_eq!(status, 400, "{path}");
+    }
+    let response = app
+        .http
+        .get(format!("{}/subscribe", app.address))
+        .header("last-event-id", "x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+}
+
+#[actix_rt::test]
+async fn post_subscribe_takes_query_and_after_in_a_json_body() {
+    let app = spawn_app().await;
+    for i in 0..5 {
+        app.append(json!({"events": [event("E", &[&format!("n:{}", i % 2)], "")]}))
+            .await;
+    }
+    let response = app
+        .http
+        .post(format!("{}/subscribe", app.address))
+        .json(&json!({"query": {"items": [{"tags": ["n:0"]}]}, "after": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    while text.lines().count() < 2 {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+            .await
+            .expect("events in time")
+            .expect("stream open")
+            .unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let got: Vec<i64> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["position"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(got, vec![3, 5]);
+}
+
+#[actix_rt::test]
+async fn head_is_the_last_position_and_zero_when_empty() {
+    let app = spawn_app().await;
+    let (status, body) = app.raw(reqwest::Method::GET, "/head", None).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"position":0}"#));
+    app.append(json!({"events": [event("E", &[], ""), event("E", &[], "")]}))
+        .await;
+    let (_, body) = app.raw(reqwest::Method::GET, "/head", None).await;
+    assert_eq!(body, r#"{"position":2}"#);
+}
+
+#[actix_rt::test]
+async fn on_shutdown_every_subscription_ends_at_once_saying_where_to_resume() {
+    let database = fresh_database().await;
+    let mut server = spawn_process(&database).await;
+    let http = client();
+    let all = json!({"items": []});
+    post_append(
+        &http,
+        &server.address,
+        &json!({"events": [event("E", &[], "")]}),
+    )
+    .await;
+    let mut subscriptions = Vec::new();
+    for sse in [true, false, true, false] {
+        let mut s = Subscription::open(&http, &server.address, &all, None, sse, None).await;
+        assert_eq!(s.events(1, Duration::from_secs(5)).await.len(), 1);
+        subscriptions.push(s);
+    }
+    let started = Instant::now();
+    let status = server_kill(&mut server);
+    let stopped = started.elapsed();
+    let mut ends = 0;
+    for s in subscriptions.iter_mut() {
+        while let Some(item) = s.next(Duration::from_secs(1)).await {
+            if let Item::End(end) = item {
+                assert_eq!(end["end"]["reason"], "shutdown");
+                assert_eq!(end["end"]["after"], 1);
+                ends += 1;
+            }
+        }
+    }
+    println!("server stopped in {stopped:?} ({status:?}); {ends} of 4 subscriptions got their final message");
+    assert_eq!(ends, 4);
+    assert!(
+        stopped < Duration::from_secs(5),
+        "shutdown took {stopped:?}"
+    );
+}
