@@ -43,9 +43,11 @@ pub async fn read_page(
             })
         })
         .collect();
-    let probes_json = (probes.len() > 1)
-        .then(|| serde_json::to_string(&probes).expect("probes serialize"))
-        .unwrap_or_default();
+    let probes_json = if probes.len() > 1 {
+        serde_json::to_string(&probes).expect("probes serialize")
+    } else {
+        String::new()
+    };
     let (statement, params): (_, Vec<&(dyn ToSql + Sync)>) = if query.is_all() {
         (st.read_all.pick(page.backwards), vec![after, before, limit])
     } else if let [probe] = probes.as_slice() {
