@@ -72,6 +72,8 @@ pub struct Writers {
     lanes: Arc<[Addr<WriterLane>]>,
     /// Round robin for appends without a condition.
     next_lane: Arc<AtomicUsize>,
+    /// `append_duration_seconds`: each append, handed over to answered.
+    append_duration: prometheus::Histogram,
     /// Kept so the writer thread lives as long as any facade.
     _writer_thread: Arc<Arbiter>,
 }
@@ -94,9 +96,13 @@ impl Writers {
         metrics
             .writer_max_batch_appends
             .set(settings.max_batch_appends as i64);
+        metrics
+            .writer_max_pending_appends
+            .set(settings.max_pending_appends as i64);
         Writers {
             lanes: lanes.into(),
             next_lane: Arc::new(AtomicUsize::new(0)),
+            append_duration: metrics.append_duration_seconds.clone(),
             _writer_thread: Arc::new(writer_thread),
         }
     }
@@ -125,6 +131,7 @@ impl EventStore {
 
     /// Appends, waiting for the batch that carries the append to commit.
     pub async fn append(&self, append: CheckedAppend) -> Result<AppendOutcome, EventStoreError> {
+        let started = std::time::Instant::now();
         let lane = self.route(&append);
         let (reply, outcome) = oneshot::channel();
         // try_send: the lane answers on `reply`, so there is nothing to wait
@@ -136,9 +143,11 @@ impl EventStore {
                 actix::prelude::SendError::Full(_) => EventStoreError::Overloaded,
                 actix::prelude::SendError::Closed(_) => EventStoreError::ActorGone("writer"),
             })?;
-        outcome
-            .await
-            .map_err(|_| EventStoreError::ActorGone("writer"))?
+        let answer = outcome.await;
+        self.writers
+            .append_duration
+            .observe(started.elapsed().as_secs_f64());
+        answer.map_err(|_| EventStoreError::ActorGone("writer"))?
     }
 
     /// Reads one page of the events matching `query`.

@@ -50,6 +50,8 @@ struct Pending {
     /// error: it is retried in a batch of its own, so one append that the
     /// database refuses cannot fail the appends that shared its batch.
     alone: bool,
+    /// When the lane queued it: its queue wait ends when its batch starts.
+    enqueued: Instant,
 }
 
 pub struct WriterLane {
@@ -67,6 +69,9 @@ pub struct WriterLane {
     in_flight: bool,
     /// This lane's series of `writer_pending_appends`.
     pending_gauge: prometheus::IntGauge,
+    /// This lane's series of `append_conditions_total`, accepted and
+    /// rejected, resolved once so a batch does no label lookups.
+    conditions: [prometheus::IntCounter; 2],
 }
 
 impl WriterLane {
@@ -74,8 +79,14 @@ impl WriterLane {
         let pending_gauge = metrics
             .writer_pending_appends
             .with_label_values(&[&lane.to_string()]);
+        let conditions = ["accepted", "rejected"].map(|outcome| {
+            metrics
+                .append_conditions_total
+                .with_label_values(&[&lane.to_string(), outcome])
+        });
         WriterLane {
             pending_gauge,
+            conditions,
             lane,
             pool,
             settings,
@@ -123,10 +134,17 @@ impl WriterLane {
             return;
         }
         let batch = self.take_batch();
+        let now = Instant::now();
+        for pending in &batch {
+            self.metrics
+                .append_queue_wait_seconds
+                .observe(now.duration_since(pending.enqueued).as_secs_f64());
+        }
         self.update_pending_gauge();
         self.in_flight = true;
         let connection = self.connection.take();
         let pool = self.pool.clone();
+        let database_seconds = self.metrics.writer_batch_database_seconds.clone();
         let work = async move {
             let started = Instant::now();
             // The lane's own connection, unless the server closed it while
@@ -139,7 +157,9 @@ impl WriterLane {
                 },
             };
             let appends: Vec<&CheckedAppend> = batch.iter().map(|p| &p.append).collect();
+            let call_started = Instant::now();
             let result = store::append_batch(&mut conn, &appends).await;
+            database_seconds.observe(call_started.elapsed().as_secs_f64());
             drop(appends);
             (Some(conn), batch, result, started)
         };
@@ -177,9 +197,16 @@ impl WriterLane {
                 self.metrics
                     .writer_batch_appends
                     .observe(batch.len() as f64);
+                let (mut head, mut events) = (0, 0);
                 for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                    if pending.append.request.condition.is_some() {
+                        let rejected = matches!(outcome, AppendOutcome::ConditionFailed);
+                        self.conditions[usize::from(rejected)].inc();
+                    }
                     match outcome {
-                        AppendOutcome::Appended { .. } => {
+                        AppendOutcome::Appended { last, .. } => {
+                            head = head.max(last);
+                            events += pending.append.len();
                             self.metrics
                                 .appends_total
                                 .with_label_values(&["appended"])
@@ -198,6 +225,8 @@ impl WriterLane {
                     // The client may have gone; nothing to do then.
                     let _ = pending.reply.send(Ok(outcome));
                 }
+                self.metrics.writer_batch_events.observe(events as f64);
+                self.metrics.saw_position(head);
             }
             Err(error) if batch.len() > 1 && !error.is_unavailable() => {
                 // Nothing of the batch was written. Retry each append alone,
@@ -272,6 +301,7 @@ impl Handler<Append> for WriterLane {
             append: msg.append,
             reply: msg.reply,
             alone: false,
+            enqueued: Instant::now(),
         });
         self.update_pending_gauge();
         self.flush(ctx);

@@ -9,6 +9,7 @@ mod bad_input;
 mod boundary;
 mod concurrency;
 mod model;
+mod observability;
 mod plans;
 mod recovery;
 mod semantics;
