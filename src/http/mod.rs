@@ -1,7 +1,8 @@
 //! The HTTP front end (actix-web): routes, request parsing and responses.
 //!
 //! Routes speak the community DCB HTTP contract (`GET /read`, `POST /append`)
-//! plus `POST /read`, `GET /health`, `GET /health/live` and `GET /metrics`.
+//! plus `POST /read`, `GET /health`, `GET /health/live`, `GET /metrics` and
+//! `GET /openapi.json` (the API described in `openapi/crablet.json`).
 //! Handlers parse strictly ([`parse`]) and validate, then call the
 //! [`EventStore`] facade; they never touch SQL or actors directly. Errors
 //! become responses in [`error`] only; [`context`] gives every request an id
@@ -37,6 +38,20 @@ pub struct AppState {
     pub request_timeout: Duration,
 }
 
+/// Every route [`routes`] registers, with its methods: the OpenAPI document
+/// must describe exactly these (the tests compare both, and the server).
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/append", &["POST"]),
+    ("/read", &["GET", "POST"]),
+    ("/health", &["GET"]),
+    ("/health/live", &["GET"]),
+    ("/metrics", &["GET"]),
+    ("/openapi.json", &["GET"]),
+];
+
+/// The OpenAPI 3.1 document of this API, served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../openapi/crablet.json");
+
 /// Registers every route; used by the server and the tests alike.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -68,7 +83,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(metrics))
             .default_service(web::to(method_not_allowed)),
     )
+    .service(
+        web::resource("/openapi.json")
+            .route(web::get().to(openapi))
+            .default_service(web::to(method_not_allowed)),
+    )
     .default_service(web::to(not_found));
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
 }
 
 /// Liveness: 200 while the process serves HTTP, whatever the database does,

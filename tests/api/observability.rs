@@ -15,6 +15,10 @@ use crate::helpers::{event, fresh_database, spawn_app, spawn_app_on, unless_tagg
 const EXPECTED_FROM_SUBSCRIPTIONS_AND_SUPERVISION: &[&str] = &[
     "crablet_subscriptions_active",
     "crablet_subscription_events_delivered_total",
+    "crablet_subscription_lag_events",
+    "crablet_subscription_detached_total",
+    "crablet_subscription_ended_total",
+    "crablet_subscription_tailer_reads_total",
     "crablet_writer_lane_up",
 ];
 
@@ -28,7 +32,8 @@ pub fn documented_metrics() -> BTreeSet<String> {
         .split("\n### Metrics\n")
         .nth(1)
         .expect("README has a ### Metrics section");
-    let section = section.split("\n## ").next().unwrap_or(section);
+    // Up to the next heading of any level.
+    let section = section.split("\n#").next().unwrap_or(section);
     section
         .lines()
         .filter_map(|line| line.strip_prefix("| `"))
