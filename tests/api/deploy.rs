@@ -183,7 +183,9 @@ async fn a_real_prometheus_scrapes_crablet_and_evaluates_every_alert_rule() {
         .expect("query");
     assert_eq!(events["data"]["result"][0]["value"][1], "1", "{events}");
 
-    // Every rule loaded, and evaluated without error on crablet's series.
+    // Every rule loaded, and evaluated without error on crablet's series:
+    // wait for evaluations (every second) that come after the first scrape.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let mut rules = Vec::new();
     while Instant::now() < deadline {
         let answer: Value = app
