@@ -12,6 +12,7 @@ use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 
 use crate::dcb::Limits;
+use crate::faults::Faults;
 
 /// The built-in defaults, documented key by key.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -58,11 +59,19 @@ pub struct WriterSettings {
     pub max_pending_appends: usize,
     pub mailbox_capacity: usize,
     pub connect_timeout_ms: u64,
+    pub restart_backoff_ms: u64,
+    /// Test-only panics at named points of the lanes; never configured.
+    #[serde(skip)]
+    pub faults: Faults,
 }
 
 impl WriterSettings {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub fn restart_backoff(&self) -> Duration {
+        Duration::from_millis(self.restart_backoff_ms)
     }
 }
 
@@ -72,6 +81,9 @@ pub struct ReaderSettings {
     pub pool_timeout_ms: u64,
     pub page_size: i64,
     pub mailbox_capacity: usize,
+    /// Test-only panics at named points of the readers; never configured.
+    #[serde(skip)]
+    pub faults: Faults,
 }
 
 impl ReaderSettings {

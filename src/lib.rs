@@ -14,6 +14,8 @@
 //! - [`config`]: layered settings (`config/default.toml`, `CRABLET_*`, flags).
 //! - [`embedded`]: the private PostgreSQL cluster used when no database URL
 //!   is configured.
+//! - [`faults`]: test-only panics at named points of the actors, inert
+//!   unless a test arms them.
 //! - [`app`]: [`app::Application`], which assembles all of the above; used by
 //!   `main` and by the tests alike.
 
@@ -24,6 +26,7 @@ pub mod app;
 pub mod config;
 pub mod dcb;
 pub mod embedded;
+pub mod faults;
 pub mod http;
 pub mod metrics;
 pub mod store;

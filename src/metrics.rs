@@ -59,13 +59,17 @@ pub struct Metrics {
     pub http_requests_total: IntCounterVec,
     /// HTTP request latency by route template, until the response head.
     pub http_request_duration_seconds: HistogramVec,
-    /// Appends by outcome: appended, condition_failed, overloaded, failed.
+    /// Appends by outcome: appended, condition_failed, duplicate, id_conflict,
+    /// overloaded, unavailable (nothing written), outcome_unknown, failed
+    /// (refused).
     pub appends_total: IntCounterVec,
     /// Events written.
     pub events_appended_total: IntCounter,
     /// Appends committed together in one writer transaction.
     pub writer_batch_appends: Histogram,
-    /// Time a writer batch spends in the database, begin to commit.
+    /// Time from starting a writer batch to the database's answer: the
+    /// connection checkout when the lane needs a new one, then the batch
+    /// call, which returns after the commit.
     pub writer_batch_duration_seconds: Histogram,
     /// Appends waiting in each writer lane.
     pub writer_pending_appends: IntGaugeVec,
@@ -74,8 +78,11 @@ pub struct Metrics {
     pub writer_max_batch_appends: IntGauge,
     /// Configured cap on a lane's queue, so alerts can compare depth to it.
     pub writer_max_pending_appends: IntGauge,
-    /// Actor restarts by actor kind (writer, reader).
+    /// Actor restarts by actor kind (writer, reader); both series exist
+    /// from start-up, at 0.
     pub actor_restarts_total: IntCounterVec,
+    /// 1 while a writer lane runs, 0 while it is restarting or gone.
+    pub writer_lane_up: IntGaugeVec,
     /// Events returned by reads.
     pub read_events_total: IntCounter,
     /// Queries run by reads (a long read runs one per page).
@@ -153,7 +160,7 @@ impl Metrics {
         let writer_batch_duration_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "writer_batch_duration_seconds",
-                "Database time of one writer batch, begin to commit",
+                "Time of one writer batch, from its start (connection checkout included) to the answer after its commit",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
         )
@@ -180,7 +187,16 @@ impl Metrics {
             &["actor"],
         )
         .expect("valid metric");
-        // Both series exist from start-up, so a restart shows as 0 -> 1.
+        let writer_lane_up = IntGaugeVec::new(
+            Opts::new(
+                "writer_lane_up",
+                "1 while a writer lane runs, 0 while it restarts or is gone",
+            ),
+            &["lane"],
+        )
+        .expect("valid metric");
+        // A labelled series is exported only once touched: make both kinds
+        // show 0 restarts from start-up.
         for actor in ["writer", "reader"] {
             actor_restarts_total.with_label_values(&[actor]);
         }
@@ -280,6 +296,7 @@ impl Metrics {
             writer_max_batch_appends,
             writer_max_pending_appends,
             actor_restarts_total,
+            writer_lane_up,
             read_events_total,
             read_pages_total,
             build_info,
@@ -314,6 +331,7 @@ impl Metrics {
             Box::new(self.writer_max_batch_appends.clone()),
             Box::new(self.writer_max_pending_appends.clone()),
             Box::new(self.actor_restarts_total.clone()),
+            Box::new(self.writer_lane_up.clone()),
             Box::new(self.read_events_total.clone()),
             Box::new(self.read_pages_total.clone()),
             Box::new(self.build_info.clone()),

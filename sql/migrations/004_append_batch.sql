@@ -7,18 +7,32 @@
 --
 -- 1. Take the batch's advisory locks, in the order given (ascending keys):
 --    shared for the keys of the events written, exclusive for the keys the
---    conditions probe.
--- 2. Check every condition probe against the stored events.
+--    conditions probe and for the keys of the events' ids.
+-- 2. When events carry ids, look them up (one statement over the unique
+--    index events_id): an append with any stored id is not accepted, and the
+--    stored events come back to crablet, which tells a retry of the same
+--    append (answered as a duplicate) from a reuse of ids (a conflict). This
+--    comes first: a retry is never rejected by its own condition.
+--    Then check every condition probe against the stored events.
 -- 3. Decide the appends in batch order: an append is rejected if a probe of
 --    its condition matched, or if it conflicts with an earlier append of the
 --    batch that is accepted (pairs computed by crablet, ordered by the later
 --    append).
 -- 4. Take the sequencing lock, draw positions and insert the events of the
 --    accepted appends with their index keys. The lock is held until commit,
---    so transactions commit in position order (gap-free reading).
+--    so transactions commit in position order (gap-free reading), and
+--    recorded_at, read from the clock once the lock is held, follows
+--    position order too.
 --
 -- Returns one row per accepted append: its index and its first and last
--- position. Appends without a row were rejected by their condition.
+-- position, with the stored_* columns NULL; and one row per stored event
+-- found under an id of the batch: the index of the append that asked, the
+-- event's position (as first and last) and its stored columns. Appends
+-- without a row were rejected by their condition.
+DROP FUNCTION IF EXISTS crablet_append_batch(
+    int8[], bool[], text, int4[], int4[], int4, int4[], text[], bytea[], int8[], text[],
+    int8[], int8[], int8);
+
 CREATE OR REPLACE FUNCTION crablet_append_batch(
     p_lock_keys        int8[],
     p_lock_exclusive   bool[],
@@ -29,24 +43,59 @@ CREATE OR REPLACE FUNCTION crablet_append_batch(
     p_event_append     int4[],   -- per event: index of its append
     p_types            text[],
     p_data             bytea[],
+    p_ids              text[],   -- per event: its id; NULL when no event has one
+    p_metadata         bytea[],  -- per event: its metadata; NULL when none has
     p_tag_event        int8[],   -- per tag: 1-based event ordinal
     p_tags             text[],
     p_key_event        int8[],   -- per index key: 1-based event ordinal
     p_keys             int8[],
     p_sequence_key     int8
-) RETURNS TABLE (append_index int4, first_position int8, last_position int8)
+) RETURNS TABLE (
+    append_index    int4,
+    first_position  int8,
+    last_position   int8,
+    stored_id       text,
+    stored_type     text,
+    stored_tags     text[],
+    stored_data     bytea,
+    stored_metadata bytea
+)
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     accepted bool[] := array_fill(true, ARRAY[p_appends]);
     failed int4;
     n int4;
+    found_event record;
+    recorded timestamptz;
 BEGIN
     PERFORM CASE WHEN t.exclusive
                  THEN pg_advisory_xact_lock(t.key)
                  ELSE pg_advisory_xact_lock_shared(t.key)
             END
     FROM unnest(p_lock_keys, p_lock_exclusive) AS t(key, exclusive);
+
+    IF p_ids IS NOT NULL THEN
+        FOR found_event IN
+            SELECT l.append, e.position, e.id, e.type, e.tags, e.data, e.metadata
+            FROM unnest(p_event_append, p_ids) AS l(append, id)
+            JOIN events e ON e.id = l.id
+        LOOP
+            accepted[found_event.append + 1] := false;
+            append_index := found_event.append;
+            first_position := found_event.position;
+            last_position := found_event.position;
+            stored_id := found_event.id;
+            stored_type := found_event.type;
+            stored_tags := found_event.tags;
+            stored_data := found_event.data;
+            stored_metadata := found_event.metadata;
+            RETURN NEXT;
+        END LOOP;
+        IF NOT (true = ANY (accepted)) THEN
+            RETURN;
+        END IF;
+    END IF;
 
     IF p_probes IS NOT NULL THEN
         FOR failed IN
@@ -82,12 +131,16 @@ BEGIN
     END IF;
 
     PERFORM pg_advisory_xact_lock(p_sequence_key);
+    recorded := clock_timestamp();
 
     RETURN QUERY
     WITH new_events AS MATERIALIZED (
         -- Rows come in ordinality order, so positions follow batch order.
-        SELECT nextval('events_position_seq') AS position, e.ord, e.append, e.type, e.data
-        FROM unnest(p_event_append, p_types, p_data) WITH ORDINALITY AS e(append, type, data, ord)
+        -- A NULL p_ids or p_metadata unnests as NULLs for every event.
+        SELECT nextval('events_position_seq') AS position, e.ord, e.append, e.type, e.data,
+               e.id, e.metadata
+        FROM unnest(p_event_append, p_types, p_data, p_ids, p_metadata)
+             WITH ORDINALITY AS e(append, type, data, id, metadata, ord)
         WHERE accepted[e.append + 1]
     ),
     new_tags AS (
@@ -102,12 +155,14 @@ BEGIN
         JOIN new_events ne ON ne.ord = k.event
     ),
     inserted_events AS (
-        INSERT INTO events (position, type, tags, data)
-        SELECT ne.position, ne.type, coalesce(nt.tags, '{}'::text[]), ne.data
+        INSERT INTO events (position, type, tags, data, id, metadata, recorded_at)
+        SELECT ne.position, ne.type, coalesce(nt.tags, '{}'::text[]), ne.data,
+               ne.id, ne.metadata, recorded
         FROM new_events ne
         LEFT JOIN new_tags nt ON nt.event = ne.ord
     )
-    SELECT ne.append::int4, min(ne.position), max(ne.position)
+    SELECT ne.append::int4, min(ne.position), max(ne.position),
+           NULL::text, NULL::text, NULL::text[], NULL::bytea, NULL::bytea
     FROM new_events ne
     GROUP BY ne.append;
 END;

@@ -2,7 +2,7 @@
 -- $2 < position < $3, descending, at most $6, that carry all of $4 and (when
 -- $5 is not empty) have one of the types $5. An ordered range scan of
 -- event_keys joined to events by primary key.
-SELECT e.position, e.type, e.tags, e.data
+SELECT e.position, e.type, e.tags, e.data, e.id, e.metadata, e.recorded_at
 FROM event_keys ek
 JOIN events e ON e.position = ek.position
 WHERE ek.key = $1

@@ -2,10 +2,10 @@
 -- $1: JSON array of probes {"k": key, "tags": [...], "types": [...]}.
 -- Each probe is an ordered index range scan of event_keys, cut at the limit,
 -- joined to events by primary key; the union is deduplicated by position.
-SELECT DISTINCT ON (m.position) m.position, m.type, m.tags, m.data
+SELECT DISTINCT ON (m.position) m.position, m.type, m.tags, m.data, m.id, m.metadata, m.recorded_at
 FROM jsonb_to_recordset($1::text::jsonb) AS p(k int8, tags text[], types text[])
 CROSS JOIN LATERAL (
-    SELECT e.position, e.type, e.tags, e.data
+    SELECT e.position, e.type, e.tags, e.data, e.id, e.metadata, e.recorded_at
     FROM event_keys ek
     JOIN events e ON e.position = ek.position
     WHERE ek.key = p.k

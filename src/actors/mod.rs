@@ -3,16 +3,23 @@
 //! [`EventStore`] is all the HTTP layer sees: `append` and `read_page`. Behind
 //! it, writer lanes ([`writer`]) each own one pooled connection and commit
 //! what is waiting in their queue as one batch; conditional appends are
-//! routed to a lane by the first exclusive key of their footprint, so appends
-//! that may conflict meet in one lane (and are decided in order inside one
-//! batch) while disjoint ones run in parallel. Reader actors ([`reader`]) own
+//! routed to a lane by the first key of their condition, so appends that may
+//! conflict meet in one lane (and are decided in order inside one batch)
+//! while disjoint ones run in parallel; appends with ids and no condition by
+//! their first id, so a retry meets its original. Reader actors ([`reader`]) own
 //! the reader pool and run page queries concurrently; each HTTP worker thread
-//! gets its own reader, so a read never crosses threads on its way to the
-//! database.
+//! gets its own reader, so a read is handed to no other actor thread (the
+//! pooled connection's I/O task may still run on the worker thread that
+//! opened it).
 //!
 //! Actix types stay in this module: the facade speaks in [`crate::dcb`] and
-//! [`crate::store`] types. A lane that restarts fails every append it held;
-//! a client is never left waiting on an actor that is gone.
+//! [`crate::store`] types. Every actor is supervised and catches its own
+//! panics: it restarts with a fresh connection, answers what it held with
+//! the error class its progress allows (503 when nothing can have been
+//! written, `OutcomeUnknown` when a batch may have committed), and counts the
+//! restart in `crablet_actor_restarts_total`. A client is never left waiting
+//! on an actor that is gone, and [`EventStore::lanes_down`] names the writer
+//! lanes that are not running, for readiness.
 
 pub mod reader;
 pub mod writer;
@@ -24,22 +31,27 @@ use actix::{Addr, Arbiter, Supervisor};
 use tokio::sync::oneshot;
 
 use crate::config::{ReaderSettings, WriterSettings};
-use crate::dcb::{CheckedAppend, Query, SequencedEvent};
+use crate::dcb::{AppendOutcome, CheckedAppend, Page, Query, SequencedEvent};
 use crate::metrics::Metrics;
-use crate::store::{AppendOutcome, Page, Pool, StoreError};
+use crate::store::{Failure, Pool, StoreError};
 
 pub use reader::Reader;
-pub use writer::WriterLane;
+pub use writer::{LaneHealth, WriterLane};
 
 /// Why the event store could not serve a request.
 #[derive(Debug, thiserror::Error)]
 pub enum EventStoreError {
-    /// Too much waiting already; the client should back off and retry.
+    /// Too much waiting already; nothing was written; back off and retry.
     #[error("overloaded: too many appends waiting")]
     Overloaded,
-    /// The actor serving the request stopped before answering.
-    #[error("the {0} stopped before answering; retry")]
-    ActorGone(&'static str),
+    /// Nothing was written and a retry may succeed: the actor serving the
+    /// request is restarting or gone, or a read lost its connection.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The append may or may not have been written: the actor or the
+    /// connection failed after the batch carrying it was sent.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The batch that carried the append failed; shared by its appends.
@@ -56,6 +68,16 @@ impl EventStoreError {
             _ => None,
         }
     }
+
+    /// What the failed request may have written; see [`Failure`].
+    pub fn failure(&self) -> Failure {
+        match self {
+            EventStoreError::Overloaded | EventStoreError::Unavailable(_) => Failure::Unavailable,
+            EventStoreError::OutcomeUnknown(_) => Failure::OutcomeUnknown,
+            EventStoreError::Store(e) => e.failure(),
+            EventStoreError::Batch(e) => e.failure(),
+        }
+    }
 }
 
 /// The facade over the writer lanes and a reader actor. Cheap to clone.
@@ -70,6 +92,8 @@ pub struct EventStore {
 #[derive(Clone)]
 pub struct Writers {
     lanes: Arc<[Addr<WriterLane>]>,
+    /// Whether each lane runs, set by the lane itself.
+    health: Arc<[Arc<LaneHealth>]>,
     /// Round robin for appends without a condition.
     next_lane: Arc<AtomicUsize>,
     /// `append_duration_seconds`: each append, handed over to answered.
@@ -83,12 +107,18 @@ impl Writers {
     /// Must run inside an actix system.
     pub fn start(pool: Pool, settings: &WriterSettings, metrics: &Metrics) -> Self {
         let writer_thread = Arbiter::new();
-        let lanes: Vec<Addr<WriterLane>> = (0..settings.lanes)
-            .map(|lane| {
+        let health: Vec<Arc<LaneHealth>> = (0..settings.lanes)
+            .map(|lane| Arc::new(LaneHealth::new(lane, metrics)))
+            .collect();
+        let lanes: Vec<Addr<WriterLane>> = health
+            .iter()
+            .enumerate()
+            .map(|(lane, health)| {
                 let (pool, settings, metrics) = (pool.clone(), settings.clone(), metrics.clone());
+                let health = health.clone();
                 Supervisor::start_in_arbiter(&writer_thread.handle(), move |ctx| {
                     ctx.set_mailbox_capacity(settings.mailbox_capacity);
-                    WriterLane::new(lane, pool, settings, metrics)
+                    WriterLane::new(lane, pool, settings, metrics, health)
                 })
             })
             .collect();
@@ -101,6 +131,7 @@ impl Writers {
             .set(settings.max_pending_appends as i64);
         Writers {
             lanes: lanes.into(),
+            health: health.into(),
             next_lane: Arc::new(AtomicUsize::new(0)),
             append_duration: metrics.append_duration_seconds.clone(),
             _writer_thread: Arc::new(writer_thread),
@@ -119,9 +150,10 @@ impl EventStore {
         metrics: &Metrics,
     ) -> Self {
         let (capacity, metrics) = (reader.mailbox_capacity, metrics.clone());
+        let faults = reader.faults.clone();
         let reader = Supervisor::start(move |ctx: &mut actix::Context<Reader>| {
             ctx.set_mailbox_capacity(capacity);
-            Reader::new(reader_pool, metrics)
+            Reader::new(reader_pool, metrics, faults)
         });
         EventStore {
             writers: writers.clone(),
@@ -134,6 +166,7 @@ impl EventStore {
         let started = std::time::Instant::now();
         let lane = self.route(&append);
         let (reply, outcome) = oneshot::channel();
+        let reply = writer::Reply::new(reply);
         // try_send: the lane answers on `reply`, so there is nothing to wait
         // for on delivery (send().await would cost a second cross-thread
         // wake-up); a full mailbox is back-pressure, answered with 503.
@@ -141,13 +174,28 @@ impl EventStore {
             .try_send(writer::Append { append, reply })
             .map_err(|e| match e {
                 actix::prelude::SendError::Full(_) => EventStoreError::Overloaded,
-                actix::prelude::SendError::Closed(_) => EventStoreError::ActorGone("writer"),
+                actix::prelude::SendError::Closed(_) => EventStoreError::Unavailable(format!(
+                    "writer lane {lane} is gone; nothing was written"
+                )),
             })?;
         let answer = outcome.await;
         self.writers
             .append_duration
             .observe(started.elapsed().as_secs_f64());
-        answer.map_err(|_| EventStoreError::ActorGone("writer"))?
+        // A `Reply` answers even when dropped, so the channel closing
+        // unanswered would mean a lost reply: assume the worst.
+        answer.map_err(|_| {
+            EventStoreError::OutcomeUnknown("the writer lane dropped the append unanswered".into())
+        })?
+    }
+
+    /// The writer lanes that are not running: restarting after a panic, or
+    /// gone for good. Empty when every lane can take appends.
+    pub fn lanes_down(&self) -> Vec<usize> {
+        let writers = &self.writers;
+        (0..writers.lanes.len())
+            .filter(|&lane| !writers.health[lane].is_up() || !writers.lanes[lane].connected())
+            .collect()
     }
 
     /// Reads one page of the events matching `query`.
@@ -159,14 +207,17 @@ impl EventStore {
         self.reader
             .send(reader::ReadPage { query, page })
             .await
-            .map_err(|_| EventStoreError::ActorGone("reader"))?
+            .map_err(|_| {
+                EventStoreError::Unavailable("the reader stopped before answering; retry".into())
+            })?
     }
 
-    /// The lane of an append: by its first exclusive key when it has a
-    /// condition, round robin otherwise.
+    /// The lane of an append: by its condition's first key when it has a
+    /// condition, else by its first id's key when it has ids (a retry queues
+    /// behind its original, in the same lane), round robin otherwise.
     fn route(&self, append: &CheckedAppend) -> usize {
         let n = self.writers.lanes.len();
-        match append.footprint.exclusive_keys().next() {
+        match append.footprint.route() {
             Some(key) => (key as u64 % n as u64) as usize,
             None => self.writers.next_lane.fetch_add(1, Ordering::Relaxed) % n,
         }
@@ -180,6 +231,7 @@ mod tests {
     use super::*;
     use crate::config::Settings;
     use crate::dcb::{AppendRequest, Limits, NewEvent};
+    use crate::faults::{FaultPoint, Faults};
     use crate::store::{build_pool, PoolSettings};
 
     /// A pool whose database does not exist: every connection attempt fails.
@@ -199,6 +251,98 @@ mod tests {
         )
     }
 
+    fn one_event() -> CheckedAppend {
+        CheckedAppend::new(
+            AppendRequest {
+                events: vec![NewEvent {
+                    event_type: "E".into(),
+                    tags: vec![],
+                    data: String::new(),
+                    id: None,
+                    metadata: None,
+                }],
+                condition: None,
+            },
+            &Limits::default(),
+        )
+        .unwrap()
+    }
+
+    /// A store whose lanes panic as `faults` says; no database needed for
+    /// the points before a connection is taken.
+    fn store_with_faults(faults: &Faults, backoff_ms: u64) -> EventStore {
+        let mut settings = Settings::defaults();
+        settings.writer.lanes = 2;
+        settings.writer.faults = faults.clone();
+        settings.writer.restart_backoff_ms = backoff_ms;
+        let metrics = Metrics::new();
+        let writers = Writers::start(unreachable_pool(), &settings.writer, &metrics);
+        EventStore::on_this_thread(&writers, unreachable_pool(), &settings.reader, &metrics)
+    }
+
+    async fn wait_for(mut ready: impl FnMut() -> bool) -> bool {
+        for _ in 0..200 {
+            if ready() {
+                return true;
+            }
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
+    }
+
+    #[actix_rt::test]
+    async fn a_lane_is_reported_down_while_it_restarts_and_up_again_after() {
+        let faults = Faults::default();
+        let store = store_with_faults(&faults, 2000);
+        assert!(wait_for(|| store.lanes_down().is_empty()).await);
+        faults.arm(FaultPoint::Handle, 1);
+        let error = store.append(one_event()).await.expect_err("injected panic");
+        assert!(
+            matches!(error, EventStoreError::Unavailable(_)),
+            "nothing was written: {error:?}"
+        );
+        // The client's answer is sent while the panic unwinds, just before
+        // the lane marks itself down.
+        assert!(
+            wait_for(|| store.lanes_down().len() == 1).await,
+            "the panicked lane is down"
+        );
+        let mut up_again = false;
+        for _ in 0..60 {
+            up_again = store.lanes_down().is_empty();
+            if up_again {
+                break;
+            }
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(up_again, "and up again after the backoff");
+    }
+
+    #[actix_rt::test]
+    async fn a_lane_whose_supervisor_is_gone_is_reported_down_for_good() {
+        let faults = Faults::default();
+        let store = store_with_faults(&faults, 0);
+        assert!(wait_for(|| store.lanes_down().is_empty()).await);
+        // A panic in the handler makes the supervisor restart the lane, and
+        // the panic armed in `restarting` escapes supervision: the lane is
+        // gone for good.
+        faults.arm(FaultPoint::Restarting, 1);
+        faults.arm(FaultPoint::Handle, 1);
+        let error = store.append(one_event()).await.expect_err("injected panic");
+        assert_eq!(error.failure(), Failure::Unavailable, "{error:?}");
+        assert!(wait_for(|| faults.fired() == 2).await);
+        let down = store.lanes_down();
+        assert_eq!(down.len(), 1, "one lane gone: {down:?}");
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(store.lanes_down(), down, "and it stays down");
+        // Appends routed to it are answered, 503: nothing was written.
+        for _ in 0..4 {
+            if let Err(error) = store.append(one_event()).await {
+                assert_eq!(error.failure(), Failure::Unavailable, "{error:?}");
+            }
+        }
+    }
+
     #[actix_rt::test]
     async fn with_the_database_unreachable_appends_and_reads_fail_promptly() {
         let settings = Settings::defaults();
@@ -212,6 +356,8 @@ mod tests {
                     event_type: "E".into(),
                     tags: vec![],
                     data: String::new(),
+                    id: None,
+                    metadata: None,
                 }],
                 condition: None,
             },

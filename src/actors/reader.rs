@@ -3,15 +3,26 @@
 //! Each request runs as its own task on the reader's thread, so one reader
 //! serves many reads at once, bounded by the pool. A read never holds a
 //! connection longer than one page query.
+//!
+//! Supervision: a panic in the handler or in a read task is caught; the
+//! read is answered 503 (a read writes nothing, so a retry is always safe),
+//! the connection it held is discarded rather than returned to the pool, and
+//! the reader is restarted and counted. A read whose connection is lost
+//! mid-query is likewise `Unavailable`, never "outcome unknown".
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use actix::{Actor, Context, Handler, Message, ResponseFuture, Supervised};
+use actix::{
+    Actor, ActorContext, AsyncContext, Context, Handler, Message, ResponseFuture, Supervised,
+};
+use futures_util::FutureExt;
 
 use super::EventStoreError;
 use crate::dcb::{Query, SequencedEvent};
+use crate::faults::{FaultPoint, Faults};
 use crate::metrics::Metrics;
-use crate::store::{self, Page, Pool};
+use crate::store::{self, Failure, Page, Pool};
 
 /// Read one page of the events matching `query`.
 pub struct ReadPage {
@@ -24,15 +35,32 @@ impl Message for ReadPage {
     type Result = Result<Vec<SequencedEvent>, EventStoreError>;
 }
 
+/// Sent by a read task that panicked: restart the reader.
+struct Restart;
+
+impl Message for Restart {
+    type Result = ();
+}
+
 pub struct Reader {
     pool: Pool,
     metrics: Metrics,
+    /// Test-only panics; inert unless a test arms them.
+    faults: Faults,
 }
 
 impl Reader {
-    pub fn new(pool: Pool, metrics: Metrics) -> Self {
-        Reader { pool, metrics }
+    pub fn new(pool: Pool, metrics: Metrics, faults: Faults) -> Self {
+        Reader {
+            pool,
+            metrics,
+            faults,
+        }
     }
+}
+
+fn restarted() -> EventStoreError {
+    EventStoreError::Unavailable("the reader failed and restarts; retry".into())
 }
 
 impl Actor for Reader {
@@ -50,15 +78,42 @@ impl Supervised for Reader {
     }
 }
 
+impl Handler<Restart> for Reader {
+    type Result = ();
+
+    fn handle(&mut self, _: Restart, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
 impl Handler<ReadPage> for Reader {
     type Result = ResponseFuture<Result<Vec<SequencedEvent>, EventStoreError>>;
 
-    fn handle(&mut self, msg: ReadPage, _ctx: &mut Context<Self>) -> Self::Result {
-        let pool = self.pool.clone();
-        let metrics = self.metrics.clone();
-        Box::pin(async move {
-            let conn = store::checkout(&pool).await?;
-            let events = store::read_page(&conn, &msg.query, &msg.page).await?;
+    fn handle(&mut self, msg: ReadPage, ctx: &mut Context<Self>) -> Self::Result {
+        let taken = catch_unwind(AssertUnwindSafe(|| {
+            self.faults.hit(FaultPoint::ReaderHandle);
+            (self.pool.clone(), self.metrics.clone(), self.faults.clone())
+        }));
+        let Ok((pool, metrics, faults)) = taken else {
+            log::error!("a reader panicked in its handler; restarting it");
+            ctx.stop();
+            return Box::pin(async { Err(restarted()) });
+        };
+        let reader = ctx.address();
+        let work = async move {
+            let mut conn = store::checkout(&pool).await?;
+            // Discarded, not pooled, if the read is abandoned by a panic.
+            conn.discard_on_return = true;
+            faults.hit(FaultPoint::Read);
+            let result = store::read_page(&conn, &msg.query, &msg.page).await;
+            conn.discard_on_return = false;
+            let events = result.map_err(|e| match e.failure() {
+                // A read writes nothing: a lost connection is only a failure.
+                Failure::OutcomeUnknown => {
+                    EventStoreError::Unavailable(format!("the read failed: {e}; retry"))
+                }
+                _ => EventStoreError::Store(e),
+            })?;
             metrics.read_pages_total.inc();
             metrics.read_events_total.inc_by(events.len() as u64);
             // Pages are in position order, one way or the other.
@@ -66,6 +121,16 @@ impl Handler<ReadPage> for Reader {
                 metrics.saw_position(first.position.max(last.position));
             }
             Ok(events)
+        };
+        Box::pin(async move {
+            match AssertUnwindSafe(work).catch_unwind().await {
+                Ok(result) => result,
+                Err(_) => {
+                    log::error!("a read panicked; restarting its reader");
+                    reader.do_send(Restart);
+                    Err(restarted())
+                }
+            }
         })
     }
 }

@@ -6,13 +6,25 @@
 //! already waiting: at low load an append is committed alone, at once; under
 //! load the appends that arrive during a commit ride in the next one.
 //!
-//! The lane is supervised. A panic while a batch runs fails that batch's
-//! appends and restarts the lane; a restart fails everything the lane held
-//! (dropping a reply channel answers its client with an error) and resets
-//! the lane to empty with no connection.
+//! Supervision. Everything the lane runs (its message handler, the batch
+//! future, the batch's completion) runs under `catch_unwind`: a panic stops
+//! the lane, and its supervisor restarts it after `writer.restart_backoff_ms`,
+//! empty and without a connection (the one it held is discarded, never
+//! handed out again). While stopped the lane is reported down
+//! ([`LaneHealth`]). Every append is answered exactly once whatever happens,
+//! because its [`Reply`] answers when dropped: 503 `Unavailable` while the
+//! append cannot have reached the database, `OutcomeUnknown` once the batch
+//! call that carries it was sent.
+//!
+//! A failed batch is answered by what the failure says was written (see
+//! [`store::Failure`]): a batch the database refused is retried one append
+//! at a time (nothing of it was written); a batch whose outcome is unknown
+//! is never retried.
 
 use std::collections::VecDeque;
-use std::panic::AssertUnwindSafe;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix::{
@@ -25,16 +37,61 @@ use tokio::sync::oneshot;
 use super::EventStoreError;
 use crate::config::WriterSettings;
 use crate::dcb::CheckedAppend;
+use crate::faults::FaultPoint;
 use crate::metrics::Metrics;
-use crate::store::{self, AppendOutcome, Pool, StoreError};
+use crate::store::{self, AppendOutcome, Failure, Pool, StoreError};
 
-type Reply = oneshot::Sender<Result<AppendOutcome, EventStoreError>>;
 type OwnedConnection = store::LiveConnection;
+
+/// The answer channel of one append. Answered exactly once: explicitly, or
+/// when dropped unanswered (a panic unwinding, a restart clearing the lane),
+/// with the error class that the append's progress allows.
+pub struct Reply {
+    tx: Option<oneshot::Sender<Result<AppendOutcome, EventStoreError>>>,
+    /// Set once the batch call carrying the append may have reached the
+    /// database; from then on nothing but the database's answer tells
+    /// whether the append was written.
+    sent: bool,
+}
+
+impl Reply {
+    pub fn new(tx: oneshot::Sender<Result<AppendOutcome, EventStoreError>>) -> Self {
+        Reply {
+            tx: Some(tx),
+            sent: false,
+        }
+    }
+
+    fn send(mut self, result: Result<AppendOutcome, EventStoreError>) {
+        if let Some(tx) = self.tx.take() {
+            // The client may have gone; nothing to do then.
+            let _ = tx.send(result);
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let error = if self.sent {
+                EventStoreError::OutcomeUnknown(
+                    "the writer lane failed after the batch carrying the append was sent".into(),
+                )
+            } else {
+                EventStoreError::Unavailable(
+                    "the writer lane restarted before the append reached the database; \
+                     nothing was written; retry"
+                        .into(),
+                )
+            };
+            let _ = tx.send(Err(error));
+        }
+    }
+}
 
 /// Append `append` and answer on `reply` once its batch has committed.
 pub struct Append {
     pub append: CheckedAppend,
-    /// Answered exactly once; dropped unanswered only if the lane dies.
     pub reply: Reply,
 }
 
@@ -42,12 +99,42 @@ impl Message for Append {
     type Result = ();
 }
 
+/// Whether a lane is running, shared by the lane and the facade (readiness)
+/// and exported as `crablet_writer_lane_up`.
+pub struct LaneHealth {
+    up: AtomicBool,
+    gauge: prometheus::IntGauge,
+}
+
+impl LaneHealth {
+    /// A lane that is down until it starts.
+    pub fn new(lane: usize, metrics: &Metrics) -> Self {
+        let gauge = metrics
+            .writer_lane_up
+            .with_label_values(&[&lane.to_string()]);
+        gauge.set(0);
+        LaneHealth {
+            up: AtomicBool::new(false),
+            gauge,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::SeqCst)
+    }
+
+    fn set(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+        self.gauge.set(up as i64);
+    }
+}
+
 /// An append waiting for its batch.
 struct Pending {
     append: CheckedAppend,
     reply: Reply,
-    /// Set when a batch that carried this append failed with a database
-    /// error: it is retried in a batch of its own, so one append that the
+    /// Set when a batch that carried this append was refused by the
+    /// database: it is retried in a batch of its own, so one append that the
     /// database refuses cannot fail the appends that shared its batch.
     alone: bool,
     /// When the lane queued it: its queue wait ends when its batch starts.
@@ -60,8 +147,8 @@ pub struct WriterLane {
     pool: Pool,
     settings: WriterSettings,
     metrics: Metrics,
-    /// The lane's own connection; taken out while a batch runs, dropped
-    /// (returned to the pool, which discards it if broken) after a failure.
+    /// The lane's own connection; taken out while a batch runs, kept after
+    /// a batch whose failure left it usable, discarded otherwise.
     connection: Option<OwnedConnection>,
     /// Appends waiting for the next batch, in arrival order.
     pending: VecDeque<Pending>,
@@ -72,10 +159,21 @@ pub struct WriterLane {
     /// This lane's series of `append_conditions_total`, accepted and
     /// rejected, resolved once so a batch does no label lookups.
     conditions: [prometheus::IntCounter; 2],
+    /// Up/down, read by the facade; cleared on a panic, on restart and when
+    /// the lane is dropped (its supervisor gone for good).
+    health: Arc<LaneHealth>,
+    /// Set by a restart, so that `started` waits out the backoff first.
+    restarted: bool,
 }
 
 impl WriterLane {
-    pub fn new(lane: usize, pool: Pool, settings: WriterSettings, metrics: Metrics) -> Self {
+    pub fn new(
+        lane: usize,
+        pool: Pool,
+        settings: WriterSettings,
+        metrics: Metrics,
+        health: Arc<LaneHealth>,
+    ) -> Self {
         let pending_gauge = metrics
             .writer_pending_appends
             .with_label_values(&[&lane.to_string()]);
@@ -94,7 +192,20 @@ impl WriterLane {
             connection: None,
             pending: VecDeque::new(),
             in_flight: false,
+            health,
+            restarted: false,
         }
+    }
+
+    /// After a caught panic: the lane is down until its supervisor has
+    /// restarted it.
+    fn stop_after_panic(&mut self, ctx: &mut Context<Self>, place: &str) {
+        log::error!(
+            "writer lane {} panicked in {place}; restarting it",
+            self.lane
+        );
+        self.health.set(false);
+        ctx.stop();
     }
 
     fn update_pending_gauge(&self) {
@@ -102,14 +213,24 @@ impl WriterLane {
     }
 
     /// Takes the next batch off the queue: at least one append, then more
-    /// while the batch stays within every limit.
+    /// while the batch stays within every limit. An append that shares an id
+    /// with an append already in the batch ends it: it goes in the next
+    /// batch, which sees the first one committed and answers it as a
+    /// duplicate (or a conflict).
     fn take_batch(&mut self) -> Vec<Pending> {
         let (mut events, mut keys) = (0, 0);
         let mut batch = Vec::new();
+        // The id keys of the batch; never allocated for appends without ids.
+        let mut ids: std::collections::HashSet<crate::dcb::Key> = Default::default();
         while let Some(next) = self.pending.front() {
             if !batch.is_empty() && next.alone {
                 break;
             }
+            let id_keys = &next.append.id_keys;
+            if !batch.is_empty() && id_keys.iter().any(|k| ids.contains(k)) {
+                break;
+            }
+            ids.extend(id_keys);
             let (e, k) = (next.append.len(), next.append.footprint.len());
             let fits = batch.len() < self.settings.max_batch_appends
                 && events + e <= self.settings.max_batch_events
@@ -125,6 +246,7 @@ impl WriterLane {
                 break;
             }
         }
+        self.settings.faults.hit(FaultPoint::TakeBatch);
         batch
     }
 
@@ -134,6 +256,7 @@ impl WriterLane {
             return;
         }
         let batch = self.take_batch();
+        self.settings.faults.hit(FaultPoint::Flush);
         let now = Instant::now();
         for pending in &batch {
             self.metrics
@@ -145,8 +268,10 @@ impl WriterLane {
         let connection = self.connection.take();
         let pool = self.pool.clone();
         let database_seconds = self.metrics.writer_batch_database_seconds.clone();
+        let faults = self.settings.faults.clone();
         let work = async move {
             let started = Instant::now();
+            let mut batch = batch;
             // The lane's own connection, unless the server closed it while
             // it was idle (a PostgreSQL restart): then a fresh one.
             let mut conn = match connection.filter(|c| !c.client.is_closed()) {
@@ -156,27 +281,37 @@ impl WriterLane {
                     Err(e) => return (None, batch, Err(e), started),
                 },
             };
+            // Until the lane takes the connection back, a panic or a restart
+            // abandons it mid-batch: the pool must not hand it out again.
+            conn.discard_on_return = true;
+            faults.hit(FaultPoint::BeforeCall);
+            for pending in &mut batch {
+                pending.reply.sent = true;
+            }
             let appends: Vec<&CheckedAppend> = batch.iter().map(|p| &p.append).collect();
             let call_started = Instant::now();
             let result = store::append_batch(&mut conn, &appends).await;
             database_seconds.observe(call_started.elapsed().as_secs_f64());
             drop(appends);
+            faults.hit(FaultPoint::AfterCall);
             (Some(conn), batch, result, started)
         };
+        // A panic in the future drops the batch while unwinding: each reply
+        // answers its client as its `sent` flag says.
         let guarded = AssertUnwindSafe(work).catch_unwind();
         ctx.spawn(guarded.into_actor(self).map(|done, lane, ctx| {
-            lane.in_flight = false;
-            match done {
-                Ok((conn, batch, result, started)) => {
-                    lane.finish_batch(conn, batch, result, started);
-                    lane.flush(ctx);
-                }
-                Err(_panic) => {
-                    // The batch's reply channels were dropped while
-                    // unwinding: its clients already have their error.
-                    log::error!("writer lane {} panicked; restarting it", lane.lane);
-                    ctx.stop();
-                }
+            let finished = catch_unwind(AssertUnwindSafe(|| {
+                lane.settings.faults.hit(FaultPoint::Map);
+                lane.in_flight = false;
+                let (conn, batch, result, started) = done.ok()?;
+                lane.finish_batch(conn, batch, result, started);
+                lane.flush(ctx);
+                Some(())
+            }));
+            match finished {
+                Ok(Some(())) => {}
+                Ok(None) => lane.stop_after_panic(ctx, "a batch"),
+                Err(_) => lane.stop_after_panic(ctx, "the completion of a batch"),
             }
         }));
     }
@@ -188,9 +323,19 @@ impl WriterLane {
         result: Result<Vec<AppendOutcome>, StoreError>,
         started: Instant,
     ) {
+        self.settings.faults.hit(FaultPoint::FinishBatch);
+        let failure = result.as_ref().err().map(StoreError::failure);
+        // Keep the connection unless it broke or its state is unknown (a
+        // refused batch leaves it idle, its transaction rolled back); one
+        // not kept goes back to the pool flagged, and is discarded.
+        if failure != Some(Failure::OutcomeUnknown) {
+            self.connection = conn.filter(|c| !c.client.is_closed()).map(|mut c| {
+                c.discard_on_return = false;
+                c
+            });
+        }
         match result {
             Ok(outcomes) => {
-                self.connection = conn;
                 self.metrics
                     .writer_batch_duration_seconds
                     .observe(started.elapsed().as_secs_f64());
@@ -200,65 +345,64 @@ impl WriterLane {
                 let (mut head, mut events) = (0, 0);
                 for (pending, outcome) in batch.into_iter().zip(outcomes) {
                     if pending.append.request.condition.is_some() {
-                        let rejected = matches!(outcome, AppendOutcome::ConditionFailed);
-                        self.conditions[usize::from(rejected)].inc();
-                    }
-                    match outcome {
-                        AppendOutcome::Appended { last, .. } => {
-                            head = head.max(last);
-                            events += pending.append.len();
-                            self.metrics
-                                .appends_total
-                                .with_label_values(&["appended"])
-                                .inc();
-                            self.metrics
-                                .events_appended_total
-                                .inc_by(pending.append.len() as u64);
-                        }
-                        AppendOutcome::ConditionFailed => {
-                            self.metrics
-                                .appends_total
-                                .with_label_values(&["condition_failed"])
-                                .inc();
+                        match outcome {
+                            AppendOutcome::Appended { .. } => self.conditions[0].inc(),
+                            AppendOutcome::ConditionFailed => self.conditions[1].inc(),
+                            _ => {}
                         }
                     }
-                    // The client may have gone; nothing to do then.
-                    let _ = pending.reply.send(Ok(outcome));
+                    self.metrics
+                        .appends_total
+                        .with_label_values(&[outcome.label()])
+                        .inc();
+                    if let AppendOutcome::Appended { last, .. } = outcome {
+                        head = head.max(last);
+                        events += pending.append.len();
+                        self.metrics
+                            .events_appended_total
+                            .inc_by(pending.append.len() as u64);
+                    }
+                    pending.reply.send(Ok(outcome));
                 }
                 self.metrics.writer_batch_events.observe(events as f64);
                 self.metrics.saw_position(head);
             }
-            Err(error) if batch.len() > 1 && !error.is_unavailable() => {
+            Err(error) if batch.len() > 1 && error.failure() == Failure::Refused => {
                 // Nothing of the batch was written. Retry each append alone,
                 // ahead of everything that arrived since, in the same order.
-                self.connection = conn.filter(|c| !c.client.is_closed());
                 log::warn!(
-                    "writer lane {}: batch of {} appends failed ({error}); retrying them one by one",
+                    "writer lane {}: batch of {} appends refused ({error}); retrying them one by one",
                     self.lane,
                     batch.len()
                 );
                 for mut pending in batch.into_iter().rev() {
                     pending.alone = true;
+                    pending.reply.sent = false;
                     self.pending.push_front(pending);
                 }
                 self.update_pending_gauge();
             }
             Err(error) => {
-                // Keep a healthy connection (a failed batch leaves it idle,
-                // its transaction rolled back); drop a closed one.
-                self.connection = conn.filter(|c| !c.client.is_closed());
+                // Unavailable: nothing written, retry later. Refused alone:
+                // nothing written. Outcome unknown: possibly committed, so
+                // never retried here; the client decides, with its event ids.
+                let outcome = match error.failure() {
+                    Failure::Unavailable => "unavailable",
+                    Failure::Refused => "failed",
+                    Failure::OutcomeUnknown => "outcome_unknown",
+                };
                 log::warn!(
-                    "writer lane {}: batch of {} appends failed: {error}",
+                    "writer lane {}: batch of {} appends failed ({outcome}): {error}",
                     self.lane,
                     batch.len()
                 );
-                let error = std::sync::Arc::new(error);
                 self.metrics
                     .appends_total
-                    .with_label_values(&["failed"])
+                    .with_label_values(&[outcome])
                     .inc_by(batch.len() as u64);
+                let error = Arc::new(error);
                 for pending in batch {
-                    let _ = pending
+                    pending
                         .reply
                         .send(Err(EventStoreError::Batch(error.clone())));
                 }
@@ -269,14 +413,37 @@ impl WriterLane {
 
 impl Actor for WriterLane {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if !std::mem::take(&mut self.restarted) {
+            self.health.set(true);
+            return;
+        }
+        // Restarted after a panic: stay down for the backoff, holding the
+        // mailbox (appends sent meanwhile wait there), then come up.
+        let backoff = self.settings.restart_backoff();
+        ctx.wait(
+            actix::clock::sleep(backoff)
+                .into_actor(self)
+                .map(|(), lane, _| lane.health.set(true)),
+        );
+    }
 }
 
 impl Supervised for WriterLane {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        // Dropping the queue answers every waiting client with an error.
+        self.settings.faults.hit(FaultPoint::Restarting);
+        self.health.set(false);
+        // The batch in flight, if any, was dropped with the context's
+        // futures, answering its clients. Dropping the queue answers every
+        // waiting client: 503, nothing of it was sent.
         self.pending.clear();
         self.in_flight = false;
-        self.connection = None;
+        // Restart with a fresh connection: the held one is discarded.
+        if let Some(mut conn) = self.connection.take() {
+            conn.discard_on_return = true;
+        }
+        self.restarted = true;
         self.update_pending_gauge();
         self.metrics
             .actor_restarts_total
@@ -285,25 +452,41 @@ impl Supervised for WriterLane {
     }
 }
 
+impl Drop for WriterLane {
+    /// A lane dropped is gone for good (its supervisor stopped or its
+    /// thread died): report it down. Its queue, dropped with it, answers
+    /// every waiting client.
+    fn drop(&mut self) {
+        self.health.set(false);
+        self.pending_gauge.set(0);
+    }
+}
+
 impl Handler<Append> for WriterLane {
     type Result = ();
 
     fn handle(&mut self, msg: Append, ctx: &mut Context<Self>) {
-        if self.pending.len() >= self.settings.max_pending_appends {
-            self.metrics
-                .appends_total
-                .with_label_values(&["overloaded"])
-                .inc();
-            let _ = msg.reply.send(Err(EventStoreError::Overloaded));
-            return;
+        let handled = catch_unwind(AssertUnwindSafe(|| {
+            self.settings.faults.hit(FaultPoint::Handle);
+            if self.pending.len() >= self.settings.max_pending_appends {
+                self.metrics
+                    .appends_total
+                    .with_label_values(&["overloaded"])
+                    .inc();
+                msg.reply.send(Err(EventStoreError::Overloaded));
+                return;
+            }
+            self.pending.push_back(Pending {
+                append: msg.append,
+                reply: msg.reply,
+                alone: false,
+                enqueued: Instant::now(),
+            });
+            self.update_pending_gauge();
+            self.flush(ctx);
+        }));
+        if handled.is_err() {
+            self.stop_after_panic(ctx, "its handler");
         }
-        self.pending.push_back(Pending {
-            append: msg.append,
-            reply: msg.reply,
-            alone: false,
-            enqueued: Instant::now(),
-        });
-        self.update_pending_gauge();
-        self.flush(ctx);
     }
 }

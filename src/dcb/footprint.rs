@@ -9,7 +9,12 @@
 //!   [`GLOBAL_KEY`], **shared**;
 //! - a conditional append takes, for each item of its condition, the key of
 //!   one tag of the item (or of each type of a type-only item), and for the
-//!   all-query the [`GLOBAL_KEY`], **exclusive**.
+//!   all-query the [`GLOBAL_KEY`], **exclusive**;
+//! - an append whose events carry ids takes the key of each id
+//!   ([`id_key`], a domain of its own) **exclusive**, so two transactions
+//!   writing the same id, in any process, run one after the other and the
+//!   second sees the first's commit. Id keys are lock keys only: they never
+//!   enter `event_keys` (ids are looked up through their own unique index).
 //!
 //! An event that matches a query item carries every tag of the item and one of
 //! its types, so any append that could invalidate a condition meets it on at
@@ -32,6 +37,7 @@ pub type Key = i64;
 /// different keys. They are part of the stored format: never change them.
 const TAG_SEED: u64 = 0x7461_6773; // "tags"
 const TYPE_SEED: u64 = 0x7479_7065; // "type"
+const ID_SEED: u64 = 0x6964_7320; // "ids "
 
 /// Taken shared by every append and exclusive by a condition on all events.
 pub const GLOBAL_KEY: Key = 0x4352_4142_4c45_5447; // "CRABLETG"
@@ -53,6 +59,11 @@ pub fn tag_key(tag: &str) -> Key {
 
 pub fn type_key(event_type: &str) -> Key {
     xxh3_64_with_seed(event_type.as_bytes(), TYPE_SEED) as Key
+}
+
+/// The lock key of an event id.
+pub fn id_key(id: &str) -> Key {
+    xxh3_64_with_seed(id.as_bytes(), ID_SEED) as Key
 }
 
 /// The index keys of one event: one per distinct tag, and one for its type.
@@ -118,6 +129,11 @@ pub fn probes(query: &Query) -> Vec<Probe<'_>> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Footprint {
     locks: BTreeMap<Key, LockMode>,
+    /// The key a writer lane is chosen by, if the append must meet others
+    /// in one lane: the smallest key its condition probes (appends that may
+    /// conflict are decided in one batch), else the key of its first id (a
+    /// retry queues behind its original), or the global key once escalated.
+    route: Option<Key>,
 }
 
 impl Footprint {
@@ -126,12 +142,22 @@ impl Footprint {
     #[cfg(test)]
     pub fn of_append(request: &AppendRequest) -> Self {
         let keys: Vec<Vec<Key>> = request.events.iter().map(event_keys).collect();
-        Self::with_event_keys(request, &keys)
+        let ids: Vec<Key> = request
+            .events
+            .iter()
+            .filter_map(|e| e.id.as_deref().map(id_key))
+            .collect();
+        Self::with_event_keys(request, &keys, &ids)
     }
 
     /// As [`Footprint::of_append`], given the [`event_keys`] of each of the
-    /// append's events, computed once by the caller.
-    pub fn with_event_keys(request: &AppendRequest, keys_per_event: &[Vec<Key>]) -> Self {
+    /// append's events and the [`id_key`] of each of its ids, computed once
+    /// by the caller.
+    pub fn with_event_keys(
+        request: &AppendRequest,
+        keys_per_event: &[Vec<Key>],
+        id_keys: &[Key],
+    ) -> Self {
         let mut fp = Footprint::default();
         fp.add(GLOBAL_KEY, LockMode::Shared);
         for &key in keys_per_event.iter().flatten() {
@@ -139,14 +165,28 @@ impl Footprint {
         }
         if let Some(condition) = &request.condition {
             for probe in probes(&condition.fail_if_events_match) {
-                fp.add(probe.key.unwrap_or(GLOBAL_KEY), LockMode::Exclusive);
+                let key = probe.key.unwrap_or(GLOBAL_KEY);
+                fp.add(key, LockMode::Exclusive);
+                fp.route = Some(fp.route.map_or(key, |r| r.min(key)));
             }
+        }
+        for &key in id_keys {
+            fp.add(key, LockMode::Exclusive);
+        }
+        if fp.route.is_none() {
+            fp.route = id_keys.first().copied();
         }
         if fp.len() > ESCALATION_KEYS {
             fp.locks.clear();
             fp.add(GLOBAL_KEY, LockMode::Exclusive);
+            fp.route = Some(GLOBAL_KEY);
         }
         fp
+    }
+
+    /// The key that picks the append's writer lane; `None`: any lane.
+    pub fn route(&self) -> Option<Key> {
+        self.route
     }
 
     pub fn add(&mut self, key: Key, mode: LockMode) {
@@ -198,6 +238,8 @@ mod tests {
                 event_type: "Registered".into(),
                 tags: strings(&[tag]),
                 data: "{}".into(),
+                id: None,
+                metadata: None,
             }],
             condition: Some(AppendCondition {
                 fail_if_events_match: Query {
@@ -252,6 +294,8 @@ mod tests {
                 event_type: "Imported".into(),
                 tags: vec![format!("item:{i}")],
                 data: "{}".into(),
+                id: None,
+                metadata: None,
             })
             .collect();
         let escalated = Footprint::of_append(&big);
@@ -264,6 +308,8 @@ mod tests {
                 event_type: "Other".into(),
                 tags: vec!["unrelated".into()],
                 data: "{}".into(),
+                id: None,
+                metadata: None,
             }],
             condition: None,
         });
@@ -273,6 +319,52 @@ mod tests {
     #[test]
     fn tag_and_type_keys_are_separate_domains() {
         assert_ne!(tag_key("Registered"), type_key("Registered"));
+        assert_ne!(id_key("Registered"), tag_key("Registered"));
+        assert_ne!(id_key("Registered"), type_key("Registered"));
+    }
+
+    fn with_ids(ids: &[&str], condition: Option<&str>) -> AppendRequest {
+        let mut request = conditional("user:a", &[condition.unwrap_or("x")], &[]);
+        if condition.is_none() {
+            request.condition = None;
+        }
+        request.events = ids
+            .iter()
+            .map(|id| NewEvent {
+                event_type: "Registered".into(),
+                tags: strings(&["user:a"]),
+                data: "{}".into(),
+                id: Some(id.to_string()),
+                metadata: None,
+            })
+            .collect();
+        request
+    }
+
+    #[test]
+    fn ids_are_locked_exclusive_so_appends_sharing_an_id_meet_and_others_do_not() {
+        let a = Footprint::of_append(&with_ids(&["id-1", "id-2"], None));
+        let retry = Footprint::of_append(&with_ids(&["id-2"], None));
+        let other = Footprint::of_append(&with_ids(&["id-3"], None));
+        assert_eq!(
+            a.iter().find(|(k, _)| *k == id_key("id-2")),
+            Some((id_key("id-2"), LockMode::Exclusive))
+        );
+        assert!(overlap_exclusively(&a, &retry));
+        assert!(!overlap_exclusively(&a, &other));
+        let plain = Footprint::of_append(&conditional("user:a", &["user:z"], &[]));
+        assert_eq!(plain.exclusive_keys().count(), 1, "no id, no id lock");
+    }
+
+    #[test]
+    fn appends_route_by_condition_then_by_first_id() {
+        let unconditional = Footprint::of_append(&with_ids(&["id-1", "id-2"], None));
+        assert_eq!(unconditional.route(), Some(id_key("id-1")));
+        let conditional = Footprint::of_append(&with_ids(&["id-1"], Some("user:z")));
+        assert_eq!(conditional.route(), Some(tag_key("user:z")));
+        let mut plain = with_ids(&["id-1"], None);
+        plain.events[0].id = None;
+        assert_eq!(Footprint::of_append(&plain).route(), None);
     }
 
     #[test]

@@ -10,11 +10,15 @@
 //! - [`model`]: the types, as they appear on the wire (serde) and in memory.
 //! - [`validate`]: the limits and the checks every request passes before it is
 //!   queued; a request that fails them is never written.
-//! - [`footprint`]: the 64-bit keys of tags and types, and which keys an
-//!   append takes shared or exclusive.
+//! - [`footprint`]: the 64-bit keys of tags, types and ids, and which keys
+//!   an append takes shared or exclusive.
+//! - [`outcome`]: what became of an append (appended, condition failed,
+//!   duplicate, id conflict) and one page of a read, shared by the store and
+//!   the HTTP layer.
 
 pub mod footprint;
 pub mod model;
+pub mod outcome;
 pub mod validate;
 
 pub use footprint::{Footprint, Key, LockMode};
@@ -22,4 +26,5 @@ pub use model::{
     AppendCondition, AppendRequest, NewEvent, Position, Query, QueryItem, ReadOptions,
     SequencedEvent,
 };
+pub use outcome::{AppendOutcome, IdClash, Page, StoredEvent};
 pub use validate::{CheckedAppend, Limits, ValidationError};

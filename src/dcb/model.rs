@@ -28,6 +28,13 @@ pub struct NewEvent {
     pub tags: Vec<String>,
     /// Opaque payload, returned byte for byte.
     pub data: String,
+    /// Client-chosen identity (a UUID, say), unique in the store: it makes a
+    /// retried append recognisable as the same append (see [`super::outcome`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Opaque metadata beside `data` (correlation ids, ...), returned byte for byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<String>,
 }
 
 impl NewEvent {
@@ -50,6 +57,16 @@ pub struct SequencedEvent {
     pub tags: Vec<String>,
     pub data: String,
     pub position: Position,
+    /// The id the event was appended with; `null` when it had none.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The metadata the event was appended with; absent when it had none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<String>,
+    /// When the batch that wrote the event took its positions (just before
+    /// its commit): RFC 3339, UTC, microseconds.
+    #[serde(rename = "recordedAt", default)]
+    pub recorded_at: String,
 }
 
 /// One item of a query: the event's type must be one of `types` (when not
@@ -212,6 +229,8 @@ mod tests {
             event_type: "E".into(),
             tags: tags(&["b", "a", "b", "c", "a"]),
             data: String::new(),
+            id: None,
+            metadata: None,
         };
         e.normalize();
         assert_eq!(e.tags, tags(&["b", "a", "c"]));

@@ -59,7 +59,17 @@ pub enum ValidationError {
     FromAndAfter,
     #[error("options.limit: must not exceed {max}")]
     LimitTooLarge { max: u64 },
+    #[error("{field}: {id:?} is also the id of events[{first}]; ids are unique within an append")]
+    DuplicateId {
+        field: String,
+        id: String,
+        first: usize,
+    },
 }
+
+/// Bytes in an event id: room for a UUID in any notation, or a short
+/// business key.
+pub const MAX_ID_BYTES: usize = 64;
 
 fn check_name(
     field: impl Fn() -> String,
@@ -133,6 +143,28 @@ pub fn validate_append(
             got: request.events.len(),
         });
     }
+    // Ids: checked like names (with their own length limit) and unique
+    // within the append. No map is built for an append without ids.
+    let id_limits = Limits {
+        max_name_bytes: MAX_ID_BYTES,
+        ..Limits::default()
+    };
+    let mut seen: Option<std::collections::HashMap<&str, usize>> = None;
+    for (i, event) in request.events.iter().enumerate() {
+        let Some(id) = event.id.as_deref() else {
+            continue;
+        };
+        check_name(|| format!("events[{i}].id"), id, &id_limits)?;
+        let seen = seen.get_or_insert_with(Default::default);
+        if let Some(&first) = seen.get(id) {
+            return Err(ValidationError::DuplicateId {
+                field: format!("events[{i}].id"),
+                id: id.to_string(),
+                first,
+            });
+        }
+        seen.insert(id, i);
+    }
     for (i, event) in request.events.iter_mut().enumerate() {
         check_name(|| format!("events[{i}].type"), &event.event_type, limits)?;
         event.normalize();
@@ -184,6 +216,8 @@ mod tests {
             event_type: t.into(),
             tags: tags.iter().map(|s| s.to_string()).collect(),
             data: "{}".into(),
+            id: None,
+            metadata: None,
         }
     }
 
@@ -247,6 +281,46 @@ mod tests {
         );
     }
 
+    fn with_id(id: &str) -> NewEvent {
+        NewEvent {
+            id: Some(id.into()),
+            ..event("E", &[])
+        }
+    }
+
+    #[test]
+    fn ids_are_checked_and_named_by_their_path() {
+        let limits = Limits::default();
+        let ok = "x".repeat(MAX_ID_BYTES);
+        let too_long = "x".repeat(MAX_ID_BYTES + 1);
+        let check = |events: Vec<NewEvent>| {
+            validate_append(&mut append(events, None), &limits).map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            check(vec![with_id("a"), event("E", &[]), with_id(&ok)]),
+            Ok(())
+        );
+        assert_eq!(
+            check(vec![with_id("a"), event("E", &[]), with_id("")]),
+            Err("events[2].id: must not be empty".into())
+        );
+        assert_eq!(
+            check(vec![with_id(&too_long)]),
+            Err("events[0].id: longer than 64 bytes".into())
+        );
+        assert_eq!(
+            check(vec![with_id("a\0b")]),
+            Err("events[0].id: must not contain the NUL character".into())
+        );
+        assert_eq!(
+            check(vec![with_id("a"), with_id("b"), with_id("a")]),
+            Err(
+                "events[2].id: \"a\" is also the id of events[0]; ids are unique within an append"
+                    .into()
+            )
+        );
+    }
+
     #[test]
     fn too_many_events_are_rejected() {
         let limits = Limits {
@@ -270,6 +344,10 @@ pub struct CheckedAppend {
     /// [`super::footprint::event_keys`]): hashed once, used for the locks,
     /// the in-batch conflict index and the inserted `event_keys` rows.
     pub event_keys: Vec<Vec<super::Key>>,
+    /// The lock key of each id, in event order (empty when no event has an
+    /// id): taken exclusive, and compared by a lane so that two appends with
+    /// a common id never share a batch.
+    pub id_keys: Vec<super::Key>,
     pub footprint: super::Footprint,
 }
 
@@ -281,10 +359,16 @@ impl CheckedAppend {
             .iter()
             .map(super::footprint::event_keys)
             .collect();
-        let footprint = super::Footprint::with_event_keys(&request, &event_keys);
+        let id_keys: Vec<super::Key> = request
+            .events
+            .iter()
+            .filter_map(|e| e.id.as_deref().map(super::footprint::id_key))
+            .collect();
+        let footprint = super::Footprint::with_event_keys(&request, &event_keys, &id_keys);
         Ok(CheckedAppend {
             request,
             event_keys,
+            id_keys,
             footprint,
         })
     }

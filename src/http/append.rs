@@ -6,8 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
 use super::{parse, read_json_body, ApiError, AppState};
-use crate::dcb::{AppendRequest, CheckedAppend, Position};
-use crate::store::AppendOutcome;
+use crate::dcb::{AppendOutcome, AppendRequest, CheckedAppend, Position};
 
 /// The response of an append: the contract's two fields, plus the position
 /// of the last event written.
@@ -17,6 +16,10 @@ pub struct AppendResponse {
     pub duration_in_microseconds: u64,
     pub append_condition_failed: bool,
     pub last_position: Option<Position>,
+    /// Present (and true) only when the append was a retry of an append
+    /// already stored with the same ids: `lastPosition` is the original's.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 pub async fn append(
@@ -29,13 +32,16 @@ pub async fn append(
     let request: AppendRequest = parse::json("body", &body)?;
     let append = CheckedAppend::new(request, &state.limits)?;
     let outcome = state.store.append(append).await?;
-    let (failed, last_position) = match outcome {
-        AppendOutcome::Appended { last, .. } => (false, Some(last)),
-        AppendOutcome::ConditionFailed => (true, None),
+    let (failed, last_position, duplicate) = match outcome {
+        AppendOutcome::Appended { last, .. } => (false, Some(last), false),
+        AppendOutcome::ConditionFailed => (true, None, false),
+        AppendOutcome::Duplicate { last, .. } => (false, Some(last), true),
+        AppendOutcome::IdConflict { ids } => return Err(ApiError::IdConflict(ids)),
     };
     Ok(HttpResponse::Ok().json(AppendResponse {
         duration_in_microseconds: started.elapsed().as_micros() as u64,
         append_condition_failed: failed,
         last_position,
+        duplicate,
     }))
 }

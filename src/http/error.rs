@@ -3,9 +3,10 @@
 //! Every error body is JSON, `{"error": {"code": "...", "message": "...",
 //! "requestId": "..."}}`, with a stable machine-readable code: 400 for invalid
 //! input, 404/405 for unknown routes, 408 for a request not received in time,
-//! 413 for bodies over the limit, 415 for a body that is not JSON, 503 when
-//! crablet or the database is overloaded or unavailable, and 500 with an
-//! opaque message for anything unexpected (the full error chain is logged
+//! 409 for an append that reuses stored ids (`id_conflict`), 413 for bodies over the limit, 415 for a body that is not JSON, 503 (with
+//! `Retry-After`) only when crablet knows nothing was written, 500
+//! `outcome_unknown` when an append may have been written, and 500 with an
+//! opaque message for anything else (the full error chain is logged
 //! with the request id, never sent). Errors the HTTP/1 dispatcher raises
 //! before a request reaches crablet (malformed framing, a head too large or
 //! too slow) get the same shape from the patched actix-http (see
@@ -17,7 +18,21 @@ use serde::Serialize;
 
 use super::context;
 use crate::actors::EventStoreError;
-use crate::dcb::ValidationError;
+use crate::dcb::{IdClash, ValidationError};
+use crate::store::Failure;
+
+/// The message of a 409: every clashing id, by its path.
+fn id_conflict_message(ids: &[IdClash]) -> String {
+    let named: Vec<String> = ids
+        .iter()
+        .map(|c| format!("events[{}].id {:?}", c.index, c.id))
+        .collect();
+    format!(
+        "{}: already stored by a different append (a retry must repeat the \
+         original append exactly: the same events with the same ids, in the same order)",
+        named.join(", ")
+    )
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -29,6 +44,9 @@ pub enum ApiError {
     Invalid(#[from] ValidationError),
     #[error("request body exceeds {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// An append reuses ids stored by a different append; nothing written.
+    #[error("{}", id_conflict_message(.0))]
+    IdConflict(Vec<IdClash>),
     #[error("no route for {0}")]
     NotFound(String),
     #[error("method not allowed")]
@@ -42,9 +60,17 @@ pub enum ApiError {
     /// crablet sheds load; retry later.
     #[error("{0}")]
     Overloaded(String),
-    /// The database is unreachable or a worker restarted; retry later.
+    /// Nothing was written: the database is unreachable, refused the
+    /// statement for a transient reason, or a worker restarted; retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// The append may or may not have been written (the connection or a
+    /// worker failed after the batch was sent). The detail stays in the log.
+    #[error(
+        "the append may or may not have been written; retry it with the same event ids \
+         (events[].id), which is safe, or read to find out"
+    )]
+    OutcomeUnknown(String),
     /// Anything else. The message stays in the log.
     #[error("internal error")]
     Internal(String),
@@ -69,6 +95,7 @@ impl ApiError {
         match self {
             ApiError::InvalidJson(_) => "invalid_json",
             ApiError::Invalid(_) => "invalid_request",
+            ApiError::IdConflict(_) => "id_conflict",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
@@ -76,6 +103,7 @@ impl ApiError {
             ApiError::RequestTimeout { .. } => "request_timeout",
             ApiError::Overloaded(_) => "overloaded",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::OutcomeUnknown(_) => "outcome_unknown",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -85,13 +113,16 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::InvalidJson(_) | ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::IdConflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::Overloaded(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::OutcomeUnknown(_) | ApiError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -100,6 +131,9 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Internal(detail) => {
                 log::error!("request {request_id}: internal error: {detail}")
+            }
+            ApiError::OutcomeUnknown(detail) => {
+                log::error!("request {request_id}: outcome unknown: {detail}")
             }
             e if e.status_code().is_server_error() => {
                 log::warn!("request {request_id}: {} {e}", e.code())
@@ -127,17 +161,16 @@ impl ResponseError for ApiError {
 
 impl From<EventStoreError> for ApiError {
     fn from(err: EventStoreError) -> Self {
-        match &err {
-            EventStoreError::Overloaded => ApiError::Overloaded(err.to_string()),
-            EventStoreError::ActorGone(_) => ApiError::Unavailable(err.to_string()),
-            _ => match err.store_error() {
-                Some(store) if store.is_unavailable() => {
-                    log::warn!("database unavailable: {store:?}");
-                    ApiError::Unavailable("database unavailable; retry".into())
-                }
-                Some(store) => ApiError::Internal(format!("{store}: {store:?}")),
-                None => ApiError::Internal(format!("{err:?}")),
-            },
+        // The class comes from what the failure says was written.
+        match (&err, err.failure()) {
+            (EventStoreError::Overloaded, _) => ApiError::Overloaded(err.to_string()),
+            (EventStoreError::Unavailable(message), _) => ApiError::Unavailable(message.clone()),
+            (_, Failure::Unavailable) => {
+                log::warn!("database unavailable: {err:?}");
+                ApiError::Unavailable("database unavailable; nothing was written; retry".into())
+            }
+            (_, Failure::OutcomeUnknown) => ApiError::OutcomeUnknown(format!("{err}: {err:?}")),
+            (_, Failure::Refused) => ApiError::Internal(format!("{err}: {err:?}")),
         }
     }
 }

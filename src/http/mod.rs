@@ -105,7 +105,7 @@ async fn live() -> HttpResponse {
 
 /// Readiness: 200 when a reader can reach the database, 503 otherwise.
 async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let page = crate::store::Page {
+    let page = crate::dcb::Page {
         after: 0,
         before: 0,
         backwards: false,

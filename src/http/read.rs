@@ -16,8 +16,7 @@ use serde::Deserialize;
 use super::{parse, read_json_body, ApiError, AppState};
 use crate::actors::EventStore;
 use crate::dcb::validate::{validate_query, validate_read_options};
-use crate::dcb::{Position, Query, ReadOptions, SequencedEvent};
-use crate::store::Page;
+use crate::dcb::{Page, Position, Query, ReadOptions, SequencedEvent};
 
 /// The parameters of `GET /read`; both values are URL-encoded JSON.
 const READ_PARAMETERS: [&str; 2] = ["query", "options"];
@@ -222,6 +221,9 @@ mod tests {
             tags: vec!["t".into()],
             data: "d".into(),
             position,
+            id: None,
+            metadata: None,
+            recorded_at: "2026-01-01T00:00:00.000000Z".into(),
         }
     }
 

@@ -11,6 +11,11 @@
 //! accepted events under the sequencing lock, so commit order equals
 //! position order.
 //!
+//! An append any of whose ids is already stored is not written: the function
+//! returns the stored events under its ids, and [`AppendOutcome::of_stored`]
+//! tells a retry of the same append from a reuse of ids. Appends without
+//! ids send no ids and pay for no lookup.
+//!
 //! An append is rejected if its condition matches a stored event after its
 //! `after`, or an event of an earlier accepted append of the same batch. The
 //! latter's position is not known when the pairs are computed; it lies above
@@ -25,16 +30,7 @@ use tokio_postgres::types::ToSql;
 
 use super::{Connection, StoreError};
 use crate::dcb::footprint::{self, Key, LockMode, SEQUENCE_KEY};
-use crate::dcb::{CheckedAppend, Footprint, Position};
-
-/// What became of one append of a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AppendOutcome {
-    /// Written at positions `first..=last`.
-    Appended { first: Position, last: Position },
-    /// A matching event exists after the condition's `after`; nothing written.
-    ConditionFailed,
-}
+use crate::dcb::{AppendOutcome, CheckedAppend, Footprint, Position, StoredEvent};
 
 /// One probe of one append's condition, as `crablet_append_batch` reads it.
 #[derive(Serialize)]
@@ -71,7 +67,7 @@ pub async fn append_batch(
         conflict_pairs(batch).into_iter().unzip();
     let appends = batch.len() as i32;
     let columns = EventColumns::of(batch);
-    let params: [&(dyn ToSql + Sync); 14] = [
+    let params: [&(dyn ToSql + Sync); 16] = [
         &lock_keys,
         &lock_exclusive,
         &probes_json,
@@ -81,6 +77,8 @@ pub async fn append_batch(
         &columns.appends,
         &columns.types,
         &columns.data,
+        &columns.ids,
+        &columns.metadata,
         &columns.tag_events,
         &columns.tags,
         &columns.key_events,
@@ -98,12 +96,35 @@ pub async fn append_batch(
         .await?;
 
     let mut outcomes = vec![AppendOutcome::ConditionFailed; batch.len()];
+    let mut stored: Vec<Vec<StoredEvent>> = Vec::new();
     for row in rows {
-        let index: i32 = row.get(0);
-        outcomes[index as usize] = AppendOutcome::Appended {
-            first: row.get(1),
-            last: row.get(2),
+        let index = row.try_get::<_, i32>(0)? as usize;
+        let (first, last): (Position, Position) = (row.try_get(1)?, row.try_get(2)?);
+        let Some(id) = row.try_get::<_, Option<String>>(3)? else {
+            if let Some(outcome) = outcomes.get_mut(index) {
+                *outcome = AppendOutcome::Appended { first, last };
+            }
+            continue;
         };
+        if stored.is_empty() {
+            stored.resize_with(batch.len(), Vec::new);
+        }
+        let event = StoredEvent {
+            position: first,
+            id,
+            event_type: row.try_get(4)?,
+            tags: row.try_get(5)?,
+            data: row.try_get(6)?,
+            metadata: row.try_get(7)?,
+        };
+        if let Some(found) = stored.get_mut(index) {
+            found.push(event);
+        }
+    }
+    for ((outcome, append), found) in outcomes.iter_mut().zip(batch).zip(&stored) {
+        if !found.is_empty() {
+            *outcome = AppendOutcome::of_stored(&append.request.events, found);
+        }
     }
     Ok(outcomes)
 }
@@ -178,6 +199,11 @@ struct EventColumns<'a> {
     appends: Vec<i32>,
     types: Vec<&'a str>,
     data: Vec<&'a [u8]>,
+    /// Per event: its id; `None` (SQL NULL, no lookup) when no event of the
+    /// batch has one.
+    ids: Option<Vec<Option<&'a str>>>,
+    /// Per event: its metadata; `None` when no event of the batch has any.
+    metadata: Option<Vec<Option<&'a [u8]>>>,
     /// Per tag: the 1-based ordinal of its event.
     tag_events: Vec<i64>,
     tags: Vec<&'a str>,
@@ -192,6 +218,11 @@ impl<'a> EventColumns<'a> {
             appends: Vec::new(),
             types: Vec::new(),
             data: Vec::new(),
+            ids: batch.iter().any(|a| !a.id_keys.is_empty()).then(Vec::new),
+            metadata: batch
+                .iter()
+                .any(|a| a.request.events.iter().any(|e| e.metadata.is_some()))
+                .then(Vec::new),
             tag_events: Vec::new(),
             tags: Vec::new(),
             key_events: Vec::new(),
@@ -209,6 +240,12 @@ impl<'a> EventColumns<'a> {
             cols.appends.push(append as i32);
             cols.types.push(&event.event_type);
             cols.data.push(event.data.as_bytes());
+            if let Some(ids) = cols.ids.as_mut() {
+                ids.push(event.id.as_deref());
+            }
+            if let Some(metadata) = cols.metadata.as_mut() {
+                metadata.push(event.metadata.as_deref().map(str::as_bytes));
+            }
             for tag in &event.tags {
                 cols.tag_events.push(ordinal);
                 cols.tags.push(tag);
@@ -233,6 +270,8 @@ mod tests {
                 event_type: "Registered".into(),
                 tags: vec![tag.to_string()],
                 data: "{}".into(),
+                id: None,
+                metadata: None,
             }],
             condition: condition.map(|q| AppendCondition {
                 fail_if_events_match: q,
@@ -302,5 +341,19 @@ mod tests {
         assert_eq!(cols.tag_events, vec![1, 2]);
         assert_eq!(cols.tags, vec!["user:a", "user:b"]);
         assert_eq!(cols.key_events.len(), 4);
+        assert_eq!(cols.ids, None, "no ids: nothing to look up");
+        assert_eq!(cols.metadata, None);
+    }
+
+    #[test]
+    fn ids_and_metadata_are_sent_per_event_once_any_event_has_them() {
+        let plain = append("user:a", None);
+        let mut request = plain.request.clone();
+        request.events[0].id = Some("id-1".into());
+        request.events[0].metadata = Some("m".into());
+        let with_id = CheckedAppend::new(request, &Limits::default()).unwrap();
+        let cols = EventColumns::of(&[&plain, &with_id]);
+        assert_eq!(cols.ids, Some(vec![None, Some("id-1")]));
+        assert_eq!(cols.metadata, Some(vec![None, Some(&b"m"[..])]));
     }
 }

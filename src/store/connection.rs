@@ -85,6 +85,10 @@ impl Statements {
 pub struct Connection {
     pub client: Client,
     pub statements: Statements,
+    /// Set by a holder while the connection is in a state it must not be
+    /// reused in (a batch under way that a panic or a restart may abandon);
+    /// the pool discards a connection returned with it set.
+    pub discard_on_return: bool,
 }
 
 /// bb8 connection manager: bb8-postgres's, plus statement preparation.
@@ -99,7 +103,11 @@ impl bb8::ManageConnection for ConnectionManager {
     async fn connect(&self) -> Result<Connection, Self::Error> {
         let client = self.inner.connect().await?;
         let statements = Statements::prepare(&client).await?;
-        Ok(Connection { client, statements })
+        Ok(Connection {
+            client,
+            statements,
+            discard_on_return: false,
+        })
     }
 
     async fn is_valid(&self, conn: &mut Connection) -> Result<(), Self::Error> {
@@ -107,7 +115,7 @@ impl bb8::ManageConnection for ConnectionManager {
     }
 
     fn has_broken(&self, conn: &mut Connection) -> bool {
-        conn.client.is_closed()
+        conn.discard_on_return || conn.client.is_closed()
     }
 }
 

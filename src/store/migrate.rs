@@ -30,6 +30,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "append_batch",
         include_str!("../../sql/migrations/004_append_batch.sql"),
     ),
+    (
+        5,
+        "event_ids",
+        include_str!("../../sql/migrations/005_event_ids.sql"),
+    ),
 ];
 
 /// Advisory lock key held while migrating ("CRABLETM").

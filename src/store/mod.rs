@@ -11,11 +11,14 @@ pub mod connection;
 pub mod migrate;
 pub mod read;
 
-pub use append::{append_batch, AppendOutcome};
+/// The outcome and page types live in [`crate::dcb`] (the HTTP layer uses
+/// them without depending on the store); re-exported for the store's callers.
+pub use crate::dcb::{AppendOutcome, Page};
+pub use append::append_batch;
 pub use connection::{build_pool, checkout, Connection, LiveConnection, Pool, PoolSettings};
-pub use read::{read_page, Page};
+pub use read::read_page;
 
-use tokio_postgres::error::SqlState;
+use tokio_postgres::error::{Severity, SqlState};
 
 /// Why a store operation failed. A failed append condition is not an error:
 /// it is [`AppendOutcome::ConditionFailed`].
@@ -32,26 +35,78 @@ pub enum StoreError {
     Corrupt { position: i64, reason: String },
 }
 
+/// What a failed statement may have done to the database: the one thing a
+/// caller needs to answer its client honestly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Nothing was written, and the same request may succeed later: no
+    /// connection could be had, or the server refused the statement with an
+    /// ERROR for a transient reason (its implicit transaction rolled back).
+    Unavailable,
+    /// Nothing was written, and the same request would fail again: the
+    /// server refused the statement with an ERROR that is not transient, or
+    /// the request could not be encoded, or stored data could not be decoded.
+    Refused,
+    /// The statement may have been executed and committed: the connection
+    /// was lost, or the server ended the session (FATAL, PANIC), after the
+    /// statement was sent and before its answer arrived. For a write the
+    /// outcome is unknown; for a read, it only failed.
+    OutcomeUnknown,
+}
+
 impl StoreError {
-    /// Whether the failure is the database being unreachable or going away,
-    /// rather than a fault of the request or of crablet: such failures map to
-    /// 503 and are worth a retry.
-    pub fn is_unavailable(&self) -> bool {
+    /// What the failed operation may have done; see [`Failure`].
+    pub fn failure(&self) -> Failure {
         match self {
-            StoreError::Unavailable(_) => true,
-            StoreError::Database(e) => {
-                e.is_closed()
-                    || e.code().is_some_and(|code| {
-                        code.code().starts_with("08")
-                            || *code == SqlState::ADMIN_SHUTDOWN
-                            || *code == SqlState::CRASH_SHUTDOWN
-                            || *code == SqlState::CANNOT_CONNECT_NOW
-                            || *code == SqlState::TOO_MANY_CONNECTIONS
-                    })
-            }
-            StoreError::Corrupt { .. } => false,
+            StoreError::Unavailable(_) => Failure::Unavailable,
+            StoreError::Corrupt { .. } => Failure::Refused,
+            StoreError::Database(e) => classify(
+                e.is_closed(),
+                e.as_db_error()
+                    .map(|db| (db.parsed_severity(), db.code().clone())),
+            ),
         }
     }
+
+    /// Whether nothing was written and a retry later may succeed: such
+    /// failures map to 503 with `Retry-After`.
+    pub fn is_unavailable(&self) -> bool {
+        self.failure() == Failure::Unavailable
+    }
+}
+
+/// Classifies a `tokio_postgres` error by its kind: `closed` (the connection
+/// went away; the request may have been sent) and, for an error the server
+/// sent, its severity and SQLSTATE.
+///
+/// An ERROR aborts the statement's transaction, so nothing was written. A
+/// FATAL or PANIC ends the session, and can come after the commit (a backend
+/// terminated while sending the answer), so the outcome is unknown, as it is
+/// when the connection closes under a sent request. A missing severity (a
+/// server older than 9.6) is taken as the worst case.
+pub fn classify(closed: bool, server_error: Option<(Option<Severity>, SqlState)>) -> Failure {
+    match server_error {
+        Some((Some(Severity::Error), code)) if is_transient(&code) => Failure::Unavailable,
+        Some((Some(Severity::Error), _)) => Failure::Refused,
+        Some(_) => Failure::OutcomeUnknown,
+        None if closed => Failure::OutcomeUnknown,
+        // Encoding a parameter or parsing a message failed on the client:
+        // the statement was either not sent or its answer not understood;
+        // only the first is provable, so assume the second.
+        None => Failure::OutcomeUnknown,
+    }
+}
+
+/// ERROR SQLSTATEs after which the same statement may succeed later.
+fn is_transient(code: &SqlState) -> bool {
+    let class = &code.code()[..2];
+    // 08: connection exception; 53: insufficient resources (disk full, out
+    // of memory, lock table full); 40: transaction rollback (serialization
+    // failure, deadlock); 57: operator intervention (statement timeout,
+    // query cancelled, shutdown in progress).
+    matches!(class, "08" | "53" | "40" | "57")
+        || *code == SqlState::LOCK_NOT_AVAILABLE
+        || *code == SqlState::READ_ONLY_SQL_TRANSACTION
 }
 
 impl From<bb8::RunError<tokio_postgres::Error>> for StoreError {
@@ -62,5 +117,57 @@ impl From<bb8::RunError<tokio_postgres::Error>> for StoreError {
                 StoreError::Unavailable("timed out waiting for a database connection".into())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_severity_refusal_wrote_nothing() {
+        let error = |code| classify(false, Some((Some(Severity::Error), code)));
+        assert_eq!(error(SqlState::QUERY_CANCELED), Failure::Unavailable);
+        assert_eq!(
+            error(SqlState::T_R_SERIALIZATION_FAILURE),
+            Failure::Unavailable
+        );
+        assert_eq!(error(SqlState::T_R_DEADLOCK_DETECTED), Failure::Unavailable);
+        assert_eq!(error(SqlState::DISK_FULL), Failure::Unavailable);
+        assert_eq!(error(SqlState::LOCK_NOT_AVAILABLE), Failure::Unavailable);
+        assert_eq!(
+            error(SqlState::READ_ONLY_SQL_TRANSACTION),
+            Failure::Unavailable
+        );
+        assert_eq!(error(SqlState::DIVISION_BY_ZERO), Failure::Refused);
+        assert_eq!(error(SqlState::UNIQUE_VIOLATION), Failure::Refused);
+        assert_eq!(error(SqlState::RAISE_EXCEPTION), Failure::Refused);
+    }
+
+    #[test]
+    fn a_session_ended_by_the_server_or_a_lost_connection_leaves_the_outcome_unknown() {
+        for severity in [Some(Severity::Fatal), Some(Severity::Panic), None] {
+            for code in [SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN] {
+                assert_eq!(
+                    classify(true, Some((severity, code.clone()))),
+                    Failure::OutcomeUnknown,
+                    "{severity:?} {code:?}"
+                );
+            }
+        }
+        assert_eq!(classify(true, None), Failure::OutcomeUnknown);
+    }
+
+    #[test]
+    fn no_connection_is_unavailable_and_corrupt_data_is_refused() {
+        assert_eq!(
+            StoreError::Unavailable("down".into()).failure(),
+            Failure::Unavailable
+        );
+        let corrupt = StoreError::Corrupt {
+            position: 1,
+            reason: "not UTF-8".into(),
+        };
+        assert_eq!(corrupt.failure(), Failure::Refused);
     }
 }

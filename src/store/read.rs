@@ -6,20 +6,11 @@
 //! starts after the last position of the previous one misses nothing.
 
 use serde::Serialize;
+use tokio_postgres::types::{FromSql, Type};
 
 use super::{Connection, StoreError};
 use crate::dcb::footprint;
-use crate::dcb::{Position, Query, SequencedEvent};
-
-/// One page of a read: events with `after < position < before`, at most
-/// `limit`, ascending or (with `backwards`) descending.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Page {
-    pub after: Position,
-    pub before: Position,
-    pub backwards: bool,
-    pub limit: i64,
-}
+use crate::dcb::{Page, Position, Query, SequencedEvent};
 
 /// One probe as `read_probes_*.sql` reads it.
 #[derive(Serialize)]
@@ -68,18 +59,90 @@ pub async fn read_page(
     };
     rows.iter()
         .map(|row| {
-            let position: Position = row.get(0);
-            let data: Vec<u8> = row.get(3);
-            let data = String::from_utf8(data).map_err(|e| StoreError::Corrupt {
-                position,
-                reason: e.to_string(),
-            })?;
+            let position: Position = row.try_get(0)?;
+            let text = |bytes: Vec<u8>| {
+                String::from_utf8(bytes).map_err(|e| StoreError::Corrupt {
+                    position,
+                    reason: e.to_string(),
+                })
+            };
+            let metadata: Option<Vec<u8>> = row.try_get(5)?;
+            let recorded_at: RecordedAt = row.try_get(6)?;
             Ok(SequencedEvent {
                 position,
-                event_type: row.get(1),
-                tags: row.get(2),
-                data,
+                event_type: row.try_get(1)?,
+                tags: row.try_get(2)?,
+                data: text(row.try_get(3)?)?,
+                id: row.try_get(4)?,
+                metadata: metadata.map(text).transpose()?,
+                recorded_at: recorded_at.rfc3339(),
             })
         })
         .collect()
+}
+
+/// A `timestamptz` as PostgreSQL sends it in binary: microseconds since
+/// 2000-01-01 00:00:00 UTC. Decoded here rather than through a date crate:
+/// reads only ever format it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RecordedAt(i64);
+
+impl<'a> FromSql<'a> for RecordedAt {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let bytes: [u8; 8] = raw.try_into()?;
+        Ok(RecordedAt(i64::from_be_bytes(bytes)))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TIMESTAMPTZ
+    }
+}
+
+impl RecordedAt {
+    /// RFC 3339 in UTC with microseconds: `2026-11-29T01:02:03.456789Z`.
+    fn rfc3339(self) -> String {
+        const MICROS_PER_DAY: i64 = 86_400_000_000;
+        // Days from 1970-01-01 to 2000-01-01.
+        const EPOCH_2000_DAYS: i64 = 10_957;
+        let days = self.0.div_euclid(MICROS_PER_DAY) + EPOCH_2000_DAYS;
+        let micros = self.0.rem_euclid(MICROS_PER_DAY);
+        let (year, month, day) = civil_from_days(days);
+        let seconds = micros / 1_000_000;
+        format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+            seconds / 3600,
+            seconds / 60 % 60,
+            seconds % 60,
+            micros % 1_000_000
+        )
+    }
+}
+
+/// The proleptic Gregorian date of a day count from 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RecordedAt;
+
+    #[test]
+    fn recorded_at_formats_as_rfc3339_utc_with_microseconds() {
+        assert_eq!(RecordedAt(0).rfc3339(), "2000-01-01T00:00:00.000000Z");
+        assert_eq!(RecordedAt(-1).rfc3339(), "1999-12-31T23:59:59.999999Z");
+        // 2024-02-29T13:14:15.000016Z: a leap day, 8,825 days after 2000-01-01.
+        let micros = ((8_825 * 86_400) + 13 * 3600 + 14 * 60 + 15) * 1_000_000 + 16;
+        assert_eq!(RecordedAt(micros).rfc3339(), "2024-02-29T13:14:15.000016Z");
+    }
 }

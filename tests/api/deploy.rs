@@ -18,12 +18,11 @@ use crate::helpers::{event, spawn_app, TestApp};
 use crate::observability::{exported_families, scrape};
 
 /// Metrics that dashboards and alerts use before the code that exports them
-/// is in: the subscriptions' (`GET/POST /subscribe`) and the writer lane
-/// health of supervision. Allowed missing from `/metrics`, nothing else is.
+/// is in: the subscriptions' (`GET/POST /subscribe`). Allowed missing from
+/// `/metrics`, nothing else is.
 const EXPECTED_FROM_SUBSCRIPTIONS: &[&str] = &[
     "crablet_subscriptions_active",
     "crablet_subscription_events_delivered_total",
-    "crablet_writer_lane_up",
 ];
 
 fn repo() -> &'static Path {

@@ -8,18 +8,16 @@ use serde_json::json;
 
 use crate::helpers::{event, fresh_database, spawn_app, spawn_app_on, unless_tagged, TestApp};
 
-/// Metrics the README documents that other parts of crablet export once
-/// they are in: subscriptions (`GET /subscribe`) and the lane health of the
-/// writer supervision. A documented metric missing from `/metrics` fails the
-/// table test unless it is listed here.
-const EXPECTED_FROM_SUBSCRIPTIONS_AND_SUPERVISION: &[&str] = &[
+/// Metrics the README documents that subscriptions (`GET /subscribe`)
+/// export once they are in. A documented metric missing from `/metrics`
+/// fails the table test unless it is listed here.
+const EXPECTED_FROM_SUBSCRIPTIONS: &[&str] = &[
     "crablet_subscriptions_active",
     "crablet_subscription_events_delivered_total",
     "crablet_subscription_lag_events",
     "crablet_subscription_detached_total",
     "crablet_subscription_ended_total",
     "crablet_subscription_tailer_reads_total",
-    "crablet_writer_lane_up",
 ];
 
 /// The README, as the repository ships it.
@@ -101,7 +99,7 @@ async fn every_exported_metric_is_in_the_readme_table_and_every_documented_one_i
     );
     let missing: Vec<_> = documented
         .difference(&exported)
-        .filter(|name| !EXPECTED_FROM_SUBSCRIPTIONS_AND_SUPERVISION.contains(&name.as_str()))
+        .filter(|name| !EXPECTED_FROM_SUBSCRIPTIONS.contains(&name.as_str()))
         .collect();
     assert!(
         missing.is_empty(),

@@ -17,17 +17,6 @@ const EXPECTED_FROM_SUBSCRIPTIONS: &[(&str, &str)] = &[
     ("/head", "GET"),
 ];
 
-/// Documented fields whose code is not in yet: event ids, metadata, the
-/// recording time and the duplicate answer of idempotent appends.
-const EXPECTED_FROM_EVENT_IDS: &[(&str, &str)] = &[
-    ("NewEvent", "id"),
-    ("NewEvent", "metadata"),
-    ("Event", "id"),
-    ("Event", "metadata"),
-    ("Event", "recordedAt"),
-    ("AppendResponse", "duplicate"),
-];
-
 /// Optional response fields a plain sample does not show: `duplicate` only
 /// on a retried append, `metadata` only on events written with some.
 const ABSENT_WHEN_UNSET: &[(&str, &str)] =
@@ -152,10 +141,7 @@ fn check_request<T: DeserializeOwned>(doc: &Value, name: &str) {
         undocumented.is_empty(),
         "{name}: accepted by the server but not in the schema: {undocumented:?}"
     );
-    let refused: Vec<_> = documented
-        .difference(&accepted)
-        .filter(|field| !pending(EXPECTED_FROM_EVENT_IDS, name, field))
-        .collect();
+    let refused: Vec<_> = documented.difference(&accepted).collect();
     assert!(
         refused.is_empty(),
         "{name}: in the schema but refused by the server: {refused:?}"
@@ -208,9 +194,7 @@ fn check_response(doc: &Value, name: &str, body: &Value) {
     );
     let unseen: Vec<_> = documented
         .difference(&written)
-        .filter(|f| {
-            !pending(ABSENT_WHEN_UNSET, name, f) && !pending(EXPECTED_FROM_EVENT_IDS, name, f)
-        })
+        .filter(|f| !pending(ABSENT_WHEN_UNSET, name, f))
         .collect();
     assert!(
         unseen.is_empty(),

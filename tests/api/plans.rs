@@ -1,5 +1,5 @@
-//! Plan stability: every read statement crablet prepares runs as an index
-//! range scan under a generic plan (crablet forces generic plans), on a
+//! Plan stability: every read statement crablet prepares, and the id lookup
+//! of the batch append, runs as an index scan under a generic plan (crablet forces generic plans), on a
 //! store large enough for a sequential scan to look attractive to the planner.
 
 use serde_json::{json, Value};
@@ -41,6 +41,14 @@ const STATEMENTS: &[(&str, &str, &str)] = &[
         include_str!("../../sql/queries/read_probes_backward.sql"),
         "(text, int8, int8, int8)",
     ),
+    (
+        // The id lookup of crablet_append_batch (sql/migrations/004), as
+        // the function runs it for a batch whose events carry ids.
+        "stored_ids",
+        "SELECT l.append, e.position, e.id, e.type, e.tags, e.data, e.metadata \
+         FROM unnest($1, $2) AS l(append, id) JOIN events e ON e.id = l.id",
+        "(int4[], text[])",
+    ),
 ];
 
 fn arguments(name: &str) -> String {
@@ -48,6 +56,7 @@ fn arguments(name: &str) -> String {
     match name {
         n if n.starts_with("read_all") => "(0, 9223372036854775807, 1000)".into(),
         n if n.starts_with("read_key") => format!("({key}, 0, 9223372036854775807, '{{}}', '{{}}', 1000)"),
+        "stored_ids" => "('{0,0,1}', '{id-1,id-2,id-3}')".into(),
         _ => format!(
             "('[{{\"k\": {key}, \"tags\": [], \"types\": []}}, {{\"k\": {}, \"tags\": [], \"types\": []}}]', 0, 9223372036854775807, 1000)",
             crablet::dcb::footprint::type_key("Even")
@@ -63,11 +72,15 @@ async fn every_read_statement_is_an_index_scan_under_a_generic_plan() {
         let events: Vec<Value> = (0..PER_APPEND)
             .map(|i| {
                 let n = chunk * PER_APPEND + i;
-                event(
+                let mut e = event(
                     if n.is_multiple_of(2) { "Even" } else { "Odd" },
                     &[&format!("t:{}", n % 100)],
                     "{}",
-                )
+                );
+                if n.is_multiple_of(2) {
+                    e["id"] = json!(format!("e-{n}"));
+                }
+                e
             })
             .collect();
         assert!(app.append(json!({ "events": events })).await.appended());
