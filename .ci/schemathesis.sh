@@ -8,14 +8,14 @@
 # Starts `crablet serve` on a fresh embedded data directory (PostgreSQL's
 # server binaries must be installed, as for the tests), runs schemathesis
 # against http://127.0.0.1:<free port>/openapi.json for at most
-# SCHEMATHESIS_MAX_TIME_S seconds of fuzzing (default 120), and exits non-zero on any
+# SCHEMATHESIS_MAX_TIME_S seconds of fuzzing (default 90), and exits non-zero on any
 # failure. `/subscribe` answers with endless streams and is left out; crablet
 # has no destructive endpoint (appends go to the throwaway store).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-max_time=${SCHEMATHESIS_MAX_TIME_S:-120}
+max_time=${SCHEMATHESIS_MAX_TIME_S:-90}
 
 if ! command -v schemathesis >/dev/null 2>&1; then
     python3 -m pip install --quiet schemathesis
