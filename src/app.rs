@@ -16,7 +16,7 @@ use crate::actors::{EventStore, Subscriptions, Writers};
 use crate::config::Settings;
 use crate::embedded::{EmbeddedError, EmbeddedPostgres};
 use crate::http::{self, AppState};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PoolSample};
 use crate::store::{self, PoolSettings};
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +109,13 @@ impl Application {
                 application_name: "crablet-reader".into(),
             },
         );
+        watch_pool(
+            &metrics,
+            "writer",
+            &writer_pool,
+            settings.writer.lanes as u32 + 1,
+        );
+        watch_pool(&metrics, "reader", &reader_pool, settings.reader.pool_size);
         let writers = Writers::start(writer_pool, &settings.writer, &metrics);
         let subscriptions = Subscriptions::start(
             reader_pool.clone(),
@@ -250,6 +257,21 @@ impl Application {
         }
         result
     }
+}
+
+/// Exports `pool`'s usage, sampled whenever `/metrics` renders.
+fn watch_pool(metrics: &Metrics, name: &'static str, pool: &store::Pool, max_size: u32) {
+    let pool = pool.clone();
+    metrics.watch_pool(name, move || {
+        let state = pool.state();
+        PoolSample {
+            max_size,
+            connections: state.connections,
+            idle: state.idle_connections,
+            waiting: state.statistics.pending_gets(),
+            timed_out: state.statistics.get_timed_out,
+        }
+    });
 }
 
 /// Raises the soft limit on open files to the hard limit: every connection is

@@ -2,8 +2,17 @@
 //!
 //! One [`Metrics`] value is built by [`crate::app`] and passed down to the
 //! HTTP layer and the actors; nothing registers metrics anywhere else and
-//! there is no global registry. Labels are route templates, outcomes and lane
-//! numbers, never tags or positions.
+//! there is no global registry. Labels are route templates, outcomes, pool
+//! names and lane numbers, never tags or positions.
+//!
+//! crablet's own metrics carry the `crablet_` prefix; the standard process
+//! metrics (`process_cpu_seconds_total`, `process_resident_memory_bytes`, ...)
+//! keep their usual names, from a second registry gathered with the first.
+//! Values that are cheap to read but costly to track on every request (pool
+//! usage, the head position) are sampled when `/metrics` renders.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -31,6 +40,30 @@ const LAG_BUCKETS: &[f64] = &[
     1_000_000.0,
 ];
 
+/// Events per batch (up to `writer.max_batch_events`, 4,096 by default).
+const BATCH_EVENTS_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
+];
+
+/// What a connection pool reports at scrape time; filled by whoever owns the
+/// pool (see [`Metrics::watch_pool`]), so this module needs no pool type.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolSample {
+    /// Largest number of connections the pool opens.
+    pub max_size: u32,
+    /// Connections open, idle or in use.
+    pub connections: u32,
+    /// Open connections nobody holds.
+    pub idle: u32,
+    /// Callers waiting for a connection right now.
+    pub waiting: u64,
+    /// Callers that gave up waiting (their request failed with 503), ever.
+    pub timed_out: u64,
+}
+
+/// Samples one pool; called on every render of `/metrics`.
+type PoolSampler = Box<dyn Fn() -> PoolSample + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -55,6 +88,8 @@ pub struct Metrics {
     /// Configured writer lanes and batch limit, for dashboards.
     pub writer_lanes: IntGauge,
     pub writer_max_batch_appends: IntGauge,
+    /// Configured cap on a lane's queue, so alerts can compare depth to it.
+    pub writer_max_pending_appends: IntGauge,
     /// Actor restarts by actor kind (writer, reader); both series exist
     /// from start-up, at 0.
     pub actor_restarts_total: IntCounterVec,
@@ -78,6 +113,39 @@ pub struct Metrics {
     pub subscription_ended_total: IntCounterVec,
     /// Store queries the tailer ran (one per poll and per page of new events).
     pub subscription_tailer_reads_total: IntCounter,
+
+    /// `crablet_build_info{version}`, always 1: which build runs.
+    pub build_info: IntGaugeVec,
+    /// A whole append as the facade sees it: handed to its lane until answered.
+    pub append_duration_seconds: Histogram,
+    /// Time an append waits in its lane's queue before its batch starts.
+    pub append_queue_wait_seconds: Histogram,
+    /// The batch call alone (locks, checks, inserts, commit): database time.
+    pub writer_batch_database_seconds: Histogram,
+    /// Events committed together in one writer transaction.
+    pub writer_batch_events: Histogram,
+    /// Decided conditional appends by lane and outcome (accepted, rejected).
+    pub append_conditions_total: IntCounterVec,
+    /// Pool connections by pool and state (in_use, idle), set at render.
+    pub pool_connections: IntGaugeVec,
+    /// Configured pool sizes, set at render.
+    pub pool_max_connections: IntGaugeVec,
+    /// Callers waiting for a pooled connection, set at render.
+    pub pool_waiting: IntGaugeVec,
+    /// Waits for a pooled connection that timed out, set at render from the
+    /// pool's own count (an IntGaugeVec exported as a counter would lie
+    /// about its type, hence a counter advanced by the difference).
+    pub pool_wait_timeouts_total: IntCounterVec,
+    /// The highest position this process has written or read; a gauge set
+    /// from [`Self::head`] at render.
+    pub head_position: IntGauge,
+    /// Highest position seen, kept by the writers and readers with one
+    /// atomic `fetch_max` per batch or page.
+    head: Arc<AtomicI64>,
+    /// The pools sampled at render.
+    pools: Arc<Mutex<Vec<(&'static str, PoolSampler)>>>,
+    /// The standard process metrics, without the `crablet_` prefix.
+    process_registry: Registry,
 }
 
 impl Metrics {
@@ -133,6 +201,11 @@ impl Metrics {
         let writer_max_batch_appends = IntGauge::new(
             "writer_max_batch_appends",
             "Configured maximum appends per batch",
+        )
+        .expect("valid metric");
+        let writer_max_pending_appends = IntGauge::new(
+            "writer_max_pending_appends",
+            "Configured maximum appends waiting in one lane before 503",
         )
         .expect("valid metric");
         let actor_restarts_total = IntCounterVec::new(
@@ -191,6 +264,83 @@ impl Metrics {
             "Store queries run by the subscription tailer",
         )
         .expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new("build_info", "Always 1; the version label names the build"),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+                .expect("valid metric")
+        };
+        let append_duration_seconds = histogram(
+            "append_duration_seconds",
+            "Whole append, from handing it to its writer lane to its answer",
+            LATENCY_BUCKETS,
+        );
+        let append_queue_wait_seconds = histogram(
+            "append_queue_wait_seconds",
+            "Time an append waits in its lane's queue until its batch starts",
+            LATENCY_BUCKETS,
+        );
+        let writer_batch_database_seconds = histogram(
+            "writer_batch_database_seconds",
+            "Database time of one writer batch: the batch call, commit included",
+            LATENCY_BUCKETS,
+        );
+        let writer_batch_events = histogram(
+            "writer_batch_events",
+            "Events committed in one transaction",
+            BATCH_EVENTS_BUCKETS,
+        );
+        let append_conditions_total = IntCounterVec::new(
+            Opts::new(
+                "append_conditions_total",
+                "Conditional appends decided, by lane and outcome (accepted, rejected)",
+            ),
+            &["lane", "outcome"],
+        )
+        .expect("valid metric");
+        let pool_connections = IntGaugeVec::new(
+            Opts::new(
+                "pool_connections",
+                "Database connections by pool and state (in_use, idle)",
+            ),
+            &["pool", "state"],
+        )
+        .expect("valid metric");
+        let pool_max_connections = IntGaugeVec::new(
+            Opts::new("pool_max_connections", "Configured size of each pool"),
+            &["pool"],
+        )
+        .expect("valid metric");
+        let pool_waiting = IntGaugeVec::new(
+            Opts::new("pool_waiting", "Callers waiting for a pooled connection"),
+            &["pool"],
+        )
+        .expect("valid metric");
+        let pool_wait_timeouts_total = IntCounterVec::new(
+            Opts::new(
+                "pool_wait_timeouts_total",
+                "Waits for a pooled connection that timed out",
+            ),
+            &["pool"],
+        )
+        .expect("valid metric");
+        let head_position = IntGauge::new(
+            "head_position",
+            "Highest event position this process has written or read",
+        )
+        .expect("valid metric");
+        let process_registry = Registry::new();
+        process_registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process collector registered once");
 
         let metrics = Metrics {
             registry,
@@ -203,6 +353,7 @@ impl Metrics {
             writer_pending_appends,
             writer_lanes,
             writer_max_batch_appends,
+            writer_max_pending_appends,
             actor_restarts_total,
             writer_lane_up,
             read_events_total,
@@ -213,6 +364,20 @@ impl Metrics {
             subscription_detached_total,
             subscription_ended_total,
             subscription_tailer_reads_total,
+            build_info,
+            append_duration_seconds,
+            append_queue_wait_seconds,
+            writer_batch_database_seconds,
+            writer_batch_events,
+            append_conditions_total,
+            pool_connections,
+            pool_max_connections,
+            pool_waiting,
+            pool_wait_timeouts_total,
+            head_position,
+            head: Arc::new(AtomicI64::new(0)),
+            pools: Arc::new(Mutex::new(Vec::new())),
+            process_registry,
         };
         metrics.register_all();
         metrics
@@ -229,6 +394,7 @@ impl Metrics {
             Box::new(self.writer_pending_appends.clone()),
             Box::new(self.writer_lanes.clone()),
             Box::new(self.writer_max_batch_appends.clone()),
+            Box::new(self.writer_max_pending_appends.clone()),
             Box::new(self.actor_restarts_total.clone()),
             Box::new(self.writer_lane_up.clone()),
             Box::new(self.read_events_total.clone()),
@@ -239,17 +405,77 @@ impl Metrics {
             Box::new(self.subscription_detached_total.clone()),
             Box::new(self.subscription_ended_total.clone()),
             Box::new(self.subscription_tailer_reads_total.clone()),
+            Box::new(self.build_info.clone()),
+            Box::new(self.append_duration_seconds.clone()),
+            Box::new(self.append_queue_wait_seconds.clone()),
+            Box::new(self.writer_batch_database_seconds.clone()),
+            Box::new(self.writer_batch_events.clone()),
+            Box::new(self.append_conditions_total.clone()),
+            Box::new(self.pool_connections.clone()),
+            Box::new(self.pool_max_connections.clone()),
+            Box::new(self.pool_waiting.clone()),
+            Box::new(self.pool_wait_timeouts_total.clone()),
+            Box::new(self.head_position.clone()),
         ];
         for c in collectors {
             self.registry.register(c).expect("metric registered once");
         }
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// Records that `position` exists: the head gauge never goes down.
+    /// One relaxed atomic operation; call it once per batch or page.
+    pub fn saw_position(&self, position: i64) {
+        self.head.fetch_max(position, Ordering::Relaxed);
+    }
+
+    /// Samples `pool` (named by the `pool` label) on every render.
+    pub fn watch_pool(
+        &self,
+        pool: &'static str,
+        sample: impl Fn() -> PoolSample + Send + Sync + 'static,
+    ) {
+        self.pools
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push((pool, Box::new(sample)));
+    }
+
+    /// Sets the metrics that are sampled rather than tracked.
+    fn sample(&self) {
+        self.head_position.set(self.head.load(Ordering::Relaxed));
+        let pools = self
+            .pools
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (pool, sample) in pools.iter() {
+            let s = sample();
+            let in_use = s.connections.saturating_sub(s.idle);
+            self.pool_connections
+                .with_label_values(&[pool, "in_use"])
+                .set(i64::from(in_use));
+            self.pool_connections
+                .with_label_values(&[pool, "idle"])
+                .set(i64::from(s.idle));
+            self.pool_max_connections
+                .with_label_values(&[pool])
+                .set(i64::from(s.max_size));
+            self.pool_waiting
+                .with_label_values(&[pool])
+                .set(i64::try_from(s.waiting).unwrap_or(i64::MAX));
+            let timeouts = self.pool_wait_timeouts_total.with_label_values(&[pool]);
+            timeouts.inc_by(s.timed_out.saturating_sub(timeouts.get()));
+        }
+    }
+
+    /// The Prometheus text exposition of every metric, crablet's and the
+    /// process's.
     pub fn render(&self) -> String {
+        self.sample();
+        let mut families = self.registry.gather();
+        families.extend(self.process_registry.gather());
         let mut buffer = Vec::new();
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buffer)
+            .encode(&families, &mut buffer)
             .expect("text encoding cannot fail");
         String::from_utf8(buffer).expect("text exposition is UTF-8")
     }

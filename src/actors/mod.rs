@@ -102,6 +102,8 @@ pub struct Writers {
     /// The last position committed through this process, raised after
     /// each successful append: wakes the subscription tailer at once.
     committed: Arc<watch::Sender<Position>>,
+    /// `append_duration_seconds`: each append, handed over to answered.
+    append_duration: prometheus::Histogram,
     /// Kept so the writer thread lives as long as any facade.
     _writer_thread: Arc<Arbiter>,
 }
@@ -130,11 +132,15 @@ impl Writers {
         metrics
             .writer_max_batch_appends
             .set(settings.max_batch_appends as i64);
+        metrics
+            .writer_max_pending_appends
+            .set(settings.max_pending_appends as i64);
         Writers {
             lanes: lanes.into(),
             health: health.into(),
             next_lane: Arc::new(AtomicUsize::new(0)),
             committed: Arc::new(watch::channel(0).0),
+            append_duration: metrics.append_duration_seconds.clone(),
             _writer_thread: Arc::new(writer_thread),
         }
     }
@@ -171,6 +177,7 @@ impl EventStore {
 
     /// Appends, waiting for the batch that carries the append to commit.
     pub async fn append(&self, append: CheckedAppend) -> Result<AppendOutcome, EventStoreError> {
+        let started = std::time::Instant::now();
         let lane = self.route(&append);
         let (reply, outcome) = oneshot::channel();
         let reply = writer::Reply::new(reply);
@@ -185,9 +192,13 @@ impl EventStore {
                     "writer lane {lane} is gone; nothing was written"
                 )),
             })?;
+        let answer = outcome.await;
+        self.writers
+            .append_duration
+            .observe(started.elapsed().as_secs_f64());
         // A `Reply` answers even when dropped, so the channel closing
         // unanswered would mean a lost reply: assume the worst.
-        let outcome = outcome.await.map_err(|_| {
+        let outcome = answer.map_err(|_| {
             EventStoreError::OutcomeUnknown("the writer lane dropped the append unanswered".into())
         })??;
         if let AppendOutcome::Appended { last, .. } = outcome {

@@ -120,6 +120,10 @@ impl Handler<ReadPage> for Reader {
             })?;
             metrics.read_pages_total.inc();
             metrics.read_events_total.inc_by(events.len() as u64);
+            // Pages are in position order, one way or the other.
+            if let (Some(first), Some(last)) = (events.first(), events.last()) {
+                metrics.saw_position(first.position.max(last.position));
+            }
             Ok(events)
         };
         Box::pin(async move {

@@ -137,6 +137,8 @@ struct Pending {
     /// database: it is retried in a batch of its own, so one append that the
     /// database refuses cannot fail the appends that shared its batch.
     alone: bool,
+    /// When the lane queued it: its queue wait ends when its batch starts.
+    enqueued: Instant,
 }
 
 pub struct WriterLane {
@@ -154,6 +156,9 @@ pub struct WriterLane {
     in_flight: bool,
     /// This lane's series of `writer_pending_appends`.
     pending_gauge: prometheus::IntGauge,
+    /// This lane's series of `append_conditions_total`, accepted and
+    /// rejected, resolved once so a batch does no label lookups.
+    conditions: [prometheus::IntCounter; 2],
     /// Up/down, read by the facade; cleared on a panic, on restart and when
     /// the lane is dropped (its supervisor gone for good).
     health: Arc<LaneHealth>,
@@ -172,8 +177,14 @@ impl WriterLane {
         let pending_gauge = metrics
             .writer_pending_appends
             .with_label_values(&[&lane.to_string()]);
+        let conditions = ["accepted", "rejected"].map(|outcome| {
+            metrics
+                .append_conditions_total
+                .with_label_values(&[&lane.to_string(), outcome])
+        });
         WriterLane {
             pending_gauge,
+            conditions,
             lane,
             pool,
             settings,
@@ -246,10 +257,17 @@ impl WriterLane {
         }
         let batch = self.take_batch();
         self.settings.faults.hit(FaultPoint::Flush);
+        let now = Instant::now();
+        for pending in &batch {
+            self.metrics
+                .append_queue_wait_seconds
+                .observe(now.duration_since(pending.enqueued).as_secs_f64());
+        }
         self.update_pending_gauge();
         self.in_flight = true;
         let connection = self.connection.take();
         let pool = self.pool.clone();
+        let database_seconds = self.metrics.writer_batch_database_seconds.clone();
         let faults = self.settings.faults.clone();
         let work = async move {
             let started = Instant::now();
@@ -271,7 +289,9 @@ impl WriterLane {
                 pending.reply.sent = true;
             }
             let appends: Vec<&CheckedAppend> = batch.iter().map(|p| &p.append).collect();
+            let call_started = Instant::now();
             let result = store::append_batch(&mut conn, &appends).await;
+            database_seconds.observe(call_started.elapsed().as_secs_f64());
             drop(appends);
             faults.hit(FaultPoint::AfterCall);
             (Some(conn), batch, result, started)
@@ -324,18 +344,30 @@ impl WriterLane {
                 self.metrics
                     .writer_batch_appends
                     .observe(batch.len() as f64);
+                let (mut head, mut events) = (0, 0);
                 for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                    if pending.append.request.condition.is_some() {
+                        match outcome {
+                            AppendOutcome::Appended { .. } => self.conditions[0].inc(),
+                            AppendOutcome::ConditionFailed => self.conditions[1].inc(),
+                            _ => {}
+                        }
+                    }
                     self.metrics
                         .appends_total
                         .with_label_values(&[outcome.label()])
                         .inc();
-                    if let AppendOutcome::Appended { .. } = outcome {
+                    if let AppendOutcome::Appended { last, .. } = outcome {
+                        head = head.max(last);
+                        events += pending.append.len();
                         self.metrics
                             .events_appended_total
                             .inc_by(pending.append.len() as u64);
                     }
                     pending.reply.send(Ok(outcome));
                 }
+                self.metrics.writer_batch_events.observe(events as f64);
+                self.metrics.saw_position(head);
             }
             Err(error) if batch.len() > 1 && error.failure() == Failure::Refused => {
                 // Nothing of the batch was written. Retry each append alone,
@@ -465,6 +497,7 @@ impl Handler<Append> for WriterLane {
                 append: msg.append,
                 reply: msg.reply,
                 alone: false,
+                enqueued: Instant::now(),
             });
             self.update_pending_gauge();
             self.flush(ctx);

@@ -1,7 +1,9 @@
 //! The HTTP front end (actix-web): routes, request parsing and responses.
 //!
 //! Routes speak the community DCB HTTP contract (`GET /read`, `POST /append`)
-//! plus `POST /read`, `GET|POST /subscribe`, `GET /head`, the event browser at `/`, `GET /health`, `GET /health/live` and `GET /metrics`.
+//! plus `POST /read`, `GET|POST /subscribe`, `GET /head`, the event browser at
+//! `/`, `GET /health`, `GET /health/live`, `GET /metrics` and `GET /openapi.json`
+//! (the API described in `openapi/crablet.json`).
 //! Handlers parse strictly ([`parse`]) and validate, then call the
 //! [`EventStore`] facade; they never touch SQL or actors directly. Errors
 //! become responses in [`error`] only; [`context`] gives every request an id
@@ -42,6 +44,25 @@ pub struct AppState {
     /// the request started.
     pub request_timeout: Duration,
 }
+
+/// Every route [`routes`] registers, with its methods: the OpenAPI document
+/// must describe exactly these (the tests compare both, and the server).
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/append", &["POST"]),
+    ("/read", &["GET", "POST"]),
+    ("/health", &["GET"]),
+    ("/health/live", &["GET"]),
+    ("/metrics", &["GET"]),
+    ("/openapi.json", &["GET"]),
+    ("/subscribe", &["GET", "POST"]),
+    ("/head", &["GET"]),
+    ("/", &["GET"]),
+    ("/static/app.js", &["GET"]),
+    ("/static/style.css", &["GET"]),
+];
+
+/// The OpenAPI 3.1 document of this API, served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../openapi/crablet.json");
 
 /// Registers every route; used by the server and the tests alike.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -94,10 +115,24 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::resource("/metrics")
+            // gzip when the scraper asks for it (Prometheus does); the
+            // exposition compresses about tenfold.
+            .wrap(actix_web::middleware::Compress::default())
             .route(web::get().to(metrics))
             .default_service(web::to(method_not_allowed)),
     )
+    .service(
+        web::resource("/openapi.json")
+            .route(web::get().to(openapi))
+            .default_service(web::to(method_not_allowed)),
+    )
     .default_service(web::to(not_found));
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
 }
 
 /// Liveness: 200 while the process serves HTTP, whatever the database does,
