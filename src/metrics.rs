@@ -259,6 +259,10 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        // Exported at 0 from start-up, like the restart counters.
+        for reason in ["shutdown", "lagging", "unavailable"] {
+            subscription_ended_total.with_label_values(&[reason]);
+        }
         let subscription_tailer_reads_total = IntCounter::new(
             "subscription_tailer_reads_total",
             "Store queries run by the subscription tailer",

@@ -383,20 +383,7 @@ mod tests {
         let reader_pool = unreachable_pool(settings.reader.pool_timeout());
         let writers = Writers::start(writer_pool, &settings.writer, &metrics);
         let store = EventStore::on_this_thread(&writers, reader_pool, &settings.reader, &metrics);
-        let append = CheckedAppend::new(
-            AppendRequest {
-                events: vec![NewEvent {
-                    event_type: "E".into(),
-                    tags: vec![],
-                    data: String::new(),
-                    id: None,
-                    metadata: None,
-                }],
-                condition: None,
-            },
-            &Limits::default(),
-        )
-        .unwrap();
+        let append = one_event();
 
         // An append waits for its batch's connection attempt, or for two when
         // it queued behind a failing batch; a read waits for one.

@@ -193,9 +193,9 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut Settings)) -> TestApp {
     app
 }
 
-/// Starts a server on an existing database.
-pub async fn spawn_app_on(database_url: &str, tune: impl FnOnce(&mut Settings)) -> TestApp {
-    let mut settings = Settings::load(
+/// Default settings for a server on a free loopback port over `database_url`.
+pub fn settings_for(database_url: &str) -> Settings {
+    Settings::load(
         None,
         Overrides {
             listen: Some("127.0.0.1:0".into()),
@@ -203,7 +203,12 @@ pub async fn spawn_app_on(database_url: &str, tune: impl FnOnce(&mut Settings)) 
             data_dir: None,
         },
     )
-    .expect("settings");
+    .expect("settings")
+}
+
+/// Starts a server on an existing database.
+pub async fn spawn_app_on(database_url: &str, tune: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = settings_for(database_url);
     settings.http.workers = 2;
     tune(&mut settings);
     let app = Application::build(settings).await.expect("build app");

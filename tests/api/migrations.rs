@@ -3,7 +3,7 @@
 //! refused.
 
 use crablet::app::Application;
-use crablet::config::{Overrides, Settings};
+use crablet::config::Settings;
 use futures_util::future::join_all;
 use serde_json::json;
 
@@ -17,15 +17,7 @@ const SERVERS_PER_ROUND: usize = 8;
 const ROUNDS: usize = 4;
 
 fn settings_for(database_url: &str) -> Settings {
-    let mut settings = Settings::load(
-        None,
-        Overrides {
-            listen: Some("127.0.0.1:0".into()),
-            database_url: Some(database_url.to_string()),
-            data_dir: None,
-        },
-    )
-    .expect("settings");
+    let mut settings = crate::helpers::settings_for(database_url);
     settings.http.workers = 1;
     settings
 }

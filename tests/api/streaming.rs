@@ -36,6 +36,9 @@ async fn many_slow_readers_of_large_events_stay_within_the_page_budget() {
     let app = spawn_app_with(|s| {
         s.reader.page_max_bytes = 256 * 1024;
         s.reader.pool_size = 8;
+        // Readers queue for the pool's connections page by page; on a busy
+        // machine a wait can be long, and a failed later page aborts a read.
+        s.reader.pool_timeout_ms = 30_000;
     })
     .await;
     let data = "x".repeat(DATA_BYTES);
@@ -49,7 +52,7 @@ async fn many_slow_readers_of_large_events_stay_within_the_page_budget() {
     }
     let pages_before = metric(&app, "crablet_read_pages_total").await;
 
-    const READERS: usize = 40;
+    const READERS: usize = 24;
     let baseline = rss_bytes();
     let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(baseline));
     let readers = (0..READERS).map(|_| {
@@ -100,8 +103,8 @@ async fn many_slow_readers_of_large_events_stay_within_the_page_budget() {
     );
     // Each reader holds about one page in crablet (and a few chunks in the
     // client); unbounded pages would hold a whole read (12 MB) per reader,
-    // twice (events and their encoding): about 1 GB for 40 readers.
-    assert!(growth < 300 << 20, "RSS grew by {} MiB", growth >> 20);
+    // twice (events and their encoding): about 600 MB for 24 readers.
+    assert!(growth < 200 << 20, "RSS grew by {} MiB", growth >> 20);
 }
 
 async fn metric(app: &crate::helpers::TestApp, name: &str) -> u64 {
