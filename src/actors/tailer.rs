@@ -249,7 +249,25 @@ async fn tail(inner: Arc<Inner>, pool: Pool, mut committed: watch::Receiver<Posi
         if *closing.borrow() {
             return;
         }
-        let more = match read_new(&inner, &pool, page_size).await {
+        // With no subscription open, nobody needs the new events: forget
+        // the cursor instead of reading every commit (the next subscriber
+        // makes the tailer start again from the head). Checked under the
+        // lock that joins take, so no live subscriber can miss a page.
+        let idle = {
+            let mut live = inner.lock();
+            let idle = live.subscribers.is_empty() && inner.open.load(Ordering::SeqCst) == 0;
+            if idle && live.cursor.take().is_some() {
+                // Subscribers read the cursor from this watch: it must not
+                // show one the tailer no longer has.
+                inner.head.send_replace(None);
+            }
+            idle
+        };
+        let more = match if idle {
+            Ok(false)
+        } else {
+            read_new(&inner, &pool, page_size).await
+        } {
             Ok(more) => more,
             Err(e) => {
                 // One line per 10 s at most while the database is away.
