@@ -64,8 +64,20 @@ pub struct PoolSample {
 /// Samples one pool; called on every render of `/metrics`.
 type PoolSampler = Box<dyn Fn() -> PoolSample + Send + Sync>;
 
+/// Every metric handle, shared: cloning [`Metrics`] (once per request in the
+/// middleware, once per read page in a reader) costs one reference count,
+/// not one per metric.
 #[derive(Clone)]
-pub struct Metrics {
+pub struct Metrics(Arc<MetricHandles>);
+
+impl std::ops::Deref for Metrics {
+    type Target = MetricHandles;
+    fn deref(&self) -> &MetricHandles {
+        &self.0
+    }
+}
+
+pub struct MetricHandles {
     registry: Registry,
     /// HTTP requests by route template, method and status code.
     pub http_requests_total: IntCounterVec,
@@ -346,7 +358,7 @@ impl Metrics {
             ))
             .expect("process collector registered once");
 
-        let metrics = Metrics {
+        let metrics = MetricHandles {
             registry,
             http_requests_total,
             http_request_duration_seconds,
@@ -383,6 +395,7 @@ impl Metrics {
             pools: Arc::new(Mutex::new(Vec::new())),
             process_registry,
         };
+        let metrics = Metrics(Arc::new(metrics));
         metrics.register_all();
         metrics
     }

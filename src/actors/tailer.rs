@@ -282,7 +282,9 @@ async fn tail(inner: Arc<Inner>, pool: Pool, mut committed: watch::Receiver<Posi
             continue;
         }
         tokio::select! {
-            changed = committed.changed(), if local_commits => {
+            // Idle, the tailer is not woken by each local commit either: it
+            // looks for new subscriptions once per poll interval.
+            changed = committed.changed(), if local_commits && !idle => {
                 // The writers are gone (tests that drop a server): poll only.
                 local_commits = changed.is_ok();
             }
