@@ -77,8 +77,16 @@ fn new_request_id() -> HeaderValue {
         }
     });
     let n = source.next.fetch_add(1, Ordering::Relaxed);
-    let text = format!("{:016x}-{:08x}", source.prefix, n);
-    HeaderValue::from_str(&text).expect("hex is a valid header value")
+    // Hex digits written directly: this runs for every request.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [b'-'; 16 + 1 + 16];
+    for (i, byte) in text[..16].iter_mut().enumerate() {
+        *byte = HEX[(source.prefix >> (60 - 4 * i) & 0xf) as usize];
+    }
+    for (i, byte) in text[17..].iter_mut().enumerate() {
+        *byte = HEX[(n >> (60 - 4 * i) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&text).expect("hex is a valid header value")
 }
 
 fn client_request_id(req: &ServiceRequest) -> Option<HeaderValue> {
@@ -147,7 +155,16 @@ mod tests {
         let a = new_request_id();
         let b = new_request_id();
         assert_ne!(a, b);
-        assert_eq!(a.len(), 16 + 1 + 8);
+        assert_eq!(a.len(), 16 + 1 + 16);
+        let text = a.to_str().unwrap();
+        assert!(text[..16].bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(&text[16..17], "-");
+        let (na, nb) = (&text[17..], &b.to_str().unwrap()[17..]);
+        let (na, nb) = (
+            u64::from_str_radix(na, 16).unwrap(),
+            u64::from_str_radix(nb, 16).unwrap(),
+        );
+        assert_eq!(nb, na + 1, "the counter is the id's tail");
     }
 
     #[test]
