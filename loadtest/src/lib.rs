@@ -21,7 +21,7 @@
 //!   cores were full).
 //! - [`preload`]: fast bulk loading of N events with large batched appends.
 //! - [`bench`](mod@bench): the one-command benchmark: PostgreSQL, crablet server, baselines
-//!   (pgbench/psql), the goal table (P1-P6, defined in `bench`).
+//!   (pgbench/psql), the goal table (P1-P9, defined in `bench`).
 //!
 //! Traffic goes to loopback addresses only ([`http::Target`] refuses anything else),
 //! and every loop is bounded by a deadline or a count.

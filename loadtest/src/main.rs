@@ -35,7 +35,7 @@ enum Command {
     Run(RunArgs),
     /// Load N events quickly with large batched appends (tag <prefix>:<i/10>).
     Preload(PreloadArgs),
-    /// Measure every goal (P1-P6) beside its raw PostgreSQL baseline.
+    /// Measure every goal (P1-P9), each beside its raw PostgreSQL baseline where it has one.
     Bench(BenchArgs),
     /// Subscribers on /subscribe while writers append: delivery latency
     /// (acknowledged -> received), delivered events/s, gaps/duplicates/order.

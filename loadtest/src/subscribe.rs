@@ -3,6 +3,10 @@
 //! acknowledged -> event received) and delivered events/s, and verifies that
 //! every subscriber got exactly its events, once each, in order.
 //!
+//! Also here, for the bench: [`open_idle`] (P8, the memory a thousand idle
+//! subscriptions cost the server) and [`catch_up`] (P9, how fast a new
+//! subscriber reads its way through the stored log).
+//!
 //! Subscriber `i` asks for the events of its own tag; `everything` more
 //! subscribers ask for every event of the run (the run's tag). Every append
 //! writes one event tagged with the run and one subscriber's tag, round robin.
@@ -300,5 +304,129 @@ pub async fn run(cfg: &SubscribeConfig) -> anyhow::Result<SubscribeReport> {
         missing,
         duplicated,
         out_of_order,
+    })
+}
+
+/// Subscriptions held open on tags nobody writes, until dropped.
+pub struct IdleSubscribers {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl IdleSubscribers {
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+}
+
+impl Drop for IdleSubscribers {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Opens `n` subscriptions (one connection each) to tags of their own that
+/// nobody writes, and returns once every one has been answered `200`.
+pub async fn open_idle(target: &Target, n: usize, run_id: &str) -> anyhow::Result<IdleSubscribers> {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let mut opening = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let target = target.clone();
+        let query = Query::single(QueryItem::tag(format!("idle:{run_id}:{i}")));
+        opening.spawn(async move {
+            let mut sender = connect(&target)
+                .await
+                .map_err(|e| anyhow::anyhow!("subscribe: {e}"))?;
+            let request = Request::builder()
+                .uri(subscribe_path(&query, 0))
+                .header(HOST, target.url().trim_start_matches("http://"))
+                .header(ACCEPT, "application/x-ndjson")
+                .body(Full::new(Bytes::new()))?;
+            let response = sender.send_request(request).await?;
+            anyhow::ensure!(
+                response.status() == 200,
+                "subscription {i} answered {}",
+                response.status()
+            );
+            Ok(response.into_body())
+        });
+    }
+    let mut tasks = Vec::with_capacity(n);
+    while let Some(opened) = opening.join_next().await {
+        let mut body = opened??;
+        // Read heartbeats (and anything else) so the stream stays healthy.
+        tasks.push(tokio::spawn(async move {
+            while let Some(Ok(_)) = body.frame().await {}
+        }));
+    }
+    Ok(IdleSubscribers { tasks })
+}
+
+/// What a catch-up subscriber measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct CatchUp {
+    /// Events received before reaching the head.
+    pub events: u64,
+    pub seconds: f64,
+    pub events_per_s: f64,
+}
+
+/// Subscribes to every event from the start of the log and reads until the
+/// event at `head` arrives. Lines are counted, not parsed (only the last one
+/// of each chunk is), so the client keeps up with the server.
+pub async fn catch_up(target: &Target, head: u64) -> anyhow::Result<CatchUp> {
+    let mut sender = connect(target)
+        .await
+        .map_err(|e| anyhow::anyhow!("subscribe: {e}"))?;
+    let started = Instant::now();
+    let request = Request::builder()
+        .uri(subscribe_path(&Query { items: Vec::new() }, 0))
+        .header(HOST, target.url().trim_start_matches("http://"))
+        .header(ACCEPT, "application/x-ndjson")
+        .body(Full::new(Bytes::new()))?;
+    let response = sender.send_request(request).await?;
+    anyhow::ensure!(
+        response.status() == 200,
+        "subscribe answered {}",
+        response.status()
+    );
+    let mut body = response.into_body();
+    let (mut events, mut partial) = (0u64, Vec::new());
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(30), body.frame())
+            .await
+            .map_err(|_| anyhow::anyhow!("catch-up stalled after {events} events"))?
+            .ok_or_else(|| anyhow::anyhow!("catch-up stream ended after {events} events"))??;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        partial.extend_from_slice(data);
+        let Some(last_newline) = partial.iter().rposition(|b| *b == b'\n') else {
+            continue;
+        };
+        let complete = &partial[..last_newline];
+        events += complete
+            .split(|b| *b == b'\n')
+            .filter(|line| line.starts_with(b"{\"type\""))
+            .count() as u64;
+        let last_line = complete.rsplit(|b| *b == b'\n').next().unwrap_or_default();
+        let last = serde_json::from_slice::<serde_json::Value>(last_line)
+            .ok()
+            .and_then(|v| v.get("position").and_then(|p| p.as_u64()));
+        partial.drain(..=last_newline);
+        if last.is_some_and(|p| p >= head) {
+            break;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(CatchUp {
+        events,
+        seconds,
+        events_per_s: events as f64 / seconds.max(1e-9),
     })
 }

@@ -1,4 +1,4 @@
-//! The goal table the benchmark prints: one row per goal (P1-P6) with the
+//! The goal table the benchmark prints: one row per goal (P1-P9) with the
 //! crablet figure, the baseline figure measured beside it, their ratio, the goal and
 //! whether it was met.
 //!
