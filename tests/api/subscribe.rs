@@ -1,6 +1,7 @@
 //! Subscriptions (`/subscribe`) and `/head`: every matching event exactly once
 //! and in order, across processes, through resumption and slow consumers;
-//! heartbeats, the subscriber limit and the final message on shutdown.
+//! heartbeats, the subscriber limit, the end of a subscriber that lags too far
+//! and the final message on shutdown.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -477,6 +478,110 @@ async fn a_slow_subscriber_neither_delays_the_others_nor_grows_memory_without_bo
         slow_positions.len()
     );
     assert_eq!((missing, duplicated, unordered), (0, 0, 0));
+    let _ = server_kill(&mut server);
+}
+
+#[actix_rt::test]
+async fn a_subscriber_that_falls_too_far_behind_is_ended_saying_where_to_resume_and_misses_nothing()
+{
+    let database = fresh_database().await;
+    let max_lag = 2_000;
+    let mut server = spawn_process_with_env(
+        &database,
+        &[
+            ("CRABLET_SUBSCRIPTIONS__BUFFER_EVENTS", "64"),
+            (
+                "CRABLET_SUBSCRIPTIONS__MAX_LAG_EVENTS",
+                &max_lag.to_string(),
+            ),
+        ],
+    )
+    .await;
+    let http = client();
+    // The lagging subscriber sends its request, then reads nothing while
+    // 20 MB of events (10,000) are appended: far more than socket buffers
+    // hold, and far more than max_lag_events.
+    let host = server.address.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&host)
+        .await
+        .expect("connect");
+    slow.write_all(
+        format!("GET /subscribe HTTP/1.1\r\nHost: {host}\r\nAccept: application/x-ndjson\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .expect("request");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let data = "x".repeat(2_000);
+    let (appends, per_append) = (100, 100);
+    for i in 0..appends {
+        let events: Vec<Value> = (0..per_append)
+            .map(|_| event("E", &[&format!("a:{i}")], &data))
+            .collect();
+        let answer = post_append(&http, &server.address, &json!({"events": events})).await;
+        assert!(answer.appended(), "{answer:?}");
+    }
+    let total = (appends * per_append) as i64;
+
+    // Now it reads: what was already on its way, then the final message.
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => received.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+        let tail = &received[received.len().saturating_sub(4096)..];
+        if find(tail, b"{\"end\"").is_some() && find(tail, b"}}\n").is_some() {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&received);
+    let lines: Vec<Value> = text
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            l.starts_with('{')
+                .then(|| serde_json::from_str::<Value>(l).ok())
+                .flatten()
+        })
+        .collect();
+    let got: Vec<i64> = lines
+        .iter()
+        .filter_map(|v| v.get("position").and_then(Value::as_i64))
+        .collect();
+    let end = lines
+        .iter()
+        .find(|v| v.get("end").is_some())
+        .unwrap_or_else(|| panic!("no final message after {} events", got.len()));
+    let resume_after = end["end"]["after"].as_i64().expect("after");
+    println!(
+        "lagging subscriber: {} events, then {end}; {} events stored",
+        got.len(),
+        total
+    );
+    assert_eq!(end["end"]["reason"], "lagging");
+    assert!(resume_after < total - max_lag, "{resume_after}");
+    // Everything up to where it was told to resume arrived, once, in order.
+    let expected: Vec<i64> = (1..=resume_after).collect();
+    assert_eq!(violations(&expected, &got), (0, 0, 0));
+
+    // Resuming there delivers the rest: nothing lost at the cut.
+    let mut resumed = Subscription::open(
+        &http,
+        &server.address,
+        &json!({"items": []}),
+        Some(resume_after),
+        false,
+        None,
+    )
+    .await;
+    let rest = resumed
+        .events((total - resume_after) as usize, Duration::from_secs(60))
+        .await;
+    let expected: Vec<i64> = (resume_after + 1..=total).collect();
+    assert_eq!(violations(&expected, &positions(&rest)), (0, 0, 0));
     let _ = server_kill(&mut server);
 }
 
