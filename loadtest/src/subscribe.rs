@@ -91,19 +91,18 @@ fn subscribe_path(query: &Query, after: u64) -> String {
     path
 }
 
-/// Opens one subscription and records what arrives until `until`.
-async fn follow(
-    target: Target,
-    query: Query,
+/// Opens `GET /subscribe` (NDJSON) on a connection of its own and returns
+/// the body once the answer is `200`.
+async fn open_stream(
+    target: &Target,
+    query: &Query,
     after: u64,
-    received: Received,
-    until: Instant,
-) -> anyhow::Result<()> {
-    let mut sender = connect(&target)
+) -> anyhow::Result<hyper::body::Incoming> {
+    let mut sender = connect(target)
         .await
         .map_err(|e| anyhow::anyhow!("subscribe: {e}"))?;
     let request = Request::builder()
-        .uri(subscribe_path(&query, after))
+        .uri(subscribe_path(query, after))
         .header(HOST, target.url().trim_start_matches("http://"))
         .header(ACCEPT, "application/x-ndjson")
         .body(Full::new(Bytes::new()))?;
@@ -113,7 +112,18 @@ async fn follow(
         "subscribe answered {}",
         response.status()
     );
-    let mut body = response.into_body();
+    Ok(response.into_body())
+}
+
+/// Opens one subscription and records what arrives until `until`.
+async fn follow(
+    target: Target,
+    query: Query,
+    after: u64,
+    received: Received,
+    until: Instant,
+) -> anyhow::Result<()> {
+    let mut body = open_stream(&target, &query, after).await?;
     let mut buffer: Vec<u8> = Vec::new();
     loop {
         let left = until.saturating_duration_since(Instant::now());
@@ -338,23 +348,7 @@ pub async fn open_idle(target: &Target, n: usize, run_id: &str) -> anyhow::Resul
     for i in 0..n {
         let target = target.clone();
         let query = Query::single(QueryItem::tag(format!("idle:{run_id}:{i}")));
-        opening.spawn(async move {
-            let mut sender = connect(&target)
-                .await
-                .map_err(|e| anyhow::anyhow!("subscribe: {e}"))?;
-            let request = Request::builder()
-                .uri(subscribe_path(&query, 0))
-                .header(HOST, target.url().trim_start_matches("http://"))
-                .header(ACCEPT, "application/x-ndjson")
-                .body(Full::new(Bytes::new()))?;
-            let response = sender.send_request(request).await?;
-            anyhow::ensure!(
-                response.status() == 200,
-                "subscription {i} answered {}",
-                response.status()
-            );
-            Ok(response.into_body())
-        });
+        opening.spawn(async move { open_stream(&target, &query, 0).await });
     }
     let mut tasks = Vec::with_capacity(n);
     while let Some(opened) = opening.join_next().await {
@@ -380,22 +374,8 @@ pub struct CatchUp {
 /// event at `head` arrives. Lines are counted, not parsed (only the last one
 /// of each chunk is), so the client keeps up with the server.
 pub async fn catch_up(target: &Target, head: u64) -> anyhow::Result<CatchUp> {
-    let mut sender = connect(target)
-        .await
-        .map_err(|e| anyhow::anyhow!("subscribe: {e}"))?;
     let started = Instant::now();
-    let request = Request::builder()
-        .uri(subscribe_path(&Query { items: Vec::new() }, 0))
-        .header(HOST, target.url().trim_start_matches("http://"))
-        .header(ACCEPT, "application/x-ndjson")
-        .body(Full::new(Bytes::new()))?;
-    let response = sender.send_request(request).await?;
-    anyhow::ensure!(
-        response.status() == 200,
-        "subscribe answered {}",
-        response.status()
-    );
-    let mut body = response.into_body();
+    let mut body = open_stream(target, &Query { items: Vec::new() }, 0).await?;
     let (mut events, mut partial) = (0u64, Vec::new());
     loop {
         let frame = tokio::time::timeout(Duration::from_secs(30), body.frame())

@@ -185,6 +185,39 @@ fn parse_sse(block: &str, bad_ids: &std::sync::atomic::AtomicUsize) -> Item {
 }
 
 /// Missing, duplicated and out-of-order events of `got` against `expected`.
+/// A subscription to every event on a raw connection that the test reads
+/// only when it chooses to (a slow consumer).
+async fn unread_subscription(address: &str) -> tokio::net::TcpStream {
+    let host = address.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&host)
+        .await
+        .expect("connect");
+    stream
+        .write_all(
+            format!(
+                "GET /subscribe HTTP/1.1\r\nHost: {host}\r\nAccept: application/x-ndjson\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("request");
+    stream
+}
+
+/// The JSON lines of a raw HTTP/1.1 NDJSON response (chunk-size lines and
+/// headers are skipped).
+fn json_lines(received: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(received)
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            l.starts_with('{')
+                .then(|| serde_json::from_str::<Value>(l).ok())
+                .flatten()
+        })
+        .collect()
+}
+
 fn violations(expected: &[i64], got: &[i64]) -> (usize, usize, usize) {
     let mut seen: HashMap<i64, usize> = HashMap::new();
     for p in got {
@@ -376,16 +409,7 @@ async fn a_slow_subscriber_neither_delays_the_others_nor_grows_memory_without_bo
     let http = client();
     let all = json!({"items": []});
     // The slow subscriber sends its request and then reads nothing at all.
-    let host = server.address.trim_start_matches("http://").to_string();
-    let mut slow = tokio::net::TcpStream::connect(&host)
-        .await
-        .expect("connect");
-    slow.write_all(
-        format!("GET /subscribe HTTP/1.1\r\nHost: {host}\r\nAccept: application/x-ndjson\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .expect("request");
+    let mut slow = unread_subscription(&server.address).await;
     let mut fast = Subscription::open(&http, &server.address, &all, None, false, None).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_before = rss_bytes(server.pid()).unwrap_or(0);
@@ -461,15 +485,8 @@ async fn a_slow_subscriber_neither_delays_the_others_nor_grows_memory_without_bo
             break;
         }
     }
-    let text = String::from_utf8_lossy(&received);
-    let slow_positions: Vec<i64> = text
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            l.starts_with('{')
-                .then(|| serde_json::from_str::<Value>(l).ok())
-                .flatten()
-        })
+    let slow_positions: Vec<i64> = json_lines(&received)
+        .iter()
         .filter_map(|v| v.get("position").and_then(Value::as_i64))
         .collect();
     let (missing, duplicated, unordered) = violations(&expected, &slow_positions);
@@ -501,16 +518,7 @@ async fn a_subscriber_that_falls_too_far_behind_is_ended_saying_where_to_resume_
     // The lagging subscriber sends its request, then reads nothing while
     // 20 MB of events (10,000) are appended: far more than socket buffers
     // hold, and far more than max_lag_events.
-    let host = server.address.trim_start_matches("http://").to_string();
-    let mut slow = tokio::net::TcpStream::connect(&host)
-        .await
-        .expect("connect");
-    slow.write_all(
-        format!("GET /subscribe HTTP/1.1\r\nHost: {host}\r\nAccept: application/x-ndjson\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .expect("request");
+    let mut slow = unread_subscription(&server.address).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let data = "x".repeat(2_000);
     let (appends, per_append) = (100, 100);
@@ -537,16 +545,7 @@ async fn a_subscriber_that_falls_too_far_behind_is_ended_saying_where_to_resume_
             break;
         }
     }
-    let text = String::from_utf8_lossy(&received);
-    let lines: Vec<Value> = text
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            l.starts_with('{')
-                .then(|| serde_json::from_str::<Value>(l).ok())
-                .flatten()
-        })
-        .collect();
+    let lines = json_lines(&received);
     let got: Vec<i64> = lines
         .iter()
         .filter_map(|v| v.get("position").and_then(Value::as_i64))
