@@ -3,7 +3,8 @@
 //! Routes speak the community DCB HTTP contract (`GET /read`, `POST /append`)
 //! plus `POST /read`, `GET|POST /subscribe`, `GET /head`, the event browser at
 //! `/`, `GET /health`, `GET /health/live`, `GET /metrics` and `GET /openapi.json`
-//! (the API described in `openapi/crablet.json`).
+//! (the API described in `openapi/crablet.json`), and go-crablet's web-app
+//! contract under `/go-crablet` ([`gocrablet`]).
 //! Handlers parse strictly ([`parse`]) and validate, then call the
 //! [`EventStore`] facade; they never touch SQL or actors directly. Errors
 //! become responses in [`error`] only; [`context`] gives every request an id
