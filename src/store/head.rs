@@ -13,9 +13,10 @@
 //! page statement started (commits happen in position order, see
 //! [`super::append`]), hence visible to it.
 //!
-//! Cost: no extra round trip; one more prepared statement per read (a
-//! backward step of the primary key index, a few microseconds of server
-//! time). Only the first page of a read asks for it.
+//! Cost: no extra round trip; one more prepared statement per read (an
+//! index-only backward step of the primary key; measured with pgbench at
+//! about 17 µs of server time over `SELECT 1`). Only the first page of a
+//! read asks for it.
 
 use super::{Connection, StoreError};
 use crate::dcb::{Page, Position, Query, SequencedEvent};
