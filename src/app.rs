@@ -141,6 +141,7 @@ impl Application {
         let server_subscriptions = subscriptions.clone();
         let max_body_bytes = settings.http.max_body_bytes;
         let request_timeout = settings.http.request_timeout();
+        let compat = settings.compat.clone();
         let server = HttpServer::new(move || {
             // Runs once on each worker thread: its reader lives there.
             let store = EventStore::on_this_thread(
@@ -158,6 +159,7 @@ impl Application {
                 page_size: reader_settings.page_size,
                 page_max_bytes: reader_settings.page_max_bytes,
                 request_timeout,
+                compat: compat.clone(),
             });
             App::new()
                 .app_data(state)

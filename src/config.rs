@@ -29,6 +29,16 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub limits: Limits,
     pub subscriptions: SubscriptionSettings,
+    pub compat: CompatSettings,
+}
+
+/// Compatibility front ends mounted beside the native API.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompatSettings {
+    /// Serve go-crablet's web-app contract under `/go-crablet` (404 there when off).
+    pub go_crablet: bool,
+    /// Let `POST /go-crablet/cleanup` delete every event; it answers 403 otherwise.
+    pub allow_cleanup: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

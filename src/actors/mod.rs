@@ -226,12 +226,45 @@ impl EventStore {
         query: Arc<Query>,
         page: Page,
     ) -> Result<Vec<SequencedEvent>, EventStoreError> {
+        Ok(self.send_read(query, page, false).await?.events)
+    }
+
+    /// Reads one page, with a head position no later than the page's
+    /// snapshot (see [`crate::store::head`]): a client whose read matched
+    /// nothing may append with `condition.after` set to it.
+    pub async fn read_page_with_head(
+        &self,
+        query: Arc<Query>,
+        page: Page,
+    ) -> Result<(Vec<SequencedEvent>, Position), EventStoreError> {
+        let read = self.send_read(query, page, true).await?;
+        Ok((read.events, read.head.unwrap_or(0)))
+    }
+
+    async fn send_read(
+        &self,
+        query: Arc<Query>,
+        page: Page,
+        with_head: bool,
+    ) -> Result<reader::PageRead, EventStoreError> {
         self.reader
-            .send(reader::ReadPage { query, page })
+            .send(reader::ReadPage {
+                query,
+                page,
+                with_head,
+            })
             .await
             .map_err(|_| {
                 EventStoreError::Unavailable("the reader stopped before answering; retry".into())
             })?
+    }
+
+    /// Deletes every event (go-crablet's `/cleanup`; the HTTP layer allows
+    /// it only when configured to). Positions are not reused afterwards.
+    pub async fn clear(&self) -> Result<(), EventStoreError> {
+        self.reader.send(reader::ClearStore).await.map_err(|_| {
+            EventStoreError::Unavailable("the reader stopped before answering; retry".into())
+        })?
     }
 
     /// The lane of an append: by its condition's first key when it has a

@@ -19,7 +19,7 @@ use actix::{
 use futures_util::FutureExt;
 
 use super::EventStoreError;
-use crate::dcb::{Query, SequencedEvent};
+use crate::dcb::{Position, Query, SequencedEvent};
 use crate::faults::{FaultPoint, Faults};
 use crate::metrics::Metrics;
 use crate::store::{self, Failure, Page, Pool};
@@ -29,10 +29,26 @@ pub struct ReadPage {
     /// Shared between the pages of one streamed read.
     pub query: Arc<Query>,
     pub page: Page,
+    /// Also fetch the head position of the page's snapshot (the first page
+    /// of a read does, for the `X-Crablet-Head` header); see [`store::head`].
+    pub with_head: bool,
+}
+
+/// A page, with its head position when it was asked for.
+pub struct PageRead {
+    pub events: Vec<SequencedEvent>,
+    pub head: Option<Position>,
 }
 
 impl Message for ReadPage {
-    type Result = Result<Vec<SequencedEvent>, EventStoreError>;
+    type Result = Result<PageRead, EventStoreError>;
+}
+
+/// Delete every event (go-crablet's `/cleanup`); see [`store::clear`].
+pub struct ClearStore;
+
+impl Message for ClearStore {
+    type Result = Result<(), EventStoreError>;
 }
 
 /// Sent by a read task that panicked: restart the reader.
@@ -90,7 +106,7 @@ impl Handler<Restart> for Reader {
 }
 
 impl Handler<ReadPage> for Reader {
-    type Result = ResponseFuture<Result<Vec<SequencedEvent>, EventStoreError>>;
+    type Result = ResponseFuture<Result<PageRead, EventStoreError>>;
 
     fn handle(&mut self, msg: ReadPage, ctx: &mut Context<Self>) -> Self::Result {
         let taken = catch_unwind(AssertUnwindSafe(|| {
@@ -109,9 +125,17 @@ impl Handler<ReadPage> for Reader {
             // Discarded, not pooled, if the read is abandoned by a panic.
             conn.discard_on_return = true;
             faults.hit(FaultPoint::Read);
-            let result = store::read_page(&conn, &msg.query, &msg.page, page_max_bytes).await;
+            let result = if msg.with_head {
+                store::read_page_with_head(&conn, &msg.query, &msg.page, page_max_bytes)
+                    .await
+                    .map(|(events, head)| (events, Some(head)))
+            } else {
+                store::read_page(&conn, &msg.query, &msg.page, page_max_bytes)
+                    .await
+                    .map(|events| (events, None))
+            };
             conn.discard_on_return = false;
-            let events = result.map_err(|e| match e.failure() {
+            let (events, head) = result.map_err(|e| match e.failure() {
                 // A read writes nothing: a lost connection is only a failure.
                 Failure::OutcomeUnknown => {
                     EventStoreError::Unavailable(format!("the read failed: {e}; retry"))
@@ -124,7 +148,7 @@ impl Handler<ReadPage> for Reader {
             if let (Some(first), Some(last)) = (events.first(), events.last()) {
                 metrics.saw_position(first.position.max(last.position));
             }
-            Ok(events)
+            Ok(PageRead { events, head })
         };
         Box::pin(async move {
             match AssertUnwindSafe(work).catch_unwind().await {
@@ -135,6 +159,18 @@ impl Handler<ReadPage> for Reader {
                     Err(restarted())
                 }
             }
+        })
+    }
+}
+
+impl Handler<ClearStore> for Reader {
+    type Result = ResponseFuture<Result<(), EventStoreError>>;
+
+    fn handle(&mut self, _: ClearStore, _ctx: &mut Context<Self>) -> Self::Result {
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            let conn = store::checkout(&pool).await?;
+            store::clear(&conn).await.map_err(EventStoreError::Store)
         })
     }
 }

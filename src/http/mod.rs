@@ -3,7 +3,8 @@
 //! Routes speak the community DCB HTTP contract (`GET /read`, `POST /append`)
 //! plus `POST /read`, `GET|POST /subscribe`, `GET /head`, the event browser at
 //! `/`, `GET /health`, `GET /health/live`, `GET /metrics` and `GET /openapi.json`
-//! (the API described in `openapi/crablet.json`).
+//! (the API described in `openapi/crablet.json`), and go-crablet's web-app
+//! contract under `/go-crablet` ([`gocrablet`]).
 //! Handlers parse strictly ([`parse`]) and validate, then call the
 //! [`EventStore`] facade; they never touch SQL or actors directly. Errors
 //! become responses in [`error`] only; [`context`] gives every request an id
@@ -13,6 +14,7 @@ pub mod append;
 pub mod browser;
 pub mod context;
 pub mod error;
+pub mod gocrablet;
 pub mod parse;
 pub mod read;
 pub mod subscribe;
@@ -43,6 +45,8 @@ pub struct AppState {
     /// Whole-request deadline: the body must have arrived this long after
     /// the request started.
     pub request_timeout: Duration,
+    /// Which compatibility front ends answer (`compat.*`).
+    pub compat: crate::config::CompatSettings,
 }
 
 /// Every route [`routes`] registers, with its methods: the OpenAPI document
@@ -59,6 +63,12 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/", &["GET"]),
     ("/static/app.js", &["GET"]),
     ("/static/style.css", &["GET"]),
+    ("/go-crablet/health", &["GET"]),
+    ("/go-crablet/append", &["POST"]),
+    ("/go-crablet/read", &["POST"]),
+    ("/go-crablet/load-test-data", &["POST"]),
+    ("/go-crablet/cleanup", &["POST"]),
+    ("/go-crablet/project", &["POST"]),
 ];
 
 /// The OpenAPI 3.1 document of this API, served at `/openapi.json`.
@@ -98,6 +108,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(subscribe::subscribe_post))
             .default_service(web::to(method_not_allowed)),
     )
+    .configure(gocrablet::routes)
     .service(
         web::resource("/head")
             .route(web::get().to(subscribe::head))
@@ -143,7 +154,7 @@ async fn live() -> HttpResponse {
 
 /// Readiness: 200 when every writer lane is up and a reader can reach the
 /// database, 503 naming what is not otherwise.
-async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let down = state.store.lanes_down();
     if !down.is_empty() {
         let lanes: Vec<String> = down.iter().map(usize::to_string).collect();
@@ -179,7 +190,7 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     )))
 }
 
-async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+pub(crate) async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed)
 }
 

@@ -1,4 +1,5 @@
-//! `GET /read` and `POST /read`: streamed JSON arrays of events.
+//! `GET /read` and `POST /read`: streamed JSON arrays of events, with the
+//! read's head position in the `X-Crablet-Head` header.
 //!
 //! The first page is fetched before the response starts, so a database
 //! failure still gets a proper status. Later pages are fetched as the client
@@ -17,6 +18,13 @@ use super::{parse, read_json_body, ApiError, AppState};
 use crate::actors::EventStore;
 use crate::dcb::validate::{validate_query, validate_read_options};
 use crate::dcb::{Page, Position, Query, ReadOptions, SequencedEvent};
+
+/// The response header carrying the head position of a read: the highest
+/// position its first page's snapshot could see. Every position at or below
+/// it was visible to the read, so a client whose read matched nothing may
+/// append with `condition.after` set to it (after a read that returned
+/// events, the greater of it and the last position read).
+pub const HEAD_HEADER: &str = "X-Crablet-Head";
 
 /// The parameters of `GET /read`; both values are URL-encoded JSON.
 const READ_PARAMETERS: [&str; 2] = ["query", "options"];
@@ -81,6 +89,7 @@ async fn respond(
     let head = encoder.page(&first, cursor.done);
     let mut response = HttpResponse::Ok();
     response.content_type("application/json");
+    response.insert_header((HEAD_HEADER, cursor.head.unwrap_or(0).to_string()));
     if cursor.done {
         return Ok(response.body(head));
     }
@@ -110,7 +119,7 @@ async fn respond(
 
 /// Where a read stands: the open interval still to read and how many events
 /// it may still return.
-struct Cursor {
+pub(crate) struct Cursor {
     query: Arc<Query>,
     after: Position,
     before: Position,
@@ -121,10 +130,14 @@ struct Cursor {
     /// reach it was cut, not the end of the read.
     page_max_bytes: usize,
     done: bool,
+    /// The head position of the first page's snapshot, once it is read:
+    /// no later than that snapshot, so a client whose read matched nothing
+    /// may append with `condition.after` set to it (see `crate::store::head`).
+    head: Option<Position>,
 }
 
 impl Cursor {
-    fn new(
+    pub(crate) fn new(
         query: Arc<Query>,
         options: &ReadOptions,
         page_size: i64,
@@ -152,11 +165,22 @@ impl Cursor {
             page_size,
             page_max_bytes,
             done: false,
+            head: None,
         }
     }
 
+    /// Whether the read is complete.
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The head position of the first page's snapshot, once it is read.
+    pub(crate) fn head(&self) -> Option<Position> {
+        self.head
+    }
+
     /// The next page, or `None` once the read is complete.
-    async fn next_page(
+    pub(crate) async fn next_page(
         &mut self,
         store: &EventStore,
     ) -> Result<Option<Vec<SequencedEvent>>, crate::actors::EventStoreError> {
@@ -167,7 +191,8 @@ impl Cursor {
             Some(r) => (r.min(self.page_size as u64)) as i64,
             None => self.page_size,
         };
-        if limit == 0 || self.after.saturating_add(1) >= self.before {
+        let empty = limit == 0 || self.after.saturating_add(1) >= self.before;
+        if empty && self.head.is_some() {
             self.done = true;
             return Ok(Some(Vec::new()));
         }
@@ -177,7 +202,19 @@ impl Cursor {
             backwards: self.backwards,
             limit,
         };
-        let events = store.read_page(self.query.clone(), page).await?;
+        // The first page always runs, even when it cannot return anything:
+        // it brings the head position the response carries.
+        let events = if self.head.is_none() {
+            let (events, head) = store.read_page_with_head(self.query.clone(), page).await?;
+            self.head = Some(head);
+            events
+        } else {
+            store.read_page(self.query.clone(), page).await?
+        };
+        if empty {
+            self.done = true;
+            return Ok(Some(events));
+        }
         if let Some(last) = events.last() {
             if self.backwards {
                 self.before = last.position;

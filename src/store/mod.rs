@@ -2,12 +2,15 @@
 //!
 //! It owns the schema (`sql/migrations`, applied by [`migrate`]), the pooled
 //! connections with their prepared statements ([`connection`]), the batch
-//! append with its advisory locks and condition checks ([`append`]) and the
-//! paged reads ([`read`]). It knows nothing of HTTP or actors: the writer and
+//! append with its advisory locks and condition checks ([`append`]), the
+//! paged reads ([`read`]) with their head position ([`head`]), and clearing
+//! the store ([`clear`]). It knows nothing of HTTP or actors: the writer and
 //! reader actors call its functions with a connection they own.
 
 pub mod append;
+pub mod clear;
 pub mod connection;
+pub mod head;
 pub mod migrate;
 pub mod read;
 
@@ -15,7 +18,9 @@ pub mod read;
 /// them without depending on the store); re-exported for the store's callers.
 pub use crate::dcb::{AppendOutcome, Page};
 pub use append::append_batch;
+pub use clear::clear;
 pub use connection::{build_pool, checkout, Connection, LiveConnection, Pool, PoolSettings};
+pub use head::read_page_with_head;
 pub use read::read_page;
 
 use tokio_postgres::error::{Severity, SqlState};

@@ -13,6 +13,7 @@ mod crash;
 mod deploy;
 mod embedded;
 mod failures;
+mod gocrablet;
 mod ids;
 mod lifecycle;
 mod migrations;

@@ -1,0 +1,306 @@
+//! go-crablet's web-app contract, mounted under `/go-crablet`.
+//!
+//! go-crablet (a Go DCB library) shipped an HTTP app and k6 scripts to
+//! benchmark it. This module serves the same routes and answers in the same
+//! shapes, so those scripts run unchanged against crablet with
+//! `BASE_URL=http://host:port/go-crablet`:
+//!
+//! - `GET /go-crablet/health`: `{"status":"ok"}` (crablet's readiness check);
+//! - `POST /go-crablet/append`: `events` one event or an array, an optional
+//!   condition; `200 {"durationInMicroseconds", "appendConditionFailed"}`,
+//!   a failed condition included;
+//! - `POST /go-crablet/read`: `200 {"durationInMicroseconds",
+//!   "numberOfMatchingEvents", "checkpointEventId"}` (the last position read,
+//!   as a string, absent when nothing matched), with `X-Crablet-Head`;
+//! - `POST /go-crablet/load-test-data?size=tiny|small`: appends a synthetic
+//!   data set ([`dataset`]);
+//! - `POST /go-crablet/cleanup`: deletes every event, only when
+//!   `compat.allow_cleanup` is set (403 otherwise);
+//! - `POST /go-crablet/project`: 501 until crablet has a native projection.
+//!
+//! Requests are translated into crablet's native model ([`wire`]) and go
+//! through the same facade, validation, writer lanes and readers as the
+//! native routes; only the parsing is lenient, and only here. Errors keep
+//! crablet's JSON shape and statuses (go-crablet answered plain text).
+//! go-crablet picked a PostgreSQL isolation level per request from
+//! `X-Isolation-Level` / `X-Append-If-Isolation`; crablet accepts and
+//! ignores them: every conditional append is decided under locks as if
+//! appends ran one at a time, which it says in `X-Crablet-Isolation`.
+//! With `compat.go_crablet = false` every route here answers 404.
+
+pub mod dataset;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Serialize;
+
+use super::read::{Cursor, HEAD_HEADER};
+use super::{parse, read_json_body, ApiError, AppState};
+use crate::dcb::validate::{validate_query, validate_read_options};
+use crate::dcb::{AppendOutcome, AppendRequest, CheckedAppend, Position};
+
+/// The prefix every route here lives under.
+pub const PREFIX: &str = "/go-crablet";
+
+/// Response header saying what isolation an append got, whatever level the
+/// request asked for.
+pub const ISOLATION_HEADER: &str = "X-Crablet-Isolation";
+
+/// Conditional appends are decided under advisory locks taken before the
+/// check's snapshot, in one order per batch: the outcome is the one a
+/// serial execution of the appends would give, for any requested level.
+pub const ISOLATION: &str = "serializable-equivalent";
+
+/// Registers the routes (always: a disabled prefix answers 404 itself, so
+/// the route table does not depend on configuration).
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    let not_allowed = || web::to(super::method_not_allowed);
+    cfg.service(
+        web::resource("/go-crablet/health")
+            .route(web::get().to(health))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/go-crablet/append")
+            .route(web::post().to(append))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/go-crablet/read")
+            .route(web::post().to(read))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/go-crablet/load-test-data")
+            .route(web::post().to(load_test_data))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/go-crablet/cleanup")
+            .route(web::post().to(cleanup))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/go-crablet/project")
+            .route(web::post().to(project))
+            .default_service(not_allowed()),
+    );
+}
+
+/// 404 unless `compat.go_crablet` is on.
+fn enabled(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    if state.compat.go_crablet {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(format!(
+            "{} {} (the go-crablet prefix is disabled: compat.go_crablet = false)",
+            req.method(),
+            req.path()
+        )))
+    }
+}
+
+/// go-crablet's durations were never 0 (its scripts check `> 0`).
+fn micros(started: Instant) -> u64 {
+    (started.elapsed().as_micros() as u64).max(1)
+}
+
+async fn health(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    enabled(&req, &state)?;
+    super::health(state).await
+}
+
+/// go-crablet's append answer: exactly these two fields.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GoAppendResponse {
+    pub duration_in_microseconds: u64,
+    pub append_condition_failed: bool,
+}
+
+/// Appends through the writer lanes; `true` when the condition failed.
+async fn append_native(state: &AppState, request: AppendRequest) -> Result<bool, ApiError> {
+    let checked = CheckedAppend::new(request, &state.limits)?;
+    match state.store.append(checked).await? {
+        AppendOutcome::Appended { .. } | AppendOutcome::Duplicate { .. } => Ok(false),
+        AppendOutcome::ConditionFailed => Ok(true),
+        // Unreachable without ids, which this contract never sends.
+        AppendOutcome::IdConflict { ids } => Err(ApiError::IdConflict(ids)),
+    }
+}
+
+async fn append(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    enabled(&req, &state)?;
+    let body = read_json_body(&req, payload, &state).await?;
+    let request = parse::json::<wire::GoAppendBody>("body", &body)?.native()?;
+    let failed = append_native(&state, request).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((ISOLATION_HEADER, ISOLATION))
+        .json(GoAppendResponse {
+            duration_in_microseconds: micros(started),
+            append_condition_failed: failed,
+        }))
+}
+
+/// go-crablet's read answer: a count, not the events.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GoReadResponse {
+    pub duration_in_microseconds: u64,
+    pub number_of_matching_events: u64,
+    /// The position of the last event read, as a string (go-crablet's
+    /// `EventId`); absent when nothing matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_event_id: Option<String>,
+}
+
+async fn read(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    enabled(&req, &state)?;
+    let body = read_json_body(&req, payload, &state).await?;
+    let (query, options) = parse::json::<wire::GoReadBody>("body", &body)?.native()?;
+    validate_query("query", &query, &state.limits)?;
+    validate_read_options(&options)?;
+    // The same paged reads as the native route; events are counted as
+    // they come and not kept.
+    let mut cursor = Cursor::new(
+        Arc::new(query),
+        &options,
+        state.page_size,
+        state.page_max_bytes,
+    );
+    let (mut count, mut last): (u64, Option<Position>) = (0, None);
+    while let Some(page) = cursor.next_page(&state.store).await? {
+        count += page.len() as u64;
+        if let Some(event) = page.last() {
+            last = Some(event.position);
+        }
+        if cursor.is_done() {
+            break;
+        }
+    }
+    Ok(HttpResponse::Ok()
+        .insert_header((HEAD_HEADER, cursor.head().unwrap_or(0).to_string()))
+        .json(GoReadResponse {
+            duration_in_microseconds: micros(started),
+            number_of_matching_events: count,
+            checkpoint_event_id: last.map(|p| p.to_string()),
+        }))
+}
+
+/// The value of query parameter `name`, read as Go's `URL.Query().Get` does:
+/// other parameters ignored, the first occurrence wins.
+fn query_parameter(raw: &str, name: &str) -> Option<String> {
+    raw.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(&s.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        (decode(key) == name).then(|| decode(value))
+    })
+}
+
+#[derive(Serialize)]
+struct LoadTestDataResponse {
+    success: bool,
+    message: String,
+    dataset_size: &'static str,
+    courses: usize,
+    students: usize,
+    enrollments: usize,
+}
+
+async fn load_test_data(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    enabled(&req, &state)?;
+    let name = query_parameter(req.query_string(), "size").unwrap_or_default();
+    let name = if name.is_empty() { "tiny" } else { &name };
+    let size = dataset::size(name).ok_or_else(|| {
+        ApiError::InvalidJson(format!(
+            "size: unknown data set size {name:?}; expected \"tiny\" or \"small\""
+        ))
+    })?;
+    // Appended in chunks through the writer lanes like any append.
+    let mut events = dataset::events(size);
+    let chunk = state.limits.max_events_per_append.max(1);
+    while !events.is_empty() {
+        let rest = events.split_off(chunk.min(events.len()));
+        let request = AppendRequest {
+            events,
+            condition: None,
+        };
+        append_native(&state, request).await?;
+        events = rest;
+    }
+    Ok(HttpResponse::Ok().json(LoadTestDataResponse {
+        success: true,
+        message: format!(
+            "Test data loaded successfully: {} courses, {} students, {} enrollments",
+            size.courses, size.students, size.enrollments
+        ),
+        dataset_size: size.name,
+        courses: size.courses,
+        students: size.students,
+        enrollments: size.enrollments,
+    }))
+}
+
+async fn cleanup(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    enabled(&req, &state)?;
+    if !state.compat.allow_cleanup {
+        return Err(ApiError::Forbidden(
+            "POST /go-crablet/cleanup deletes every event and is disabled; set \
+             compat.allow_cleanup = true (CRABLET_COMPAT__ALLOW_CLEANUP=true) to allow it"
+                .into(),
+        ));
+    }
+    state.store.clear().await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "success": true,
+        "message": "Database cleaned up successfully",
+    })))
+}
+
+async fn project(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    enabled(&req, &state)?;
+    Err(ApiError::NotImplemented(
+        "POST /go-crablet/project is not implemented yet: it will map go-crablet's \
+         projectors onto crablet's native projection when that exists"
+            .into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_parameter;
+
+    #[test]
+    fn query_parameters_are_read_like_go_does() {
+        assert_eq!(
+            query_parameter("size=small", "size").as_deref(),
+            Some("small")
+        );
+        assert_eq!(
+            query_parameter("x=1&size=tiny&size=small", "size").as_deref(),
+            Some("tiny")
+        );
+        assert_eq!(query_parameter("", "size"), None);
+        assert_eq!(query_parameter("size", "size").as_deref(), Some(""));
+    }
+}

@@ -1,0 +1,637 @@
+//! The go-crablet compatibility prefix (`/go-crablet`): every kind of
+//! request go-crablet's k6 scripts send, answered in go-crablet's shapes;
+//! the leniency staying inside the prefix; `/cleanup` only when enabled;
+//! and the `X-Crablet-Head` header of reads under concurrent appends.
+
+use std::collections::BTreeSet;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::helpers::{event, spawn_app, spawn_app_with, TestApp};
+
+/// A POST inside the prefix, with a JSON body (as the scripts send it).
+async fn go_post(
+    app: &TestApp,
+    path: &str,
+    body: &Value,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    go_post_with(app, path, body, &[]).await
+}
+
+async fn go_post_with(
+    app: &TestApp,
+    path: &str,
+    body: &Value,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut request = app
+        .http
+        .post(format!("{}/go-crablet{path}", app.address))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (
+        status,
+        headers,
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+fn keys(body: &Value) -> BTreeSet<String> {
+    body.as_object()
+        .unwrap_or_else(|| panic!("not an object: {body}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// Asserts go-crablet's append answer: exactly its two fields, a positive
+/// duration, and whether the condition failed.
+fn assert_append_answer(status: u16, body: &Value, failed: bool) {
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        keys(body),
+        set(&["durationInMicroseconds", "appendConditionFailed"]),
+        "{body}"
+    );
+    assert!(
+        body["durationInMicroseconds"].as_u64().unwrap() > 0,
+        "{body}"
+    );
+    assert_eq!(body["appendConditionFailed"], json!(failed), "{body}");
+}
+
+/// go-crablet's read answer: the count, and the last position as a string.
+async fn go_count(app: &TestApp, query: Value) -> (u64, Option<String>) {
+    let (status, headers, body) = go_post(app, "/read", &json!({ "query": query })).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(headers.contains_key("x-crablet-head"), "no head header");
+    let count = body["numberOfMatchingEvents"].as_u64().expect("count");
+    let checkpoint = body.get("checkpointEventId").map(|c| {
+        c.as_str()
+            .unwrap_or_else(|| panic!("checkpointEventId is not a string: {body}"))
+            .to_string()
+    });
+    let mut expected = set(&["durationInMicroseconds", "numberOfMatchingEvents"]);
+    if checkpoint.is_some() {
+        expected.insert("checkpointEventId".into());
+    }
+    assert_eq!(keys(&body), expected, "{body}");
+    assert!(body["durationInMicroseconds"].as_u64().unwrap() > 0);
+    (count, checkpoint)
+}
+
+#[actix_rt::test]
+async fn the_prefix_health_check_answers_like_go_crablet() {
+    let app = spawn_app().await;
+    let (status, body) = app.raw(Method::GET, "/go-crablet/health", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"status": "ok"})
+    );
+}
+
+#[actix_rt::test]
+async fn a_single_event_object_is_appended_and_answered_in_go_crablets_shape() {
+    // quick.js, append-quick.js and every script's setup: `events` is one object.
+    let app = spawn_app().await;
+    let body = json!({"events": {
+        "type": "QuickTestEvent",
+        "data": "{\"message\":\"quick test validation\"}",
+        "tags": ["test:quick", "validation:test"]
+    }});
+    let (status, headers, answer) = go_post(&app, "/append", &body).await;
+    assert_append_answer(status, &answer, false);
+    assert_eq!(headers["x-crablet-isolation"], "serializable-equivalent");
+    let stored = app.read_all().await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].event_type, "QuickTestEvent");
+    assert_eq!(stored[0].tags, vec!["test:quick", "validation:test"]);
+    assert_eq!(stored[0].data, "{\"message\":\"quick test validation\"}");
+}
+
+#[actix_rt::test]
+async fn an_array_of_events_with_fields_go_crablet_ignored_is_appended_in_order() {
+    // append-quick.js, append-benchmark.js batches; isolation-levels-quick.js
+    // sends `metadata` as an object, which go-crablet ignored.
+    let app = spawn_app().await;
+    let events: Vec<Value> = (0..25)
+        .map(|i| {
+            json!({"type": "LogEntry", "data": format!("{{\"i\":{i}}}"),
+                   "tags": [format!("service:s{i}"), "level:info"],
+                   "metadata": {"timestamp": 1}, "id": "ignored"})
+        })
+        .collect();
+    let (status, _, answer) = go_post(&app, "/append", &json!({ "events": events })).await;
+    assert_append_answer(status, &answer, false);
+    let stored = app.read_all().await;
+    assert_eq!(stored.len(), 25);
+    for (i, e) in stored.iter().enumerate() {
+        assert_eq!(e.data, format!("{{\"i\":{i}}}"));
+        assert_eq!(e.id, None);
+        assert_eq!(e.metadata, None);
+    }
+}
+
+#[actix_rt::test]
+async fn a_condition_that_matches_fails_with_200_and_one_that_does_not_appends() {
+    // append-benchmark.js CONDITIONAL_FAIL / CONDITIONAL_SUCCESS, append-if scenarios.
+    let app = spawn_app().await;
+    let seed = json!({"events": {"type": "ConditionalTestEvent", "data": "{}", "tags": ["conditional:test"]}});
+    let (status, _, answer) = go_post(&app, "/append", &seed).await;
+    assert_append_answer(status, &answer, false);
+    let failing = json!({
+        "events": {"type": "ConditionalTestEvent", "data": "{}", "tags": ["conditional:test"]},
+        "condition": {"failIfEventsMatch": {"items": [
+            {"types": ["ConditionalTestEvent"], "tags": ["conditional:test"]}]}}
+    });
+    let (status, _, answer) = go_post(&app, "/append", &failing).await;
+    assert_append_answer(status, &answer, true);
+    let passing = json!({
+        "events": [{"type": "TransactionInitiated", "data": "{}", "tags": ["transaction:t1", "account:a1"]},
+                   {"type": "BalanceChecked", "data": "{}", "tags": ["account:a1", "system:s"]}],
+        "condition": {"failIfEventsMatch": {"items": [
+            {"types": ["TransactionInitiated"], "tags": ["transaction"]},
+            {"types": ["BalanceChecked"], "tags": ["account"]}]}}
+    });
+    let (status, _, answer) = go_post(&app, "/append", &passing).await;
+    assert_append_answer(status, &answer, false);
+    assert_eq!(
+        app.read_all().await.len(),
+        3,
+        "the failed append wrote nothing"
+    );
+}
+
+#[actix_rt::test]
+async fn a_condition_without_items_is_no_condition_as_in_go_crablet() {
+    // conditional-append-quick.js sends `{"expectedVersion": 0}` and
+    // `{"expectedVersion": 1}`: go-crablet saw no failIfEventsMatch and
+    // appended unconditionally both times.
+    let app = spawn_app().await;
+    for condition in [
+        json!({"expectedVersion": 0}),
+        json!({"expectedVersion": 1}),
+        json!({"failIfEventsMatch": {"items": []}}),
+        json!({"failIfEventsMatch": null}),
+        json!(null),
+    ] {
+        let body = json!({
+            "events": {"type": "ConditionalEvent", "data": "{}", "tags": ["conditional-serializable:1"],
+                       "metadata": {"timestamp": 1}},
+            "condition": condition
+        });
+        let (status, _, answer) = go_post(&app, "/append", &body).await;
+        assert_append_answer(status, &answer, false);
+    }
+    assert_eq!(app.read_all().await.len(), 5);
+}
+
+#[actix_rt::test]
+async fn isolation_level_headers_are_accepted_and_the_guarantee_is_stated() {
+    // isolation-levels-quick.js, isolation-level-benchmark.js (X-Isolation-Level),
+    // k6-concurrency-test.js (X-Append-If-Isolation).
+    let app = spawn_app().await;
+    let headers = [
+        ("x-isolation-level", "REPEATABLE_READ"),
+        ("x-isolation-level", "SERIALIZABLE"),
+        ("x-isolation-level", "read_committed"),
+        ("x-isolation-level", "serializable"),
+        ("x-append-if-isolation", "SERIALIZABLE"),
+        ("x-append-if-isolation", "REPEATABLE READ"),
+    ];
+    for (i, header) in headers.iter().enumerate() {
+        let tag = format!("secure:{i}");
+        let body = json!({
+            "events": {"type": "SecureEvent", "data": "{}", "tags": [tag]},
+            "condition": {"failIfEventsMatch": {"items": [{"types": ["SecureEvent"], "tags": [tag]}]}}
+        });
+        let (status, answer_headers, answer) =
+            go_post_with(&app, "/append", &body, &[*header]).await;
+        assert_append_answer(status, &answer, false);
+        assert_eq!(
+            answer_headers["x-crablet-isolation"],
+            "serializable-equivalent"
+        );
+        let (status, _, answer) = go_post_with(&app, "/append", &body, &[*header]).await;
+        assert_append_answer(status, &answer, true);
+    }
+}
+
+#[actix_rt::test]
+async fn after_is_honoured_as_a_number_or_a_numeric_string() {
+    let app = spawn_app().await;
+    let seed = json!({"events": {"type": "E", "data": "", "tags": ["k:1"]}});
+    for _ in 0..2 {
+        let (status, _, answer) = go_post(&app, "/append", &seed).await;
+        assert_append_answer(status, &answer, false);
+    }
+    // Positions 1 and 2 carry k:1. After 2 nothing matches; after 1 one does.
+    for (after, failed) in [
+        (json!("2"), false),
+        (json!(2), false),
+        (json!("1"), true),
+        (json!(1), true),
+    ] {
+        let body = json!({
+            "events": {"type": "F", "data": "", "tags": ["other"]},
+            "condition": {"failIfEventsMatch": {"items": [{"tags": ["k:1"]}]}, "after": after}
+        });
+        let (status, _, answer) = go_post(&app, "/append", &body).await;
+        assert_append_answer(status, &answer, failed);
+    }
+    let bad = json!({
+        "events": {"type": "F", "data": ""},
+        "condition": {"failIfEventsMatch": {"items": [{"tags": ["k:1"]}]}, "after": "later"}
+    });
+    let (status, _, answer) = go_post(&app, "/append", &bad).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["code"], "invalid_json");
+}
+
+#[actix_rt::test]
+async fn reads_answer_the_count_and_the_last_position_as_go_crablet_did() {
+    // quick.js, full.js, full-scan.js, the concurrency tests: by type and
+    // tags, type only, tag only, empty items (full scan), several items.
+    let app = spawn_app().await;
+    let mut events = Vec::new();
+    for i in 0..6 {
+        events.push(event("CoursePlanned", &[&format!("course:c{i}")], "{}"));
+        events.push(event(
+            "StudentEnrolled",
+            &[&format!("course:c{i}"), "student:s1"],
+            "{}",
+        ));
+    }
+    assert!(app.append(json!({ "events": events })).await.appended());
+    let cases = [
+        (
+            json!({"items": [{"types": ["CoursePlanned"], "tags": ["course:c2"]}]}),
+            1,
+            Some("5"),
+        ),
+        (
+            json!({"items": [{"types": ["CoursePlanned", "StudentEnrolled"], "tags": []}]}),
+            12,
+            Some("12"),
+        ),
+        (
+            json!({"items": [{"types": [], "tags": ["student:s1"]}]}),
+            6,
+            Some("12"),
+        ),
+        (
+            json!({"items": [{"types": [], "tags": []}]}),
+            12,
+            Some("12"),
+        ),
+        (json!({"items": []}), 12, Some("12")),
+        (
+            json!({"items": [
+            {"types": ["CoursePlanned"], "tags": []},
+            {"types": [], "tags": ["student:nobody"]},
+            {"types": ["StudentEnrolled"], "tags": ["course:c0"]}]}),
+            7,
+            Some("11"),
+        ),
+        (
+            json!({"items": [{"types": ["NonExistentEvent"], "tags": ["test:full"]}]}),
+            0,
+            None,
+        ),
+    ];
+    for (query, count, checkpoint) in cases {
+        let (got, last) = go_count(&app, query.clone()).await;
+        assert_eq!((got, last.as_deref()), (count, checkpoint), "{query}");
+    }
+    // Options, with positions as strings or numbers.
+    for (options, count) in [
+        (json!({"from": "11"}), 2),
+        (json!({"from": 11}), 2),
+        (json!({"after": "11"}), 1),
+        (json!({"from": "3", "backwards": true}), 3),
+    ] {
+        let body = json!({"query": {"items": []}, "options": options});
+        let (status, _, answer) = go_post(&app, "/read", &body).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["numberOfMatchingEvents"], json!(count), "{options}");
+    }
+}
+
+#[actix_rt::test]
+async fn load_test_data_appends_the_named_data_set_through_the_writer() {
+    // append-benchmark.js and append-if-benchmark.js: POST with a null body.
+    let app = spawn_app().await;
+    let response = app
+        .http
+        .post(format!(
+            "{}/go-crablet/load-test-data?size=tiny",
+            app.address
+        ))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"success": true,
+               "message": "Test data loaded successfully: 5 courses, 10 students, 20 enrollments",
+               "dataset_size": "tiny", "courses": 5, "students": 10, "enrollments": 20})
+    );
+    assert_eq!(
+        go_count(&app, json!({"items": [{"types": ["CourseDefined"]}]}))
+            .await
+            .0,
+        5
+    );
+    assert_eq!(
+        go_count(&app, json!({"items": [{"types": ["StudentRegistered"]}]}))
+            .await
+            .0,
+        10
+    );
+    assert_eq!(
+        go_count(
+            &app,
+            json!({"items": [{"types": ["StudentEnrolledInCourse"]}]})
+        )
+        .await
+        .0,
+        20
+    );
+    // No size is tiny; an unknown one is a 400.
+    let (status, _) = app
+        .raw(Method::POST, "/go-crablet/load-test-data", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(app.read_all().await.len(), 70);
+    let (status, text) = app
+        .raw(Method::POST, "/go-crablet/load-test-data?size=huge", None)
+        .await;
+    assert_eq!(status, 400, "{text}");
+}
+
+#[actix_rt::test]
+async fn cleanup_is_forbidden_unless_the_configuration_allows_it() {
+    let app = spawn_app().await;
+    assert!(app
+        .append(json!({"events": [event("E", &["t"], "")]}))
+        .await
+        .appended());
+    // The scripts post it with no body and no content type.
+    let (status, text) = app.raw(Method::POST, "/go-crablet/cleanup", None).await;
+    assert_eq!(status, 403, "{text}");
+    let error: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(error["error"]["code"], "forbidden");
+    assert_eq!(
+        app.read_all().await.len(),
+        1,
+        "a refused cleanup deleted events"
+    );
+
+    let app = spawn_app_with(|s| s.compat.allow_cleanup = true).await;
+    for _ in 0..3 {
+        assert!(app
+            .append(json!({"events": [event("E", &["t"], "")]}))
+            .await
+            .appended());
+    }
+    let (status, text) = app.raw(Method::POST, "/go-crablet/cleanup", None).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        json!({"success": true, "message": "Database cleaned up successfully"})
+    );
+    assert!(app.read_all().await.is_empty());
+    // Positions are not reused: what a client saw as position 3 never
+    // becomes another event.
+    let answer = app
+        .append(json!({"events": [event("E", &["t"], "")]}))
+        .await;
+    assert_eq!(answer.body["lastPosition"], json!(4));
+}
+
+#[actix_rt::test]
+async fn project_answers_501_until_crablet_has_a_native_projection() {
+    let app = spawn_app().await;
+    let body = json!({"projectors": [{"id": "c", "query": {"items": [{"types": ["E"]}]},
+                      "initialState": 0, "transitionFunction": "function(s,e){return s+1}"}]});
+    let (status, _, answer) = go_post(&app, "/project", &body).await;
+    assert_eq!(status, 501, "{answer}");
+    assert_eq!(answer["error"]["code"], "not_implemented");
+}
+
+#[actix_rt::test]
+async fn the_leniency_stays_inside_the_prefix() {
+    let app = spawn_app().await;
+    let lenient_appends = [
+        json!({"events": {"type": "E", "data": "", "tags": ["t"]}}),
+        json!({"events": [{"type": "E", "data": "", "metadata": {"timestamp": 1}}]}),
+        json!({"events": [{"type": "E", "data": ""}], "condition": {"expectedVersion": 0}}),
+        json!({"events": [{"type": "E", "data": ""}],
+               "condition": {"failIfEventsMatch": {"items": [{"tags": ["t"]}]}, "after": "1"}}),
+    ];
+    for body in &lenient_appends {
+        let (status, text) = app
+            .raw(Method::POST, "/append", Some(&body.to_string()))
+            .await;
+        assert_eq!(status, 400, "native /append accepted {body}: {text}");
+        let (status, _, answer) = go_post(&app, "/append", body).await;
+        assert_eq!(status, 200, "the prefix refused {body}: {answer}");
+    }
+    let lenient_reads = [
+        json!({"query": {"items": [{"types": [], "tags": []}]}}),
+        json!({"query": {"items": []}, "options": {"from": "1"}}),
+        json!({"query": {"items": []}, "extra": true}),
+    ];
+    for body in &lenient_reads {
+        let (status, text) = app
+            .raw(Method::POST, "/read", Some(&body.to_string()))
+            .await;
+        assert_eq!(status, 400, "native /read accepted {body}: {text}");
+        let (status, _, answer) = go_post(&app, "/read", body).await;
+        assert_eq!(status, 200, "the prefix refused {body}: {answer}");
+    }
+}
+
+#[actix_rt::test]
+async fn the_prefix_answers_404_when_disabled() {
+    let app = spawn_app_with(|s| s.compat.go_crablet = false).await;
+    let (status, _) = app.raw(Method::GET, "/go-crablet/health", None).await;
+    assert_eq!(status, 404);
+    let body = json!({"events": {"type": "E", "data": ""}});
+    let (status, _, _) = go_post(&app, "/append", &body).await;
+    assert_eq!(status, 404);
+    assert!(app.read_all().await.is_empty());
+}
+
+/// One decision of the head test: a read of `key` that matched nothing,
+/// then an append conditioned on `key` after the read's head.
+struct Decision {
+    key: String,
+    head: i64,
+    /// The position written, or `None` when the condition failed.
+    written: Option<i64>,
+}
+
+/// Reads `key` through the native route or the prefix; `None` when it
+/// matched something, else the `X-Crablet-Head` of the read.
+async fn empty_read_head(app: &TestApp, key: &str, through_prefix: bool) -> Option<i64> {
+    let query = json!({"items": [{"tags": [key]}]});
+    let response = if through_prefix {
+        app.http
+            .post(format!("{}/go-crablet/read", app.address))
+            .json(&json!({ "query": query }))
+            .send()
+            .await
+    } else {
+        app.http
+            .get(format!("{}/read", app.address))
+            .query(&[("query", query.to_string())])
+            .send()
+            .await
+    }
+    .expect("read");
+    assert_eq!(response.status(), 200);
+    let head: i64 = response.headers()["x-crablet-head"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .expect("the head is an integer");
+    let body: Value = response.json().await.unwrap();
+    let matched = if through_prefix {
+        body["numberOfMatchingEvents"].as_u64().unwrap() > 0
+    } else {
+        !body.as_array().unwrap().is_empty()
+    };
+    (!matched).then_some(head)
+}
+
+#[actix_rt::test]
+async fn an_append_after_the_head_of_an_empty_read_fails_only_if_a_matching_event_came_between() {
+    const CLIENTS: usize = 8;
+    const ROUNDS: usize = 40;
+    let app = std::sync::Arc::new(spawn_app_with(|s| s.writer.lanes = 2).await);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Unrelated appends keep the head moving between reads and appends.
+    let mut load = Vec::new();
+    for n in 0..3 {
+        let (app, done) = (app.clone(), done.clone());
+        load.push(actix_rt::spawn(async move {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let answer = app
+                    .append(json!({"events": [event("Noise", &[&format!("noise:{n}")], "")]}))
+                    .await;
+                assert!(answer.appended(), "{answer:?}");
+            }
+        }));
+    }
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let app = app.clone();
+        clients.push(actix_rt::spawn(async move {
+            let mut decisions = Vec::new();
+            for r in 0..ROUNDS {
+                let key = format!("head:{c}:{r}");
+                // A rival appends a matching event at a random moment around
+                // the read and the decision.
+                let rival = {
+                    let (app, key) = (app.clone(), key.clone());
+                    let delay = rand::random::<u64>() % 1_500;
+                    async move {
+                        actix_rt::time::sleep(std::time::Duration::from_micros(delay)).await;
+                        let answer = app.append(json!({"events": [event("Rival", &[&key], "")]})).await;
+                        assert!(answer.appended(), "{answer:?}");
+                    }
+                };
+                let decide = async {
+                    let head = empty_read_head(&app, &key, c % 2 == 1).await?;
+                    let answer = app
+                        .append(json!({
+                            "events": [event("Decision", &[&key], "")],
+                            "condition": {"failIfEventsMatch": {"items": [{"tags": [key]}]}, "after": head}
+                        }))
+                        .await;
+                    assert_eq!(answer.status, 200, "{answer:?}");
+                    Some(Decision {
+                        key: key.clone(),
+                        head,
+                        written: answer.body["lastPosition"].as_i64(),
+                    })
+                };
+                let (_, decision) = futures_util::join!(rival, decide);
+                decisions.extend(decision);
+            }
+            decisions
+        }));
+    }
+    let mut decisions = Vec::new();
+    for client in clients {
+        decisions.extend(client.await.expect("client"));
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in load {
+        task.await.expect("load");
+    }
+
+    let stored = app.read_all().await;
+    let (mut missed, mut false_conflicts, mut accepted) = (0, 0, 0);
+    for d in &decisions {
+        let matching: Vec<i64> = stored
+            .iter()
+            .filter(|e| e.tags.contains(&d.key) && Some(e.position) != d.written)
+            .map(|e| e.position)
+            .collect();
+        match d.written {
+            Some(own) => {
+                accepted += 1;
+                // The read matched nothing, so every matching event before
+                // the decision (commits are in position order) was appended
+                // between the read and the decision: the condition had to
+                // catch it.
+                if matching.iter().any(|&p| p < own) {
+                    missed += 1;
+                }
+            }
+            None => {
+                if !matching.iter().any(|&p| p > d.head) {
+                    false_conflicts += 1;
+                }
+            }
+        }
+    }
+    eprintln!(
+        "head test: {} empty reads, {accepted} appends accepted, {} rejected",
+        decisions.len(),
+        decisions.len() - accepted
+    );
+    assert!(
+        decisions.len() >= CLIENTS * ROUNDS / 4,
+        "too few empty reads to test anything: {}",
+        decisions.len()
+    );
+    assert!(
+        accepted > 0 && accepted < decisions.len(),
+        "no race happened: {accepted} of {} accepted",
+        decisions.len()
+    );
+    assert_eq!(
+        (missed, false_conflicts),
+        (0, 0),
+        "{} decisions: {missed} accepted past a matching event, {false_conflicts} rejected without one",
+        decisions.len()
+    );
+}
