@@ -20,22 +20,49 @@ mod sql {
     pub const READ_PROBES_FORWARD: &str = include_str!("../../sql/queries/read_probes_forward.sql");
     pub const READ_PROBES_BACKWARD: &str =
         include_str!("../../sql/queries/read_probes_backward.sql");
-    pub const HEAD: &str = include_str!("../../sql/queries/head.sql");
 }
 
-/// A read statement in both directions.
+/// A read statement in both directions, each also in the form that returns
+/// the head position with the page (see [`super::head`]).
 pub struct Directed {
     pub forward: Statement,
     pub backward: Statement,
+    pub forward_with_head: Statement,
+    pub backward_with_head: Statement,
 }
 
 impl Directed {
-    pub fn pick(&self, backwards: bool) -> &Statement {
-        if backwards {
-            &self.backward
-        } else {
-            &self.forward
+    pub fn pick(&self, backwards: bool, with_head: bool) -> &Statement {
+        match (backwards, with_head) {
+            (false, false) => &self.forward,
+            (true, false) => &self.backward,
+            (false, true) => &self.forward_with_head,
+            (true, true) => &self.backward_with_head,
         }
+    }
+
+    /// Prepares the four forms of a read from its two page queries.
+    async fn prepare(
+        client: &Client,
+        forward: &str,
+        backward: &str,
+    ) -> Result<Self, tokio_postgres::Error> {
+        let (forward_with_head, backward_with_head) = (
+            super::head::with_head(forward, false),
+            super::head::with_head(backward, true),
+        );
+        let (forward, backward, forward_with_head, backward_with_head) = tokio::try_join!(
+            client.prepare(forward),
+            client.prepare(backward),
+            client.prepare(&forward_with_head),
+            client.prepare(&backward_with_head),
+        )?;
+        Ok(Directed {
+            forward,
+            backward,
+            forward_with_head,
+            backward_with_head,
+        })
     }
 }
 
@@ -48,40 +75,22 @@ pub struct Statements {
     pub read_key: Directed,
     /// The events matching a JSON list of probes.
     pub read_probes: Directed,
-    /// The highest position visible to a snapshot (`sql/queries/head.sql`).
-    pub head: Statement,
 }
 
 impl Statements {
     async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
         // Prepared concurrently: tokio-postgres pipelines them in one round trip.
-        let (append_batch, all_forward, all_backward, key_forward, key_backward) = tokio::try_join!(
+        let (append_batch, read_all, read_key, read_probes) = tokio::try_join!(
             client.prepare(sql::APPEND_BATCH),
-            client.prepare(sql::READ_ALL_FORWARD),
-            client.prepare(sql::READ_ALL_BACKWARD),
-            client.prepare(sql::READ_KEY_FORWARD),
-            client.prepare(sql::READ_KEY_BACKWARD),
-        )?;
-        let (probes_forward, probes_backward, head) = tokio::try_join!(
-            client.prepare(sql::READ_PROBES_FORWARD),
-            client.prepare(sql::READ_PROBES_BACKWARD),
-            client.prepare(sql::HEAD),
+            Directed::prepare(client, sql::READ_ALL_FORWARD, sql::READ_ALL_BACKWARD),
+            Directed::prepare(client, sql::READ_KEY_FORWARD, sql::READ_KEY_BACKWARD),
+            Directed::prepare(client, sql::READ_PROBES_FORWARD, sql::READ_PROBES_BACKWARD),
         )?;
         Ok(Statements {
             append_batch,
-            read_all: Directed {
-                forward: all_forward,
-                backward: all_backward,
-            },
-            read_key: Directed {
-                forward: key_forward,
-                backward: key_backward,
-            },
-            read_probes: Directed {
-                forward: probes_forward,
-                backward: probes_backward,
-            },
-            head,
+            read_all,
+            read_key,
+            read_probes,
         })
     }
 }

@@ -20,7 +20,7 @@ pub use crate::dcb::{AppendOutcome, Page};
 pub use append::append_batch;
 pub use clear::clear;
 pub use connection::{build_pool, checkout, Connection, LiveConnection, Pool, PoolSettings};
-pub use head::read_page_with_head;
+pub use head::{read_page_with_head, with_head as read_with_head_sql};
 pub use read::read_page;
 
 use tokio_postgres::error::{Severity, SqlState};

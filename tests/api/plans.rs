@@ -42,12 +42,6 @@ const STATEMENTS: &[(&str, &str, &str)] = &[
         "(text, int8, int8, int8)",
     ),
     (
-        // The head position a read's first page carries (X-Crablet-Head).
-        "head",
-        include_str!("../../sql/queries/head.sql"),
-        "",
-    ),
-    (
         // The id lookup of crablet_append_batch (sql/migrations/004), as
         // the function runs it for a batch whose events carry ids.
         "stored_ids",
@@ -57,13 +51,30 @@ const STATEMENTS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Every statement of [`STATEMENTS`], and each read also in the form that
+/// returns the head position with the page (X-Crablet-Head).
+fn statements() -> Vec<(String, String, &'static str)> {
+    let mut all = Vec::new();
+    for &(name, sql, types) in STATEMENTS {
+        all.push((name.to_string(), sql.to_string(), types));
+        if name.starts_with("read_") {
+            let backwards = name.ends_with("backward");
+            all.push((
+                format!("{name}_with_head"),
+                crablet::store::read_with_head_sql(sql, backwards),
+                types,
+            ));
+        }
+    }
+    all
+}
+
 fn arguments(name: &str) -> String {
     let key = crablet::dcb::footprint::tag_key("t:7");
     match name {
         n if n.starts_with("read_all") => "(0, 9223372036854775807, 1000)".into(),
         n if n.starts_with("read_key") => format!("({key}, 0, 9223372036854775807, '{{}}', '{{}}', 1000)"),
         "stored_ids" => "('{0,0,1}', '{id-1,id-2,id-3}')".into(),
-        "head" => String::new(),
         _ => format!(
             "('[{{\"k\": {key}, \"tags\": [], \"types\": []}}, {{\"k\": {}, \"tags\": [], \"types\": []}}]', 0, 9223372036854775807, 1000)",
             crablet::dcb::footprint::type_key("Even")
@@ -102,13 +113,13 @@ async fn every_read_statement_is_an_index_scan_under_a_generic_plan() {
         .await
         .expect("analyze");
     let mut unstable = Vec::new();
-    for (name, sql, types) in STATEMENTS {
+    for (name, sql, types) in statements() {
         client
             .batch_execute(&format!("PREPARE {name} {types} AS {sql}"))
             .await
             .unwrap_or_else(|e| panic!("prepare {name}: {e}"));
         let plan: Vec<String> = client
-            .query(&format!("EXPLAIN EXECUTE {name}{}", arguments(name)), &[])
+            .query(&format!("EXPLAIN EXECUTE {name}{}", arguments(&name)), &[])
             .await
             .unwrap_or_else(|e| panic!("explain {name}: {e}"))
             .iter()
