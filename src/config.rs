@@ -29,6 +29,8 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub limits: Limits,
     pub subscriptions: SubscriptionSettings,
+    pub auth: crate::auth::AuthSettings,
+    pub tls: crate::tls::TlsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -42,6 +44,10 @@ pub struct HttpSettings {
     pub shutdown_drain_ms: u64,
     pub request_timeout_ms: u64,
     pub keep_alive_s: u64,
+    /// Origins whose browsers may call the API (CORS); empty: no CORS
+    /// headers at all.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
 }
 
 impl HttpSettings {

@@ -58,6 +58,33 @@ enum Command {
         /// Check liveness (`/health/live`) instead of readiness.
         #[arg(long)]
         live: bool,
+        /// Sent as `Authorization: Bearer <token>` (the health routes are
+        /// open; a proxy in front may not be).
+        #[arg(long, env = "CRABLET_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Manage bearer tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a new random token: prints the token once (keep it; crablet
+    /// stores only its SHA-256), then the `[[auth.tokens]]` entry to add to
+    /// the configuration or to the tokens file.
+    New {
+        /// Who holds it; appears in the audit log.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: read, append, metrics, admin.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// RFC 3339 time after which the token is refused.
+        #[arg(long)]
+        expires_at: Option<String>,
     },
 }
 
@@ -83,10 +110,18 @@ fn main() -> ExitCode {
             remove_data_dir_on_exit,
         } => crablet::embedded::run_foreground(&data_dir, remove_data_dir_on_exit)
             .map_err(|e| e.to_string()),
-        Command::Health { url, live } => {
+        Command::Health { url, live, token } => {
             let path = if live { "/health/live" } else { "/health" };
-            health(&url, path)
+            health(&url, path, token.as_deref())
         }
+        Command::Token {
+            command:
+                TokenCommand::New {
+                    name,
+                    scopes,
+                    expires_at,
+                },
+        } => new_token(&name, &scopes, expires_at.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -107,9 +142,38 @@ fn serve(config: Option<PathBuf>, overrides: Overrides) -> Result<(), String> {
     })
 }
 
+/// `crablet token new`: the token on the first line, then its entry.
+fn new_token(name: &str, scopes: &[String], expires_at: Option<&str>) -> Result<(), String> {
+    use crablet::auth::{self, Scope};
+    if name.trim().is_empty() {
+        return Err("--name must not be empty".into());
+    }
+    let scopes = scopes
+        .iter()
+        .map(|s| {
+            Scope::parse(s)
+                .ok_or_else(|| format!("unknown scope {s:?}: use read, append, metrics or admin"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(at) = expires_at {
+        auth::parse_rfc3339(at)?;
+    }
+    let token = auth::mint().map_err(|e| format!("no random bytes from the system: {e}"))?;
+    eprintln!(
+        "# The token (shown once; crablet stores only its SHA-256), then its configuration entry:"
+    );
+    println!("{token}");
+    println!();
+    print!(
+        "{}",
+        auth::config_entry(&token, name.trim(), &scopes, expires_at)
+    );
+    Ok(())
+}
+
 /// `GET <url><path>` over a plain TCP connection, within a few seconds:
 /// `Ok` on status 200, the status line or the failure otherwise.
-fn health(url: &str, path: &str) -> Result<(), String> {
+fn health(url: &str, path: &str, token: Option<&str>) -> Result<(), String> {
     use std::io::{Read, Write};
     use std::net::{TcpStream, ToSocketAddrs};
     use std::time::Duration;
@@ -136,9 +200,12 @@ fn health(url: &str, path: &str) -> Result<(), String> {
         .set_read_timeout(Some(timeout))
         .and_then(|()| stream.set_write_timeout(Some(timeout)))
         .map_err(|e| e.to_string())?;
+    let authorization = token.map_or_else(String::new, |t| {
+        format!("Authorization: Bearer {}\r\n", t.trim())
+    });
     write!(
         stream,
-        "GET {target} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+        "GET {target} HTTP/1.1\r\nHost: {authority}\r\n{authorization}Connection: close\r\n\r\n"
     )
     .map_err(|e| format!("{address}: {e}"))?;
     // The status line is all that matters; read a bounded head.

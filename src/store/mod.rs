@@ -3,19 +3,23 @@
 //! It owns the schema (`sql/migrations`, applied by [`migrate`]), the pooled
 //! connections with their prepared statements ([`connection`]), the batch
 //! append with its advisory locks and condition checks ([`append`]) and the
-//! paged reads ([`read`]). It knows nothing of HTTP or actors: the writer and
+//! paged reads ([`read`]), and TLS to PostgreSQL as the database URL asks
+//! ([`tls`]). It knows nothing of HTTP or actors: the writer and
 //! reader actors call its functions with a connection they own.
 
 pub mod append;
 pub mod connection;
 pub mod migrate;
 pub mod read;
+pub mod tls;
 
 /// The outcome and page types live in [`crate::dcb`] (the HTTP layer uses
 /// them without depending on the store); re-exported for the store's callers.
 pub use crate::dcb::{AppendOutcome, Page};
 pub use append::append_batch;
-pub use connection::{build_pool, checkout, Connection, LiveConnection, Pool, PoolSettings};
+pub use connection::{
+    build_pool, build_pool_with_tls, checkout, Connection, LiveConnection, Pool, PoolSettings,
+};
 pub use read::read_page;
 
 use tokio_postgres::error::{Severity, SqlState};
