@@ -733,7 +733,7 @@ async fn cors_headers_are_sent_only_to_the_configured_origins() {
 }
 
 #[actix_rt::test]
-async fn an_append_is_audited_with_the_token_name_and_positions_but_never_the_token() {
+async fn an_append_is_audited_with_the_token_name_and_positions_and_sighup_revokes_a_token() {
     // The token, as an operator makes it.
     let minted = Command::new(env!("CARGO_BIN_EXE_crablet"))
         .args([
@@ -808,6 +808,32 @@ async fn an_append_is_audited_with_the_token_name_and_positions_but_never_the_to
         .await
         .expect("append");
     assert_eq!(refused.status(), 401);
+
+    // SIGHUP: the token, dropped from the file, is refused from then on.
+    std::fs::write(&file, tokens_file(&[("other", ADMIN, "\"admin\"")])).expect("rewrite");
+    crate::helpers::send_signal(child.id(), "HUP");
+    let mut revoked = false;
+    for _ in 0..100 {
+        let head = http
+            .get(format!("{address}/head"))
+            .bearer_auth(&secret)
+            .send()
+            .await
+            .expect("head");
+        if head.status() == 401 {
+            revoked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(revoked, "SIGHUP did not revoke the token");
+    let other = http
+        .get(format!("{address}/head"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(other.status(), 200, "the new token works after SIGHUP");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let _ = child.kill();
     let _ = child.wait();
