@@ -134,8 +134,12 @@ impl Application {
                 address: settings.listen.clone(),
             });
         }
-        if tokens.is_empty() {
-            log::warn!("no auth token configured: every request is served without authentication");
+        if tokens.is_empty() && !is_loopback(&settings.listen) {
+            log::warn!(
+                "no auth token configured and auth.allow_anonymous = true: every request to {} \
+                 is served without authentication",
+                settings.listen
+            );
         }
         let tokens = std::sync::Arc::new(TokenStore::new(tokens));
         let https = if settings.tls.enabled() {
