@@ -106,9 +106,22 @@ pub fn connector(
         return Ok(DbTls::plain());
     }
     config.ssl_mode(SslMode::Require);
+    Ok(DbTls {
+        rustls: Some(MakeRustlsConnect::new(client_config(mode, sslrootcert)?)),
+        mode,
+    })
+}
+
+/// The rustls client configuration of a TLS `mode` (not `Plain`), trusting
+/// `root` (a PEM file) when given. Also what `crablet health` uses for
+/// `https://` URLs.
+pub fn client_config(
+    mode: DbTlsMode,
+    sslrootcert: Option<&str>,
+) -> Result<rustls::ClientConfig, DbTlsError> {
     let provider = Arc::new(default_provider());
     let verifier: Arc<dyn ServerCertVerifier> = match mode {
-        DbTlsMode::Require => Arc::new(EncryptOnly {
+        DbTlsMode::Plain | DbTlsMode::Require => Arc::new(EncryptOnly {
             provider: provider.clone(),
         }),
         _ => {
@@ -133,15 +146,11 @@ pub fn connector(
             }
         }
     };
-    let client = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    Ok(DbTls {
-        rustls: Some(MakeRustlsConnect::new(client)),
-        mode,
-    })
+        .with_no_client_auth())
 }
 
 fn root_store(path: &str) -> Result<RootCertStore, DbTlsError> {

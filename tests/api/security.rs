@@ -412,7 +412,8 @@ async fn stop(app: Application) {
 /// files under `dir`.
 fn self_signed(dir: &Path, stem: &str) -> (PathBuf, PathBuf, String) {
     let certified =
-        rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("certificate");
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("certificate");
     let cert = dir.join(format!("{stem}.crt"));
     let key = dir.join(format!("{stem}.key"));
     let pem = certified.cert.pem();
@@ -461,6 +462,56 @@ async fn https_serves_with_a_self_signed_certificate_and_sighup_reloads_it() {
         .await
         .map(|r| !r.status().is_success())
         .unwrap_or(true));
+
+    // `crablet health` over HTTPS: encrypted only, or checked against a CA.
+    let stranger = TempDir::new("stranger");
+    let (stranger_cert, _, _) = self_signed(&stranger.0, "stranger");
+    let base = format!("https://127.0.0.1:{port}");
+    let health = |args: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new(env!("CARGO_BIN_EXE_crablet"))
+                .arg("health")
+                .args(&args)
+                .output()
+                .expect("crablet health");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+        .await
+        .expect("join")
+    };
+    let path = |p: &Path| p.display().to_string();
+    let (ok, err) = health(vec!["--url".into(), base.clone()]).await;
+    assert!(ok, "health over HTTPS: {err}");
+    let (ok, err) = health(vec![
+        "--url".into(),
+        base.clone(),
+        "--ca-cert".into(),
+        path(&cert),
+    ])
+    .await;
+    assert!(ok, "health over HTTPS, certificate checked: {err}");
+    let (ok, _) = health(vec![
+        "--url".into(),
+        base.clone(),
+        "--ca-cert".into(),
+        path(&stranger_cert),
+    ])
+    .await;
+    assert!(!ok, "health trusted a certificate its CA did not sign");
+    let (ok, err) = health(vec![
+        "--url".into(),
+        base.clone(),
+        "--token".into(),
+        READER.into(),
+    ])
+    .await;
+    assert!(
+        !ok && err.contains("--ca-cert"),
+        "a token sent to an unchecked server: {err}"
+    );
 
     // A new certificate in the same files, then a reload: new connections
     // get it, and a client trusting only the old one is refused.
