@@ -5,6 +5,11 @@
 //! (`database.startup_timeout_s`), applying the schema, and the graceful stop on
 //! SIGINT or SIGTERM (in-flight requests finish, then the embedded cluster stops).
 //! It holds no request logic and speaks no SQL beyond calling the migrator.
+//!
+//! Security at the door is assembled here too: the bearer tokens in force
+//! (refusing to serve a non-loopback address without any, unless
+//! `auth.allow_anonymous`), HTTPS when `tls.*` is set, CORS for the origins of
+//! `http.cors_origins`, and the SIGHUP reload of tokens and certificate.
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
@@ -13,6 +18,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{middleware, web, App, HttpServer};
 
 use crate::actors::{EventStore, Subscriptions, Writers};
+use crate::auth::{AuthError, AuthSettings, TokenStore, Tokens};
 use crate::config::Settings;
 use crate::embedded::{EmbeddedError, EmbeddedPostgres};
 use crate::http::{self, AppState};
@@ -22,7 +28,19 @@ use crate::store::{self, PoolSettings};
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("invalid database URL: {0}")]
-    DatabaseUrl(#[source] tokio_postgres::Error),
+    DatabaseUrl(#[source] store::tls::DbTlsError),
+    #[error("{0}")]
+    Auth(#[from] AuthError),
+    /// No token is configured and the address is not loopback.
+    #[error(
+        "refusing to listen on {address} without authentication: anyone who reaches it could \
+         read and append. Configure tokens (auth.tokens or auth.tokens_file, see `crablet token \
+         new`), listen on a loopback address, or set auth.allow_anonymous = true \
+         (CRABLET_AUTH__ALLOW_ANONYMOUS=true) to accept this"
+    )]
+    Anonymous { address: String },
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The database stayed unreachable (or refused crablet) at start-up.
     #[error("cannot connect to PostgreSQL at {address} (gave up after {waited_s:.1} s): {cause}")]
     Connect {
@@ -55,6 +73,54 @@ pub struct Application {
     shutdown_drain: Duration,
     /// Closed when the server stops, so open streams end at once.
     subscriptions: Subscriptions,
+    /// What SIGHUP reloads.
+    reload: Reload,
+}
+
+/// What a SIGHUP reloads: the tokens (configuration and tokens file) and the
+/// HTTPS certificate.
+#[derive(Clone)]
+pub struct Reload {
+    auth: AuthSettings,
+    tokens: std::sync::Arc<TokenStore>,
+    certificate: Option<crate::tls::CertificateReloader>,
+}
+
+impl Reload {
+    /// Reads the tokens file and the certificate again; what fails to load
+    /// is logged and the old one stays in force.
+    pub fn reload(&self) {
+        match Tokens::load(&self.auth)
+            .map_err(|e| e.to_string())
+            .and_then(|tokens| {
+                let count = tokens.len();
+                self.tokens
+                    .replace(tokens)
+                    .map(|()| count)
+                    .map_err(str::to_owned)
+            }) {
+            Ok(count) => log::info!("reloaded the tokens: {count} in force"),
+            Err(e) => log::error!("tokens not reloaded (the old ones stay): {e}"),
+        }
+        if let Some(certificate) = &self.certificate {
+            match certificate.reload() {
+                Ok(()) => log::info!("reloaded the TLS certificate"),
+                Err(e) => log::error!("TLS certificate not reloaded (the old one stays): {e}"),
+            }
+        }
+    }
+}
+
+/// Whether every address `listen` resolves to is a loopback one.
+fn is_loopback(listen: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    match listen.to_socket_addrs() {
+        Ok(addresses) => {
+            let addresses: Vec<_> = addresses.collect();
+            !addresses.is_empty() && addresses.iter().all(|a| a.ip().is_loopback())
+        }
+        Err(_) => false,
+    }
 }
 
 impl Application {
@@ -62,6 +128,25 @@ impl Application {
     /// schema, starts the actors and binds the listener. Must run inside an
     /// actix system.
     pub async fn build(settings: Settings) -> Result<Self, AppError> {
+        let tokens = Tokens::load(&settings.auth)?;
+        if tokens.is_empty() && !settings.auth.allow_anonymous && !is_loopback(&settings.listen) {
+            return Err(AppError::Anonymous {
+                address: settings.listen.clone(),
+            });
+        }
+        if tokens.is_empty() && !is_loopback(&settings.listen) {
+            log::warn!(
+                "no auth token configured and auth.allow_anonymous = true: every request to {} \
+                 is served without authentication",
+                settings.listen
+            );
+        }
+        let tokens = std::sync::Arc::new(TokenStore::new(tokens));
+        let https = if settings.tls.enabled() {
+            Some(crate::tls::server_config(&settings.tls)?)
+        } else {
+            None
+        };
         let mut embedded = None;
         let database_url = if settings.database_url.trim().is_empty() {
             let data_dir = settings.data_dir.clone();
@@ -79,18 +164,19 @@ impl Application {
         } else {
             settings.database_url.clone()
         };
-        let mut pg_config: tokio_postgres::Config =
-            database_url.parse().map_err(AppError::DatabaseUrl)?;
+        let (mut pg_config, db_tls) =
+            store::tls::parse_database_url(&database_url).map_err(AppError::DatabaseUrl)?;
         if pg_config.get_connect_timeout().is_none() {
             pg_config.connect_timeout(settings.database.connect_timeout());
         }
 
-        migrate(&pg_config, settings.database.startup_timeout()).await?;
+        migrate(&pg_config, &db_tls, settings.database.startup_timeout()).await?;
 
         let metrics = Metrics::new();
         let statement_timeout = settings.database.statement_timeout();
-        let writer_pool = store::build_pool(
+        let writer_pool = store::build_pool_with_tls(
             &pg_config,
+            &db_tls,
             &PoolSettings {
                 // One connection per lane, and one spare for a lane that is
                 // replacing a broken one.
@@ -100,8 +186,9 @@ impl Application {
                 application_name: "crablet-writer".into(),
             },
         );
-        let reader_pool = store::build_pool(
+        let reader_pool = store::build_pool_with_tls(
             &pg_config,
+            &db_tls,
             &PoolSettings {
                 max_size: settings.reader.pool_size,
                 connection_timeout: settings.reader.pool_timeout(),
@@ -142,6 +229,11 @@ impl Application {
         let max_body_bytes = settings.http.max_body_bytes;
         let request_timeout = settings.http.request_timeout();
         let compat = settings.compat.clone();
+        let auth_state = web::Data::new(http::auth::AuthState {
+            tokens: tokens.clone(),
+            metrics_requires_token: settings.auth.metrics_requires_token,
+        });
+        let cors_origins = settings.http.cors_origins.clone();
         let server = HttpServer::new(move || {
             // Runs once on each worker thread: its reader lives there.
             let store = EventStore::on_this_thread(
@@ -163,7 +255,13 @@ impl Application {
             });
             App::new()
                 .app_data(state)
+                .app_data(auth_state.clone())
+                .wrap(middleware::from_fn(http::auth::require_token))
                 .wrap(middleware::from_fn(http::context::around_request))
+                .wrap(middleware::Condition::new(
+                    !cors_origins.is_empty(),
+                    cors(&cors_origins),
+                ))
                 .configure(http::routes)
         })
         // A subscription writes many small chunks on one connection; with
@@ -172,6 +270,9 @@ impl Application {
         .on_connect(|connection, _| {
             if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
                 let _ = tcp.set_nodelay(true);
+            }
+            if let Some(tls) = connection.downcast_ref::<TlsStream>() {
+                let _ = tls.get_ref().0.set_nodelay(true);
             }
         })
         .workers(http_workers(settings.http.workers))
@@ -183,14 +284,24 @@ impl Application {
         // The head's share of the whole-request deadline; the body's is
         // enforced where it is read (http::read_json_body).
         .client_request_timeout(request_timeout)
-        .keep_alive(settings.http.keep_alive())
-        .listen(listener)
-        .map_err(|source| AppError::Listen {
+        .keep_alive(settings.http.keep_alive());
+        let (server, certificate) = match https {
+            Some((config, reloader)) => {
+                (server.listen_rustls_0_23(listener, config), Some(reloader))
+            }
+            None => (server.listen(listener), None),
+        };
+        let server = server.map_err(|source| AppError::Listen {
             address: settings.listen.clone(),
             source,
         })?;
         log::info!(
-            "crablet listening on {}",
+            "crablet listening on {}://{}",
+            if certificate.is_some() {
+                "https"
+            } else {
+                "http"
+            },
             settings.listen.replace(":0", &format!(":{port}"))
         );
         Ok(Application {
@@ -199,12 +310,22 @@ impl Application {
             embedded,
             shutdown_drain: Duration::from_millis(settings.http.shutdown_drain_ms),
             subscriptions,
+            reload: Reload {
+                auth: settings.auth.clone(),
+                tokens,
+                certificate,
+            },
         })
     }
 
     /// The port the server listens on (useful with `listen = "...:0"`).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// What SIGHUP reloads, to reload it without a signal (the tests).
+    pub fn reloader(&self) -> Reload {
+        self.reload.clone()
     }
 
     /// A handle to stop the server (gracefully with `stop(true)`).
@@ -221,6 +342,14 @@ impl Application {
 
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sighup = signal(SignalKind::hangup())?;
+        let reload = self.reload.clone();
+        actix_rt::spawn(async move {
+            while sighup.recv().await.is_some() {
+                log::info!("SIGHUP: reloading the tokens and the TLS certificate");
+                reload.reload();
+            }
+        });
         let handle = self.server.handle();
         let drain = self.shutdown_drain;
         let subscriptions = self.subscriptions.clone();
@@ -299,9 +428,10 @@ fn http_workers(configured: usize) -> usize {
 /// `startup_timeout` for the database to accept it.
 async fn migrate(
     config: &tokio_postgres::Config,
+    tls: &store::tls::DbTls,
     startup_timeout: Duration,
 ) -> Result<(), AppError> {
-    let (mut client, connection) = connect_at_startup(config, startup_timeout).await?;
+    let (mut client, connection) = connect_at_startup(config, tls, startup_timeout).await?;
     let driver = actix_rt::spawn(async move {
         if let Err(e) = connection.await {
             log::warn!("migration connection: {e}");
@@ -321,8 +451,34 @@ const STARTUP_RETRY_MAX_DELAY: Duration = Duration::from_secs(2);
 
 type Connected = (
     tokio_postgres::Client,
-    tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+    tokio_postgres::Connection<
+        tokio_postgres::Socket,
+        <store::tls::DbTls as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream,
+    >,
 );
+
+/// An HTTPS connection, as `on_connect` sees it.
+type TlsStream = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
+
+/// CORS for `origins`: those origins may call every route from a browser,
+/// with a token; other origins get no CORS header.
+fn cors(origins: &[String]) -> actix_cors::Cors {
+    use actix_web::http::header;
+    let mut cors = actix_cors::Cors::default()
+        .allowed_methods(["GET", "POST"])
+        .allowed_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            http::context::REQUEST_ID_HEADER,
+        ])
+        .expose_headers([http::context::REQUEST_ID_HEADER, header::WWW_AUTHENTICATE])
+        .max_age(3600);
+    for origin in origins {
+        cors = cors.allowed_origin(origin);
+    }
+    cors
+}
 
 /// Connects, retrying while the failure may pass (the server is not up yet,
 /// is starting, or refuses connections) until `timeout` has elapsed. Each
@@ -330,13 +486,14 @@ type Connected = (
 /// that cannot pass by waiting (bad password, no such database) ends at once.
 async fn connect_at_startup(
     config: &tokio_postgres::Config,
+    tls: &store::tls::DbTls,
     timeout: Duration,
 ) -> Result<Connected, AppError> {
     let address = describe_address(config);
     let started = Instant::now();
     let mut delay = STARTUP_RETRY_FIRST_DELAY;
     for attempt in 1.. {
-        let error = match config.connect(tokio_postgres::NoTls).await {
+        let error = match config.connect(tls.clone()).await {
             Ok(connected) => {
                 if attempt > 1 {
                     log::info!("connected to PostgreSQL at {address} (attempt {attempt})");

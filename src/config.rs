@@ -30,6 +30,8 @@ pub struct Settings {
     pub limits: Limits,
     pub subscriptions: SubscriptionSettings,
     pub compat: CompatSettings,
+    pub auth: crate::auth::AuthSettings,
+    pub tls: crate::tls::TlsSettings,
 }
 
 /// Compatibility front ends mounted beside the native API.
@@ -52,6 +54,10 @@ pub struct HttpSettings {
     pub shutdown_drain_ms: u64,
     pub request_timeout_ms: u64,
     pub keep_alive_s: u64,
+    /// Origins whose browsers may call the API (CORS); empty: no CORS
+    /// headers at all.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
 }
 
 impl HttpSettings {

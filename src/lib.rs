@@ -11,6 +11,8 @@
 //!   facade [`actors::EventStore`].
 //! - [`http`]: actix-web routes, request parsing, error mapping, streaming.
 //! - [`metrics`]: every Prometheus metric, with its help text and buckets.
+//! - [`auth`]: bearer tokens (digests, scopes, expiry) and their check.
+//! - [`tls`]: the HTTPS server configuration and its reload.
 //! - [`config`]: layered settings (`config/default.toml`, `CRABLET_*`, flags).
 //! - [`embedded`]: the private PostgreSQL cluster used when no database URL
 //!   is configured.
@@ -23,6 +25,7 @@
 
 pub mod actors;
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod dcb;
 pub mod embedded;
@@ -30,3 +33,4 @@ pub mod faults;
 pub mod http;
 pub mod metrics;
 pub mod store;
+pub mod tls;

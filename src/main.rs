@@ -52,12 +52,47 @@ enum Command {
     /// (`/health/live`): exit 0 on 200, 1 otherwise. A plain HTTP GET, for
     /// container health checks where no curl is installed.
     Health {
-        /// The server's base URL (http only).
+        /// The server's base URL: http://, or https:// when crablet serves
+        /// HTTPS (`tls.cert`).
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
+        /// With https://: the PEM file of the certificate authority to check
+        /// the server's certificate (and name) against. Without it the
+        /// connection is encrypted but the certificate is not checked, which
+        /// is enough to ask a local process whether it is up; --token then
+        /// needs --ca-cert, so that a token never goes to an unchecked server.
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
         /// Check liveness (`/health/live`) instead of readiness.
         #[arg(long)]
         live: bool,
+        /// Sent as `Authorization: Bearer <token>` (the health routes are
+        /// open; a proxy in front may not be).
+        #[arg(long, env = "CRABLET_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Manage bearer tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a new random token: prints the token once (keep it; crablet
+    /// stores only its SHA-256), then the `[[auth.tokens]]` entry to add to
+    /// the configuration or to the tokens file.
+    New {
+        /// Who holds it; appears in the audit log.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: read, append, metrics, admin.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// RFC 3339 time after which the token is refused.
+        #[arg(long)]
+        expires_at: Option<String>,
     },
 }
 
@@ -83,10 +118,23 @@ fn main() -> ExitCode {
             remove_data_dir_on_exit,
         } => crablet::embedded::run_foreground(&data_dir, remove_data_dir_on_exit)
             .map_err(|e| e.to_string()),
-        Command::Health { url, live } => {
+        Command::Health {
+            url,
+            live,
+            token,
+            ca_cert,
+        } => {
             let path = if live { "/health/live" } else { "/health" };
-            health(&url, path)
+            health(&url, path, token.as_deref(), ca_cert.as_deref())
         }
+        Command::Token {
+            command:
+                TokenCommand::New {
+                    name,
+                    scopes,
+                    expires_at,
+                },
+        } => new_token(&name, &scopes, expires_at.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -107,21 +155,75 @@ fn serve(config: Option<PathBuf>, overrides: Overrides) -> Result<(), String> {
     })
 }
 
+/// A plain or a TLS stream.
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
+
+/// `crablet token new`: the token on the first line, then its entry.
+fn new_token(name: &str, scopes: &[String], expires_at: Option<&str>) -> Result<(), String> {
+    use crablet::auth::{self, Scope};
+    if name.trim().is_empty() {
+        return Err("--name must not be empty".into());
+    }
+    let scopes = scopes
+        .iter()
+        .map(|s| {
+            Scope::parse(s)
+                .ok_or_else(|| format!("unknown scope {s:?}: use read, append, metrics or admin"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(at) = expires_at {
+        auth::parse_rfc3339(at)?;
+    }
+    let token = auth::mint().map_err(|e| format!("no random bytes from the system: {e}"))?;
+    eprintln!(
+        "# The token (shown once; crablet stores only its SHA-256), then its configuration entry:"
+    );
+    println!("{token}");
+    println!();
+    print!(
+        "{}",
+        auth::config_entry(&token, name.trim(), &scopes, expires_at)
+    );
+    Ok(())
+}
+
 /// `GET <url><path>` over a plain TCP connection, within a few seconds:
 /// `Ok` on status 200, the status line or the failure otherwise.
-fn health(url: &str, path: &str) -> Result<(), String> {
+fn health(
+    url: &str,
+    path: &str,
+    token: Option<&str>,
+    ca_cert: Option<&std::path::Path>,
+) -> Result<(), String> {
     use std::io::{Read, Write};
     use std::net::{TcpStream, ToSocketAddrs};
     use std::time::Duration;
 
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
+    let (rest, https) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => {
+            return Err(format!(
+                "{url}: only http:// and https:// URLs are supported"
+            ))
+        }
+    };
+    if https && token.is_some() && ca_cert.is_none() {
+        return Err(
+            "--token over https:// needs --ca-cert (the token must not go to a \
+                    server whose certificate is not checked)"
+                .into(),
+        );
+    }
     let (authority, base) = rest.split_once('/').unwrap_or((rest, ""));
-    let address = if authority.contains(':') {
+    let address = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
         authority.to_string()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{}", if https { 443 } else { 80 })
     };
     let target = format!("/{}{path}", base.trim_end_matches('/')).replace("//", "/");
     let timeout = Duration::from_secs(5);
@@ -130,15 +232,39 @@ fn health(url: &str, path: &str) -> Result<(), String> {
         .map_err(|e| format!("{address}: {e}"))?
         .next()
         .ok_or_else(|| format!("{address}: no address"))?;
-    let mut stream =
+    let tcp =
         TcpStream::connect_timeout(&socket, timeout).map_err(|e| format!("{address}: {e}"))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+    tcp.set_read_timeout(Some(timeout))
+        .and_then(|()| tcp.set_write_timeout(Some(timeout)))
         .map_err(|e| e.to_string())?;
+    let mut stream: Box<dyn ReadWrite> = if https {
+        use crablet::store::tls::{client_config, DbTlsMode};
+        let ca = ca_cert.map(|p| p.display().to_string());
+        let mode = if ca.is_some() {
+            DbTlsMode::VerifyFull
+        } else {
+            DbTlsMode::Require
+        };
+        let config = client_config(mode, ca.as_deref()).map_err(|e| e.to_string())?;
+        let host = authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|e| format!("{host}: {e}"))?;
+        let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+            .map_err(|e| e.to_string())?;
+        Box::new(rustls::StreamOwned::new(connection, tcp))
+    } else {
+        Box::new(tcp)
+    };
+    let authorization = token.map_or_else(String::new, |t| {
+        format!("Authorization: Bearer {}\r\n", t.trim())
+    });
     write!(
         stream,
-        "GET {target} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+        "GET {target} HTTP/1.1\r\nHost: {authority}\r\n{authorization}Connection: close\r\n\r\n"
     )
     .map_err(|e| format!("{address}: {e}"))?;
     // The status line is all that matters; read a bounded head.

@@ -10,6 +10,38 @@ const $ = (id) => document.getElementById(id);
 let page = { first: null, last: null };
 let live = null;        // AbortController of the live stream, when following
 
+// The bearer token, when the server asks for one (401): kept for this tab
+// only (sessionStorage), sent as an Authorization header on every call.
+// Streams use fetch, not EventSource, which cannot send headers.
+const TOKEN_KEY = "crablet-token";
+let token = sessionStorage.getItem(TOKEN_KEY) || "";
+
+async function api(path, init = {}) {
+  const headers = Object.assign({}, init.headers || {});
+  if (token) headers.authorization = "Bearer " + token;
+  const response = await fetch(path, Object.assign({}, init, { headers }));
+  if (response.status === 401) {
+    askForToken(token ? "The token was refused (unknown or expired): enter another."
+                      : "This crablet needs a token to read events.");
+  }
+  return response;
+}
+
+function askForToken(message) {
+  $("auth-message").textContent = message;
+  $("auth").hidden = false;
+}
+
+function useToken(value) {
+  token = value.trim();
+  if (token) sessionStorage.setItem(TOKEN_KEY, token); else sessionStorage.removeItem(TOKEN_KEY);
+  $("auth").hidden = true;
+  $("token").value = "";
+  newest();
+  refreshStats();
+  if (live) { stopLive(); startLive(); }
+}
+
 function list(text) {
   return text.split(",").map((s) => s.trim()).filter((s) => s.length > 0);
 }
@@ -82,7 +114,7 @@ async function read(options) {
     query: JSON.stringify(currentQuery()),
     options: JSON.stringify(options),
   });
-  const response = await fetch("/read?" + params, { headers: { accept: "application/json" } });
+  const response = await api("/read?" + params, { headers: { accept: "application/json" } });
   const body = await response.json();
   if (!response.ok) throw new Error(body.error ? body.error.message : response.statusText);
   return body;
@@ -117,8 +149,8 @@ function search() {
   if (live) { stopLive(); startLive(); }
 }
 
-// Follows the log with fetch + ReadableStream (NDJSON), so that a header
-// such as Authorization can be added later, which EventSource cannot do.
+// Follows the log with fetch + ReadableStream (NDJSON), so that the
+// Authorization header can be sent, which EventSource cannot do.
 async function startLive() {
   const controller = new AbortController();
   live = controller;
@@ -128,7 +160,7 @@ async function startLive() {
   const status = $("live-status");
   let after = 0;
   try {
-    const head = await (await fetch("/head")).json();
+    const head = await (await api("/head")).json();
     after = head.position;
   } catch (_) { /* start from the beginning */ }
   const tbody = $("live");
@@ -137,7 +169,7 @@ async function startLive() {
   while (live === controller) {
     try {
       const params = new URLSearchParams({ query: JSON.stringify(currentQuery()), after: String(after) });
-      const response = await fetch("/subscribe?" + params, {
+      const response = await api("/subscribe?" + params, {
         headers: { accept: "application/x-ndjson" },
         signal: controller.signal,
       });
@@ -205,9 +237,12 @@ function metric(text, name) {
 
 async function refreshStats() {
   try {
-    const head = await (await fetch("/head")).json();
+    const head = await (await api("/head")).json();
     $("head").textContent = head.position.toLocaleString();
-    const text = await (await fetch("/metrics")).text();
+    // A token may lack the metrics scope (403): the counters then stay "–".
+    const metrics = await api("/metrics");
+    if (!metrics.ok) return;
+    const text = await metrics.text();
     $("m-appended").textContent = metric(text, "crablet_events_appended_total");
     $("m-subs").textContent = metric(text, "crablet_subscriptions_active");
     $("m-delivered").textContent = metric(text, "crablet_subscription_events_delivered_total");
@@ -216,6 +251,7 @@ async function refreshStats() {
 }
 
 $("query").addEventListener("submit", (e) => { e.preventDefault(); search(); });
+$("auth").addEventListener("submit", (e) => { e.preventDefault(); useToken($("token").value); });
 $("follow").onclick = () => (live ? stopLive() : startLive());
 $("newest").onclick = newest;
 $("oldest").onclick = oldest;

@@ -33,6 +33,8 @@ pub struct Target {
     pub addr: SocketAddr,
     /// The `Host` header value (`host:port` as given).
     host_header: String,
+    /// `Bearer <token>`, sent on every request when the server needs a token.
+    authorization: Option<String>,
 }
 
 impl Target {
@@ -58,7 +60,19 @@ impl Target {
         Ok(Self {
             addr,
             host_header: authority.to_string(),
+            authorization: None,
         })
+    }
+
+    /// This target, with `token` sent as `Authorization: Bearer <token>`.
+    pub fn with_token(mut self, token: Option<&str>) -> Self {
+        self.authorization = token.map(|t| format!("Bearer {}", t.trim()));
+        self
+    }
+
+    /// The `Authorization` header value, when a token is set.
+    pub fn authorization(&self) -> Option<&str> {
+        self.authorization.as_deref()
     }
 
     /// A target on `127.0.0.1:port`.
@@ -67,6 +81,7 @@ impl Target {
         Self {
             addr,
             host_header: addr.to_string(),
+            authorization: None,
         }
     }
 
@@ -207,11 +222,15 @@ impl Conn {
         let Some(sender) = self.sender.as_mut() else {
             return Err(RequestError::Connect("no connection".into()));
         };
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(method)
             .uri(path)
             .header(HOST, self.target.host_header.as_str())
-            .header(CONTENT_TYPE, "application/json")
+            .header(CONTENT_TYPE, "application/json");
+        if let Some(authorization) = self.target.authorization() {
+            request = request.header(hyper::header::AUTHORIZATION, authorization);
+        }
+        let request = request
             .body(Full::new(body))
             .map_err(|e| RequestError::Io(format!("building request: {e}")))?;
         sender

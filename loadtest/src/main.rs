@@ -25,6 +25,11 @@ struct Cli {
     /// server and PostgreSQL: keep it small).
     #[arg(long, default_value_t = 2, global = true)]
     threads: usize,
+    /// Bearer token sent on every request (a server with `auth.tokens`). With
+    /// `bench`, the servers it starts are configured to accept this token
+    /// (admin scope) and nothing else.
+    #[arg(long, global = true, env = "CRABLET_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -202,7 +207,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    match runtime.block_on(dispatch(cli.command, cli.token)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -230,11 +235,12 @@ fn write_json<T: serde::Serialize>(path: &PathBuf, value: &T) -> anyhow::Result<
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+async fn dispatch(command: Command, token: Option<String>) -> anyhow::Result<ExitCode> {
+    let token = token.as_deref();
     match command {
-        Command::Run(a) => run(a).await,
+        Command::Run(a) => run(a, token).await,
         Command::Preload(a) => {
-            let target = Target::parse(&a.url)?;
+            let target = Target::parse(&a.url)?.with_token(token);
             let r = preload::preload(
                 &target,
                 &PreloadConfig {
@@ -253,11 +259,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench(a) => bench_command(a).await,
+        Command::Bench(a) => bench_command(a, token).await,
         Command::Subscribe(a) => {
             let report =
                 crablet_loadtest::subscribe::run(&crablet_loadtest::subscribe::SubscribeConfig {
-                    target: Target::parse(&a.url)?,
+                    target: Target::parse(&a.url)?.with_token(token),
                     subscribers: a.subscribers,
                     everything: a.everything,
                     writers: a.writers,
@@ -280,10 +286,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
+async fn run(a: RunArgs, token: Option<&str>) -> anyhow::Result<ExitCode> {
     let seed = a.seed.unwrap_or_else(clock_seed);
     let cfg = RunConfig {
-        target: Target::parse(&a.url)?,
+        target: Target::parse(&a.url)?.with_token(token),
         scenario: ScenarioConfig {
             kind: a.scenario,
             run_id: format!("{:08x}", seed as u32),
@@ -316,8 +322,9 @@ async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn bench_command(a: BenchArgs) -> anyhow::Result<ExitCode> {
+async fn bench_command(a: BenchArgs, token: Option<&str>) -> anyhow::Result<ExitCode> {
     let cfg = BenchConfig {
+        token: token.map(str::to_owned),
         database_url: a.database_url,
         crablet_bin: a.crablet_bin,
         quick: a.quick,

@@ -101,11 +101,14 @@ async fn open_stream(
     let mut sender = connect(target)
         .await
         .map_err(|e| anyhow::anyhow!("subscribe: {e}"))?;
-    let request = Request::builder()
+    let mut request = Request::builder()
         .uri(subscribe_path(query, after))
         .header(HOST, target.url().trim_start_matches("http://"))
-        .header(ACCEPT, "application/x-ndjson")
-        .body(Full::new(Bytes::new()))?;
+        .header(ACCEPT, "application/x-ndjson");
+    if let Some(authorization) = target.authorization() {
+        request = request.header(hyper::header::AUTHORIZATION, authorization);
+    }
+    let request = request.body(Full::new(Bytes::new()))?;
     let response = sender.send_request(request).await?;
     anyhow::ensure!(
         response.status() == 200,

@@ -32,16 +32,19 @@ pub async fn append(
     let request: AppendRequest = parse::json("body", &body)?;
     let append = CheckedAppend::new(request, &state.limits)?;
     let outcome = state.store.append(append).await?;
+    let audit = super::auth::AppendAudit::of(&outcome);
     let (failed, last_position, duplicate) = match outcome {
         AppendOutcome::Appended { last, .. } => (false, Some(last), false),
         AppendOutcome::ConditionFailed => (true, None, false),
         AppendOutcome::Duplicate { last, .. } => (false, Some(last), true),
         AppendOutcome::IdConflict { ids } => return Err(ApiError::IdConflict(ids)),
     };
-    Ok(HttpResponse::Ok().json(AppendResponse {
+    let mut response = HttpResponse::Ok().json(AppendResponse {
         duration_in_microseconds: started.elapsed().as_micros() as u64,
         append_condition_failed: failed,
         last_position,
         duplicate,
-    }))
+    });
+    response.extensions_mut().insert(audit);
+    Ok(response)
 }

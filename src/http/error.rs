@@ -3,7 +3,9 @@
 //! Every error body is JSON, `{"error": {"code": "...", "message": "...",
 //! "requestId": "..."}}`, with a stable machine-readable code: 400 for invalid
 //! input, 404/405 for unknown routes, 408 for a request not received in time,
-//! 409 for an append that reuses stored ids (`id_conflict`), 413 for bodies over the limit, 415 for a body that is not JSON, 503 (with
+//! 401 without a valid bearer token (`unauthorized`, with `WWW-Authenticate`), 403
+//! for a token without the route's scope (`forbidden`), 409 for an append that
+//! reuses stored ids (`id_conflict`), 413 for bodies over the limit, 415 for a body that is not JSON, 503 (with
 //! `Retry-After`) only when crablet knows nothing was written, 500
 //! `outcome_unknown` when an append may have been written, and 500 with an
 //! opaque message for anything else (the full error chain is logged
@@ -53,7 +55,7 @@ pub enum ApiError {
     MethodNotAllowed,
     /// The route exists but the configuration does not allow it.
     #[error("{0}")]
-    Forbidden(String),
+    Disabled(String),
     /// The route exists but what it asks for is not built yet.
     #[error("{0}")]
     NotImplemented(String),
@@ -77,6 +79,20 @@ pub enum ApiError {
          (events[].id), which is safe, or read to find out"
     )]
     OutcomeUnknown(String),
+    /// No valid bearer token (missing, unknown or expired): 401 with
+    /// `WWW-Authenticate: Bearer`.
+    #[error("{message}")]
+    Unauthorized {
+        message: String,
+        /// A token was sent but is not valid (`error="invalid_token"`).
+        invalid: bool,
+    },
+    /// A valid token without the route's scope: 403.
+    #[error("{message}")]
+    Forbidden {
+        message: String,
+        scope: &'static str,
+    },
     /// Anything else. The message stays in the log.
     #[error("internal error")]
     Internal(String),
@@ -105,13 +121,15 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
-            ApiError::Forbidden(_) => "forbidden",
+            ApiError::Disabled(_) => "disabled",
             ApiError::NotImplemented(_) => "not_implemented",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::RequestTimeout { .. } => "request_timeout",
             ApiError::Overloaded(_) => "overloaded",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::OutcomeUnknown(_) => "outcome_unknown",
+            ApiError::Unauthorized { .. } => "unauthorized",
+            ApiError::Forbidden { .. } => "forbidden",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -125,10 +143,12 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Disabled(_) => StatusCode::FORBIDDEN,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::Overloaded(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::OutcomeUnknown(_) | ApiError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -160,6 +180,26 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         if matches!(self, ApiError::Overloaded(_) | ApiError::Unavailable(_)) {
             response.insert_header(("Retry-After", "1"));
+        }
+        match self {
+            ApiError::Unauthorized { invalid: false, .. } => {
+                response.insert_header(("WWW-Authenticate", r#"Bearer realm="crablet""#));
+            }
+            ApiError::Unauthorized { invalid: true, .. } => {
+                response.insert_header((
+                    "WWW-Authenticate",
+                    r#"Bearer realm="crablet", error="invalid_token""#,
+                ));
+            }
+            ApiError::Forbidden { scope, .. } => {
+                response.insert_header((
+                    "WWW-Authenticate",
+                    format!(
+                        r#"Bearer realm="crablet", error="insufficient_scope", scope="{scope}""#
+                    ),
+                ));
+            }
+            _ => {}
         }
         if matches!(self, ApiError::RequestTimeout { .. }) {
             // The rest of the body may still be on its way: start afresh.

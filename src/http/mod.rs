@@ -8,9 +8,10 @@
 //! Handlers parse strictly ([`parse`]) and validate, then call the
 //! [`EventStore`] facade; they never touch SQL or actors directly. Errors
 //! become responses in [`error`] only; [`context`] gives every request an id
-//! and a deadline.
+//! and a deadline; [`auth`] maps every route to the token scope it needs.
 
 pub mod append;
+pub mod auth;
 pub mod browser;
 pub mod context;
 pub mod error;

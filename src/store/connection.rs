@@ -3,12 +3,15 @@
 //! A [`Connection`] is a tokio-postgres client plus every statement crablet
 //! runs, prepared once when the connection is opened. The pool is bb8 over
 //! bb8-postgres's connection manager, wrapped so that preparing is part of
-//! connecting.
+//! connecting; its connections use TLS when the database URL asks for it
+//! ([`super::tls`]).
 
 use std::time::Duration;
 
 use bb8_postgres::PostgresConnectionManager;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
+
+use super::tls::DbTls;
 
 /// SQL of every prepared statement, one file each.
 mod sql {
@@ -107,7 +110,7 @@ pub struct Connection {
 
 /// bb8 connection manager: bb8-postgres's, plus statement preparation.
 pub struct ConnectionManager {
-    inner: PostgresConnectionManager<NoTls>,
+    inner: PostgresConnectionManager<DbTls>,
 }
 
 impl bb8::ManageConnection for ConnectionManager {
@@ -181,6 +184,15 @@ pub struct PoolSettings {
 /// Builds a pool. Connections are opened lazily, on first use, in the runtime
 /// of the task that needs them: the actor that owns the pool.
 pub fn build_pool(config: &tokio_postgres::Config, settings: &PoolSettings) -> Pool {
+    build_pool_with_tls(config, &DbTls::plain(), settings)
+}
+
+/// [`build_pool`] whose connections use `tls` (as the database URL asks).
+pub fn build_pool_with_tls(
+    config: &tokio_postgres::Config,
+    tls: &DbTls,
+    settings: &PoolSettings,
+) -> Pool {
     let mut config = config.clone();
     config.application_name(&settings.application_name);
     // Every statement crablet prepares is written so that its generic plan
@@ -198,7 +210,7 @@ pub fn build_pool(config: &tokio_postgres::Config, settings: &PoolSettings) -> P
     }
     config.options(&options);
     let manager = ConnectionManager {
-        inner: PostgresConnectionManager::new(config, NoTls),
+        inner: PostgresConnectionManager::new(config, tls.clone()),
     };
     bb8::Pool::builder()
         .max_size(settings.max_size)

@@ -3,8 +3,9 @@
 //! It owns the schema (`sql/migrations`, applied by [`migrate`]), the pooled
 //! connections with their prepared statements ([`connection`]), the batch
 //! append with its advisory locks and condition checks ([`append`]), the
-//! paged reads ([`read`]) with their head position ([`head`]), and clearing
-//! the store ([`clear`]). It knows nothing of HTTP or actors: the writer and
+//! paged reads ([`read`]) with their head position ([`head`]), clearing the
+//! store ([`clear`]), and TLS to PostgreSQL as the database URL asks
+//! ([`tls`]). It knows nothing of HTTP or actors: the writer and
 //! reader actors call its functions with a connection they own.
 
 pub mod append;
@@ -13,13 +14,16 @@ pub mod connection;
 pub mod head;
 pub mod migrate;
 pub mod read;
+pub mod tls;
 
 /// The outcome and page types live in [`crate::dcb`] (the HTTP layer uses
 /// them without depending on the store); re-exported for the store's callers.
 pub use crate::dcb::{AppendOutcome, Page};
 pub use append::append_batch;
 pub use clear::clear;
-pub use connection::{build_pool, checkout, Connection, LiveConnection, Pool, PoolSettings};
+pub use connection::{
+    build_pool, build_pool_with_tls, checkout, Connection, LiveConnection, Pool, PoolSettings,
+};
 pub use head::{read_page_with_head, with_head as read_with_head_sql};
 pub use read::read_page;
 

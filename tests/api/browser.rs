@@ -1,6 +1,7 @@
 //! The event browser in a real headless Chromium, driven through
 //! chromedriver's WebDriver HTTP API: the page loads, follows the log live,
-//! and an event appended through the API appears on it. A screenshot is
+//! and an event appended through the API appears on it; with tokens
+//! configured, the page asks for one and sends it on every call. A screenshot is
 //! saved under `target/`. Skips (saying so) when Chromium or chromedriver is
 //! not installed (Debian: `apt-get install chromium chromium-driver`).
 
@@ -9,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{event, spawn_app};
+use crablet::auth::{digest_hex, Scope, TokenSettings};
+
+use crate::helpers::{event, spawn_app, spawn_app_with};
 
 fn find_program(candidates: &[&str]) -> Option<String> {
     candidates.iter().find_map(|name| {
@@ -122,6 +125,39 @@ fn decode_base64(text: &str) -> Vec<u8> {
 
 #[actix_rt::test]
 async fn the_browser_page_shows_an_appended_event_live() {
+    let app = spawn_app().await;
+    live_page(&app.address, None, "browser-live.png").await;
+}
+
+#[actix_rt::test]
+async fn with_tokens_the_browser_page_asks_for_one_keeps_it_for_the_tab_and_follows_live() {
+    const TOKEN: &str = "crablet_browser-test-token";
+    let app = spawn_app_with(|s| {
+        s.auth.tokens = vec![TokenSettings {
+            name: "browser".into(),
+            sha256: digest_hex(TOKEN),
+            scopes: vec![Scope::Read, Scope::Append, Scope::Metrics],
+            expires_at: None,
+        }]
+    })
+    .await;
+    live_page(&app.address, Some(TOKEN), "browser-live-token.png").await;
+}
+
+/// Appends `body` with `token`, if any.
+async fn append(http: &reqwest::Client, address: &str, token: Option<&str>, body: Value) {
+    let mut request = http.post(format!("{address}/append")).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("append");
+    assert_eq!(response.status(), 200, "append");
+}
+
+/// The page lists stored events, follows the log and shows a new event live;
+/// with `token`, it first asks for the token (the API answers 401), keeps it
+/// in sessionStorage and sends it on every call, the live stream included.
+async fn live_page(address: &str, token: Option<&str>, screenshot_name: &str) {
     let (Some(chromium), Some(chromedriver)) = (
         find_program(&["chromium", "chromium-browser", "google-chrome"]),
         find_program(&["chromedriver", "/usr/lib/chromium/chromedriver"]),
@@ -132,10 +168,15 @@ async fn the_browser_page_shows_an_appended_event_live() {
         );
         return;
     };
-    let app = spawn_app().await;
+    let api = crate::helpers::client();
     for i in 0..3 {
-        app.append(json!({"events": [event("OrderPlaced", &["order:old", &format!("n:{i}")], "{\"total\":12}")]}))
-            .await;
+        append(
+            &api,
+            address,
+            token,
+            json!({"events": [event("OrderPlaced", &["order:old", &format!("n:{i}")], "{\"total\":12}")]}),
+        )
+        .await;
     }
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -202,10 +243,34 @@ async fn the_browser_page_shows_an_appended_event_live() {
         .call(
             reqwest::Method::POST,
             "/url",
-            Some(json!({"url": format!("{}/", app.address)})),
+            Some(json!({"url": format!("{address}/")})),
         )
         .await;
     let title = session.script("return document.title").await;
+    let mut asked = json!("no token needed");
+    if let Some(token) = token {
+        // The API answered 401: the page asks for a token, then uses it.
+        asked = session
+            .wait_for(
+                "return !document.getElementById('auth').hidden",
+                Duration::from_secs(10),
+            )
+            .await;
+        assert_eq!(asked, json!(true), "the page did not ask for a token");
+        session
+            .script(&format!(
+                "document.getElementById('token').value = {token:?}; \
+                 document.getElementById('token-use').click(); return true"
+            ))
+            .await;
+        let kept = session
+            .wait_for(
+                &format!("return sessionStorage.getItem('crablet-token') === {token:?}"),
+                Duration::from_secs(10),
+            )
+            .await;
+        assert_eq!(kept, json!(true), "the token was not kept for the tab");
+    }
     // The stored events are listed, newest first, and the head is shown.
     let listed = session
         .wait_for(
@@ -231,10 +296,13 @@ async fn the_browser_page_shows_an_appended_event_live() {
         )
         .await;
     let started = Instant::now();
-    let answer = app
-        .append(json!({"events": [event("PaymentReceived", &["order:new", "customer:ada"], "{\"amount\":42}")]}))
-        .await;
-    assert!(answer.appended(), "{answer:?}");
+    append(
+        &api,
+        address,
+        token,
+        json!({"events": [event("PaymentReceived", &["order:new", "customer:ada"], "{\"amount\":42}")]}),
+    )
+    .await;
     let seen = session
         .wait_for(
             "const t = document.getElementById('live').innerText; return t.includes('PaymentReceived') && t.includes('customer:ada')",
@@ -249,11 +317,11 @@ async fn the_browser_page_shows_an_appended_event_live() {
     let png = decode_base64(screenshot.as_str().unwrap_or(""));
     let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
     let _ = std::fs::create_dir_all(&target);
-    let path = target.join("browser-live.png");
+    let path = target.join(screenshot_name);
     std::fs::write(&path, &png).expect("write the screenshot");
     session.close().await;
     println!(
-        "page {title}: listed {listed}, head {head}, following {following}, live event shown {seen} {latency:?} after the append; screenshot ({} bytes) saved to {}",
+        "page {title}: token asked {asked}, listed {listed}, head {head}, following {following}, live event shown {seen} {latency:?} after the append; screenshot ({} bytes) saved to {}",
         png.len(),
         path.display()
     );

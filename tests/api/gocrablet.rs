@@ -395,7 +395,7 @@ async fn cleanup_is_forbidden_unless_the_configuration_allows_it() {
     let (status, text) = app.raw(Method::POST, "/go-crablet/cleanup", None).await;
     assert_eq!(status, 403, "{text}");
     let error: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(error["error"]["code"], "forbidden");
+    assert_eq!(error["error"]["code"], "disabled");
     assert_eq!(
         app.read_all().await.len(),
         1,

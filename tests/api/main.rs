@@ -22,6 +22,7 @@ mod observability;
 mod openapi;
 mod plans;
 mod recovery;
+mod security;
 mod semantics;
 mod slow_clients;
 mod streaming;

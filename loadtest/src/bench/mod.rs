@@ -155,6 +155,9 @@ pub struct BenchConfig {
     pub seed: u64,
     /// Load-generator request timeout.
     pub request_timeout: Duration,
+    /// Start the servers with this one token configured (admin scope) and
+    /// send it on every request: measures the cost of authentication.
+    pub token: Option<String>,
 }
 
 /// Phase lengths and sizes, from the config; the crablet phase of each goal is
@@ -621,7 +624,7 @@ impl Bench {
             .tmp
             .join(format!("server-{}-{db}.log", self.server_starts));
         let url = self.db(db).to_conn_string();
-        let server = CrabletServer::start(&crablet, &url, &log).await?;
+        let server = CrabletServer::start(&crablet, &url, &log, self.cfg.token.as_deref()).await?;
         eprintln!(
             "bench: crablet serve pid {} on {} -> {db} (log {})",
             server.pid,

@@ -121,7 +121,14 @@ pub struct CrabletServer {
 impl CrabletServer {
     /// Starts `crablet serve` on a free loopback port against `database_url` and
     /// waits until `/health` answers 200.
-    pub async fn start(crablet: &Path, database_url: &str, log: &Path) -> anyhow::Result<Self> {
+    /// With `token`, the server accepts that token only (admin scope, from a
+    /// tokens file beside the log) and the target sends it.
+    pub async fn start(
+        crablet: &Path,
+        database_url: &str,
+        log: &Path,
+        token: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let port = free_port()?;
         let log_file =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
@@ -139,11 +146,23 @@ impl CrabletServer {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "warn");
         }
+        if let Some(token) = token {
+            let file = log.with_extension("tokens.toml");
+            std::fs::write(
+                &file,
+                format!(
+                    "[[tokens]]\nname = \"loadtest\"\nsha256 = \"{}\"\nscopes = [\"admin\"]\n",
+                    crablet::auth::digest_hex(token.trim())
+                ),
+            )
+            .with_context(|| format!("writing {}", file.display()))?;
+            cmd.env("CRABLET_AUTH__TOKENS_FILE", &file);
+        }
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {} serve", crablet.display()))?;
         let pid = child.id().context("server exited at once")?;
-        let target = Target::loopback(port);
+        let target = Target::loopback(port).with_token(token);
         let mut conn = Conn::new(target.clone(), HEALTH_PROBE_TIMEOUT);
         let started = Instant::now();
         loop {

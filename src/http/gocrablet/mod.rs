@@ -264,7 +264,7 @@ async fn load_test_data(
 async fn cleanup(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     enabled(&req, &state)?;
     if !state.compat.allow_cleanup {
-        return Err(ApiError::Forbidden(
+        return Err(ApiError::Disabled(
             "POST /go-crablet/cleanup deletes every event and is disabled; set \
              compat.allow_cleanup = true (CRABLET_COMPAT__ALLOW_CLEANUP=true) to allow it"
                 .into(),

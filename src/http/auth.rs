@@ -1,0 +1,231 @@
+//! Who may call which route: the one table mapping every route to what it
+//! needs ([`ROUTE_ACCESS`]), the middleware that enforces it
+//! ([`require_token`]), and the audit line of every append.
+//!
+//! The middleware runs inside [`super::context::around_request`] (so refusals
+//! carry the request id and are counted) and before any handler: a refused
+//! request reads no body and writes nothing. It does not know how tokens are
+//! checked ([`crate::auth`] does) and it never logs a token, only its name.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage};
+
+use super::{context, ApiError};
+use crate::auth::{Caller, Refusal, Scope, TokenStore};
+use crate::dcb::{AppendOutcome, Position};
+
+/// What a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Served to anyone: health probes, the API description and the event
+    /// browser's page and assets (the page asks for a token when the API
+    /// answers 401).
+    Open,
+    /// A valid token with this scope (or `admin`).
+    Needs(Scope),
+}
+
+/// Every route of [`super::ROUTES`] and what it needs; a test checks that
+/// both list the same routes. A request matching no route needs a valid
+/// token of any scope before it learns that the route does not exist.
+pub const ROUTE_ACCESS: &[(&str, Access)] = &[
+    ("/append", Access::Needs(Scope::Append)),
+    ("/read", Access::Needs(Scope::Read)),
+    ("/health", Access::Open),
+    ("/health/live", Access::Open),
+    // Open when `auth.metrics_requires_token = false`.
+    ("/metrics", Access::Needs(Scope::Metrics)),
+    ("/openapi.json", Access::Open),
+    ("/subscribe", Access::Needs(Scope::Read)),
+    ("/head", Access::Needs(Scope::Read)),
+    ("/", Access::Open),
+    ("/static/app.js", Access::Open),
+    ("/static/style.css", Access::Open),
+    // The go-crablet prefix: the same scopes as the native routes it maps to.
+    ("/go-crablet/health", Access::Open),
+    ("/go-crablet/append", Access::Needs(Scope::Append)),
+    ("/go-crablet/read", Access::Needs(Scope::Read)),
+    ("/go-crablet/project", Access::Needs(Scope::Read)),
+    // Appends a synthetic data set.
+    ("/go-crablet/load-test-data", Access::Needs(Scope::Append)),
+    // Deletes every event (and only when the configuration allows it).
+    ("/go-crablet/cleanup", Access::Needs(Scope::Admin)),
+];
+
+/// What a matched route pattern needs; a route missing from the table needs
+/// `admin` (closed, never open, by mistake).
+pub fn access_of(pattern: &str) -> Access {
+    ROUTE_ACCESS
+        .iter()
+        .find(|(route, _)| *route == pattern)
+        .map_or(Access::Needs(Scope::Admin), |(_, access)| *access)
+}
+
+/// The authentication settings the middleware needs, shared by every worker.
+pub struct AuthState {
+    pub tokens: Arc<TokenStore>,
+    /// `auth.metrics_requires_token`.
+    pub metrics_requires_token: bool,
+}
+
+/// Positions of an append, left by the handler on its response for the
+/// audit line.
+#[derive(Debug, Clone, Copy)]
+pub struct AppendAudit {
+    pub outcome: &'static str,
+    pub first: Option<Position>,
+    pub last: Option<Position>,
+}
+
+impl AppendAudit {
+    pub fn of(outcome: &AppendOutcome) -> Self {
+        let (outcome, first, last) = match outcome {
+            AppendOutcome::Appended { first, last } => ("appended", Some(*first), Some(*last)),
+            AppendOutcome::Duplicate { first, last } => ("duplicate", Some(*first), Some(*last)),
+            AppendOutcome::ConditionFailed => ("condition failed", None, None),
+            AppendOutcome::IdConflict { .. } => ("id conflict", None, None),
+        };
+        AppendAudit {
+            outcome,
+            first,
+            last,
+        }
+    }
+}
+
+/// Middleware: refuses with 401 (no valid token) or 403 (no scope) before the
+/// handler runs; records the caller in the request's extensions; logs the
+/// audit line of appends.
+pub async fn require_token(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let Some(state) = req.app_data::<web::Data<AuthState>>().cloned() else {
+        // Every server registers the state; without it nothing is served.
+        let refusal = ApiError::Internal("authentication state missing".into());
+        return Ok(req.error_response(refusal).map_into_right_body());
+    };
+    let tokens = state.tokens.current();
+    // What the request needs: nothing, or a valid token with a scope, or
+    // (a path matching no route) a valid token of any scope, so that a scan
+    // learns nothing about which routes exist.
+    let (needs_token, scope) = match req.match_pattern().as_deref().map(access_of) {
+        Some(Access::Open) => (false, None),
+        Some(Access::Needs(Scope::Metrics)) if !state.metrics_requires_token => (false, None),
+        Some(Access::Needs(scope)) => (true, Some(scope)),
+        None => (true, None),
+    };
+    let caller = if tokens.is_empty() || !needs_token {
+        Caller {
+            name: "anonymous".into(),
+        }
+    } else {
+        let header = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+        match tokens.check(header, scope, SystemTime::now()) {
+            Ok(caller) => caller,
+            Err(refusal) => {
+                let error = refused(refusal);
+                if scope == Some(Scope::Append) {
+                    log::info!(
+                        target: "crablet::audit",
+                        "append request {} refused: {error}",
+                        context::request_id(),
+                    );
+                }
+                return Ok(req.error_response(error).map_into_right_body());
+            }
+        }
+    };
+    let audited = scope == Some(Scope::Append);
+    let name = caller.name.clone();
+    req.extensions_mut().insert(caller);
+    let response = next.call(req).await?;
+    if audited {
+        audit_append(&name, &response);
+    }
+    Ok(response.map_into_left_body())
+}
+
+fn refused(refusal: Refusal) -> ApiError {
+    match refusal {
+        Refusal::Missing => ApiError::Unauthorized {
+            message: "this route needs a token: Authorization: Bearer <token>".into(),
+            invalid: false,
+        },
+        Refusal::Invalid => ApiError::Unauthorized {
+            message: "the token is not valid".into(),
+            invalid: true,
+        },
+        Refusal::Expired => ApiError::Unauthorized {
+            message: "the token has expired".into(),
+            invalid: true,
+        },
+        Refusal::Forbidden { scope, name } => ApiError::Forbidden {
+            message: format!("token {name:?} lacks the {:?} scope", scope.name()),
+            scope: scope.name(),
+        },
+    }
+}
+
+/// One line per append: request id, token name, outcome, positions.
+/// Info level on its own target, `crablet::audit`, so that it can be routed
+/// or silenced apart from the rest (`RUST_LOG=info,crablet::audit=off`).
+fn audit_append<B>(name: &str, response: &ServiceResponse<B>) {
+    let request_id = context::request_id();
+    let status = response.status();
+    match response.response().extensions().get::<AppendAudit>() {
+        Some(AppendAudit {
+            outcome,
+            first: Some(first),
+            last: Some(last),
+        }) => log::info!(
+            target: "crablet::audit",
+            "append request {request_id} token {name:?}: {outcome} positions {first}..={last}"
+        ),
+        Some(AppendAudit { outcome, .. }) => log::info!(
+            target: "crablet::audit",
+            "append request {request_id} token {name:?}: {outcome}"
+        ),
+        None => log::info!(
+            target: "crablet::audit",
+            "append request {request_id} token {name:?}: failed with {}",
+            status.as_u16()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_has_exactly_one_access_rule() {
+        let routes: Vec<&str> = super::super::ROUTES.iter().map(|(r, _)| *r).collect();
+        let mapped: Vec<&str> = ROUTE_ACCESS.iter().map(|(r, _)| *r).collect();
+        for route in &routes {
+            assert_eq!(
+                mapped.iter().filter(|m| *m == route).count(),
+                1,
+                "route {route} must appear exactly once in ROUTE_ACCESS"
+            );
+        }
+        for route in &mapped {
+            assert!(
+                routes.contains(route),
+                "ROUTE_ACCESS names {route}, which is not a route"
+            );
+        }
+    }
+
+    #[test]
+    fn a_route_missing_from_the_table_needs_admin() {
+        assert_eq!(access_of("/no-such-route"), Access::Needs(Scope::Admin));
+        assert_eq!(access_of("/append"), Access::Needs(Scope::Append));
+    }
+}
