@@ -32,7 +32,7 @@ pub async fn append(
     let request: AppendRequest = parse::json("body", &body)?;
     let append = CheckedAppend::new(request, &state.limits)?;
     let outcome = state.store.append(append).await?;
-    let audit = super::auth::AppendAudit::of(&outcome);
+    let audit = super::auth::audit_enabled().then(|| super::auth::AppendAudit::of(&outcome));
     let (failed, last_position, duplicate) = match outcome {
         AppendOutcome::Appended { last, .. } => (false, Some(last), false),
         AppendOutcome::ConditionFailed => (true, None, false),
@@ -45,6 +45,8 @@ pub async fn append(
         last_position,
         duplicate,
     });
-    response.extensions_mut().insert(audit);
+    if let Some(audit) = audit {
+        response.extensions_mut().insert(audit);
+    }
     Ok(response)
 }

@@ -14,10 +14,10 @@ use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::middleware::Next;
-use actix_web::{web, HttpMessage};
+use actix_web::web;
 
 use super::{context, ApiError};
-use crate::auth::{Caller, Refusal, Scope, TokenStore};
+use crate::auth::{Refusal, Scope, TokenStore};
 use crate::dcb::{AppendOutcome, Position};
 
 /// What a route needs.
@@ -121,14 +121,13 @@ pub async fn require_token(
         Some(Access::Needs(scope)) => (true, Some(scope)),
         None => (true, None),
     };
+    // Who is calling: a token's name, or nobody when none was needed.
     let caller = if tokens.is_empty() || !needs_token {
-        Caller {
-            name: "anonymous".into(),
-        }
+        None
     } else {
         let header = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
         match tokens.check(header, scope, SystemTime::now()) {
-            Ok(caller) => caller,
+            Ok(caller) => Some(caller),
             Err(refusal) => {
                 let error = refused(refusal);
                 if scope == Some(Scope::Append) {
@@ -142,14 +141,18 @@ pub async fn require_token(
             }
         }
     };
-    let audited = scope == Some(Scope::Append);
-    let name = caller.name.clone();
-    req.extensions_mut().insert(caller);
     let response = next.call(req).await?;
-    if audited {
-        audit_append(&name, &response);
+    if scope == Some(Scope::Append) && audit_enabled() {
+        let name = caller.as_ref().map_or("anonymous", |c| &*c.name);
+        audit_append(name, &response);
     }
     Ok(response.map_into_left_body())
+}
+
+/// Whether audit lines are logged (`crablet::audit` at info): when they are
+/// not, appends skip gathering what the line would say.
+pub fn audit_enabled() -> bool {
+    log::log_enabled!(target: "crablet::audit", log::Level::Info)
 }
 
 fn refused(refusal: Refusal) -> ApiError {
