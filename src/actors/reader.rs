@@ -1,4 +1,4 @@
-//! Reader actors: own the reader pool and run page queries.
+//! Reader actors: own the reader pool and run page queries and projections.
 //!
 //! Each request runs as its own task on the reader's thread, so one reader
 //! serves many reads at once, bounded by the pool. A read never holds a
@@ -19,6 +19,7 @@ use actix::{
 use futures_util::FutureExt;
 
 use super::EventStoreError;
+use crate::dcb::projection::{Projection, ProjectorSpec};
 use crate::dcb::{Query, SequencedEvent};
 use crate::faults::{FaultPoint, Faults};
 use crate::metrics::Metrics;
@@ -33,6 +34,15 @@ pub struct ReadPage {
 
 impl Message for ReadPage {
     type Result = Result<Vec<SequencedEvent>, EventStoreError>;
+}
+
+/// Compute the states of projectors, and the head they were computed at.
+pub struct Project {
+    pub specs: Arc<Vec<ProjectorSpec>>,
+}
+
+impl Message for Project {
+    type Result = Result<Projection, EventStoreError>;
 }
 
 /// Sent by a read task that panicked: restart the reader.
@@ -131,6 +141,41 @@ impl Handler<ReadPage> for Reader {
                 Ok(result) => result,
                 Err(_) => {
                     log::error!("a read panicked; restarting its reader");
+                    reader.do_send(Restart);
+                    Err(restarted())
+                }
+            }
+        })
+    }
+}
+
+impl Handler<Project> for Reader {
+    type Result = ResponseFuture<Result<Projection, EventStoreError>>;
+
+    /// Like a page read: one statement on a pooled connection, in a task of
+    /// its own; a panic restarts the reader and answers 503.
+    fn handle(&mut self, msg: Project, ctx: &mut Context<Self>) -> Self::Result {
+        let (pool, metrics) = (self.pool.clone(), self.metrics.clone());
+        let reader = ctx.address();
+        let work = async move {
+            let mut conn = store::checkout(&pool).await?;
+            conn.discard_on_return = true;
+            let result = store::project(&conn, &msg.specs).await;
+            conn.discard_on_return = false;
+            let projection = result.map_err(|e| match e.failure() {
+                Failure::OutcomeUnknown => {
+                    EventStoreError::Unavailable(format!("the projection failed: {e}; retry"))
+                }
+                _ => EventStoreError::Store(e),
+            })?;
+            metrics.saw_position(projection.position);
+            Ok(projection)
+        };
+        Box::pin(async move {
+            match AssertUnwindSafe(work).catch_unwind().await {
+                Ok(result) => result,
+                Err(_) => {
+                    log::error!("a projection panicked; restarting its reader");
                     reader.do_send(Restart);
                     Err(restarted())
                 }

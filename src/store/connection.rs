@@ -20,6 +20,7 @@ mod sql {
     pub const READ_PROBES_FORWARD: &str = include_str!("../../sql/queries/read_probes_forward.sql");
     pub const READ_PROBES_BACKWARD: &str =
         include_str!("../../sql/queries/read_probes_backward.sql");
+    pub const PROJECT: &str = include_str!("../../sql/queries/project.sql");
 }
 
 /// A read statement in both directions.
@@ -47,6 +48,8 @@ pub struct Statements {
     pub read_key: Directed,
     /// The events matching a JSON list of probes.
     pub read_probes: Directed,
+    /// Every projector's state and the head, from one snapshot.
+    pub project: Statement,
 }
 
 impl Statements {
@@ -59,9 +62,10 @@ impl Statements {
             client.prepare(sql::READ_KEY_FORWARD),
             client.prepare(sql::READ_KEY_BACKWARD),
         )?;
-        let (probes_forward, probes_backward) = tokio::try_join!(
+        let (probes_forward, probes_backward, project) = tokio::try_join!(
             client.prepare(sql::READ_PROBES_FORWARD),
             client.prepare(sql::READ_PROBES_BACKWARD),
+            client.prepare(sql::PROJECT),
         )?;
         Ok(Statements {
             append_batch,
@@ -77,6 +81,7 @@ impl Statements {
                 forward: probes_forward,
                 backward: probes_backward,
             },
+            project,
         })
     }
 }

@@ -2,13 +2,15 @@
 //!
 //! It owns the schema (`sql/migrations`, applied by [`migrate`]), the pooled
 //! connections with their prepared statements ([`connection`]), the batch
-//! append with its advisory locks and condition checks ([`append`]) and the
-//! paged reads ([`read`]). It knows nothing of HTTP or actors: the writer and
-//! reader actors call its functions with a connection they own.
+//! append with its advisory locks and condition checks ([`append`]), the
+//! paged reads ([`read`]) and the projections ([`project`]). It knows nothing
+//! of HTTP or actors: the writer and reader actors call its functions with a
+//! connection they own.
 
 pub mod append;
 pub mod connection;
 pub mod migrate;
+pub mod project;
 pub mod read;
 
 /// The outcome and page types live in [`crate::dcb`] (the HTTP layer uses
@@ -16,6 +18,7 @@ pub mod read;
 pub use crate::dcb::{AppendOutcome, Page};
 pub use append::append_batch;
 pub use connection::{build_pool, checkout, Connection, LiveConnection, Pool, PoolSettings};
+pub use project::project;
 pub use read::read_page;
 
 use tokio_postgres::error::{Severity, SqlState};

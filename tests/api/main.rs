@@ -20,6 +20,7 @@ mod model;
 mod observability;
 mod openapi;
 mod plans;
+mod project;
 mod recovery;
 mod semantics;
 mod slow_clients;
