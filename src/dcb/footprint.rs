@@ -378,6 +378,23 @@ mod tests {
     }
 
     #[test]
+    fn a_requirement_locks_its_query_keys_exclusive_and_routes_by_them() {
+        let mut request = conditional("user:a", &["x"], &[]);
+        request.condition = None;
+        request.require = vec![serde_json::from_value(serde_json::json!({
+            "projector": {"query": {"items": [{"tags": ["course:42"]}]}, "reduce": "count"},
+            "op": "lt", "value": 30
+        }))
+        .unwrap()];
+        let fp = Footprint::of_append(&request);
+        assert_eq!(
+            fp.iter().find(|(k, _)| *k == tag_key("course:42")),
+            Some((tag_key("course:42"), LockMode::Exclusive))
+        );
+        assert_eq!(fp.route(), Some(tag_key("course:42")));
+    }
+
+    #[test]
     fn merged_footprints_keep_the_strongest_mode() {
         let mut fp = Footprint::default();
         fp.add(5, LockMode::Shared);

@@ -22,6 +22,7 @@ mod openapi;
 mod plans;
 mod project;
 mod recovery;
+mod require;
 mod semantics;
 mod slow_clients;
 mod streaming;
