@@ -355,3 +355,53 @@ async fn bad_projectors_are_refused_with_the_json_path_of_the_fault() {
         "projectors: at most 32 projectors"
     );
 }
+
+#[actix_rt::test]
+async fn states_and_head_come_from_one_snapshot_while_writers_append() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let app = spawn_app().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    // Every event carries tag "a", one per append: in any snapshot the count
+    // of "a" events, the head and the last event's position are one number.
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, address, stop) = (app.http.clone(), app.address.clone(), stop.clone());
+            actix_rt::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let body = json!({"events": [event("E", &["a"], "{\"amount\": 1}")]});
+                    crate::helpers::post_append(&http, &address, &body).await;
+                }
+            })
+        })
+        .collect();
+    let projectors = json!([
+        {"id": "count", "query": {"items": [{"tags": ["a"]}]}, "reduce": "count"},
+        {"id": "sum", "query": {"items": [{"tags": ["a"]}]}, "reduce": "sum", "path": "/amount"},
+        {"id": "last", "query": {"items": [{"tags": ["a"]}]}, "reduce": "last"}
+    ]);
+    let (mut checked, mut violations) = (0, 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        let (status, answer) = project(&app, &projectors).await;
+        assert_eq!(status, 200, "{answer}");
+        let position = answer["position"].as_i64().unwrap();
+        let states = &answer["states"];
+        let last = states["last"]["position"].as_i64().unwrap_or(0);
+        if states["count"] != json!(position)
+            || states["sum"] != json!(position)
+            || last != position
+        {
+            eprintln!("not one snapshot: {answer}");
+            violations += 1;
+        }
+        checked += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    eprintln!("{checked} projections checked");
+    assert!(checked > 10);
+    assert_eq!(violations, 0);
+}
