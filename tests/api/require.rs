@@ -221,11 +221,30 @@ async fn a_retry_with_the_same_ids_is_a_duplicate_even_when_its_requirement_now_
     assert!(first.appended(), "{:?}", first.body);
     // The requirement (fewer than 1 seat taken) now fails: the retry is
     // still recognised as the stored append.
-    let retry = app.append(body).await;
+    let retry = app.append(body.clone()).await;
     assert_eq!(retry.status, 200);
     assert_eq!(retry.body["duplicate"], json!(true), "{:?}", retry.body);
     assert_eq!(retry.body["lastPosition"], first.body["lastPosition"]);
     assert_eq!(retry.body.get("failedRequirement"), None);
+    // The same, sent with appends that share its lane and its batch (their
+    // requirement probes the same key; their events match no requirement):
+    // the retry is still a duplicate, and they are written.
+    for round in 0..5 {
+        let others = (0..8).map(|i| {
+            app.append(json!({
+                "events": [event("Other", &[&format!("other:{round}:{i}")], "{}")],
+                "require": [{"projector": seats_taken(), "op": "lt", "value": 1000}]
+            }))
+        });
+        let (retry, others) = futures_util::join!(app.append(body.clone()), join_all(others));
+        assert_eq!(
+            retry.body["duplicate"],
+            json!(true),
+            "round {round}: {:?}",
+            retry.body
+        );
+        assert!(others.iter().all(|a| a.appended()));
+    }
     // Another client is refused by the requirement.
     let other = json!({
         "events": [{"type": "SeatReserved", "tags": ["course:42"], "data": "{}", "id": "seat-2"}],
