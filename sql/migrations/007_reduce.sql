@@ -9,12 +9,20 @@
 -- Probes are the index probes of crablet's reads (dcb/footprint.rs): a range
 -- scan of event_keys under one key, joined to events by primary key.
 --
--- Costs: exists, last, latest and status walk each probe backwards and stop
+-- Costs (the plans are pinned to index probes, see the SET clauses): exists,
+-- last, latest and status walk each probe backwards and stop
 -- at the first hit (latest: the first event that has the field; status: the
 -- first of a mapped type); count, sum and distinct visit every match.
 -- `last` returns the position of the last match (crablet reads its columns).
 CREATE OR REPLACE FUNCTION crablet_reduce(p jsonb) RETURNS jsonb
 LANGUAGE plpgsql STABLE
+-- Index probes only: the statements below run with generic plans, whose
+-- estimate of the rows under one key is the average over all keys; with few
+-- distinct keys that estimate makes hash joins over the whole log look
+-- cheaper than probing the key's entries.
+SET enable_seqscan = off
+SET enable_hashjoin = off
+SET enable_mergejoin = off
 AS $$
 DECLARE
     reducer text := p->>'r';
