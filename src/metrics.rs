@@ -83,9 +83,9 @@ pub struct MetricHandles {
     pub http_requests_total: IntCounterVec,
     /// HTTP request latency by route template, until the response head.
     pub http_request_duration_seconds: HistogramVec,
-    /// Appends by outcome: appended, condition_failed, duplicate, id_conflict,
-    /// overloaded, unavailable (nothing written), outcome_unknown, failed
-    /// (refused).
+    /// Appends by outcome: appended, condition_failed, requirement_failed,
+    /// duplicate, id_conflict, overloaded, unavailable (nothing written),
+    /// outcome_unknown, failed (refused).
     pub appends_total: IntCounterVec,
     /// Events written.
     pub events_appended_total: IntCounter,

@@ -13,7 +13,7 @@ use crablet_loadtest::bench::{self, table, BenchConfig, Goal};
 use crablet_loadtest::driver::{self, RunConfig};
 use crablet_loadtest::http::Target;
 use crablet_loadtest::preload::{self, PreloadConfig};
-use crablet_loadtest::scenario::{ScenarioConfig, ScenarioKind};
+use crablet_loadtest::scenario::{Decision, ScenarioConfig, ScenarioKind};
 
 /// Exit code when a run's verification or a bench goal failed (with `--strict`).
 const EXIT_CHECK_FAILED: u8 = 2;
@@ -111,6 +111,9 @@ struct RunArgs {
     /// hot-keys: Zipf exponent.
     #[arg(long, default_value_t = 1.0)]
     zipf_s: f64,
+    /// hot-keys: read-then-append (two requests) or one append with `require`.
+    #[arg(long, value_enum, default_value_t = Decision::ReadAppend)]
+    decision: Decision,
     /// Size of appended events' data, bytes.
     #[arg(long, default_value_t = 64)]
     data_bytes: usize,
@@ -297,6 +300,7 @@ async fn run(a: RunArgs, token: Option<&str>) -> anyhow::Result<ExitCode> {
             tag_prefix: a.tag_prefix,
             hot_keys: a.hot_keys,
             zipf_exponent: a.zipf_s,
+            decision: a.decision,
             data_bytes: a.data_bytes,
             seed_reads: !a.no_seed,
         },

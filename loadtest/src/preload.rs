@@ -99,6 +99,7 @@ pub async fn preload(target: &Target, cfg: &PreloadConfig) -> anyhow::Result<Pre
                 }
                 let (first, end) = batch_range(b, cfg.batch, cfg.events);
                 let request = AppendRequest {
+                    require: Vec::new(),
                     events: (first..end)
                         .map(|i| preload_event(i, &cfg.tag_prefix, &data))
                         .collect(),

@@ -34,6 +34,9 @@ pub const LABEL_QUICK: &str = "quick";
 /// Label of a `GET /health`.
 pub const LABEL_HEALTH: &str = "health";
 
+/// Data of the events of the one-request hot-keys decision.
+const HOT_KEY_REQUIRE_DATA: &str = "{\"decided\":\"require\"}";
+
 /// Number of tags of the consistency scenario's tag space.
 const CONSISTENCY_TAGS: usize = 6;
 /// Number of event types of the consistency scenario.
@@ -91,6 +94,34 @@ impl ScenarioKind {
     }
 }
 
+/// How a hot-keys decision is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Decision {
+    /// Read the key's last event, then append conditionally on nothing
+    /// newer (two requests; the chain of `after`s is verified).
+    #[default]
+    ReadAppend,
+    /// One request: append with `require: count(key) lt HOT_KEY_CAP`,
+    /// decided by the server under the append's locks (the cap is
+    /// verified).
+    Require,
+}
+
+impl Decision {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ReadAppend => "read-append",
+            Self::Require => "require",
+        }
+    }
+}
+
+/// The cap of the one-request hot-keys decision: events per key. High
+/// enough that a run never reaches it, so both forms make the same number
+/// of appends.
+pub const HOT_KEY_CAP: u64 = 1_000_000_000;
+
 impl fmt::Display for ScenarioKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -112,6 +143,8 @@ pub struct ScenarioConfig {
     pub hot_keys: usize,
     /// Zipf exponent of the hot keys.
     pub zipf_exponent: f64,
+    /// How a hot-keys decision is sent.
+    pub decision: Decision,
     /// Size of the data string of appended events, bytes.
     pub data_bytes: usize,
     /// Whether `read`/`mixed` may preload their tags when they are missing.
@@ -292,6 +325,7 @@ impl Scenario {
 
     async fn append_plain(&self, ctx: &mut ClientCtx) -> Outcome {
         let request = AppendRequest {
+            require: Vec::new(),
             events: vec![NewEvent {
                 event_type: "Appended".into(),
                 tags: vec![self.unique_key(ctx)],
@@ -324,11 +358,29 @@ impl Scenario {
     async fn hot_key_decision(&self, ctx: &mut ClientCtx) -> Outcome {
         let key = self.hot_key(self.zipf.sample(&mut ctx.rng));
         let query = Query::single(QueryItem::tag(key.clone()));
+        if self.cfg.decision == Decision::Require {
+            let request = AppendRequest {
+                require: vec![serde_json::json!({
+                    "projector": {"query": &query, "reduce": "count"},
+                    "op": "lt",
+                    "value": HOT_KEY_CAP,
+                })],
+                events: vec![NewEvent {
+                    event_type: "Decided".into(),
+                    tags: vec![key],
+                    data: HOT_KEY_REQUIRE_DATA.into(),
+                }],
+                condition: None,
+            };
+            let result = ctx.conn.append(&request).await;
+            return append_outcome(result, 1, Some(&mut ctx.acked));
+        }
         let after = match ctx.conn.read(&query, Some(&ReadOptions::last_one())).await {
             Ok(events) => events.first().map_or(0, |e| e.position),
             Err(e) => return error(&e),
         };
         let request = AppendRequest {
+            require: Vec::new(),
             events: vec![NewEvent {
                 event_type: "Decided".into(),
                 tags: vec![key],
@@ -391,6 +443,7 @@ impl Scenario {
         }
         .encode();
         let request = AppendRequest {
+            require: Vec::new(),
             events: vec![NewEvent {
                 event_type,
                 tags,
@@ -410,6 +463,7 @@ impl Scenario {
         let data = format!("{}-{}", self.payload, ctx.seq);
         let query = Query::single(QueryItem::tag(key.clone()));
         let request = AppendRequest {
+            require: Vec::new(),
             events: vec![NewEvent {
                 event_type: "Quick".into(),
                 tags: vec![key.clone()],
@@ -455,8 +509,12 @@ impl Scenario {
         let mut conn = Conn::new(target.clone(), VERIFY_READ_TIMEOUT);
         match self.cfg.kind {
             ScenarioKind::HotKeys => {
+                let invariant = match self.cfg.decision {
+                    Decision::ReadAppend => "each event's after = previous event of its key",
+                    Decision::Require => "no key holds more events than its required cap",
+                };
                 let mut v = Verification {
-                    invariant: "each event's after = previous event of its key".into(),
+                    invariant: invariant.into(),
                     ..Verification::default()
                 };
                 let mut positions = Vec::new();
@@ -465,6 +523,19 @@ impl Scenario {
                     let events = conn
                         .read(&Query::single(QueryItem::tag(key.clone())), None)
                         .await?;
+                    if self.cfg.decision == Decision::Require {
+                        positions.extend(events.iter().map(|e| e.position));
+                        v.keys_checked += 1;
+                        v.events_checked += events.len() as u64;
+                        if events.len() as u64 > HOT_KEY_CAP {
+                            v.violations += 1;
+                            v.details.push(format!(
+                                "key {key}: {} events, over the cap of {HOT_KEY_CAP}",
+                                events.len()
+                            ));
+                        }
+                        continue;
+                    }
                     let links: Vec<ChainLink> = events
                         .iter()
                         .map(|e| ChainLink {
@@ -555,6 +626,7 @@ fn add_violations<T>(v: &mut Verification, violations: &[T], describe: impl Fn(&
 /// tag yet: it conflicts only when the tag was used before.
 fn append_once(event_type: &str, tag: String, data: String) -> AppendRequest {
     AppendRequest {
+        require: Vec::new(),
         events: vec![NewEvent {
             event_type: event_type.into(),
             tags: vec![tag.clone()],
@@ -624,6 +696,7 @@ mod tests {
             tag_prefix: "t".into(),
             hot_keys: 100,
             zipf_exponent: 1.0,
+            decision: Decision::ReadAppend,
             data_bytes: 64,
             seed_reads: true,
         })

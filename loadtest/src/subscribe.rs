@@ -167,6 +167,7 @@ pub async fn run(cfg: &SubscribeConfig) -> anyhow::Result<SubscribeReport> {
     let mut head_conn = Conn::new(cfg.target.clone(), Duration::from_secs(30));
     let after = match head_conn
         .append(&AppendRequest {
+            require: Vec::new(),
             events: vec![NewEvent {
                 event_type: "SubscribeStart".into(),
                 tags: vec![format!("start:{}", cfg.run_id)],
@@ -227,6 +228,7 @@ pub async fn run(cfg: &SubscribeConfig) -> anyhow::Result<SubscribeReport> {
                 let k = (n * writers_n + w) % subscribers;
                 n += 1;
                 let request = AppendRequest {
+                    require: Vec::new(),
                     events: vec![NewEvent {
                         event_type: "Delivered".into(),
                         tags: vec![run_tag.clone(), tags[k].clone()],

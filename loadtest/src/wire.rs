@@ -86,6 +86,10 @@ pub struct AppendRequest {
     /// Optional condition.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub condition: Option<AppendCondition>,
+    /// Requirements on projected state (`require`), as JSON; sent only when
+    /// not empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub require: Vec<serde_json::Value>,
 }
 
 /// The 200 reply of `POST /append`.
@@ -206,6 +210,7 @@ mod tests {
     #[test]
     fn append_request_serializes_to_the_contract_shape() {
         let req = AppendRequest {
+            require: Vec::new(),
             events: vec![NewEvent {
                 event_type: "T".into(),
                 tags: vec!["a:1".into()],

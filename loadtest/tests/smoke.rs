@@ -26,7 +26,7 @@ use crablet_loadtest::driver::{self, RunConfig};
 use crablet_loadtest::http::Target;
 use crablet_loadtest::preload::{self, PreloadConfig, EVENTS_PER_TAG};
 use crablet_loadtest::report::{LabelReport, Report, Verification};
-use crablet_loadtest::scenario::{ScenarioConfig, ScenarioKind};
+use crablet_loadtest::scenario::{Decision, ScenarioConfig, ScenarioKind};
 
 /// Length of each run's load.
 const LOAD_DURATION: Duration = Duration::from_secs(3);
@@ -71,6 +71,7 @@ async fn drive(port: u16) {
     quick_rounds_read_back_what_they_appended(port).await;
     appends_on_unique_keys_never_conflict(port).await;
     hot_keys_decide_both_ways_without_violation(port).await;
+    hot_keys_decide_in_one_request_with_require(port).await;
     random_conditions_are_never_violated(port).await;
     reads_of_preloaded_tags_return_ten_events_each(port).await;
     an_open_loop_run_keeps_a_modest_rate(port).await;
@@ -101,6 +102,22 @@ async fn hot_keys_decide_both_ways_without_violation(port: u16) {
         decisions.conflicts > 0,
         "{CLIENTS} clients on {HOT_KEYS} keys never had a decision rejected"
     );
+    let v = verified(&report, decisions);
+    assert_eq!(v.keys_checked, HOT_KEYS as u64);
+}
+
+async fn hot_keys_decide_in_one_request_with_require(port: u16) {
+    let report = run_with(
+        port,
+        ScenarioKind::HotKeys,
+        "hotreq",
+        None,
+        Decision::Require,
+    )
+    .await;
+    let decisions = primary(&report, "decision");
+    assert!(decisions.ok > 0, "no decision was accepted");
+    assert_eq!(decisions.conflicts, 0, "the cap is never reached");
     let v = verified(&report, decisions);
     assert_eq!(v.keys_checked, HOT_KEYS as u64);
 }
@@ -159,6 +176,17 @@ async fn an_open_loop_run_keeps_a_modest_rate(port: u16) {
 
 /// Runs one scenario for [`LOAD_DURATION`] and prints its summary.
 async fn run(port: u16, kind: ScenarioKind, run_id: &str, rate: Option<f64>) -> Report {
+    run_with(port, kind, run_id, rate, Decision::ReadAppend).await
+}
+
+/// [`run`], with hot-keys decisions sent as `decision` says.
+async fn run_with(
+    port: u16,
+    kind: ScenarioKind,
+    run_id: &str,
+    rate: Option<f64>,
+    decision: Decision,
+) -> Report {
     let cfg = RunConfig {
         target: Target::loopback(port),
         scenario: ScenarioConfig {
@@ -169,6 +197,7 @@ async fn run(port: u16, kind: ScenarioKind, run_id: &str, rate: Option<f64>) -> 
             tag_prefix: READ_TAG_PREFIX.into(),
             hot_keys: HOT_KEYS,
             zipf_exponent: 1.0,
+            decision,
             data_bytes: 64,
             seed_reads: false,
         },

@@ -13,7 +13,8 @@
 --    stored events come back to crablet, which tells a retry of the same
 --    append (answered as a duplicate) from a reuse of ids (a conflict). This
 --    comes first: a retry is never rejected by its own condition.
---    Then check every condition probe against the stored events.
+--    Then check every condition probe against the stored events, then the
+--    requirements of the appends still accepted.
 -- 3. Decide the appends in batch order: an append is rejected if a probe of
 --    its condition matched, or if it conflicts with an earlier append of the
 --    batch that is accepted (pairs computed by crablet, ordered by the later
@@ -27,16 +28,27 @@
 -- Returns one row per accepted append: its index and its first and last
 -- position, with the stored_* columns NULL; and one row per stored event
 -- found under an id of the batch: the index of the append that asked, the
--- event's position (as first and last) and its stored columns. Appends
--- without a row were rejected by their condition.
+-- event's position (as first and last) and its stored columns; and one row
+-- per append refused by a requirement, with the requirement's index in
+-- failed_requirement. Appends without a row were rejected by their condition.
+-- The signatures before ids and before requirements, and this one: dropped,
+-- so that no older overload remains and the return type can change when this
+-- file is applied again.
 DROP FUNCTION IF EXISTS crablet_append_batch(
     int8[], bool[], text, int4[], int4[], int4, int4[], text[], bytea[], int8[], text[],
     int8[], int8[], int8);
+DROP FUNCTION IF EXISTS crablet_append_batch(
+    int8[], bool[], text, int4[], int4[], int4, int4[], text[], bytea[], text[], bytea[],
+    int8[], text[], int8[], int8[], int8);
+DROP FUNCTION IF EXISTS crablet_append_batch(
+    int8[], bool[], text, text, int4[], int4[], int4, int4[], text[], bytea[], text[], bytea[],
+    int8[], text[], int8[], int8[], int8);
 
 CREATE OR REPLACE FUNCTION crablet_append_batch(
     p_lock_keys        int8[],
     p_lock_exclusive   bool[],
     p_probes           text,     -- JSON [{"i","a","k","tags","types"}], or NULL
+    p_requires         text,     -- JSON [{"i","n","q","op","v"}], or NULL
     p_conflict_later   int4[],   -- append index (0-based) ...
     p_conflict_earlier int4[],   -- ... rejected if this earlier one is accepted
     p_appends          int4,     -- number of appends in the batch
@@ -58,7 +70,8 @@ CREATE OR REPLACE FUNCTION crablet_append_batch(
     stored_type     text,
     stored_tags     text[],
     stored_data     bytea,
-    stored_metadata bytea
+    stored_metadata bytea,
+    failed_requirement int4
 )
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -67,6 +80,7 @@ DECLARE
     failed int4;
     n int4;
     found_event record;
+    req record;
     recorded timestamptz;
 BEGIN
     PERFORM CASE WHEN t.exclusive
@@ -90,6 +104,7 @@ BEGIN
             stored_tags := found_event.tags;
             stored_data := found_event.data;
             stored_metadata := found_event.metadata;
+            failed_requirement := NULL;
             RETURN NEXT;
         END LOOP;
         IF NOT (true = ANY (accepted)) THEN
@@ -117,6 +132,35 @@ BEGIN
             END
         LOOP
             accepted[failed + 1] := false;
+        END LOOP;
+    END IF;
+
+    -- Requirements of the appends still accepted, in batch order: the
+    -- projector's state (crablet_reduce, in this statement's snapshot, taken
+    -- with every lock held) compared with the value. A lane never batches an
+    -- append with a requirement that could see an event of an earlier append
+    -- of the batch, so the stored events are all a requirement needs.
+    IF p_requires IS NOT NULL THEN
+        FOR req IN
+            SELECT (r->>'i')::int4 AS i, (r->>'n')::int4 AS n, r->'q' AS q, r->>'op' AS op,
+                   r->'v' AS v
+            FROM jsonb_array_elements(p_requires::jsonb) WITH ORDINALITY AS t(r, ord)
+            ORDER BY t.ord
+        LOOP
+            IF accepted[req.i + 1]
+               AND NOT crablet_compare(crablet_reduce(req.q), req.op, req.v) THEN
+                accepted[req.i + 1] := false;
+                append_index := req.i;
+                first_position := NULL;
+                last_position := NULL;
+                stored_id := NULL;
+                stored_type := NULL;
+                stored_tags := NULL;
+                stored_data := NULL;
+                stored_metadata := NULL;
+                failed_requirement := req.n;
+                RETURN NEXT;
+            END IF;
         END LOOP;
     END IF;
 
@@ -162,7 +206,7 @@ BEGIN
         LEFT JOIN new_tags nt ON nt.event = ne.ord
     )
     SELECT ne.append::int4, min(ne.position), max(ne.position),
-           NULL::text, NULL::text, NULL::text[], NULL::bytea, NULL::bytea
+           NULL::text, NULL::text, NULL::text[], NULL::bytea, NULL::bytea, NULL::int4
     FROM new_events ne
     GROUP BY ne.append;
 END;

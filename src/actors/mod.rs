@@ -33,6 +33,7 @@ use actix::{Addr, Arbiter, Supervisor};
 use tokio::sync::{oneshot, watch};
 
 use crate::config::{ReaderSettings, WriterSettings};
+use crate::dcb::projection::{Projection, ProjectorSpec};
 use crate::dcb::{AppendOutcome, CheckedAppend, Page, Position, Query, SequencedEvent};
 use crate::metrics::Metrics;
 use crate::store::{Failure, Pool, StoreError};
@@ -267,6 +268,20 @@ impl EventStore {
         })?
     }
 
+    /// Computes the states of projectors and the head they were computed
+    /// at, from one snapshot.
+    pub async fn project(
+        &self,
+        specs: Arc<Vec<ProjectorSpec>>,
+    ) -> Result<Projection, EventStoreError> {
+        self.reader
+            .send(reader::Project { specs })
+            .await
+            .map_err(|_| {
+                EventStoreError::Unavailable("the reader stopped before answering; retry".into())
+            })?
+    }
+
     /// The lane of an append: by its condition's first key when it has a
     /// condition, else by its first id's key when it has ids (a retry queues
     /// behind its original, in the same lane), round robin otherwise.
@@ -318,6 +333,7 @@ mod tests {
                     metadata: None,
                 }],
                 condition: None,
+                require: Vec::new(),
             },
             &Limits::default(),
         )

@@ -1,4 +1,4 @@
-//! Reader actors: own the reader pool and run page queries.
+//! Reader actors: own the reader pool and run page queries and projections.
 //!
 //! Each request runs as its own task on the reader's thread, so one reader
 //! serves many reads at once, bounded by the pool. A read never holds a
@@ -19,6 +19,7 @@ use actix::{
 use futures_util::FutureExt;
 
 use super::EventStoreError;
+use crate::dcb::projection::{Projection, ProjectorSpec};
 use crate::dcb::{Position, Query, SequencedEvent};
 use crate::faults::{FaultPoint, Faults};
 use crate::metrics::Metrics;
@@ -49,6 +50,15 @@ pub struct ClearStore;
 
 impl Message for ClearStore {
     type Result = Result<(), EventStoreError>;
+}
+
+/// Compute the states of projectors, and the head they were computed at.
+pub struct Project {
+    pub specs: Arc<Vec<ProjectorSpec>>,
+}
+
+impl Message for Project {
+    type Result = Result<Projection, EventStoreError>;
 }
 
 /// Sent by a read task that panicked: restart the reader.
@@ -171,6 +181,41 @@ impl Handler<ClearStore> for Reader {
         Box::pin(async move {
             let conn = store::checkout(&pool).await?;
             store::clear(&conn).await.map_err(EventStoreError::Store)
+        })
+    }
+}
+
+impl Handler<Project> for Reader {
+    type Result = ResponseFuture<Result<Projection, EventStoreError>>;
+
+    /// Like a page read: one statement on a pooled connection, in a task of
+    /// its own; a panic restarts the reader and answers 503.
+    fn handle(&mut self, msg: Project, ctx: &mut Context<Self>) -> Self::Result {
+        let (pool, metrics) = (self.pool.clone(), self.metrics.clone());
+        let reader = ctx.address();
+        let work = async move {
+            let mut conn = store::checkout(&pool).await?;
+            conn.discard_on_return = true;
+            let result = store::project(&conn, &msg.specs).await;
+            conn.discard_on_return = false;
+            let projection = result.map_err(|e| match e.failure() {
+                Failure::OutcomeUnknown => {
+                    EventStoreError::Unavailable(format!("the projection failed: {e}; retry"))
+                }
+                _ => EventStoreError::Store(e),
+            })?;
+            metrics.saw_position(projection.position);
+            Ok(projection)
+        };
+        Box::pin(async move {
+            match AssertUnwindSafe(work).catch_unwind().await {
+                Ok(result) => result,
+                Err(_) => {
+                    log::error!("a projection panicked; restarting its reader");
+                    reader.do_send(Restart);
+                    Err(restarted())
+                }
+            }
         })
     }
 }

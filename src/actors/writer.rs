@@ -216,7 +216,10 @@ impl WriterLane {
     /// while the batch stays within every limit. An append that shares an id
     /// with an append already in the batch ends it: it goes in the next
     /// batch, which sees the first one committed and answers it as a
-    /// duplicate (or a conflict).
+    /// duplicate (or a conflict). So does an append with a requirement whose
+    /// query matches an event of an append already in the batch: in the next
+    /// batch the requirement sees that event stored (if it was accepted), so
+    /// inside a batch requirements need only the stored events.
     fn take_batch(&mut self) -> Vec<Pending> {
         let (mut events, mut keys) = (0, 0);
         let mut batch = Vec::new();
@@ -228,6 +231,9 @@ impl WriterLane {
             }
             let id_keys = &next.append.id_keys;
             if !batch.is_empty() && id_keys.iter().any(|k| ids.contains(k)) {
+                break;
+            }
+            if !next.append.requirements.is_empty() && sees_any(&next.append, &batch) {
                 break;
             }
             ids.extend(id_keys);
@@ -426,6 +432,22 @@ impl WriterLane {
             }
         }
     }
+}
+
+/// Whether a requirement of `append` could see an event of an append of
+/// `batch` (its query matches the event): then `append` waits for the next
+/// batch. Only appends with requirements pay for this.
+fn sees_any(append: &CheckedAppend, batch: &[Pending]) -> bool {
+    append.requirements.iter().any(|requirement| {
+        batch.iter().any(|earlier| {
+            earlier
+                .append
+                .request
+                .events
+                .iter()
+                .any(|e| requirement.q.query.matches(&e.event_type, &e.tags))
+        })
+    })
 }
 
 impl Actor for WriterLane {

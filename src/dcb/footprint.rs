@@ -9,7 +9,8 @@
 //!   [`GLOBAL_KEY`], **shared**;
 //! - a conditional append takes, for each item of its condition, the key of
 //!   one tag of the item (or of each type of a type-only item), and for the
-//!   all-query the [`GLOBAL_KEY`], **exclusive**;
+//!   all-query the [`GLOBAL_KEY`], **exclusive**; so does an append with
+//!   `require`, for the query of each requirement;
 //! - an append whose events carry ids takes the key of each id
 //!   ([`id_key`], a domain of its own) **exclusive**, so two transactions
 //!   writing the same id, in any process, run one after the other and the
@@ -163,8 +164,15 @@ impl Footprint {
         for &key in keys_per_event.iter().flatten() {
             fp.add(key, LockMode::Shared);
         }
-        if let Some(condition) = &request.condition {
-            for probe in probes(&condition.fail_if_events_match) {
+        // A requirement reads every event its query matches, as a
+        // condition does after its `after`: its probe keys are exclusive.
+        let queries = request
+            .condition
+            .iter()
+            .map(|c| &c.fail_if_events_match)
+            .chain(request.require.iter().map(|r| &r.projector.query));
+        for query in queries {
+            for probe in probes(query) {
                 let key = probe.key.unwrap_or(GLOBAL_KEY);
                 fp.add(key, LockMode::Exclusive);
                 fp.route = Some(fp.route.map_or(key, |r| r.min(key)));
@@ -250,6 +258,7 @@ mod tests {
                 },
                 after: None,
             }),
+            require: Vec::new(),
         }
     }
 
@@ -312,6 +321,7 @@ mod tests {
                 metadata: None,
             }],
             condition: None,
+            require: Vec::new(),
         });
         assert!(overlap_exclusively(&escalated, &plain));
     }
@@ -365,6 +375,23 @@ mod tests {
         let mut plain = with_ids(&["id-1"], None);
         plain.events[0].id = None;
         assert_eq!(Footprint::of_append(&plain).route(), None);
+    }
+
+    #[test]
+    fn a_requirement_locks_its_query_keys_exclusive_and_routes_by_them() {
+        let mut request = conditional("user:a", &["x"], &[]);
+        request.condition = None;
+        request.require = vec![serde_json::from_value(serde_json::json!({
+            "projector": {"query": {"items": [{"tags": ["course:42"]}]}, "reduce": "count"},
+            "op": "lt", "value": 30
+        }))
+        .unwrap()];
+        let fp = Footprint::of_append(&request);
+        assert_eq!(
+            fp.iter().find(|(k, _)| *k == tag_key("course:42")),
+            Some((tag_key("course:42"), LockMode::Exclusive))
+        );
+        assert_eq!(fp.route(), Some(tag_key("course:42")));
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //!   queued; a request that fails them is never written.
 //! - [`footprint`]: the 64-bit keys of tags, types and ids, and which keys
 //!   an append takes shared or exclusive.
+//! - [`projection`]: projectors (query + built-in reducer) and the
+//!   requirements an append can carry on their states.
 //! - [`outcome`]: what became of an append (appended, condition failed,
 //!   duplicate, id conflict) and one page of a read, shared by the store and
 //!   the HTTP layer.
@@ -19,6 +21,7 @@
 pub mod footprint;
 pub mod model;
 pub mod outcome;
+pub mod projection;
 pub mod validate;
 
 pub use footprint::{Footprint, Key, LockMode};

@@ -154,12 +154,20 @@ impl AppendCondition {
 }
 
 /// The body of `POST /append`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppendRequest {
     pub events: Vec<NewEvent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub condition: Option<AppendCondition>,
+    /// Requirements on projected state, checked with the condition under
+    /// the same locks (see [`super::projection`]); all must hold.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub require: Vec<super::projection::Requirement>,
 }
 
 /// Options of a read. `from` is inclusive (the inclusive upper bound when

@@ -26,6 +26,9 @@ pub enum AppendOutcome {
     /// Some ids of the append are stored, but not as this same append:
     /// nothing written.
     IdConflict { ids: Vec<IdClash> },
+    /// The requirement at `index` of the append's `require` did not hold
+    /// (its condition, checked first, did); nothing written.
+    RequirementFailed { index: usize },
 }
 
 /// An id of an append that is already stored by another append.
@@ -102,6 +105,7 @@ impl AppendOutcome {
             AppendOutcome::ConditionFailed => "condition_failed",
             AppendOutcome::Duplicate { .. } => "duplicate",
             AppendOutcome::IdConflict { .. } => "id_conflict",
+            AppendOutcome::RequirementFailed { .. } => "requirement_failed",
         }
     }
 }

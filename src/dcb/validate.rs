@@ -18,6 +18,20 @@ pub struct Limits {
     pub max_values_per_item: usize,
     /// Bytes in one type name or tag.
     pub max_name_bytes: usize,
+    /// Projectors in one `/project` request, and requirements on one append.
+    #[serde(default = "default_max_projectors")]
+    pub max_projectors: usize,
+    /// Largest `limit` of a `distinct` reducer.
+    #[serde(default = "default_max_distinct_values")]
+    pub max_distinct_values: u32,
+}
+
+fn default_max_projectors() -> usize {
+    32
+}
+
+fn default_max_distinct_values() -> u32 {
+    1000
 }
 
 impl Default for Limits {
@@ -28,6 +42,8 @@ impl Default for Limits {
             max_query_items: 64,
             max_values_per_item: 64,
             max_name_bytes: 1024,
+            max_projectors: default_max_projectors(),
+            max_distinct_values: default_max_distinct_values(),
         }
     }
 }
@@ -65,6 +81,9 @@ pub enum ValidationError {
         id: String,
         first: usize,
     },
+    /// A projector or requirement breaks a rule (see [`super::projection`]).
+    #[error("{field}: {reason}")]
+    Projector { field: String, reason: String },
 }
 
 /// Bytes in an event id: room for a UUID in any notation, or a short
@@ -222,7 +241,11 @@ mod tests {
     }
 
     fn append(events: Vec<NewEvent>, condition: Option<AppendCondition>) -> AppendRequest {
-        AppendRequest { events, condition }
+        AppendRequest {
+            events,
+            condition,
+            require: Vec::new(),
+        }
     }
 
     #[test]
@@ -349,11 +372,15 @@ pub struct CheckedAppend {
     /// a common id never share a batch.
     pub id_keys: Vec<super::Key>,
     pub footprint: super::Footprint,
+    /// The validated `require` entries, in request order (empty: none, and
+    /// the batch sends no requirement at all).
+    pub requirements: Vec<super::projection::CheckedRequirement>,
 }
 
 impl CheckedAppend {
     pub fn new(mut request: AppendRequest, limits: &Limits) -> Result<Self, ValidationError> {
         validate_append(&mut request, limits)?;
+        let requirements = super::projection::check_requirements(&request.require, limits)?;
         let event_keys: Vec<Vec<super::Key>> = request
             .events
             .iter()
@@ -370,6 +397,7 @@ impl CheckedAppend {
             event_keys,
             id_keys,
             footprint,
+            requirements,
         })
     }
 

@@ -20,6 +20,11 @@ pub struct AppendResponse {
     /// already stored with the same ids: `lastPosition` is the original's.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub duplicate: bool,
+    /// Present only when a requirement (`require`) did not hold: its index.
+    /// `appendConditionFailed` is then true too (nothing was written); the
+    /// condition, checked first, held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_requirement: Option<usize>,
 }
 
 pub async fn append(
@@ -33,9 +38,14 @@ pub async fn append(
     let append = CheckedAppend::new(request, &state.limits)?;
     let outcome = state.store.append(append).await?;
     let audit = super::auth::audit_enabled().then(|| super::auth::AppendAudit::of(&outcome));
+    let mut failed_requirement = None;
     let (failed, last_position, duplicate) = match outcome {
         AppendOutcome::Appended { last, .. } => (false, Some(last), false),
         AppendOutcome::ConditionFailed => (true, None, false),
+        AppendOutcome::RequirementFailed { index } => {
+            failed_requirement = Some(index);
+            (true, None, false)
+        }
         AppendOutcome::Duplicate { last, .. } => (false, Some(last), true),
         AppendOutcome::IdConflict { ids } => return Err(ApiError::IdConflict(ids)),
     };
@@ -44,6 +54,7 @@ pub async fn append(
         append_condition_failed: failed,
         last_position,
         duplicate,
+        failed_requirement,
     });
     if let Some(audit) = audit {
         response.extensions_mut().insert(audit);

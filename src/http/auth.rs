@@ -44,6 +44,7 @@ pub const ROUTE_ACCESS: &[(&str, Access)] = &[
     ("/openapi.json", Access::Open),
     ("/subscribe", Access::Needs(Scope::Read)),
     ("/head", Access::Needs(Scope::Read)),
+    ("/project", Access::Needs(Scope::Read)),
     ("/", Access::Open),
     ("/static/app.js", Access::Open),
     ("/static/style.css", Access::Open),
@@ -89,6 +90,7 @@ impl AppendAudit {
             AppendOutcome::Appended { first, last } => ("appended", Some(*first), Some(*last)),
             AppendOutcome::Duplicate { first, last } => ("duplicate", Some(*first), Some(*last)),
             AppendOutcome::ConditionFailed => ("condition failed", None, None),
+            AppendOutcome::RequirementFailed { .. } => ("requirement failed", None, None),
             AppendOutcome::IdConflict { .. } => ("id conflict", None, None),
         };
         AppendAudit {

@@ -1,7 +1,7 @@
 //! The HTTP front end (actix-web): routes, request parsing and responses.
 //!
 //! Routes speak the community DCB HTTP contract (`GET /read`, `POST /append`)
-//! plus `POST /read`, `GET|POST /subscribe`, `GET /head`, the event browser at
+//! plus `POST /read`, `POST /project`, `GET|POST /subscribe`, `GET /head`, the event browser at
 //! `/`, `GET /health`, `GET /health/live`, `GET /metrics` and `GET /openapi.json`
 //! (the API described in `openapi/crablet.json`), and go-crablet's web-app
 //! contract under `/go-crablet` ([`gocrablet`]).
@@ -17,6 +17,7 @@ pub mod context;
 pub mod error;
 pub mod gocrablet;
 pub mod parse;
+pub mod project;
 pub mod read;
 pub mod subscribe;
 
@@ -54,6 +55,7 @@ pub struct AppState {
 /// must describe exactly these (the tests compare both, and the server).
 pub const ROUTES: &[(&str, &[&str])] = &[
     ("/append", &["POST"]),
+    ("/project", &["POST"]),
     ("/read", &["GET", "POST"]),
     ("/health", &["GET"]),
     ("/health/live", &["GET"]),
@@ -80,6 +82,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/append")
             .route(web::post().to(append::append))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/project")
+            .route(web::post().to(project::project))
             .default_service(web::to(method_not_allowed)),
     )
     .service(

@@ -178,7 +178,7 @@ mod tests {
         );
         assert!(msg.starts_with("body: unknown field \"conditon\""), "{msg}");
         assert!(
-            msg.contains("expected \"events\" or \"condition\""),
+            msg.contains("expected one of \"events\", \"condition\", \"require\""),
             "{msg}"
         );
         let msg = error_of::<ReadOptions>("options", r#"{"form":5}"#);

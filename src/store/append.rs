@@ -16,6 +16,12 @@
 //! tells a retry of the same append from a reuse of ids. Appends without
 //! ids send no ids and pay for no lookup.
 //!
+//! Requirements (`require`) are sent as JSON only when an append of the
+//! batch has one (SQL NULL otherwise, so appends without them pay nothing)
+//! and evaluated after the id lookup and the condition probes, against the
+//! stored events: a lane never batches an append whose requirement could
+//! see an event of an earlier append of the batch.
+//!
 //! An append is rejected if its condition matches a stored event after its
 //! `after`, or an event of an earlier accepted append of the same batch. The
 //! latter's position is not known when the pairs are computed; it lies above
@@ -30,6 +36,7 @@ use tokio_postgres::types::ToSql;
 
 use super::{Connection, StoreError};
 use crate::dcb::footprint::{self, Key, LockMode, SEQUENCE_KEY};
+use crate::dcb::projection::CheckedRequirement;
 use crate::dcb::{AppendOutcome, CheckedAppend, Footprint, Position, StoredEvent};
 
 /// One probe of one append's condition, as `crablet_append_batch` reads it.
@@ -63,14 +70,16 @@ pub async fn append_batch(
     let probes = condition_probes(batch);
     let probes_json =
         (!probes.is_empty()).then(|| serde_json::to_string(&probes).expect("probes serialize"));
+    let requires_json = requirements_json(batch);
     let (conflict_later, conflict_earlier): (Vec<i32>, Vec<i32>) =
         conflict_pairs(batch).into_iter().unzip();
     let appends = batch.len() as i32;
     let columns = EventColumns::of(batch);
-    let params: [&(dyn ToSql + Sync); 16] = [
+    let params: [&(dyn ToSql + Sync); 17] = [
         &lock_keys,
         &lock_exclusive,
         &probes_json,
+        &requires_json,
         &conflict_later,
         &conflict_earlier,
         &appends,
@@ -99,6 +108,14 @@ pub async fn append_batch(
     let mut stored: Vec<Vec<StoredEvent>> = Vec::new();
     for row in rows {
         let index = row.try_get::<_, i32>(0)? as usize;
+        if let Some(failed) = row.try_get::<_, Option<i32>>(8)? {
+            if let Some(outcome) = outcomes.get_mut(index) {
+                *outcome = AppendOutcome::RequirementFailed {
+                    index: failed as usize,
+                };
+            }
+            continue;
+        }
         let (first, last): (Position, Position) = (row.try_get(1)?, row.try_get(2)?);
         let Some(id) = row.try_get::<_, Option<String>>(3)? else {
             if let Some(outcome) = outcomes.get_mut(index) {
@@ -127,6 +144,34 @@ pub async fn append_batch(
         }
     }
     Ok(outcomes)
+}
+
+/// One requirement of one append, as `crablet_append_batch` reads it.
+#[derive(Serialize)]
+struct RequirementArg<'a> {
+    /// Index of the append in the batch.
+    i: usize,
+    /// Index of the requirement in the append's `require`.
+    n: usize,
+    #[serde(flatten)]
+    requirement: &'a CheckedRequirement,
+}
+
+/// The batch's requirements as JSON, or `None` (SQL NULL: no work at all)
+/// when no append of the batch has one.
+fn requirements_json(batch: &[&CheckedAppend]) -> Option<String> {
+    let args: Vec<RequirementArg> = batch
+        .iter()
+        .enumerate()
+        .flat_map(|(i, append)| {
+            append
+                .requirements
+                .iter()
+                .enumerate()
+                .map(move |(n, requirement)| RequirementArg { i, n, requirement })
+        })
+        .collect();
+    (!args.is_empty()).then(|| serde_json::to_string(&args).expect("requirements serialize"))
 }
 
 fn condition_probes<'a>(batch: &[&'a CheckedAppend]) -> Vec<ConditionProbe<'a>> {
@@ -277,6 +322,7 @@ mod tests {
                 fail_if_events_match: q,
                 after: None,
             }),
+            require: Vec::new(),
         };
         CheckedAppend::new(request, &Limits::default()).unwrap()
     }

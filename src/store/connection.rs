@@ -23,6 +23,7 @@ mod sql {
     pub const READ_PROBES_FORWARD: &str = include_str!("../../sql/queries/read_probes_forward.sql");
     pub const READ_PROBES_BACKWARD: &str =
         include_str!("../../sql/queries/read_probes_backward.sql");
+    pub const PROJECT: &str = include_str!("../../sql/queries/project.sql");
 }
 
 /// A read statement in both directions, each also in the form that returns
@@ -78,22 +79,26 @@ pub struct Statements {
     pub read_key: Directed,
     /// The events matching a JSON list of probes.
     pub read_probes: Directed,
+    /// Every projector's state and the head, from one snapshot.
+    pub project: Statement,
 }
 
 impl Statements {
     async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
         // Prepared concurrently: tokio-postgres pipelines them in one round trip.
-        let (append_batch, read_all, read_key, read_probes) = tokio::try_join!(
+        let (append_batch, read_all, read_key, read_probes, project) = tokio::try_join!(
             client.prepare(sql::APPEND_BATCH),
             Directed::prepare(client, sql::READ_ALL_FORWARD, sql::READ_ALL_BACKWARD),
             Directed::prepare(client, sql::READ_KEY_FORWARD, sql::READ_KEY_BACKWARD),
             Directed::prepare(client, sql::READ_PROBES_FORWARD, sql::READ_PROBES_BACKWARD),
+            client.prepare(sql::PROJECT),
         )?;
         Ok(Statements {
             append_batch,
             read_all,
             read_key,
             read_probes,
+            project,
         })
     }
 }

@@ -67,6 +67,30 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../sql/migrations/005_event_ids.sql"),
         repeatable: false,
     },
+    Migration {
+        version: 6,
+        name: "data_object",
+        sql: include_str!("../../sql/migrations/006_data_object.sql"),
+        repeatable: true,
+    },
+    Migration {
+        version: 7,
+        name: "reduce",
+        sql: include_str!("../../sql/migrations/007_reduce.sql"),
+        repeatable: true,
+    },
+    Migration {
+        version: 8,
+        name: "project",
+        sql: include_str!("../../sql/migrations/008_project.sql"),
+        repeatable: true,
+    },
+    Migration {
+        version: 9,
+        name: "compare",
+        sql: include_str!("../../sql/migrations/009_compare.sql"),
+        repeatable: true,
+    },
 ];
 
 /// Advisory lock key held while migrating ("CRABLETM").

@@ -100,7 +100,9 @@ pub(super) async fn read_rows(
     Ok((events, head))
 }
 
-fn decode(row: &tokio_postgres::Row) -> Result<SequencedEvent, StoreError> {
+/// Decodes an event from columns 0 to 6 (position, type, tags, data, id,
+/// metadata, recorded_at); also used by [`super::project`].
+pub(super) fn decode(row: &tokio_postgres::Row) -> Result<SequencedEvent, StoreError> {
     let position: Position = row.try_get(0)?;
     let text = |bytes: Vec<u8>| {
         String::from_utf8(bytes).map_err(|e| StoreError::Corrupt {

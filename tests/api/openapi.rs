@@ -14,9 +14,13 @@ use crate::helpers::{event, spawn_app, unless_tagged};
 const EXPECTED_FROM_SUBSCRIPTIONS: &[(&str, &str)] = &[];
 
 /// Optional response fields a plain sample does not show: `duplicate` only
-/// on a retried append, `metadata` only on events written with some.
-const ABSENT_WHEN_UNSET: &[(&str, &str)] =
-    &[("AppendResponse", "duplicate"), ("Event", "metadata")];
+/// on a retried append, `failedRequirement` only on an append refused by a
+/// requirement, `metadata` only on events written with some.
+const ABSENT_WHEN_UNSET: &[(&str, &str)] = &[
+    ("AppendResponse", "duplicate"),
+    ("AppendResponse", "failedRequirement"),
+    ("Event", "metadata"),
+];
 
 fn document() -> Value {
     serde_json::from_str(crablet::http::OPENAPI).expect("openapi/crablet.json is JSON")
@@ -164,6 +168,10 @@ fn request_schemas_list_exactly_the_fields_the_server_accepts() {
     check_request::<AppendRequest>(&doc, "AppendRequest");
     check_request::<ReadOptions>(&doc, "ReadOptions");
     check_request::<crablet::http::read::ReadBody>(&doc, "ReadRequest");
+    use crablet::dcb::projection::{ProjectRequest, Projector, Requirement};
+    check_request::<Projector>(&doc, "Projector");
+    check_request::<ProjectRequest>(&doc, "ProjectRequest");
+    check_request::<Requirement>(&doc, "Requirement");
 }
 
 /// Checks a response body against its schema: every field written is
@@ -214,6 +222,23 @@ async fn response_schemas_list_exactly_the_fields_the_server_writes() {
         )
         .await;
     check_response(&doc, "AppendResponse", &rejected.body);
+    let refused = app
+        .append(json!({"events": [event("E", &["t"], "x")], "require": [
+            {"projector": {"query": {"items": [{"tags": ["t"]}]}, "reduce": "exists"},
+             "op": "eq", "value": false}]}))
+        .await;
+    assert_eq!(refused.body["failedRequirement"], json!(0));
+    check_response(&doc, "AppendResponse", &refused.body);
+    let projected = app
+        .http
+        .post(format!("{}/project", app.address))
+        .json(&schema(&doc, "ProjectRequest")["example"])
+        .send()
+        .await
+        .expect("project");
+    assert_eq!(projected.status(), 200);
+    let projected: Value = projected.json().await.expect("project JSON");
+    check_response(&doc, "ProjectResponse", &projected);
 
     let (_, read) = app.raw(Method::GET, "/read", None).await;
     let events: Value = serde_json::from_str(&read).expect("read JSON");

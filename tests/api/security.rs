@@ -105,6 +105,9 @@ fn request(
     if method == Method::POST {
         let body = match route {
             "/append" => json!({"events": [event("Secured", &["t:1"], "x")]}),
+            "/project" => json!({"projectors": [
+                {"id": "n", "query": {"items": [{"tags": ["t:1"]}]}, "reduce": "count"}
+            ]}),
             _ => json!({"query": {"items": []}}),
         };
         builder = builder.json(&body);

@@ -33,7 +33,7 @@ use crate::http::Target;
 use crate::preload::{self, PreloadConfig, PreloadResult, EVENTS_PER_TAG};
 use crate::procfs;
 use crate::report::{ms, LabelReport, Report};
-use crate::scenario::{payload, ScenarioConfig, ScenarioKind};
+use crate::scenario::{payload, Decision, ScenarioConfig, ScenarioKind};
 use postgres::{ConnInfo, PgbenchResult, PgbenchRun, Tools};
 use server::{CrabletServer, PrivatePostgres, RssSample, RssSampler};
 use table::{thousands, Row};
@@ -220,6 +220,7 @@ impl Plan {
             tag: "p1",
             clients: self.write_clients,
             duration: secs(self.throughput_s),
+            decision: Decision::ReadAppend,
         }
     }
 
@@ -244,6 +245,16 @@ impl Plan {
         }
     }
 
+    /// P3's decisions as one request each: `require` instead of a read.
+    fn p3_require(&self) -> Phase {
+        Phase {
+            name: "p3-hot-keys-require-64",
+            tag: "p3r",
+            decision: Decision::Require,
+            ..self.p3()
+        }
+    }
+
     /// P4: reads of one stored tag each, at volume.
     fn p4(&self) -> Phase {
         Phase {
@@ -253,6 +264,7 @@ impl Plan {
             tag: "p4",
             clients: self.read_clients,
             duration: secs(self.read_s),
+            decision: Decision::ReadAppend,
         }
     }
 
@@ -299,6 +311,8 @@ struct Phase {
     clients: usize,
     /// Length of the load.
     duration: Duration,
+    /// How a hot-keys decision is sent.
+    decision: Decision,
 }
 
 /// RSS over a soak.
@@ -498,11 +512,18 @@ impl Bench {
             self.row_or_failure(r, "P2", "append-if p50 latency, 1 client", "<= 2x");
         }
         if self.wants(Goal::P3) {
-            let r = self.goal_p3().await;
+            let r = self.goal_p3(self.plan.p3(), "P3").await;
             self.row_or_failure(
                 r,
                 "P3",
-                "hot keys (100, Zipf), 64 clients",
+                "hot keys (100, Zipf), 64 clients, read-append",
+                ">= 1x, 0 violations",
+            );
+            let r = self.goal_p3(self.plan.p3_require(), "P3 one-request").await;
+            self.row_or_failure(
+                r,
+                "P3 one-request",
+                "hot keys (100, Zipf), 64 clients, require",
                 ">= 1x, 0 violations",
             );
         }
@@ -663,6 +684,7 @@ impl Bench {
             tag_prefix: "t".into(),
             hot_keys: HOT_KEYS,
             zipf_exponent: HOT_KEYS_ZIPF,
+            decision: Decision::ReadAppend,
             data_bytes: DATA_BYTES,
             seed_reads: false,
         }
@@ -733,12 +755,13 @@ impl Bench {
         );
         let server_pid = self.server_pid().map(|p| p.to_string());
         let server_cpu_before = server_pid.as_deref().and_then(procfs::process_cpu_s);
-        let cfg = RunConfig {
+        let mut cfg = RunConfig {
             progress: phase.duration >= Duration::from_secs(60),
             setup: true,
             verify: true,
             ..self.run_config(target, phase.kind, phase.tag, phase.clients, phase.duration)
         };
+        cfg.scenario.decision = phase.decision;
         let report = driver::run(&cfg, live).await?;
         eprint!("{}", report.summary());
         let server_cpu = server_pid
@@ -995,12 +1018,14 @@ impl Bench {
         }))
     }
 
-    async fn goal_p3(&mut self) -> anyhow::Result<Option<Row>> {
+    /// P3 with `phase` (read-then-append, or one request with `require`),
+    /// reported as row `id`.
+    async fn goal_p3(&mut self, phase: Phase, id: &str) -> anyhow::Result<Option<Row>> {
         let base = self.p1_baseline().await?;
         if self.cfg.baselines_only {
             return Ok(None);
         }
-        let (_, run) = self.run_phase(&self.plan.p3()).await?;
+        let (_, run) = self.run_phase(&phase).await?;
         let p = primary(&run)?;
         let v = run
             .verification
@@ -1009,7 +1034,7 @@ impl Bench {
         let rate = p.decisions_per_s;
         let ratio = rate / base;
         self.report.notes.push(format!(
-            "P3: {:.0} accepted + {:.0} rejected decisions/s, p50 {:.2} ms, p99 {:.2} ms; verification: {} events on {} keys, {} violations, {} unparsable, {} of {} acknowledged missing",
+            "{id}: {:.0} accepted + {:.0} rejected decisions/s, p50 {:.2} ms, p99 {:.2} ms; verification: {} events on {} keys, {} violations, {} unparsable, {} of {} acknowledged missing",
             p.ok_per_s,
             p.decisions_per_s - p.ok_per_s,
             ms(p.latency_us.p50_us),
@@ -1022,11 +1047,14 @@ impl Bench {
             v.acknowledged_checked
         ));
         for d in &v.details {
-            self.report.notes.push(format!("P3 violation: {d}"));
+            self.report.notes.push(format!("{id} violation: {d}"));
         }
         Ok(Some(Row {
-            id: "P3".into(),
-            workload: "hot keys (100, Zipf 1.0), 64 clients".into(),
+            id: id.into(),
+            workload: format!(
+                "hot keys (100, Zipf 1.0), 64 clients, {}",
+                phase.decision.name()
+            ),
             crablet: format!(
                 "{} decisions/s, {} violations",
                 thousands(rate),

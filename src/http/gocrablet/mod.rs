@@ -127,6 +127,8 @@ async fn append_native(state: &AppState, request: AppendRequest) -> Result<bool,
     match state.store.append(checked).await? {
         AppendOutcome::Appended { .. } | AppendOutcome::Duplicate { .. } => Ok(false),
         AppendOutcome::ConditionFailed => Ok(true),
+        // Unreachable: this contract never sends requirements.
+        AppendOutcome::RequirementFailed { .. } => Ok(true),
         // Unreachable without ids, which this contract never sends.
         AppendOutcome::IdConflict { ids } => Err(ApiError::IdConflict(ids)),
     }
@@ -244,6 +246,7 @@ async fn load_test_data(
         let request = AppendRequest {
             events,
             condition: None,
+            require: Vec::new(),
         };
         append_native(&state, request).await?;
         events = rest;

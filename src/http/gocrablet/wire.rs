@@ -156,7 +156,11 @@ impl GoAppendBody {
             }),
             _ => None,
         };
-        Ok(AppendRequest { events, condition })
+        Ok(AppendRequest {
+            events,
+            condition,
+            require: Vec::new(),
+        })
     }
 }
 

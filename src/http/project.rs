@@ -1,0 +1,42 @@
+//! `POST /project`: the states of several projectors, from one snapshot,
+//! with the head position they were computed at and the append condition
+//! that makes a decision taken on them safe.
+//!
+//! Parses and validates only; the states are computed by the database,
+//! through a reader ([`crate::actors::EventStore::project`]).
+
+use std::sync::Arc;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Map, Value};
+
+use super::{parse, read_json_body, ApiError, AppState};
+use crate::dcb::projection::{check_project, union_query, ProjectRequest, State};
+
+pub async fn project(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_json_body(&req, payload, &state).await?;
+    let request: ProjectRequest = parse::json("body", &body)?;
+    let specs = check_project(&request, &state.limits)?;
+    let condition = union_query(&specs);
+    let projection = state.store.project(Arc::new(specs)).await?;
+    let mut states = Map::new();
+    for (projector, projected) in request.projectors.iter().zip(projection.states) {
+        let value = match projected {
+            State::Json(value) => value,
+            State::Last(None) => Value::Null,
+            State::Last(Some(event)) => {
+                serde_json::to_value(event).map_err(|e| ApiError::Internal(e.to_string()))?
+            }
+        };
+        states.insert(projector.id.clone().unwrap_or_default(), value);
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "states": states,
+        "position": projection.position,
+        "condition": {"failIfEventsMatch": condition, "after": projection.position},
+    })))
+}
