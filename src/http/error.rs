@@ -56,9 +56,6 @@ pub enum ApiError {
     /// The route exists but the configuration does not allow it.
     #[error("{0}")]
     Disabled(String),
-    /// The route exists but what it asks for is not built yet.
-    #[error("{0}")]
-    NotImplemented(String),
     /// The body is not JSON (by its `Content-Type`).
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -122,7 +119,6 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Disabled(_) => "disabled",
-            ApiError::NotImplemented(_) => "not_implemented",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::RequestTimeout { .. } => "request_timeout",
             ApiError::Overloaded(_) => "overloaded",
@@ -144,7 +140,6 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Disabled(_) => StatusCode::FORBIDDEN,
-            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,

@@ -425,13 +425,111 @@ async fn cleanup_is_forbidden_unless_the_configuration_allows_it() {
 }
 
 #[actix_rt::test]
-async fn project_answers_501_until_crablet_has_a_native_projection() {
+async fn project_counts_matching_events_in_go_crablets_shape_for_every_kind_the_benchmark_sends() {
     let app = spawn_app().await;
-    let body = json!({"projectors": [{"id": "c", "query": {"items": [{"types": ["E"]}]},
-                      "initialState": 0, "transitionFunction": "function(s,e){return s+1}"}]});
-    let (status, _, answer) = go_post(&app, "/project", &body).await;
-    assert_eq!(status, 501, "{answer}");
-    assert_eq!(answer["error"]["code"], "not_implemented");
+    // 3 UserCreated and 1 AccountOpened for user:u1 (tenant:t1 on the
+    // first two), 2 TransactionInitiated for account:a1, positions 1-6.
+    let events = json!([
+        event("UserCreated", &["user:u1", "tenant:t1"], "{}"),
+        event("UserCreated", &["user:u1", "tenant:t1"], "{}"),
+        event("UserCreated", &["user:u1"], "{}"),
+        event("AccountOpened", &["user:u1"], "{}"),
+        event("TransactionInitiated", &["account:a1"], "{}"),
+        event("TransactionInitiated", &["account:a1"], "{}"),
+    ]);
+    assert!(app.append(json!({ "events": events })).await.appended());
+    let counter = "function(state, event) { return state + 1; }";
+    let projector = |id: &str, types: &[&str], tags: &[&str], initial: Value| {
+        json!({"id": id, "query": {"items": [{"types": types, "tags": tags}]},
+               "initialState": initial, "transitionFunction": counter})
+    };
+    let cases = [
+        // Single projector (counter): both tags must match.
+        (
+            json!({"projectors": [projector("single", &["UserCreated", "AccountOpened"], &["user:u1", "tenant:t1"], json!(0))]}),
+            json!({"single": 2}),
+        ),
+        // Multiple projectors (counter + sum), one of them matching nothing.
+        (
+            json!({"projectors": [
+                projector("users", &["UserCreated"], &["user:u1"], json!(0)),
+                projector("sum", &["TransactionInitiated"], &["account:zz"], json!(0)),
+            ]}),
+            json!({"users": 3, "sum": 0}),
+        ),
+        // Complex projector: two items, an object as initial state; go-crablet
+        // answered the total count once anything matched.
+        (
+            json!({"projectors": [{"id": "complex", "query": {"items": [
+                    {"types": ["UserCreated", "AccountOpened"], "tags": ["user:u1"]},
+                    {"types": ["TransactionInitiated", "BalanceChecked"], "tags": ["account:a1"]}]},
+                "initialState": {"users": 0, "accounts": 0},
+                "transitionFunction": "function(state, event) { state.users++; return state; }"}]}),
+            json!({"complex": 6}),
+        ),
+        // Nothing matches: the initial state comes back as sent.
+        (
+            json!({"projectors": [projector("none", &["UserUpdated"], &["user:u1"], json!({"created": 0, "updated": 0}))]}),
+            json!({"none": {"created": 0, "updated": 0}}),
+        ),
+        // With a cursor (a numeric string): only events after it count.
+        (
+            json!({"projectors": [projector("cursor", &["UserCreated"], &["user:u1"], json!(0))], "after": "2"}),
+            json!({"cursor": 1}),
+        ),
+        (
+            json!({"projectors": [projector("past", &["UserCreated"], &["user:u1"], json!(7))], "after": "1000"}),
+            json!({"past": 7}),
+        ),
+    ];
+    for (body, expected) in cases {
+        let (status, _, answer) = go_post(&app, "/project", &body).await;
+        assert_eq!(status, 200, "{body}: {answer}");
+        assert_eq!(
+            keys(&answer),
+            set(&["durationInMicroseconds", "states", "appendCondition"]),
+            "{answer}"
+        );
+        assert_eq!(answer["states"], expected, "{body}");
+        let condition = &answer["appendCondition"];
+        assert!(
+            condition["failIfEventsMatch"]["items"].is_array(),
+            "{answer}"
+        );
+        assert_eq!(condition["after"], json!("6"), "{answer}");
+    }
+
+    // The appendCondition works: appending with it fails once a matching
+    // event came after, and succeeds otherwise.
+    let body =
+        json!({"projectors": [projector("users", &["UserCreated"], &["user:u1"], json!(0))]});
+    let (_, _, answer) = go_post(&app, "/project", &body).await;
+    let condition = answer["appendCondition"].clone();
+    let (status, _, appended) = go_post(
+        &app,
+        "/append",
+        &json!({"events": {"type": "UserCreated", "tags": ["user:u1"], "data": "{}"}, "condition": condition}),
+    )
+    .await;
+    assert_append_answer(status, &appended, false);
+    let (status, _, refused) = go_post(
+        &app,
+        "/append",
+        &json!({"events": {"type": "UserCreated", "tags": ["user:u1"], "data": "{}"}, "condition": condition}),
+    )
+    .await;
+    assert_append_answer(status, &refused, true);
+
+    // go-crablet's refusals: an empty id, a query without items, a cursor
+    // that is not a number.
+    for bad in [
+        json!({"projectors": [projector("", &["E"], &[], json!(0))]}),
+        json!({"projectors": [{"id": "q", "query": {"items": []}, "initialState": 0}]}),
+        json!({"projectors": [projector("c", &["E"], &[], json!(0))], "after": "soon"}),
+    ] {
+        let (status, _, answer) = go_post(&app, "/project", &bad).await;
+        assert_eq!(status, 400, "{bad}: {answer}");
+    }
 }
 
 #[actix_rt::test]

@@ -16,7 +16,10 @@
 //!   data set ([`dataset`]);
 //! - `POST /go-crablet/cleanup`: deletes every event, only when
 //!   `compat.allow_cleanup` is set (403 otherwise);
-//! - `POST /go-crablet/project`: 501 until crablet has a native projection.
+//! - `POST /go-crablet/project`: every projector's count of matching events
+//!   after `after` (its `initialState` when none matched), as go-crablet's
+//!   web app computed it, in `200 {"durationInMicroseconds", "states",
+//!   "appendCondition"}`.
 //!
 //! Requests are translated into crablet's native model ([`wire`]) and go
 //! through the same facade, validation, writer lanes and readers as the
@@ -36,11 +39,15 @@ use std::time::Instant;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
+use serde_json::{json, Map, Value};
 
 use super::read::{Cursor, HEAD_HEADER};
 use super::{parse, read_json_body, ApiError, AppState};
+use crate::dcb::projection::{
+    check_project, union_query, ProjectRequest, Projector, Reducer, State,
+};
 use crate::dcb::validate::{validate_query, validate_read_options};
-use crate::dcb::{AppendOutcome, AppendRequest, CheckedAppend, Position};
+use crate::dcb::{AppendOutcome, AppendRequest, CheckedAppend, Position, Query, ReadOptions};
 
 /// The prefix every route here lives under.
 pub const PREFIX: &str = "/go-crablet";
@@ -280,13 +287,101 @@ async fn cleanup(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
     })))
 }
 
-async fn project(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// go-crablet's `/project`: its web app never ran `transitionFunction`;
+/// every projector counted the events matching its query after `after`, and
+/// answered `initialState` when there were none. crablet computes the same:
+/// without `after`, every count in one statement (the native `count`
+/// reducer, one snapshot); with it, by counting the matching events read
+/// after that position, as `/go-crablet/read` does. `appendCondition` is the
+/// union of the queries after the position the counts saw (go-crablet sent
+/// a placeholder with no items), so a decision on these states can use it.
+async fn project(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
     enabled(&req, &state)?;
-    Err(ApiError::NotImplemented(
-        "POST /go-crablet/project is not implemented yet: it will map go-crablet's \
-         projectors onto crablet's native projection when that exists"
-            .into(),
-    ))
+    let body = read_json_body(&req, payload, &state).await?;
+    let (projectors, after) = parse::json::<wire::GoProjectBody>("body", &body)?.native()?;
+    let native: Vec<Projector> = projectors
+        .iter()
+        .map(|(p, query)| Projector {
+            id: Some(p.id.clone()),
+            query: query.clone(),
+            reduce: Reducer::Count,
+            path: None,
+            limit: None,
+            map: None,
+        })
+        .collect();
+    let specs = check_project(&ProjectRequest { projectors: native }, &state.limits)?;
+    let condition = union_query(&specs);
+    let (counts, position) = if after == 0 {
+        let projection = state.store.project(Arc::new(specs)).await?;
+        let counts = projection
+            .states
+            .iter()
+            .map(|s| match s {
+                State::Json(Value::Number(n)) => n.as_u64().unwrap_or(0),
+                _ => 0,
+            })
+            .collect();
+        (counts, projection.position)
+    } else {
+        count_after(&state, &projectors, after).await?
+    };
+    let mut states = Map::new();
+    for ((projector, _), count) in projectors.into_iter().zip(counts) {
+        let value = if count == 0 {
+            projector.initial_state
+        } else {
+            Value::from(count)
+        };
+        states.insert(projector.id, value);
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "durationInMicroseconds": micros(started),
+        "states": states,
+        "appendCondition": {
+            "failIfEventsMatch": condition,
+            "after": position.to_string(),
+        },
+    })))
+}
+
+/// Each projector's count of matching events after `after`, and a head no
+/// later than any of the reads (the lowest of their heads).
+async fn count_after(
+    state: &AppState,
+    projectors: &[(wire::GoProjector, Query)],
+    after: Position,
+) -> Result<(Vec<u64>, Position), ApiError> {
+    let options = ReadOptions {
+        from: None,
+        after: Some(after),
+        limit: None,
+        backwards: false,
+    };
+    let (mut counts, mut head) = (Vec::with_capacity(projectors.len()), Position::MAX);
+    for (_, query) in projectors {
+        let mut cursor = Cursor::new(
+            Arc::new(query.clone()),
+            &options,
+            state.page_size,
+            state.page_max_bytes,
+        );
+        let mut count = 0u64;
+        while let Some(page) = cursor.next_page(&state.store).await? {
+            count += page.len() as u64;
+            if cursor.is_done() {
+                break;
+            }
+        }
+        head = head.min(cursor.head().unwrap_or(0));
+        counts.push(count);
+    }
+    Ok((counts, head))
 }
 
 #[cfg(test)]

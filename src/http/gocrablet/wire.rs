@@ -207,6 +207,64 @@ impl GoReadBody {
     }
 }
 
+/// One projector as go-crablet's `/project` took it. `transitionFunction`
+/// was never run by go-crablet's web app (every projector counted its
+/// matching events); it is accepted and ignored here too.
+#[derive(Debug, Deserialize)]
+pub struct GoProjector {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    query: GoQuery,
+    /// The state when nothing matched, returned as sent.
+    #[serde(rename = "initialState", default)]
+    pub initial_state: serde_json::Value,
+}
+
+/// The body of `POST /go-crablet/project`.
+#[derive(Debug, Deserialize)]
+pub struct GoProjectBody {
+    #[serde(default, deserialize_with = "null_as_default")]
+    projectors: Vec<GoProjector>,
+    #[serde(default)]
+    after: Option<GoPosition>,
+}
+
+impl GoProjectBody {
+    /// Each projector with its native query, and the position to count
+    /// after (0: from the start). go-crablet refused an empty id or a query
+    /// without items with a 400; so does this.
+    pub fn native(self) -> Result<(Vec<(GoProjector, Query)>, Position), ApiError> {
+        let after = self
+            .after
+            .as_ref()
+            .map(|p| p.position("body.after"))
+            .transpose()?
+            .unwrap_or(0);
+        if self.projectors.is_empty() {
+            return Err(ApiError::InvalidJson(
+                "body.projectors: at least one projector".into(),
+            ));
+        }
+        let mut projectors = Vec::with_capacity(self.projectors.len());
+        for (i, mut projector) in self.projectors.into_iter().enumerate() {
+            if projector.id.is_empty() {
+                return Err(ApiError::InvalidJson(format!(
+                    "body.projectors[{i}].id: must not be empty"
+                )));
+            }
+            if projector.query.items.is_empty() {
+                return Err(ApiError::InvalidJson(format!(
+                    "body.projectors[{i}].query.items: at least one item"
+                )));
+            }
+            let query = std::mem::take(&mut projector.query).native();
+            projectors.push((projector, query));
+        }
+        Ok((projectors, after))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
