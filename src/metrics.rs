@@ -439,10 +439,20 @@ impl Metrics {
         }
     }
 
-    /// Records that `position` exists: the head gauge never goes down.
-    /// One relaxed atomic operation; call it once per batch or page.
+    /// Records that `position` exists (committed: a batch returned it, or a
+    /// read saw it): the head gauge never goes down. One atomic operation;
+    /// call it once per batch or page.
     pub fn saw_position(&self, position: i64) {
-        self.head.fetch_max(position, Ordering::Relaxed);
+        self.head.fetch_max(position, Ordering::Release);
+    }
+
+    /// The highest position this process has seen committed. Read before a
+    /// statement is sent, it is no later than that statement's snapshot:
+    /// every position up to it had committed (commits happen in position
+    /// order) before the statement started. Other processes' commits are
+    /// not in it, so it may be lower than the store's head; never higher.
+    pub fn known_head(&self) -> i64 {
+        self.head.load(Ordering::Acquire)
     }
 
     /// Samples `pool` (named by the `pool` label) on every render.

@@ -231,8 +231,8 @@ impl EventStore {
     }
 
     /// Reads one page, with a head position no later than the page's
-    /// snapshot (see [`crate::store::head`]): a client whose read matched
-    /// nothing may append with `condition.after` set to it.
+    /// snapshot (see [`crate::metrics::Metrics::known_head`]): a client whose
+    /// read matched nothing may append with `condition.after` set to it.
     pub async fn read_page_with_head(
         &self,
         query: Arc<Query>,

@@ -30,8 +30,8 @@ pub struct ReadPage {
     /// Shared between the pages of one streamed read.
     pub query: Arc<Query>,
     pub page: Page,
-    /// Also fetch the head position of the page's snapshot (the first page
-    /// of a read does, for the `X-Crablet-Head` header); see [`store::head`].
+    /// Also answer a head position no later than the page's snapshot (the
+    /// first page of a read does, for the `X-Crablet-Head` header).
     pub with_head: bool,
 }
 
@@ -135,17 +135,13 @@ impl Handler<ReadPage> for Reader {
             // Discarded, not pooled, if the read is abandoned by a panic.
             conn.discard_on_return = true;
             faults.hit(FaultPoint::Read);
-            let result = if msg.with_head {
-                store::read_page_with_head(&conn, &msg.query, &msg.page, page_max_bytes)
-                    .await
-                    .map(|(events, head)| (events, Some(head)))
-            } else {
-                store::read_page(&conn, &msg.query, &msg.page, page_max_bytes)
-                    .await
-                    .map(|events| (events, None))
-            };
+            // The head a read answers with: the highest position this
+            // process knew committed before the statement was sent, so no
+            // later than its snapshot (see `Metrics::known_head`).
+            let known_head = msg.with_head.then(|| metrics.known_head());
+            let result = store::read_page(&conn, &msg.query, &msg.page, page_max_bytes).await;
             conn.discard_on_return = false;
-            let (events, head) = result.map_err(|e| match e.failure() {
+            let events = result.map_err(|e| match e.failure() {
                 // A read writes nothing: a lost connection is only a failure.
                 Failure::OutcomeUnknown => {
                     EventStoreError::Unavailable(format!("the read failed: {e}; retry"))
@@ -158,6 +154,9 @@ impl Handler<ReadPage> for Reader {
             if let (Some(first), Some(last)) = (events.first(), events.last()) {
                 metrics.saw_position(first.position.max(last.position));
             }
+            // What the page read is committed and in its snapshot too.
+            let read_up_to = events.iter().map(|e| e.position).max().unwrap_or(0);
+            let head = known_head.map(|known| known.max(read_up_to));
             Ok(PageRead { events, head })
         };
         Box::pin(async move {

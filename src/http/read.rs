@@ -130,9 +130,9 @@ pub(crate) struct Cursor {
     /// reach it was cut, not the end of the read.
     page_max_bytes: usize,
     done: bool,
-    /// The head position of the first page's snapshot, once it is read:
-    /// no later than that snapshot, so a client whose read matched nothing
-    /// may append with `condition.after` set to it (see `crate::store::head`).
+    /// A head position no later than the first page's snapshot, once it is
+    /// read, so a client whose read matched nothing may append with
+    /// `condition.after` set to it (see `Metrics::known_head`).
     head: Option<Position>,
 }
 

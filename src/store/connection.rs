@@ -26,47 +26,30 @@ mod sql {
     pub const PROJECT: &str = include_str!("../../sql/queries/project.sql");
 }
 
-/// A read statement in both directions, each also in the form that returns
-/// the head position with the page (see [`super::head`]).
+/// A read statement in both directions.
 pub struct Directed {
     pub forward: Statement,
     pub backward: Statement,
-    pub forward_with_head: Statement,
-    pub backward_with_head: Statement,
 }
 
 impl Directed {
-    pub fn pick(&self, backwards: bool, with_head: bool) -> &Statement {
-        match (backwards, with_head) {
-            (false, false) => &self.forward,
-            (true, false) => &self.backward,
-            (false, true) => &self.forward_with_head,
-            (true, true) => &self.backward_with_head,
+    pub fn pick(&self, backwards: bool) -> &Statement {
+        if backwards {
+            &self.backward
+        } else {
+            &self.forward
         }
     }
 
-    /// Prepares the four forms of a read from its two page queries.
+    /// Prepares both directions of a read.
     async fn prepare(
         client: &Client,
         forward: &str,
         backward: &str,
     ) -> Result<Self, tokio_postgres::Error> {
-        let (forward_with_head, backward_with_head) = (
-            super::head::with_head(forward, false),
-            super::head::with_head(backward, true),
-        );
-        let (forward, backward, forward_with_head, backward_with_head) = tokio::try_join!(
-            client.prepare(forward),
-            client.prepare(backward),
-            client.prepare(&forward_with_head),
-            client.prepare(&backward_with_head),
-        )?;
-        Ok(Directed {
-            forward,
-            backward,
-            forward_with_head,
-            backward_with_head,
-        })
+        let (forward, backward) =
+            tokio::try_join!(client.prepare(forward), client.prepare(backward))?;
+        Ok(Directed { forward, backward })
     }
 }
 

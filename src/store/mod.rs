@@ -3,7 +3,7 @@
 //! It owns the schema (`sql/migrations`, applied by [`migrate`]), the pooled
 //! connections with their prepared statements ([`connection`]), the batch
 //! append with its advisory locks and condition checks ([`append`]), the
-//! paged reads ([`read`]) with their head position ([`head`]), the
+//! paged reads ([`read`]), the
 //! projections ([`project`]), clearing the store ([`clear`]), and TLS to
 //! PostgreSQL as the database URL asks ([`tls`]). It knows nothing of HTTP
 //! or actors: the writer and reader actors call its functions with a
@@ -12,7 +12,6 @@
 pub mod append;
 pub mod clear;
 pub mod connection;
-pub mod head;
 pub mod migrate;
 pub mod project;
 pub mod read;
@@ -26,7 +25,6 @@ pub use clear::clear;
 pub use connection::{
     build_pool, build_pool_with_tls, checkout, Connection, LiveConnection, Pool, PoolSettings,
 };
-pub use head::{read_page_with_head, with_head as read_with_head_sql};
 pub use project::project;
 pub use read::read_page;
 

@@ -31,19 +31,6 @@ pub async fn read_page(
     page: &Page,
     max_bytes: usize,
 ) -> Result<Vec<SequencedEvent>, StoreError> {
-    let (events, _) = read_rows(conn, query, page, max_bytes, false).await?;
-    Ok(events)
-}
-
-/// [`read_page`], and with `with_head` the head position of the statement's
-/// snapshot too (see [`super::head`]); `None` without it.
-pub(super) async fn read_rows(
-    conn: &Connection,
-    query: &Query,
-    page: &Page,
-    max_bytes: usize,
-    with_head: bool,
-) -> Result<(Vec<SequencedEvent>, Option<Position>), StoreError> {
     let st = &conn.statements;
     let (after, before, limit) = (&page.after, &page.before, &page.limit);
     let probes: Vec<ReadProbe> = footprint::probes(query)
@@ -62,34 +49,23 @@ pub(super) async fn read_rows(
         String::new()
     };
     let (statement, params): (_, Vec<&(dyn ToSql + Sync)>) = if query.is_all() {
-        (
-            st.read_all.pick(page.backwards, with_head),
-            vec![after, before, limit],
-        )
+        (st.read_all.pick(page.backwards), vec![after, before, limit])
     } else if let [probe] = probes.as_slice() {
         (
-            st.read_key.pick(page.backwards, with_head),
+            st.read_key.pick(page.backwards),
             vec![&probe.k, after, before, &probe.tags, &probe.types, limit],
         )
     } else {
         (
-            st.read_probes.pick(page.backwards, with_head),
+            st.read_probes.pick(page.backwards),
             vec![&probes_json, after, before, limit],
         )
     };
     let rows = conn.client.query_raw(statement, params).await?;
     futures_util::pin_mut!(rows);
-    let (mut events, mut head) = (Vec::new(), None);
+    let mut events = Vec::new();
     let mut bytes = 0;
     while let Some(row) = rows.try_next().await? {
-        if with_head {
-            // Every row carries the head; a query that matched nothing
-            // comes back as one row of NULL event columns.
-            head = Some(row.try_get(super::head::HEAD_COLUMN)?);
-            if row.try_get::<_, Option<Position>>(0)?.is_none() {
-                continue;
-            }
-        }
         let event = decode(&row)?;
         bytes += event.approximate_size();
         events.push(event);
@@ -97,7 +73,7 @@ pub(super) async fn read_rows(
             break;
         }
     }
-    Ok((events, head))
+    Ok(events)
 }
 
 /// Decodes an event from columns 0 to 6 (position, type, tags, data, id,

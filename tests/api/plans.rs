@@ -51,24 +51,6 @@ const STATEMENTS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Every statement of [`STATEMENTS`], and each read also in the form that
-/// returns the head position with the page (X-Crablet-Head).
-fn statements() -> Vec<(String, String, &'static str)> {
-    let mut all = Vec::new();
-    for &(name, sql, types) in STATEMENTS {
-        all.push((name.to_string(), sql.to_string(), types));
-        if name.starts_with("read_") {
-            let backwards = name.ends_with("backward");
-            all.push((
-                format!("{name}_with_head"),
-                crablet::store::read_with_head_sql(sql, backwards),
-                types,
-            ));
-        }
-    }
-    all
-}
-
 fn arguments(name: &str) -> String {
     let key = crablet::dcb::footprint::tag_key("t:7");
     match name {
@@ -113,13 +95,13 @@ async fn every_read_statement_is_an_index_scan_under_a_generic_plan() {
         .await
         .expect("analyze");
     let mut unstable = Vec::new();
-    for (name, sql, types) in statements() {
+    for (name, sql, types) in STATEMENTS {
         client
             .batch_execute(&format!("PREPARE {name} {types} AS {sql}"))
             .await
             .unwrap_or_else(|e| panic!("prepare {name}: {e}"));
         let plan: Vec<String> = client
-            .query(&format!("EXPLAIN EXECUTE {name}{}", arguments(&name)), &[])
+            .query(&format!("EXPLAIN EXECUTE {name}{}", arguments(name)), &[])
             .await
             .unwrap_or_else(|e| panic!("explain {name}: {e}"))
             .iter()
