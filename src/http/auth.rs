@@ -114,6 +114,10 @@ pub async fn require_token(
         return Ok(req.error_response(refusal).map_into_right_body());
     };
     let tokens = state.tokens.current();
+    if tokens.is_empty() && !audit_enabled() {
+        // Nothing to check and nothing to log: the route is not looked up.
+        return Ok(next.call(req).await?.map_into_left_body());
+    }
     // What the request needs: nothing, or a valid token with a scope, or
     // (a path matching no route) a valid token of any scope, so that a scan
     // learns nothing about which routes exist.
