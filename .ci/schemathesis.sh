@@ -57,7 +57,12 @@ done
 "$binary" health --url "http://127.0.0.1:$port"
 
 status=0
+# The coverage phase is left out: on Python 3.11 it can crash inside
+# Hypothesis (`SystemError: AST constructor recursion depth mismatch` while
+# describing a filter), a failure of the tool that sends no request and says
+# nothing about crablet. The examples and fuzzing phases run every operation.
 schemathesis run "http://127.0.0.1:$port/openapi.json" \
+    --phases examples,fuzzing \
     --checks not_a_server_error,response_schema_conformance \
     --exclude-path /subscribe \
     --max-time "$max_time" \
