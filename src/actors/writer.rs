@@ -350,7 +350,19 @@ impl WriterLane {
                 self.metrics
                     .writer_batch_appends
                     .observe(batch.len() as f64);
-                let (mut head, mut events) = (0, 0);
+                // The head moves before any client hears of the batch: a
+                // client that reads after its append's answer gets a head
+                // (and a metric) that includes it.
+                let head = outcomes
+                    .iter()
+                    .filter_map(|outcome| match outcome {
+                        AppendOutcome::Appended { last, .. } => Some(*last),
+                        _ => None,
+                    })
+                    .max()
+                    .unwrap_or(0);
+                self.metrics.saw_position(head);
+                let mut events = 0;
                 for (pending, outcome) in batch.into_iter().zip(outcomes) {
                     if pending.append.request.condition.is_some() {
                         match outcome {
@@ -363,8 +375,7 @@ impl WriterLane {
                         .appends_total
                         .with_label_values(&[outcome.label()])
                         .inc();
-                    if let AppendOutcome::Appended { last, .. } = outcome {
-                        head = head.max(last);
+                    if let AppendOutcome::Appended { .. } = outcome {
                         events += pending.append.len();
                         self.metrics
                             .events_appended_total
@@ -373,7 +384,6 @@ impl WriterLane {
                     pending.reply.send(Ok(outcome));
                 }
                 self.metrics.writer_batch_events.observe(events as f64);
-                self.metrics.saw_position(head);
             }
             Err(error) if batch.len() > 1 && error.failure() == Failure::Refused => {
                 // Nothing of the batch was written. Retry each append alone,
