@@ -184,24 +184,9 @@ async fn read(
     validate_read_options(&options)?;
     // The same paged reads as the native route; events are counted as
     // they come and not kept.
-    let mut cursor = Cursor::new(
-        Arc::new(query),
-        &options,
-        state.page_size,
-        state.page_max_bytes,
-    );
-    let (mut count, mut last): (u64, Option<Position>) = (0, None);
-    while let Some(page) = cursor.next_page(&state.store).await? {
-        count += page.len() as u64;
-        if let Some(event) = page.last() {
-            last = Some(event.position);
-        }
-        if cursor.is_done() {
-            break;
-        }
-    }
+    let Counted { count, last, head } = count_matches(&state, query, &options).await?;
     Ok(HttpResponse::Ok()
-        .insert_header((HEAD_HEADER, cursor.head().unwrap_or(0).to_string()))
+        .insert_header((HEAD_HEADER, head.to_string()))
         .json(GoReadResponse {
             duration_in_microseconds: micros(started),
             number_of_matching_events: count,
@@ -352,6 +337,45 @@ async fn project(
 
 /// Each projector's count of matching events after `after`, and a head no
 /// later than any of the reads (the lowest of their heads).
+/// What [`count_matches`] found.
+struct Counted {
+    count: u64,
+    /// The last position read, if any.
+    last: Option<Position>,
+    /// The read's head position (`X-Crablet-Head`).
+    head: Position,
+}
+
+/// Counts the events of a read page by page, through the readers, without
+/// holding them.
+async fn count_matches(
+    state: &AppState,
+    query: Query,
+    options: &ReadOptions,
+) -> Result<Counted, ApiError> {
+    let mut cursor = Cursor::new(
+        Arc::new(query),
+        options,
+        state.page_size,
+        state.page_max_bytes,
+    );
+    let (mut count, mut last) = (0, None);
+    while let Some(page) = cursor.next_page(&state.store).await? {
+        count += page.len() as u64;
+        if let Some(event) = page.last() {
+            last = Some(event.position);
+        }
+        if cursor.is_done() {
+            break;
+        }
+    }
+    Ok(Counted {
+        count,
+        last,
+        head: cursor.head().unwrap_or(0),
+    })
+}
+
 async fn count_after(
     state: &AppState,
     projectors: &[(wire::GoProjector, Query)],
@@ -365,21 +389,9 @@ async fn count_after(
     };
     let (mut counts, mut head) = (Vec::with_capacity(projectors.len()), Position::MAX);
     for (_, query) in projectors {
-        let mut cursor = Cursor::new(
-            Arc::new(query.clone()),
-            &options,
-            state.page_size,
-            state.page_max_bytes,
-        );
-        let mut count = 0u64;
-        while let Some(page) = cursor.next_page(&state.store).await? {
-            count += page.len() as u64;
-            if cursor.is_done() {
-                break;
-            }
-        }
-        head = head.min(cursor.head().unwrap_or(0));
-        counts.push(count);
+        let counted = count_matches(state, query.clone(), &options).await?;
+        head = head.min(counted.head);
+        counts.push(counted.count);
     }
     Ok((counts, head))
 }
