@@ -19,19 +19,36 @@
 --    its condition matched, or if it conflicts with an earlier append of the
 --    batch that is accepted (pairs computed by crablet, ordered by the later
 --    append).
--- 4. Take the sequencing lock, draw positions and insert the events of the
---    accepted appends with their index keys. The lock is held until commit,
---    so transactions commit in position order (gap-free reading), and
---    recorded_at, read from the clock once the lock is held, follows
---    position order too.
+-- 4. Take the sequencing lock, reserve one block of positions and insert the
+--    events of the accepted appends, in batch order, with their index keys.
+--    The lock is held until commit, so transactions commit in position order
+--    (gap-free reading), and recorded_at, read from the clock once the lock
+--    is held, follows position order too.
 --
--- Returns one row per accepted append: its index and its first and last
--- position, with the stored_* columns NULL; and one row per stored event
--- found under an id of the batch: the index of the append that asked, the
--- event's position (as first and last) and its stored columns; and one row
--- per append refused by a requirement, with the requirement's index in
--- failed_requirement. Appends without a row were rejected by their condition.
--- The signatures before ids and before requirements, and this one: dropped,
+-- Arguments are parallel arrays, never JSON, except the rare requirements.
+-- A list inside a list (an event's tags, a probe's tags and types) is sent
+-- as an array literal ('{"a","b"}'), one per owner, cast where it is used:
+-- every argument is read in one pass, whatever the size of the batch.
+--
+-- Returns a row only for what is not a plain acceptance:
+--   * append_index -1: first_position is the first position written. The
+--     accepted appends' events have the positions that follow, consecutive,
+--     in batch order (crablet counts them out); no row when nothing was
+--     written.
+--   * stored_id set: an event stored under an id of the append (first_position
+--     is its position), one row per such event.
+--   * failed_requirement set: the append was refused by that requirement.
+--   * otherwise: the append was rejected by its condition.
+--
+-- Cost. At one append per batch the call is most of an append's latency, and
+-- what it costs is mostly executor set-up per statement, not data: so a batch
+-- of one event is inserted with VALUES, a single probe is one EXISTS, the
+-- accepted appends are not returned as rows. Its plans must be generic:
+-- crablet's sessions run with plan_cache_mode = force_generic_plan (custom
+-- plans would re-plan these statements at every call, for their array
+-- arguments make custom plans look cheaper).
+--
+-- Every earlier signature, and this one: dropped,
 -- so that no older overload remains and the return type can change when this
 -- file is applied again.
 DROP FUNCTION IF EXISTS crablet_append_batch(
@@ -43,34 +60,39 @@ DROP FUNCTION IF EXISTS crablet_append_batch(
 DROP FUNCTION IF EXISTS crablet_append_batch(
     int8[], bool[], text, text, int4[], int4[], int4, int4[], text[], bytea[], text[], bytea[],
     int8[], text[], int8[], int8[], int8);
+DROP FUNCTION IF EXISTS crablet_append_batch(
+    int8[], bool[], int4[], int8[], int8[], text[], text[], text, int4[], int4[], int4, int4[],
+    text[], bytea[], text[], bytea[], text[], int4[], int8[], int8);
 
 CREATE OR REPLACE FUNCTION crablet_append_batch(
     p_lock_keys        int8[],
     p_lock_exclusive   bool[],
-    p_probes           text,     -- JSON [{"i","a","k","tags","types"}], or NULL
+    p_probe_append     int4[],   -- per probe: index (0-based) of its append; NULL: no probes
+    p_probe_after      int8[],   -- per probe: the condition's after (0 when absent)
+    p_probe_key        int8[],   -- per probe: the key to scan; NULL scans all events
+    p_probe_tags       text[],   -- per probe: its tags, an array literal
+    p_probe_types      text[],   -- per probe: its types (none: any), an array literal
     p_requires         text,     -- JSON [{"i","n","q","op","v"}], or NULL
     p_conflict_later   int4[],   -- append index (0-based) ...
     p_conflict_earlier int4[],   -- ... rejected if this earlier one is accepted
     p_appends          int4,     -- number of appends in the batch
-    p_event_append     int4[],   -- per event: index of its append
+    p_event_append     int4[],   -- per event: index of its append (non-decreasing)
     p_types            text[],
     p_data             bytea[],
     p_ids              text[],   -- per event: its id; NULL when no event has one
     p_metadata         bytea[],  -- per event: its metadata; NULL when none has
-    p_tag_event        int8[],   -- per tag: 1-based event ordinal
-    p_tags             text[],
-    p_key_event        int8[],   -- per index key: 1-based event ordinal
+    p_tags             text[],   -- per event: its tags, an array literal
+    p_key_event        int4[],   -- per index key: 1-based ordinal of its event
     p_keys             int8[],
     p_sequence_key     int8
 ) RETURNS TABLE (
-    append_index    int4,
-    first_position  int8,
-    last_position   int8,
-    stored_id       text,
-    stored_type     text,
-    stored_tags     text[],
-    stored_data     bytea,
-    stored_metadata bytea,
+    append_index       int4,
+    first_position     int8,
+    stored_id          text,
+    stored_type        text,
+    stored_tags        text[],
+    stored_data        bytea,
+    stored_metadata    bytea,
     failed_requirement int4
 )
 LANGUAGE plpgsql VOLATILE
@@ -81,6 +103,11 @@ DECLARE
     n int4;
     found_event record;
     req record;
+    -- Per event: its place among the events written (1-based), NULL if its
+    -- append was rejected; NULL as a whole when every append is accepted.
+    slot int4[];
+    written int4;
+    first int8;
     recorded timestamptz;
 BEGIN
     PERFORM CASE WHEN t.exclusive
@@ -98,40 +125,65 @@ BEGIN
             accepted[found_event.append + 1] := false;
             append_index := found_event.append;
             first_position := found_event.position;
-            last_position := found_event.position;
             stored_id := found_event.id;
             stored_type := found_event.type;
             stored_tags := found_event.tags;
             stored_data := found_event.data;
             stored_metadata := found_event.metadata;
-            failed_requirement := NULL;
             RETURN NEXT;
         END LOOP;
         IF NOT (true = ANY (accepted)) THEN
             RETURN;
         END IF;
+        first_position := NULL;
+        stored_id := NULL;
+        stored_type := NULL;
+        stored_tags := NULL;
+        stored_data := NULL;
+        stored_metadata := NULL;
     END IF;
 
-    IF p_probes IS NOT NULL THEN
-        FOR failed IN
-            SELECT DISTINCT p.i
-            FROM jsonb_to_recordset(p_probes::jsonb)
-                 AS p(i int4, a int8, k int8, tags text[], types text[])
+    -- The appends whose condition matched a stored event. One keyed probe
+    -- (a single conditional append, the usual batch at low load) is one
+    -- EXISTS; several are one statement over all of them.
+    IF cardinality(p_probe_append) = 1 AND p_probe_key[1] IS NOT NULL THEN
+        IF accepted[p_probe_append[1] + 1] AND EXISTS (
+            SELECT 1
+            FROM event_keys ek
+            JOIN events e ON e.position = ek.position
+            WHERE ek.key = p_probe_key[1]
+              AND ek.position > p_probe_after[1]
+              AND e.tags @> p_probe_tags[1]::text[]
+              AND (p_probe_types[1] = '{}' OR e.type = ANY (p_probe_types[1]::text[])))
+        THEN
+            accepted[p_probe_append[1] + 1] := false;
+            append_index := p_probe_append[1];
+            RETURN NEXT;
+        END IF;
+    ELSIF p_probe_append IS NOT NULL THEN
+        FOREACH failed IN ARRAY ARRAY(
+            SELECT DISTINCT p.append
+            FROM unnest(p_probe_append, p_probe_after, p_probe_key, p_probe_tags, p_probe_types)
+                 AS p(append, after, key, tags, types)
             WHERE CASE
                 -- The all-query: max() is a one-entry backward scan of the
                 -- primary key, never a scan of the log.
-                WHEN p.k IS NULL THEN (SELECT max(e.position) FROM events e) > p.a
+                WHEN p.key IS NULL THEN (SELECT max(e.position) FROM events e) > p.after
                 ELSE EXISTS (
                     SELECT 1
                     FROM event_keys ek
                     JOIN events e ON e.position = ek.position
-                    WHERE ek.key = p.k
-                      AND ek.position > p.a
-                      AND e.tags @> p.tags
-                      AND (cardinality(p.types) = 0 OR e.type = ANY (p.types)))
-            END
+                    WHERE ek.key = p.key
+                      AND ek.position > p.after
+                      AND e.tags @> p.tags::text[]
+                      AND (p.types = '{}' OR e.type = ANY (p.types::text[])))
+            END)
         LOOP
-            accepted[failed + 1] := false;
+            IF accepted[failed + 1] THEN
+                accepted[failed + 1] := false;
+                append_index := failed;
+                RETURN NEXT;
+            END IF;
         END LOOP;
     END IF;
 
@@ -151,63 +203,68 @@ BEGIN
                AND NOT crablet_compare(crablet_reduce(req.q), req.op, req.v) THEN
                 accepted[req.i + 1] := false;
                 append_index := req.i;
-                first_position := NULL;
-                last_position := NULL;
-                stored_id := NULL;
-                stored_type := NULL;
-                stored_tags := NULL;
-                stored_data := NULL;
-                stored_metadata := NULL;
                 failed_requirement := req.n;
                 RETURN NEXT;
             END IF;
         END LOOP;
+        failed_requirement := NULL;
     END IF;
 
     FOR n IN 1 .. coalesce(array_length(p_conflict_later, 1), 0) LOOP
-        IF accepted[p_conflict_earlier[n] + 1] THEN
+        IF accepted[p_conflict_earlier[n] + 1] AND accepted[p_conflict_later[n] + 1] THEN
             accepted[p_conflict_later[n] + 1] := false;
+            append_index := p_conflict_later[n];
+            RETURN NEXT;
         END IF;
     END LOOP;
 
-    IF NOT (true = ANY (accepted)) THEN
-        RETURN;
+    IF false = ANY (accepted) THEN
+        IF NOT (true = ANY (accepted)) THEN
+            RETURN;
+        END IF;
+        slot := ARRAY(
+            SELECT CASE WHEN accepted[e.append + 1]
+                        THEN count(*) FILTER (WHERE accepted[e.append + 1])
+                                 OVER (ORDER BY e.ord)
+                   END
+            FROM unnest(p_event_append) WITH ORDINALITY AS e(append, ord)
+            ORDER BY e.ord);
+        written := (SELECT max(s) FROM unnest(slot) AS s);
+    ELSE
+        written := cardinality(p_event_append);
     END IF;
 
     PERFORM pg_advisory_xact_lock(p_sequence_key);
+    -- One block of positions: no other transaction draws from the sequence
+    -- while the sequencing lock is held.
+    first := nextval('events_position_seq');
+    IF written > 1 THEN
+        PERFORM setval('events_position_seq', first + written - 1);
+    END IF;
     recorded := clock_timestamp();
 
-    RETURN QUERY
-    WITH new_events AS MATERIALIZED (
-        -- Rows come in ordinality order, so positions follow batch order.
-        -- A NULL p_ids or p_metadata unnests as NULLs for every event.
-        SELECT nextval('events_position_seq') AS position, e.ord, e.append, e.type, e.data,
-               e.id, e.metadata
-        FROM unnest(p_event_append, p_types, p_data, p_ids, p_metadata)
-             WITH ORDINALITY AS e(append, type, data, id, metadata, ord)
-        WHERE accepted[e.append + 1]
-    ),
-    new_tags AS (
-        SELECT t.event, array_agg(t.tag ORDER BY t.n) AS tags
-        FROM unnest(p_tag_event, p_tags) WITH ORDINALITY AS t(event, tag, n)
-        GROUP BY t.event
-    ),
-    inserted_keys AS (
-        INSERT INTO event_keys (key, position)
-        SELECT k.key, ne.position
-        FROM unnest(p_key_event, p_keys) AS k(event, key)
-        JOIN new_events ne ON ne.ord = k.event
-    ),
-    inserted_events AS (
+    IF slot IS NULL AND written = 1 THEN
         INSERT INTO events (position, type, tags, data, id, metadata, recorded_at)
-        SELECT ne.position, ne.type, coalesce(nt.tags, '{}'::text[]), ne.data,
-               ne.id, ne.metadata, recorded
-        FROM new_events ne
-        LEFT JOIN new_tags nt ON nt.event = ne.ord
-    )
-    SELECT ne.append::int4, min(ne.position), max(ne.position),
-           NULL::text, NULL::text, NULL::text[], NULL::bytea, NULL::bytea, NULL::int4
-    FROM new_events ne
-    GROUP BY ne.append;
+        VALUES (first, p_types[1], p_tags[1]::text[], p_data[1], p_ids[1], p_metadata[1],
+                recorded);
+        INSERT INTO event_keys (key, position)
+        SELECT unnest(p_keys), first;
+    ELSE
+        -- A NULL p_ids or p_metadata unnests as NULLs for every event.
+        INSERT INTO events (position, type, tags, data, id, metadata, recorded_at)
+        SELECT first - 1 + coalesce(slot[e.ord], e.ord), e.type, e.tags::text[], e.data, e.id,
+               e.metadata, recorded
+        FROM unnest(p_types, p_tags, p_data, p_ids, p_metadata)
+             WITH ORDINALITY AS e(type, tags, data, id, metadata, ord)
+        WHERE slot IS NULL OR slot[e.ord] IS NOT NULL;
+        INSERT INTO event_keys (key, position)
+        SELECT k.key, first - 1 + coalesce(slot[k.event], k.event)
+        FROM unnest(p_key_event, p_keys) AS k(event, key)
+        WHERE slot IS NULL OR slot[k.event] IS NOT NULL;
+    END IF;
+
+    append_index := -1;
+    first_position := first;
+    RETURN NEXT;
 END;
 $$;

@@ -39,19 +39,6 @@ use crate::dcb::footprint::{self, Key, LockMode, SEQUENCE_KEY};
 use crate::dcb::projection::CheckedRequirement;
 use crate::dcb::{AppendOutcome, CheckedAppend, Footprint, Position, StoredEvent};
 
-/// One probe of one append's condition, as `crablet_append_batch` reads it.
-#[derive(Serialize)]
-struct ConditionProbe<'a> {
-    /// Index of the append in the batch.
-    i: usize,
-    /// The condition's `after` (0 when absent).
-    a: Position,
-    /// Key to scan; `None` scans all events.
-    k: Option<Key>,
-    tags: &'a [String],
-    types: &'a [String],
-}
-
 /// Appends a batch in one transaction and returns each append's outcome, in
 /// batch order. On `Err` nothing of the batch was written, unless the error
 /// came from the commit itself, in which case the outcome is unknown.
@@ -67,18 +54,20 @@ pub async fn append_batch(
         .iter()
         .map(|(key, mode)| (key, mode == LockMode::Exclusive))
         .unzip();
-    let probes = condition_probes(batch);
-    let probes_json =
-        (!probes.is_empty()).then(|| serde_json::to_string(&probes).expect("probes serialize"));
+    let probes = ProbeColumns::of(batch);
     let requires_json = requirements_json(batch);
     let (conflict_later, conflict_earlier): (Vec<i32>, Vec<i32>) =
         conflict_pairs(batch).into_iter().unzip();
     let appends = batch.len() as i32;
     let columns = EventColumns::of(batch);
-    let params: [&(dyn ToSql + Sync); 17] = [
+    let params: [&(dyn ToSql + Sync); 20] = [
         &lock_keys,
         &lock_exclusive,
-        &probes_json,
+        &probes.appends,
+        &probes.after,
+        &probes.keys,
+        &probes.tags,
+        &probes.types,
         &requires_json,
         &conflict_later,
         &conflict_earlier,
@@ -88,7 +77,6 @@ pub async fn append_batch(
         &columns.data,
         &columns.ids,
         &columns.metadata,
-        &columns.tag_events,
         &columns.tags,
         &columns.key_events,
         &columns.keys,
@@ -104,46 +92,63 @@ pub async fn append_batch(
         .query(&conn.statements.append_batch, &params)
         .await?;
 
-    let mut outcomes = vec![AppendOutcome::ConditionFailed; batch.len()];
+    // Rows come only for what is not a plain acceptance (see the function):
+    // every append without one was accepted.
+    let mut outcomes: Vec<Option<AppendOutcome>> = vec![None; batch.len()];
     let mut stored: Vec<Vec<StoredEvent>> = Vec::new();
+    let mut first_written: Option<Position> = None;
     for row in rows {
-        let index = row.try_get::<_, i32>(0)? as usize;
-        if let Some(failed) = row.try_get::<_, Option<i32>>(8)? {
-            if let Some(outcome) = outcomes.get_mut(index) {
-                *outcome = AppendOutcome::RequirementFailed {
-                    index: failed as usize,
-                };
-            }
+        let index = row.try_get::<_, i32>(0)?;
+        let Ok(index) = usize::try_from(index) else {
+            first_written = Some(row.try_get(1)?);
+            continue;
+        };
+        if let Some(failed) = row.try_get::<_, Option<i32>>(7)? {
+            outcomes[index] = Some(AppendOutcome::RequirementFailed {
+                index: failed as usize,
+            });
             continue;
         }
-        let (first, last): (Position, Position) = (row.try_get(1)?, row.try_get(2)?);
-        let Some(id) = row.try_get::<_, Option<String>>(3)? else {
-            if let Some(outcome) = outcomes.get_mut(index) {
-                *outcome = AppendOutcome::Appended { first, last };
-            }
+        let Some(id) = row.try_get::<_, Option<String>>(2)? else {
+            outcomes[index] = Some(AppendOutcome::ConditionFailed);
             continue;
         };
         if stored.is_empty() {
             stored.resize_with(batch.len(), Vec::new);
         }
-        let event = StoredEvent {
-            position: first,
+        stored[index].push(StoredEvent {
+            position: row.try_get(1)?,
             id,
-            event_type: row.try_get(4)?,
-            tags: row.try_get(5)?,
-            data: row.try_get(6)?,
-            metadata: row.try_get(7)?,
-        };
-        if let Some(found) = stored.get_mut(index) {
-            found.push(event);
-        }
+            event_type: row.try_get(3)?,
+            tags: row.try_get(4)?,
+            data: row.try_get(5)?,
+            metadata: row.try_get(6)?,
+        });
     }
     for ((outcome, append), found) in outcomes.iter_mut().zip(batch).zip(&stored) {
         if !found.is_empty() {
-            *outcome = AppendOutcome::of_stored(&append.request.events, found);
+            *outcome = Some(AppendOutcome::of_stored(&append.request.events, found));
         }
     }
-    Ok(outcomes)
+    // The accepted appends' events have consecutive positions from the
+    // first one written, in batch order.
+    let mut next = first_written;
+    outcomes
+        .into_iter()
+        .zip(batch)
+        .map(|(outcome, append)| match outcome {
+            Some(decided) => Ok(decided),
+            None => {
+                let first = next.ok_or_else(|| StoreError::Corrupt {
+                    position: 0,
+                    reason: "the batch accepted an append but wrote no position".into(),
+                })?;
+                let last = first + append.request.events.len() as Position - 1;
+                next = Some(last + 1);
+                Ok(AppendOutcome::Appended { first, last })
+            }
+        })
+        .collect()
 }
 
 /// One requirement of one append, as `crablet_append_batch` reads it.
@@ -174,23 +179,74 @@ fn requirements_json(batch: &[&CheckedAppend]) -> Option<String> {
     (!args.is_empty()).then(|| serde_json::to_string(&args).expect("requirements serialize"))
 }
 
-fn condition_probes<'a>(batch: &[&'a CheckedAppend]) -> Vec<ConditionProbe<'a>> {
-    let mut probes = Vec::new();
-    for (i, append) in batch.iter().enumerate() {
-        let Some(condition) = &append.request.condition else {
-            continue;
-        };
-        for probe in footprint::probes(&condition.fail_if_events_match) {
-            probes.push(ConditionProbe {
-                i,
-                a: condition.after_or_zero(),
-                k: probe.key,
-                tags: probe.tags,
-                types: probe.types,
-            });
+/// The probes of the batch's conditions, flattened for
+/// `crablet_append_batch`: all `None` (SQL NULL, no work) when no append has
+/// a condition.
+#[derive(Default)]
+struct ProbeColumns {
+    /// Per probe: the index of its append.
+    appends: Option<Vec<i32>>,
+    /// Per probe: its condition's `after` (0 when absent).
+    after: Option<Vec<Position>>,
+    /// Per probe: the key to scan; `None` scans all events.
+    keys: Option<Vec<Option<Key>>>,
+    /// Per probe: its tags, as an array literal.
+    tags: Option<Vec<String>>,
+    /// Per probe: its types (none: any type), as an array literal.
+    types: Option<Vec<String>>,
+}
+
+impl ProbeColumns {
+    fn of(batch: &[&CheckedAppend]) -> Self {
+        let conditions = batch
+            .iter()
+            .enumerate()
+            .filter_map(|(i, append)| Some((i, append.request.condition.as_ref()?)));
+        let (mut appends, mut after, mut keys) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut tags, mut types) = (Vec::new(), Vec::new());
+        for (i, condition) in conditions {
+            for probe in footprint::probes(&condition.fail_if_events_match) {
+                appends.push(i as i32);
+                after.push(condition.after_or_zero());
+                keys.push(probe.key);
+                tags.push(array_literal(probe.tags));
+                types.push(array_literal(probe.types));
+            }
+        }
+        if appends.is_empty() {
+            return Self::default();
+        }
+        ProbeColumns {
+            appends: Some(appends),
+            after: Some(after),
+            keys: Some(keys),
+            tags: Some(tags),
+            types: Some(types),
         }
     }
-    probes
+}
+
+/// A PostgreSQL array literal of `items` (`{"a","b\"c"}`), read back by a
+/// `::text[]` cast: every element quoted, `"` and `\` escaped. Lists inside
+/// lists travel this way, so the function reads each argument in one pass.
+fn array_literal(items: &[String]) -> String {
+    let mut literal = String::with_capacity(2 + items.iter().map(|i| i.len() + 3).sum::<usize>());
+    literal.push('{');
+    for (n, item) in items.iter().enumerate() {
+        if n > 0 {
+            literal.push(',');
+        }
+        literal.push('"');
+        for c in item.chars() {
+            if c == '"' || c == '\\' {
+                literal.push('\\');
+            }
+            literal.push(c);
+        }
+        literal.push('"');
+    }
+    literal.push('}');
+    literal
 }
 
 /// The pairs `(later, earlier)` of the batch where an event of the earlier
@@ -249,11 +305,10 @@ struct EventColumns<'a> {
     ids: Option<Vec<Option<&'a str>>>,
     /// Per event: its metadata; `None` when no event of the batch has any.
     metadata: Option<Vec<Option<&'a [u8]>>>,
-    /// Per tag: the 1-based ordinal of its event.
-    tag_events: Vec<i64>,
-    tags: Vec<&'a str>,
+    /// Per event: its tags, as an array literal.
+    tags: Vec<String>,
     /// Per index key: the 1-based ordinal of its event.
-    key_events: Vec<i64>,
+    key_events: Vec<i32>,
     keys: Vec<Key>,
 }
 
@@ -268,7 +323,6 @@ impl<'a> EventColumns<'a> {
                 .iter()
                 .any(|a| a.request.events.iter().any(|e| e.metadata.is_some()))
                 .then(Vec::new),
-            tag_events: Vec::new(),
             tags: Vec::new(),
             key_events: Vec::new(),
             keys: Vec::new(),
@@ -281,7 +335,7 @@ impl<'a> EventColumns<'a> {
                 .zip(&append.event_keys)
                 .map(move |(e, keys)| (i, e, keys))
         });
-        for (ordinal, (append, event, keys)) in (1_i64..).zip(events) {
+        for (ordinal, (append, event, keys)) in (1_i32..).zip(events) {
             cols.appends.push(append as i32);
             cols.types.push(&event.event_type);
             cols.data.push(event.data.as_bytes());
@@ -291,10 +345,7 @@ impl<'a> EventColumns<'a> {
             if let Some(metadata) = cols.metadata.as_mut() {
                 metadata.push(event.metadata.as_deref().map(str::as_bytes));
             }
-            for tag in &event.tags {
-                cols.tag_events.push(ordinal);
-                cols.tags.push(tag);
-            }
+            cols.tags.push(array_literal(&event.tags));
             for &key in keys {
                 cols.key_events.push(ordinal);
                 cols.keys.push(key);
@@ -380,12 +431,21 @@ mod tests {
     }
 
     #[test]
+    fn array_literals_quote_every_element_and_escape_quotes_and_backslashes() {
+        let items = ["a", "q\"uote", "back\\slash", "c,o{m}ma", ""].map(String::from);
+        assert_eq!(
+            array_literal(&items),
+            r#"{"a","q\"uote","back\\slash","c,o{m}ma",""}"#
+        );
+        assert_eq!(array_literal(&[]), "{}");
+    }
+
+    #[test]
     fn event_columns_number_events_across_the_batch() {
         let (a, b) = (append("user:a", None), append("user:b", None));
         let cols = EventColumns::of(&[&a, &b]);
         assert_eq!(cols.appends, vec![0, 1]);
-        assert_eq!(cols.tag_events, vec![1, 2]);
-        assert_eq!(cols.tags, vec!["user:a", "user:b"]);
+        assert_eq!(cols.tags, vec![r#"{"user:a"}"#, r#"{"user:b"}"#]);
         assert_eq!(cols.key_events.len(), 4);
         assert_eq!(cols.ids, None, "no ids: nothing to look up");
         assert_eq!(cols.metadata, None);

@@ -59,6 +59,51 @@ async fn an_appended_event_reads_back_byte_for_byte() {
 }
 
 #[actix_rt::test]
+async fn tags_that_need_quoting_survive_several_events_and_conditions() {
+    // Lists inside lists travel to PostgreSQL as array literals: every path
+    // (one event or several, one probe or several) must quote them right.
+    let app = spawn_app().await;
+    let odd = [
+        "q\"uote",
+        "c,omma",
+        "{brace}",
+        "back\\slash",
+        "NULL",
+        " sp ",
+    ];
+    let events: Vec<_> = odd
+        .iter()
+        .map(|t| event("Odd", &[t, "all"], "{}"))
+        .collect();
+    let answer = app.append(json!({ "events": events })).await;
+    assert_eq!(answer.body["lastPosition"], json!(odd.len()), "{answer:?}");
+    let stored = app.read_all().await;
+    for (e, tag) in stored.iter().zip(odd) {
+        assert_eq!(e.tags, vec![tag, "all"]);
+    }
+    for tag in odd {
+        let one_probe = app
+            .append(json!({"events": [event("Odd", &["other"], "{}")],
+                           "condition": unless_tagged(&[tag], None)}))
+            .await;
+        assert!(one_probe.rejected(), "tag {tag:?}: {one_probe:?}");
+        let condition = json!({"failIfEventsMatch": {"items": [
+            {"tags": ["absent"]}, {"types": ["Odd"], "tags": [tag, "all"]}]}});
+        let two_probes = app
+            .append(json!({"events": [event("Odd", &["other"], "{}")], "condition": condition}))
+            .await;
+        assert!(two_probes.rejected(), "tag {tag:?}: {two_probes:?}");
+    }
+    let after_all = app
+        .append(
+            json!({"events": [event("Odd", &["x"], "{}"), event("Odd", &["y"], "{}")],
+                       "condition": unless_tagged(&["back\\slash"], Some(odd.len() as i64))}),
+        )
+        .await;
+    assert!(after_all.appended(), "{after_all:?}");
+}
+
+#[actix_rt::test]
 async fn the_events_of_one_append_get_consecutive_increasing_positions() {
     let app = spawn_app().await;
     let first = app
