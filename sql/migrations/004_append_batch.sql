@@ -67,7 +67,7 @@ DROP FUNCTION IF EXISTS crablet_append_batch(
 CREATE OR REPLACE FUNCTION crablet_append_batch(
     p_lock_keys        int8[],
     p_lock_exclusive   bool[],
-    p_probe_append     int4[],   -- per probe: index (0-based) of its append; NULL: no probes
+    p_probe_append     int4[],   -- per probe: index (0-based) of its append (none: no condition)
     p_probe_after      int8[],   -- per probe: the condition's after (0 when absent)
     p_probe_key        int8[],   -- per probe: the key to scan; NULL scans all events
     p_probe_tags       text[],   -- per probe: its tags, an array literal
@@ -160,7 +160,7 @@ BEGIN
             append_index := p_probe_append[1];
             RETURN NEXT;
         END IF;
-    ELSIF p_probe_append IS NOT NULL THEN
+    ELSIF cardinality(p_probe_append) > 0 THEN
         FOREACH failed IN ARRAY ARRAY(
             SELECT DISTINCT p.append
             FROM unnest(p_probe_append, p_probe_after, p_probe_key, p_probe_tags, p_probe_types)
@@ -222,14 +222,11 @@ BEGIN
         IF NOT (true = ANY (accepted)) THEN
             RETURN;
         END IF;
-        slot := ARRAY(
-            SELECT CASE WHEN accepted[e.append + 1]
-                        THEN count(*) FILTER (WHERE accepted[e.append + 1])
-                                 OVER (ORDER BY e.ord)
-                   END
-            FROM unnest(p_event_append) WITH ORDINALITY AS e(append, ord)
-            ORDER BY e.ord);
-        written := (SELECT max(s) FROM unnest(slot) AS s);
+        SELECT array_agg(CASE WHEN e.kept THEN e.n END ORDER BY e.ord), max(e.n)
+        INTO slot, written
+        FROM (SELECT e.ord, accepted[e.append + 1] AS kept,
+                     count(*) FILTER (WHERE accepted[e.append + 1]) OVER (ORDER BY e.ord) AS n
+              FROM unnest(p_event_append) WITH ORDINALITY AS e(append, ord)) AS e;
     ELSE
         written := cardinality(p_event_append);
     END IF;

@@ -180,49 +180,37 @@ fn requirements_json(batch: &[&CheckedAppend]) -> Option<String> {
 }
 
 /// The probes of the batch's conditions, flattened for
-/// `crablet_append_batch`: all `None` (SQL NULL, no work) when no append has
-/// a condition.
+/// `crablet_append_batch`: empty when no append has a condition.
 #[derive(Default)]
 struct ProbeColumns {
     /// Per probe: the index of its append.
-    appends: Option<Vec<i32>>,
+    appends: Vec<i32>,
     /// Per probe: its condition's `after` (0 when absent).
-    after: Option<Vec<Position>>,
+    after: Vec<Position>,
     /// Per probe: the key to scan; `None` scans all events.
-    keys: Option<Vec<Option<Key>>>,
+    keys: Vec<Option<Key>>,
     /// Per probe: its tags, as an array literal.
-    tags: Option<Vec<String>>,
+    tags: Vec<String>,
     /// Per probe: its types (none: any type), as an array literal.
-    types: Option<Vec<String>>,
+    types: Vec<String>,
 }
 
 impl ProbeColumns {
     fn of(batch: &[&CheckedAppend]) -> Self {
-        let conditions = batch
-            .iter()
-            .enumerate()
-            .filter_map(|(i, append)| Some((i, append.request.condition.as_ref()?)));
-        let (mut appends, mut after, mut keys) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut tags, mut types) = (Vec::new(), Vec::new());
-        for (i, condition) in conditions {
+        let mut cols = ProbeColumns::default();
+        for (i, append) in batch.iter().enumerate() {
+            let Some(condition) = &append.request.condition else {
+                continue;
+            };
             for probe in footprint::probes(&condition.fail_if_events_match) {
-                appends.push(i as i32);
-                after.push(condition.after_or_zero());
-                keys.push(probe.key);
-                tags.push(array_literal(probe.tags));
-                types.push(array_literal(probe.types));
+                cols.appends.push(i as i32);
+                cols.after.push(condition.after_or_zero());
+                cols.keys.push(probe.key);
+                cols.tags.push(array_literal(probe.tags));
+                cols.types.push(array_literal(probe.types));
             }
         }
-        if appends.is_empty() {
-            return Self::default();
-        }
-        ProbeColumns {
-            appends: Some(appends),
-            after: Some(after),
-            keys: Some(keys),
-            tags: Some(tags),
-            types: Some(types),
-        }
+        cols
     }
 }
 
