@@ -34,9 +34,9 @@ use tokio::sync::{oneshot, watch};
 
 use crate::config::{ReaderSettings, WriterSettings};
 use crate::dcb::projection::{Projection, ProjectorSpec};
-use crate::dcb::{AppendOutcome, CheckedAppend, Page, Position, Query, SequencedEvent};
+use crate::dcb::{AppendOutcome, CheckedAppend, Page, Position, Query};
 use crate::metrics::Metrics;
-use crate::store::{Failure, Pool, StoreError};
+use crate::store::{Failure, PageRows, Pool, StoreError};
 
 pub use reader::Reader;
 pub use tailer::Subscriptions;
@@ -221,38 +221,40 @@ impl EventStore {
             .collect()
     }
 
-    /// Reads one page of the events matching `query`.
-    pub async fn read_page(
+    /// Reads one page of the events matching `query`, as decoded events or
+    /// as the JSON a response sends (see [`PageRows`]).
+    pub async fn read_page<R: PageRows>(
         &self,
         query: Arc<Query>,
         page: Page,
-    ) -> Result<Vec<SequencedEvent>, EventStoreError> {
+    ) -> Result<R, EventStoreError> {
         Ok(self.send_read(query, page, false).await?.events)
     }
 
     /// Reads one page, with a head position no later than the page's
     /// snapshot (see [`crate::metrics::Metrics::known_head`]): a client whose
     /// read matched nothing may append with `condition.after` set to it.
-    pub async fn read_page_with_head(
+    pub async fn read_page_with_head<R: PageRows>(
         &self,
         query: Arc<Query>,
         page: Page,
-    ) -> Result<(Vec<SequencedEvent>, Position), EventStoreError> {
+    ) -> Result<(R, Position), EventStoreError> {
         let read = self.send_read(query, page, true).await?;
         Ok((read.events, read.head.unwrap_or(0)))
     }
 
-    async fn send_read(
+    async fn send_read<R: PageRows>(
         &self,
         query: Arc<Query>,
         page: Page,
         with_head: bool,
-    ) -> Result<reader::PageRead, EventStoreError> {
+    ) -> Result<reader::PageRead<R>, EventStoreError> {
         self.reader
             .send(reader::ReadPage {
                 query,
                 page,
                 with_head,
+                rows: std::marker::PhantomData,
             })
             .await
             .map_err(|_| {
@@ -300,7 +302,7 @@ mod tests {
 
     use super::*;
     use crate::config::Settings;
-    use crate::dcb::{AppendRequest, Limits, NewEvent};
+    use crate::dcb::{AppendRequest, Limits, NewEvent, SequencedEvent};
     use crate::faults::{FaultPoint, Faults};
     use crate::store::{build_pool, PoolSettings};
 
@@ -456,7 +458,9 @@ mod tests {
             limit: 10,
         };
         let started = Instant::now();
-        let read = store.read_page(Arc::new(Query::all()), page).await;
+        let read = store
+            .read_page::<Vec<SequencedEvent>>(Arc::new(Query::all()), page)
+            .await;
         let read_took = started.elapsed();
         assert!(read
             .expect_err("no read without a database")

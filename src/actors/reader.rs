@@ -10,6 +10,7 @@
 //! the reader is restarted and counted. A read whose connection is lost
 //! mid-query is likewise `Unavailable`, never "outcome unknown".
 
+use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
@@ -20,29 +21,31 @@ use futures_util::FutureExt;
 
 use super::EventStoreError;
 use crate::dcb::projection::{Projection, ProjectorSpec};
-use crate::dcb::{Position, Query, SequencedEvent};
+use crate::dcb::{Position, Query};
 use crate::faults::{FaultPoint, Faults};
 use crate::metrics::Metrics;
-use crate::store::{self, Failure, Page, Pool};
+use crate::store::{self, Failure, Page, PageRows, Pool};
 
-/// Read one page of the events matching `query`.
-pub struct ReadPage {
+/// Read one page of the events matching `query`, into `R`: decoded events
+/// or the JSON of a response (see [`PageRows`]).
+pub struct ReadPage<R> {
     /// Shared between the pages of one streamed read.
     pub query: Arc<Query>,
     pub page: Page,
     /// Also answer a head position no later than the page's snapshot (the
     /// first page of a read does, for the `X-Crablet-Head` header).
     pub with_head: bool,
+    pub rows: PhantomData<R>,
 }
 
 /// A page, with its head position when it was asked for.
-pub struct PageRead {
-    pub events: Vec<SequencedEvent>,
+pub struct PageRead<R> {
+    pub events: R,
     pub head: Option<Position>,
 }
 
-impl Message for ReadPage {
-    type Result = Result<PageRead, EventStoreError>;
+impl<R: PageRows> Message for ReadPage<R> {
+    type Result = Result<PageRead<R>, EventStoreError>;
 }
 
 /// Delete every event (go-crablet's `/cleanup`); see [`store::clear`].
@@ -115,10 +118,10 @@ impl Handler<Restart> for Reader {
     }
 }
 
-impl Handler<ReadPage> for Reader {
-    type Result = ResponseFuture<Result<PageRead, EventStoreError>>;
+impl<R: PageRows> Handler<ReadPage<R>> for Reader {
+    type Result = ResponseFuture<Result<PageRead<R>, EventStoreError>>;
 
-    fn handle(&mut self, msg: ReadPage, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: ReadPage<R>, ctx: &mut Context<Self>) -> Self::Result {
         let taken = catch_unwind(AssertUnwindSafe(|| {
             self.faults.hit(FaultPoint::ReaderHandle);
             (self.pool.clone(), self.metrics.clone(), self.faults.clone())
@@ -139,7 +142,7 @@ impl Handler<ReadPage> for Reader {
             // process knew committed before the statement was sent, so no
             // later than its snapshot (see `Metrics::known_head`).
             let known_head = msg.with_head.then(|| metrics.known_head());
-            let result = store::read_page(&conn, &msg.query, &msg.page, page_max_bytes).await;
+            let result = store::read_page::<R>(&conn, &msg.query, &msg.page, page_max_bytes).await;
             conn.discard_on_return = false;
             let events = result.map_err(|e| match e.failure() {
                 // A read writes nothing: a lost connection is only a failure.
@@ -149,13 +152,15 @@ impl Handler<ReadPage> for Reader {
                 _ => EventStoreError::Store(e),
             })?;
             metrics.read_pages_total.inc();
-            metrics.read_events_total.inc_by(events.len() as u64);
-            // Pages are in position order, one way or the other.
-            if let (Some(first), Some(last)) = (events.first(), events.last()) {
-                metrics.saw_position(first.position.max(last.position));
-            }
+            metrics.read_events_total.inc_by(events.count() as u64);
+            // Pages are in position order, one way or the other: the greatest
+            // position read is the first or the last.
+            let read_up_to = events
+                .first_position()
+                .max(events.last_position())
+                .unwrap_or(0);
+            metrics.saw_position(read_up_to);
             // What the page read is committed and in its snapshot too.
-            let read_up_to = events.iter().map(|e| e.position).max().unwrap_or(0);
             let head = known_head.map(|known| known.max(read_up_to));
             Ok(PageRead { events, head })
         };

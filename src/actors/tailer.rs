@@ -312,10 +312,15 @@ async fn read_new(inner: &Inner, pool: &Pool, page_size: i64) -> Result<bool, St
             backwards: true,
             limit: 1,
         };
-        let head = store::read_page(&conn, &Query::all(), &last, TAILER_PAGE_MAX_BYTES)
-            .await?
-            .first()
-            .map_or(0, |e| e.position);
+        let head = store::read_page::<Vec<SequencedEvent>>(
+            &conn,
+            &Query::all(),
+            &last,
+            TAILER_PAGE_MAX_BYTES,
+        )
+        .await?
+        .first()
+        .map_or(0, |e| e.position);
         drop(conn);
         inner.fan_out(Vec::new(), head);
         return Ok(true);
@@ -326,7 +331,8 @@ async fn read_new(inner: &Inner, pool: &Pool, page_size: i64) -> Result<bool, St
         backwards: false,
         limit: page_size,
     };
-    let events = store::read_page(&conn, &Query::all(), &page, TAILER_PAGE_MAX_BYTES).await?;
+    let events: Vec<SequencedEvent> =
+        store::read_page(&conn, &Query::all(), &page, TAILER_PAGE_MAX_BYTES).await?;
     drop(conn);
     let bytes: usize = events.iter().map(|e| e.approximate_size()).sum();
     let full = events.len() as i64 >= page_size || bytes >= TAILER_PAGE_MAX_BYTES;

@@ -179,7 +179,7 @@ pub(crate) async fn health(state: web::Data<AppState>) -> Result<HttpResponse, A
     };
     state
         .store
-        .read_page(std::sync::Arc::new(crate::dcb::Query::all()), page)
+        .read_page::<crate::store::JsonEvents>(std::sync::Arc::new(crate::dcb::Query::all()), page)
         .await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ok"})))
 }

@@ -17,7 +17,8 @@ use serde::Deserialize;
 use super::{parse, read_json_body, ApiError, AppState};
 use crate::actors::EventStore;
 use crate::dcb::validate::{validate_query, validate_read_options};
-use crate::dcb::{Page, Position, Query, ReadOptions, SequencedEvent};
+use crate::dcb::{Page, Position, Query, ReadOptions};
+use crate::store::{JsonEvents, PageRows};
 
 /// The response header carrying the head position of a read: the highest
 /// position its first page's snapshot could see. Every position at or below
@@ -84,7 +85,7 @@ async fn respond(
         state.page_max_bytes,
     );
     let store = state.store.clone();
-    let first = cursor.next_page(&store).await?.unwrap_or_default();
+    let first: JsonEvents = cursor.next_page(&store).await?.unwrap_or_default();
     let mut encoder = Encoder::default();
     let head = encoder.page(&first, cursor.done);
     let mut response = HttpResponse::Ok();
@@ -179,11 +180,12 @@ impl Cursor {
         self.head
     }
 
-    /// The next page, or `None` once the read is complete.
-    pub(crate) async fn next_page(
+    /// The next page, as decoded events or as response JSON (see
+    /// [`PageRows`]), or `None` once the read is complete.
+    pub(crate) async fn next_page<R: PageRows>(
         &mut self,
         store: &EventStore,
-    ) -> Result<Option<Vec<SequencedEvent>>, crate::actors::EventStoreError> {
+    ) -> Result<Option<R>, crate::actors::EventStoreError> {
         if self.done {
             return Ok(None);
         }
@@ -194,7 +196,7 @@ impl Cursor {
         let empty = limit == 0 || self.after.saturating_add(1) >= self.before;
         if empty && self.head.is_some() {
             self.done = true;
-            return Ok(Some(Vec::new()));
+            return Ok(Some(R::default()));
         }
         let page = Page {
             after: self.after,
@@ -215,18 +217,17 @@ impl Cursor {
             self.done = true;
             return Ok(Some(events));
         }
-        if let Some(last) = events.last() {
+        if let Some(last) = events.last_position() {
             if self.backwards {
-                self.before = last.position;
+                self.before = last;
             } else {
-                self.after = last.position;
+                self.after = last;
             }
         }
         if let Some(r) = self.remaining.as_mut() {
-            *r -= events.len() as u64;
+            *r -= events.count() as u64;
         }
-        let bytes: usize = events.iter().map(SequencedEvent::approximate_size).sum();
-        let short = (events.len() as i64) < limit && bytes < self.page_max_bytes;
+        let short = (events.count() as i64) < limit && events.bytes() < self.page_max_bytes;
         if short || self.remaining == Some(0) {
             self.done = true;
         }
@@ -243,17 +244,18 @@ struct Encoder {
 }
 
 impl Encoder {
-    fn page(&mut self, events: &[SequencedEvent], last: bool) -> Bytes {
-        let mut out = Vec::with_capacity(events.len() * 128 + 2);
+    fn page(&mut self, events: &JsonEvents, last: bool) -> Bytes {
+        let json = events.json();
+        let mut out = Vec::with_capacity(json.len() + 3);
         if !self.opened {
             out.push(b'[');
             self.opened = true;
         }
-        for event in events {
+        if !json.is_empty() {
             if self.any {
                 out.push(b',');
             }
-            serde_json::to_writer(&mut out, event).expect("events serialize");
+            out.extend_from_slice(json);
             self.any = true;
         }
         if last {
@@ -267,6 +269,11 @@ impl Encoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dcb::SequencedEvent;
+
+    fn page(events: &[SequencedEvent]) -> JsonEvents {
+        JsonEvents::of_events(events)
+    }
 
     fn event(position: Position) -> SequencedEvent {
         SequencedEvent {
@@ -284,9 +291,9 @@ mod tests {
     fn pages_join_into_one_json_array() {
         let mut enc = Encoder::default();
         let mut out = Vec::new();
-        out.extend_from_slice(&enc.page(&[event(1), event(2)], false));
-        out.extend_from_slice(&enc.page(&[], false));
-        out.extend_from_slice(&enc.page(&[event(3)], true));
+        out.extend_from_slice(&enc.page(&page(&[event(1), event(2)]), false));
+        out.extend_from_slice(&enc.page(&page(&[]), false));
+        out.extend_from_slice(&enc.page(&page(&[event(3)]), true));
         let parsed: Vec<SequencedEvent> = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             parsed.iter().map(|e| e.position).collect::<Vec<_>>(),
@@ -297,7 +304,7 @@ mod tests {
     #[test]
     fn an_empty_read_is_an_empty_array() {
         let mut enc = Encoder::default();
-        assert_eq!(&enc.page(&[], true)[..], b"[]");
+        assert_eq!(&enc.page(&page(&[]), true)[..], b"[]");
     }
 
     #[test]

@@ -95,7 +95,7 @@ pub async fn head(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
         backwards: true,
         limit: 1,
     };
-    let events = state.store.read_page(Arc::new(Query::all()), last).await?;
+    let events: Vec<SequencedEvent> = state.store.read_page(Arc::new(Query::all()), last).await?;
     let position = events.first().map_or(0, |e| e.position);
     Ok(HttpResponse::Ok().json(json!({ "position": position })))
 }
@@ -288,7 +288,7 @@ impl Subscriber {
             backwards: false,
             limit: self.page_size,
         };
-        let events = self.store.read_page(self.query.clone(), page).await?;
+        let events: Vec<SequencedEvent> = self.store.read_page(self.query.clone(), page).await?;
         // A page may be short because the reader cut it at its byte budget,
         // not because the range is exhausted: only an empty page says so.
         self.scanned = events.last().map_or(cursor, |e| e.position);

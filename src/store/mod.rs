@@ -26,7 +26,7 @@ pub use connection::{
     build_pool, build_pool_with_tls, checkout, Connection, LiveConnection, Pool, PoolSettings,
 };
 pub use project::project;
-pub use read::read_page;
+pub use read::{read_page, JsonEvents, PageRows};
 
 use tokio_postgres::error::{Severity, SqlState};
 

@@ -21,16 +21,17 @@ struct ReadProbe<'a> {
     types: &'a [String],
 }
 
-/// Reads one page: at most `page.limit` events, and no more once the events
-/// read reach `max_bytes` (at least one event is always returned), so a page
-/// of large events is cut short instead of held in memory whole. Rows are
-/// decoded as they arrive; the rest of a cut page is discarded unread.
-pub async fn read_page(
+/// Reads one page into `rows`: at most `page.limit` events, and no more once
+/// the events read reach `max_bytes` (at least one event is always
+/// returned), so a page of large events is cut short instead of held in
+/// memory whole. Rows are taken as they arrive; the rest of a cut page is
+/// discarded unread.
+pub async fn read_page<R: PageRows>(
     conn: &Connection,
     query: &Query,
     page: &Page,
     max_bytes: usize,
-) -> Result<Vec<SequencedEvent>, StoreError> {
+) -> Result<R, StoreError> {
     let st = &conn.statements;
     let (after, before, limit) = (&page.after, &page.before, &page.limit);
     let probes: Vec<ReadProbe> = footprint::probes(query)
@@ -63,40 +64,209 @@ pub async fn read_page(
     };
     let rows = conn.client.query_raw(statement, params).await?;
     futures_util::pin_mut!(rows);
-    let mut events = Vec::new();
+    let mut taken = R::default();
     let mut bytes = 0;
     while let Some(row) = rows.try_next().await? {
-        let event = decode(&row)?;
-        bytes += event.approximate_size();
-        events.push(event);
+        bytes += taken.push(EventRow::from_row(&row)?);
         if bytes >= max_bytes {
             break;
         }
     }
-    Ok(events)
+    Ok(taken)
 }
 
-/// Decodes an event from columns 0 to 6 (position, type, tags, data, id,
-/// metadata, recorded_at); also used by [`super::project`].
-pub(super) fn decode(row: &tokio_postgres::Row) -> Result<SequencedEvent, StoreError> {
-    let position: Position = row.try_get(0)?;
-    let text = |bytes: Vec<u8>| {
-        String::from_utf8(bytes).map_err(|e| StoreError::Corrupt {
+/// What a page read collects its events into: decoded events
+/// (`Vec<SequencedEvent>`), or the JSON a read response sends
+/// ([`JsonEvents`]), written straight from the rows.
+pub trait PageRows: Default + Send + 'static {
+    /// Takes one event; answers roughly the bytes it now holds for it (what
+    /// cuts a page at `reader.page_max_bytes`).
+    fn push(&mut self, event: EventRow<'_>) -> usize;
+    /// How many events it holds.
+    fn count(&self) -> usize;
+    /// The sum of what [`PageRows::push`] answered.
+    fn bytes(&self) -> usize;
+    /// The positions of the first and the last event taken.
+    fn first_position(&self) -> Option<Position>;
+    fn last_position(&self) -> Option<Position>;
+}
+
+impl PageRows for Vec<SequencedEvent> {
+    fn push(&mut self, event: EventRow<'_>) -> usize {
+        let event = event.to_owned();
+        let size = event.approximate_size();
+        Vec::push(self, event);
+        size
+    }
+
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn bytes(&self) -> usize {
+        self.iter().map(SequencedEvent::approximate_size).sum()
+    }
+
+    fn first_position(&self) -> Option<Position> {
+        self.first().map(|e| e.position)
+    }
+
+    fn last_position(&self) -> Option<Position> {
+        self.last().map(|e| e.position)
+    }
+}
+
+/// A page as the JSON objects of a read response, separated by commas
+/// (without the array's brackets). Written from the rows' bytes as they
+/// arrive: no owned event is built, which is most of a read's CPU in
+/// crablet at small pages.
+#[derive(Default)]
+pub struct JsonEvents {
+    json: Vec<u8>,
+    count: usize,
+    first_position: Option<Position>,
+    last_position: Option<Position>,
+}
+
+impl JsonEvents {
+    /// The objects, comma-separated; empty when the page is.
+    pub fn json(&self) -> &[u8] {
+        &self.json
+    }
+
+    /// The page of `events`, serialized by serde (for tests of what joins
+    /// pages).
+    #[cfg(test)]
+    pub(crate) fn of_events(events: &[SequencedEvent]) -> Self {
+        let mut page = JsonEvents::default();
+        for event in events {
+            if page.count > 0 {
+                page.json.push(b',');
+            }
+            serde_json::to_writer(&mut page.json, event).expect("events serialize");
+            page.count += 1;
+            page.first_position.get_or_insert(event.position);
+            page.last_position = Some(event.position);
+        }
+        page
+    }
+}
+
+impl PageRows for JsonEvents {
+    fn push(&mut self, event: EventRow<'_>) -> usize {
+        let start = self.json.len();
+        if self.count > 0 {
+            self.json.push(b',');
+        }
+        event.write_json(&mut self.json);
+        self.count += 1;
+        self.first_position.get_or_insert(event.position);
+        self.last_position = Some(event.position);
+        self.json.len() - start
+    }
+
+    fn count(&self) -> usize {
+        self.count
+    }
+
+    fn bytes(&self) -> usize {
+        self.json.len()
+    }
+
+    fn first_position(&self) -> Option<Position> {
+        self.first_position
+    }
+
+    fn last_position(&self) -> Option<Position> {
+        self.last_position
+    }
+}
+
+/// One event as a row holds it (columns 0 to 6: position, type, tags, data,
+/// id, metadata, recorded_at), borrowed from the row.
+pub struct EventRow<'a> {
+    position: Position,
+    event_type: &'a str,
+    tags: Vec<&'a str>,
+    data: &'a str,
+    id: Option<&'a str>,
+    metadata: Option<&'a str>,
+    recorded_at: RecordedAt,
+}
+
+impl<'a> EventRow<'a> {
+    /// Borrows the event of a row; `data` and `metadata` (bytea) must be
+    /// UTF-8, as every append made them.
+    pub(super) fn from_row(row: &'a tokio_postgres::Row) -> Result<Self, StoreError> {
+        let position: Position = row.try_get(0)?;
+        let text = |bytes: &'a [u8]| {
+            std::str::from_utf8(bytes).map_err(|e| StoreError::Corrupt {
+                position,
+                reason: e.to_string(),
+            })
+        };
+        let metadata: Option<&[u8]> = row.try_get(5)?;
+        Ok(EventRow {
             position,
-            reason: e.to_string(),
+            event_type: row.try_get(1)?,
+            tags: row.try_get(2)?,
+            data: text(row.try_get(3)?)?,
+            id: row.try_get(4)?,
+            metadata: metadata.map(text).transpose()?,
+            recorded_at: row.try_get(6)?,
         })
-    };
-    let metadata: Option<Vec<u8>> = row.try_get(5)?;
-    let recorded_at: RecordedAt = row.try_get(6)?;
-    Ok(SequencedEvent {
-        position,
-        event_type: row.try_get(1)?,
-        tags: row.try_get(2)?,
-        data: text(row.try_get(3)?)?,
-        id: row.try_get(4)?,
-        metadata: metadata.map(text).transpose()?,
-        recorded_at: recorded_at.rfc3339(),
-    })
+    }
+
+    pub fn to_owned(&self) -> SequencedEvent {
+        SequencedEvent {
+            position: self.position,
+            event_type: self.event_type.to_owned(),
+            tags: self.tags.iter().map(|t| (*t).to_owned()).collect(),
+            data: self.data.to_owned(),
+            id: self.id.map(str::to_owned),
+            metadata: self.metadata.map(str::to_owned),
+            recorded_at: self.recorded_at.rfc3339(),
+        }
+    }
+
+    /// Writes the event as `SequencedEvent` serializes (same fields, same
+    /// order, same escaping).
+    fn write_json(&self, out: &mut Vec<u8>) {
+        let string = |out: &mut Vec<u8>, text: &str| {
+            serde_json::to_writer(&mut *out, text).expect("a string serializes");
+        };
+        out.extend_from_slice(b"{\"type\":");
+        string(out, self.event_type);
+        out.extend_from_slice(b",\"tags\":[");
+        for (i, tag) in self.tags.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            string(out, tag);
+        }
+        out.extend_from_slice(b"],\"data\":");
+        string(out, self.data);
+        out.extend_from_slice(b",\"position\":");
+        serde_json::to_writer(&mut *out, &self.position).expect("a number serializes");
+        out.extend_from_slice(b",\"id\":");
+        match self.id {
+            Some(id) => string(out, id),
+            None => out.extend_from_slice(b"null"),
+        }
+        if let Some(metadata) = self.metadata {
+            out.extend_from_slice(b",\"metadata\":");
+            string(out, metadata);
+        }
+        out.extend_from_slice(b",\"recordedAt\":\"");
+        self.recorded_at.write_rfc3339(out);
+        out.extend_from_slice(b"\"}");
+    }
+}
+
+/// Decodes an owned event from columns 0 to 6 (see [`EventRow`]); used by
+/// [`super::project`].
+pub(super) fn decode(row: &tokio_postgres::Row) -> Result<SequencedEvent, StoreError> {
+    Ok(EventRow::from_row(row)?.to_owned())
 }
 
 /// A `timestamptz` as PostgreSQL sends it in binary: microseconds since
@@ -118,9 +288,16 @@ impl<'a> FromSql<'a> for RecordedAt {
 
 impl RecordedAt {
     /// RFC 3339 in UTC with microseconds: `2026-11-29T01:02:03.456789Z`.
-    /// Written digit by digit: every event of every read is formatted, and
-    /// the formatting machinery cost several percent of a read's CPU.
     fn rfc3339(self) -> String {
+        let mut text = Vec::with_capacity(27);
+        self.write_rfc3339(&mut text);
+        String::from_utf8(text).unwrap_or_default()
+    }
+
+    /// Appends [`RecordedAt::rfc3339`]'s text. Written digit by digit: every
+    /// event of every read is formatted, and the formatting machinery cost
+    /// several percent of a read's CPU.
+    fn write_rfc3339(self, out: &mut Vec<u8>) {
         const MICROS_PER_DAY: i64 = 86_400_000_000;
         // Days from 1970-01-01 to 2000-01-01.
         const EPOCH_2000_DAYS: i64 = 10_957;
@@ -130,13 +307,15 @@ impl RecordedAt {
         let seconds = micros / 1_000_000;
         if !(0..=9999).contains(&year) {
             // Outside four-digit years (PostgreSQL allows them): the slow way.
-            return format!(
+            let text = format!(
                 "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
                 seconds / 3600,
                 seconds / 60 % 60,
                 seconds % 60,
                 micros % 1_000_000
             );
+            out.extend_from_slice(text.as_bytes());
+            return;
         }
         let mut text = *b"0000-00-00T00:00:00.000000Z";
         put_digits(&mut text[0..4], year);
@@ -146,7 +325,7 @@ impl RecordedAt {
         put_digits(&mut text[14..16], seconds / 60 % 60);
         put_digits(&mut text[17..19], seconds % 60);
         put_digits(&mut text[20..26], micros % 1_000_000);
-        String::from_utf8(text.to_vec()).unwrap_or_default()
+        out.extend_from_slice(&text);
     }
 }
 
@@ -176,7 +355,64 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 
 #[cfg(test)]
 mod tests {
-    use super::RecordedAt;
+    use super::{EventRow, JsonEvents, PageRows, RecordedAt};
+
+    /// The JSON written from rows is byte for byte what serde writes for the
+    /// decoded event, whatever the strings hold.
+    #[test]
+    fn events_written_from_rows_are_what_serde_writes() {
+        let awkward = "quote \" backslash \\ newline \n tab \t nul \u{0} bell \u{7} \
+                       slash / é 漢 😀 \u{2028}";
+        let rows = [
+            EventRow {
+                position: 1,
+                event_type: "Plain",
+                tags: vec![],
+                data: "{}",
+                id: None,
+                metadata: None,
+                recorded_at: RecordedAt(0),
+            },
+            EventRow {
+                position: i64::MAX,
+                event_type: awkward,
+                tags: vec![awkward, "k:v", ""],
+                data: awkward,
+                id: Some(awkward),
+                metadata: Some(awkward),
+                recorded_at: RecordedAt(-1),
+            },
+            EventRow {
+                position: 42,
+                event_type: "",
+                tags: vec!["t"],
+                data: "",
+                id: Some(""),
+                metadata: Some(""),
+                recorded_at: RecordedAt(i64::MAX),
+            },
+        ];
+        let mut page = JsonEvents::default();
+        let mut bytes = 0;
+        let mut expected = Vec::new();
+        for row in rows {
+            if !expected.is_empty() {
+                expected.push(b',');
+            }
+            serde_json::to_writer(&mut expected, &row.to_owned()).unwrap();
+            bytes += page.push(row);
+        }
+        assert_eq!(
+            String::from_utf8_lossy(page.json()),
+            String::from_utf8_lossy(&expected)
+        );
+        assert_eq!(page.json(), &expected[..]);
+        assert_eq!((page.count(), page.bytes()), (3, bytes));
+        assert_eq!(
+            (page.first_position(), page.last_position()),
+            (Some(1), Some(42))
+        );
+    }
 
     #[test]
     fn recorded_at_formats_as_rfc3339_utc_with_microseconds() {

@@ -360,7 +360,10 @@ async fn count_matches(
         state.page_max_bytes,
     );
     let (mut count, mut last) = (0, None);
-    while let Some(page) = cursor.next_page(&state.store).await? {
+    while let Some(page) = cursor
+        .next_page::<Vec<crate::dcb::SequencedEvent>>(&state.store)
+        .await?
+    {
         count += page.len() as u64;
         if let Some(event) = page.last() {
             last = Some(event.position);
