@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::SubscriptionSettings;
 use crate::dcb::{Position, Query, SequencedEvent};
 use crate::metrics::Metrics;
-use crate::store::{self, Page, Pool, StoreError};
+use crate::store::{self, Page, PageRows, Pool, StoreError};
 
 /// An event as fanned out: shared by every subscriber it matches.
 pub type SharedEvent = Arc<SequencedEvent>;
@@ -334,8 +334,7 @@ async fn read_new(inner: &Inner, pool: &Pool, page_size: i64) -> Result<bool, St
     let events: Vec<SequencedEvent> =
         store::read_page(&conn, &Query::all(), &page, TAILER_PAGE_MAX_BYTES).await?;
     drop(conn);
-    let bytes: usize = events.iter().map(|e| e.approximate_size()).sum();
-    let full = events.len() as i64 >= page_size || bytes >= TAILER_PAGE_MAX_BYTES;
+    let full = events.len() as i64 >= page_size || events.bytes() >= TAILER_PAGE_MAX_BYTES;
     if let Some(last) = events.last().map(|e| e.position) {
         inner.fan_out(events, last);
     }

@@ -140,29 +140,31 @@ impl JsonEvents {
     pub(crate) fn of_events(events: &[SequencedEvent]) -> Self {
         let mut page = JsonEvents::default();
         for event in events {
-            if page.count > 0 {
-                page.json.push(b',');
-            }
-            serde_json::to_writer(&mut page.json, event).expect("events serialize");
-            page.count += 1;
-            page.first_position.get_or_insert(event.position);
-            page.last_position = Some(event.position);
+            page.push_object(event.position, |out| {
+                serde_json::to_writer(out, event).expect("events serialize");
+            });
         }
         page
+    }
+
+    /// Appends one event's object, written by `write`, after a comma when it
+    /// is not the first; answers the bytes added.
+    fn push_object(&mut self, position: Position, write: impl FnOnce(&mut Vec<u8>)) -> usize {
+        let start = self.json.len();
+        if self.count > 0 {
+            self.json.push(b',');
+        }
+        write(&mut self.json);
+        self.count += 1;
+        self.first_position.get_or_insert(position);
+        self.last_position = Some(position);
+        self.json.len() - start
     }
 }
 
 impl PageRows for JsonEvents {
     fn push(&mut self, event: EventRow<'_>) -> usize {
-        let start = self.json.len();
-        if self.count > 0 {
-            self.json.push(b',');
-        }
-        event.write_json(&mut self.json);
-        self.count += 1;
-        self.first_position.get_or_insert(event.position);
-        self.last_position = Some(event.position);
-        self.json.len() - start
+        self.push_object(event.position, |out| event.write_json(out))
     }
 
     fn count(&self) -> usize {
