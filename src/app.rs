@@ -12,6 +12,7 @@
 //! `http.cors_origins`, and the SIGHUP reload of tokens and certificate.
 
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::dev::{Server, ServerHandle};
@@ -23,7 +24,7 @@ use crate::config::Settings;
 use crate::embedded::{EmbeddedError, EmbeddedPostgres};
 use crate::http::{self, AppState};
 use crate::metrics::{Metrics, PoolSample};
-use crate::store::{self, PoolSettings};
+use crate::store::{self, PoolSettings, ProjectionStates};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -203,7 +204,11 @@ impl Application {
             settings.writer.lanes as u32 + 1,
         );
         watch_pool(&metrics, "reader", &reader_pool, settings.reader.pool_size);
-        let writers = Writers::start(writer_pool, &settings.writer, &metrics);
+        let states = Arc::new(ProjectionStates::new(
+            settings.projections.state_cache_bytes,
+            &metrics,
+        ));
+        let writers = Writers::start(writer_pool, &settings.writer, &metrics, states);
         let subscriptions = Subscriptions::start(
             reader_pool.clone(),
             writers.committed(),

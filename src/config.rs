@@ -29,9 +29,17 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub limits: Limits,
     pub subscriptions: SubscriptionSettings,
+    pub projections: ProjectionSettings,
     pub compat: CompatSettings,
     pub auth: crate::auth::AuthSettings,
     pub tls: crate::tls::TlsSettings,
+}
+
+/// Projections and requirements (see `store::states`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProjectionSettings {
+    /// Bytes of remembered projector states per process; 0: none.
+    pub state_cache_bytes: usize,
 }
 
 /// Compatibility front ends mounted beside the native API.

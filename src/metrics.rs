@@ -138,6 +138,9 @@ pub struct MetricHandles {
     pub writer_batch_events: Histogram,
     /// Decided conditional appends by lane and outcome (accepted, rejected).
     pub append_conditions_total: IntCounterVec,
+    /// Remembered projector states looked up (hit, miss) and dropped
+    /// (evicted) (see `store::states`).
+    pub projection_states_total: IntCounterVec,
     /// Pool connections by pool and state (in_use, idle), set at render.
     pub pool_connections: IntGaugeVec,
     /// Configured pool sizes, set at render.
@@ -320,6 +323,14 @@ impl Metrics {
             &["lane", "outcome"],
         )
         .expect("valid metric");
+        let projection_states_total = IntCounterVec::new(
+            Opts::new(
+                "projection_states_total",
+                "Remembered projector states by result: hit, miss (looked up), evicted",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         let pool_connections = IntGaugeVec::new(
             Opts::new(
                 "pool_connections",
@@ -386,6 +397,7 @@ impl Metrics {
             writer_batch_database_seconds,
             writer_batch_events,
             append_conditions_total,
+            projection_states_total,
             pool_connections,
             pool_max_connections,
             pool_waiting,
@@ -428,6 +440,7 @@ impl Metrics {
             Box::new(self.writer_batch_database_seconds.clone()),
             Box::new(self.writer_batch_events.clone()),
             Box::new(self.append_conditions_total.clone()),
+            Box::new(self.projection_states_total.clone()),
             Box::new(self.pool_connections.clone()),
             Box::new(self.pool_max_connections.clone()),
             Box::new(self.pool_waiting.clone()),

@@ -2,80 +2,115 @@
 -- a batch costs one round trip (the call is its own transaction).
 --
 -- Each statement of a VOLATILE function takes a fresh snapshot under READ
--- COMMITTED, so the condition check below sees every transaction that held
--- a key this batch has just locked.
+-- COMMITTED, so every check below sees every transaction that held a key
+-- this batch has just locked.
 --
 -- 1. Take the batch's advisory locks, in the order given (ascending keys):
 --    shared for the keys of the events written, exclusive for the keys the
---    conditions probe and for the keys of the events' ids.
--- 2. When events carry ids, look them up (one statement over the unique
---    index events_id): an append with any stored id is not accepted, and the
+--    conditions and requirements probe and for the keys of the events' ids.
+-- 2. Look up the events' ids (one statement over the unique index
+--    events_id): an append with any stored id is not accepted, and the
 --    stored events come back to crablet, which tells a retry of the same
---    append (answered as a duplicate) from a reuse of ids (a conflict). This
---    comes first: a retry is never rejected by its own condition.
---    Then check every condition probe against the stored events, then the
---    requirements of the appends still accepted.
--- 3. Decide the appends in batch order: an append is rejected if a probe of
---    its condition matched, or if it conflicts with an earlier append of the
---    batch that is accepted (pairs computed by crablet, ordered by the later
---    append).
+--    append (answered as a duplicate) from a reuse of ids (a conflict).
+--    Check every condition probe against the stored events (one statement).
+-- 3. Decide the appends in batch order, each against the store and the
+--    earlier appends of the batch that are accepted, exactly as if each had
+--    been committed alone before the next: an id written by an earlier
+--    accepted append (crablet answers as for a stored one); the condition's
+--    stored matches; an event of an earlier accepted append that matches the
+--    condition and lies after its `after`; then each requirement, whose
+--    projector's state is computed once per batch (continued from the state
+--    crablet remembers, see migrations/007_reduce.sql) and then folded, in
+--    batch order, with the matching events of the accepted appends.
 -- 4. Take the sequencing lock, reserve one block of positions and insert the
 --    events of the accepted appends, in batch order, with their index keys.
 --    The lock is held until commit, so transactions commit in position order
 --    (gap-free reading), and recorded_at, read from the clock once the lock
 --    is held, follows position order too.
 --
--- Arguments are parallel arrays, never JSON, except the rare requirements.
+-- Positions inside the batch. An earlier append's events get positions above
+-- every position committed before the batch's snapshot: a condition whose
+-- `after` is at or below the head crablet knows (p_known_head), or below the
+-- head of a snapshot taken after the locks, is certainly broken by a
+-- matching earlier event. Only for an `after` beyond both (a client that read
+-- through another process) are the positions needed: the sequencing lock and
+-- the first position are then taken before the decisions, and the earlier
+-- event's position compared exactly.
+--
+-- Requirements and the batch: a requirement's projector probes keys this
+-- batch holds exclusive, so no other transaction can commit an event that
+-- matches it until this one commits. Its final state (the stored events plus
+-- the accepted ones of the batch) is therefore the state through the last
+-- position this batch writes, and is returned for crablet to remember.
+--
+-- Arguments are parallel arrays, never JSON, except the rare projectors.
 -- A list inside a list (an event's tags, a probe's tags and types) is sent
 -- as an array literal ('{"a","b"}'), one per owner, cast where it is used:
 -- every argument is read in one pass, whatever the size of the batch.
 --
--- Returns a row only for what is not a plain acceptance:
---   * append_index -1: first_position is the first position written. The
---     accepted appends' events have the positions that follow, consecutive,
---     in batch order (crablet counts them out); no row when nothing was
---     written.
---   * stored_id set: an event stored under an id of the append (first_position
---     is its position), one row per such event.
---   * failed_requirement set: the append was refused by that requirement.
---   * otherwise: the append was rejected by its condition.
+-- Returns a row, with `kind` saying what it is, only for what is not a plain
+-- acceptance:
+--   * 'written': first_position is the first position written. The accepted
+--     appends' events have the positions that follow, consecutive, in batch
+--     order (crablet counts them out); no row when nothing was written.
+--   * 'stored_id': an event stored under an id of append append_index
+--     (first_position is its position), one row per such event.
+--   * 'batch_id': append append_index reuses an id of the earlier accepted
+--     append `earlier` of this batch.
+--   * 'condition': append append_index was rejected by its condition.
+--   * 'requirement': append append_index was refused by its requirement
+--     number `requirement`.
+--   * 'state': projector number `projector` has state `state` through
+--     position first_position.
 --
 -- Cost. At one append per batch the call is most of an append's latency, and
 -- what it costs is mostly executor set-up per statement, not data: so a batch
 -- of one event is inserted with VALUES, a single probe is one EXISTS, the
--- accepted appends are not returned as rows. Its plans must be generic:
--- crablet's sessions run with plan_cache_mode = force_generic_plan (custom
--- plans would re-plan these statements at every call, for their array
--- arguments make custom plans look cheaper).
+-- accepted appends are not returned as rows, and the in-order loop of step 3
+-- runs only for a batch that has in-batch overlaps or requirements. Its
+-- plans must be generic: crablet's sessions run with plan_cache_mode =
+-- force_generic_plan (custom plans would re-plan these statements at every
+-- call, for their array arguments make custom plans look cheaper).
 --
--- Every earlier signature, and this one: dropped,
--- so that no older overload remains and the return type can change when this
--- file is applied again.
-DROP FUNCTION IF EXISTS crablet_append_batch(
-    int8[], bool[], text, int4[], int4[], int4, int4[], text[], bytea[], int8[], text[],
-    int8[], int8[], int8);
-DROP FUNCTION IF EXISTS crablet_append_batch(
-    int8[], bool[], text, int4[], int4[], int4, int4[], text[], bytea[], text[], bytea[],
-    int8[], text[], int8[], int8[], int8);
-DROP FUNCTION IF EXISTS crablet_append_batch(
-    int8[], bool[], text, text, int4[], int4[], int4, int4[], text[], bytea[], text[], bytea[],
-    int8[], text[], int8[], int8[], int8);
-DROP FUNCTION IF EXISTS crablet_append_batch(
-    int8[], bool[], int4[], int8[], int8[], text[], text[], text, int4[], int4[], int4, int4[],
-    text[], bytea[], text[], bytea[], text[], int4[], int8[], int8);
+-- Every earlier signature is dropped by name, so that no older overload
+-- remains and the return type can change when this file is applied again.
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN
+        SELECT p.oid::regprocedure
+        FROM pg_proc p
+        WHERE p.proname = 'crablet_append_batch' AND pg_function_is_visible(p.oid)
+    LOOP
+        EXECUTE format('DROP FUNCTION %s', f);
+    END LOOP;
+END;
+$$;
 
-CREATE OR REPLACE FUNCTION crablet_append_batch(
+CREATE FUNCTION crablet_append_batch(
     p_lock_keys        int8[],
     p_lock_exclusive   bool[],
-    p_probe_append     int4[],   -- per probe: index (0-based) of its append (none: no condition)
-    p_probe_after      int8[],   -- per probe: the condition's after (0 when absent)
+    p_appends          int4,     -- number of appends in the batch
+    p_append_events    int4[],   -- per append: its number of events
+    p_after            int8[],   -- per append: its condition's after (0: none)
+    p_probe_append     int4[],   -- per probe: index (0-based) of its append
     p_probe_key        int8[],   -- per probe: the key to scan; NULL scans all events
     p_probe_tags       text[],   -- per probe: its tags, an array literal
     p_probe_types      text[],   -- per probe: its types (none: any), an array literal
-    p_requires         text,     -- JSON [{"i","n","q","op","v"}], or NULL
-    p_conflict_later   int4[],   -- append index (0-based) ...
-    p_conflict_earlier int4[],   -- ... rejected if this earlier one is accepted
-    p_appends          int4,     -- number of appends in the batch
+    p_pair_later       int4[],   -- per in-batch match, ordered by later: the append
+    p_pair_earlier     int4[],   -- whose condition matches an event of this earlier one,
+    p_pair_offset      int4[],   -- the last such event's place in it (0-based)
+    p_id_later         int4[],   -- per in-batch id reuse, ordered by later: the append
+    p_id_earlier       int4[],   -- that has an id of this earlier one
+    p_projectors       text,     -- JSON [{"q","s","h"}] (see crablet_reduce), or NULL
+    p_req_append       int4[],   -- per requirement, in batch order: its append,
+    p_req_index        int4[],   -- its place in the append's `require`,
+    p_req_projector    int4[],   -- its projector (0-based, in p_projectors),
+    p_req_op           text[],
+    p_req_value        text[],   -- JSON
+    p_fold_projector   int4[],   -- per (projector, matching batch event), by event:
+    p_fold_event       int4[],   -- the event's 1-based ordinal in the batch
     p_event_append     int4[],   -- per event: index of its append (non-decreasing)
     p_types            text[],
     p_data             bytea[],
@@ -84,25 +119,54 @@ CREATE OR REPLACE FUNCTION crablet_append_batch(
     p_tags             text[],   -- per event: its tags, an array literal
     p_key_event        int4[],   -- per index key: 1-based ordinal of its event
     p_keys             int8[],
+    p_known_head       int8,     -- a position crablet saw committed
     p_sequence_key     int8
 ) RETURNS TABLE (
+    kind               text,
     append_index       int4,
     first_position     int8,
+    requirement        int4,
+    projector          int4,
+    earlier            int4,
+    state              text,
     stored_id          text,
     stored_type        text,
     stored_tags        text[],
     stored_data        bytea,
-    stored_metadata    bytea,
-    failed_requirement int4
+    stored_metadata    bytea
 )
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     accepted bool[] := array_fill(true, ARRAY[p_appends]);
+    -- Per append: whether a stored event matched its condition (applied in
+    -- batch order by step 3 when it runs).
+    probe_failed bool[];
+    ordered bool := cardinality(p_pair_later) > 0 OR cardinality(p_id_later) > 0
+                    OR p_projectors IS NOT NULL;
     failed int4;
-    n int4;
     found_event record;
-    req record;
+    -- Step 3: per append, the events of accepted appends before it.
+    written_before int4[] := array_fill(0, ARRAY[p_appends]);
+    running int4 := 0;
+    event_end int4 := 0;
+    states jsonb[];
+    reducers text[];
+    paths text[];
+    maps jsonb[];
+    head int8;
+    a int4;
+    j int4;
+    cond_after int8;
+    reused bool;
+    ip int4 := 1;
+    ii int4 := 1;
+    ir int4 := 1;
+    fi int4 := 1;
+    n_pairs int4 := coalesce(cardinality(p_pair_later), 0);
+    n_ids int4 := coalesce(cardinality(p_id_later), 0);
+    n_reqs int4 := coalesce(cardinality(p_req_append), 0);
+    n_folds int4 := coalesce(cardinality(p_fold_event), 0);
     -- Per event: its place among the events written (1-based), NULL if its
     -- append was rejected; NULL as a whole when every append is accepted.
     slot int4[];
@@ -123,6 +187,7 @@ BEGIN
             JOIN events e ON e.id = l.id
         LOOP
             accepted[found_event.append + 1] := false;
+            kind := 'stored_id';
             append_index := found_event.append;
             first_position := found_event.position;
             stored_id := found_event.id;
@@ -132,9 +197,6 @@ BEGIN
             stored_metadata := found_event.metadata;
             RETURN NEXT;
         END LOOP;
-        IF NOT (true = ANY (accepted)) THEN
-            RETURN;
-        END IF;
         first_position := NULL;
         stored_id := NULL;
         stored_type := NULL;
@@ -152,76 +214,146 @@ BEGIN
             FROM event_keys ek
             JOIN events e ON e.position = ek.position
             WHERE ek.key = p_probe_key[1]
-              AND ek.position > p_probe_after[1]
-              AND e.tags @> p_probe_tags[1]::text[]
-              AND (p_probe_types[1] = '{}' OR e.type = ANY (p_probe_types[1]::text[])))
+              AND ek.position > p_after[p_probe_append[1] + 1]
+              AND crablet_matches(e.tags, e.type, p_probe_tags[1]::text[],
+                                  p_probe_types[1]::text[]))
         THEN
-            accepted[p_probe_append[1] + 1] := false;
-            append_index := p_probe_append[1];
-            RETURN NEXT;
+            probe_failed[p_probe_append[1] + 1] := true;
         END IF;
     ELSIF cardinality(p_probe_append) > 0 THEN
         FOREACH failed IN ARRAY ARRAY(
             SELECT DISTINCT p.append
-            FROM unnest(p_probe_append, p_probe_after, p_probe_key, p_probe_tags, p_probe_types)
-                 AS p(append, after, key, tags, types)
+            FROM unnest(p_probe_append, p_probe_key, p_probe_tags, p_probe_types)
+                 AS p(append, key, tags, types)
             WHERE CASE
                 -- The all-query: max() is a one-entry backward scan of the
                 -- primary key, never a scan of the log.
-                WHEN p.key IS NULL THEN (SELECT max(e.position) FROM events e) > p.after
+                WHEN p.key IS NULL THEN
+                    (SELECT max(e.position) FROM events e) > p_after[p.append + 1]
                 ELSE EXISTS (
                     SELECT 1
                     FROM event_keys ek
                     JOIN events e ON e.position = ek.position
                     WHERE ek.key = p.key
-                      AND ek.position > p.after
-                      AND e.tags @> p.tags::text[]
-                      AND (p.types = '{}' OR e.type = ANY (p.types::text[])))
+                      AND ek.position > p_after[p.append + 1]
+                      AND crablet_matches(e.tags, e.type, p.tags::text[], p.types::text[]))
             END)
         LOOP
-            IF accepted[failed + 1] THEN
-                accepted[failed + 1] := false;
-                append_index := failed;
-                RETURN NEXT;
-            END IF;
+            probe_failed[failed + 1] := true;
         END LOOP;
     END IF;
 
-    -- Requirements of the appends still accepted, in batch order: the
-    -- projector's state (crablet_reduce, in this statement's snapshot, taken
-    -- with every lock held) compared with the value. A lane never batches an
-    -- append with a requirement that could see an event of an earlier append
-    -- of the batch, so the stored events are all a requirement needs.
-    IF p_requires IS NOT NULL THEN
-        FOR req IN
-            SELECT (r->>'i')::int4 AS i, (r->>'n')::int4 AS n, r->'q' AS q, r->>'op' AS op,
-                   r->'v' AS v
-            FROM jsonb_array_elements(p_requires::jsonb) WITH ORDINALITY AS t(r, ord)
-            ORDER BY t.ord
-        LOOP
-            IF accepted[req.i + 1]
-               AND NOT crablet_compare(crablet_reduce(req.q), req.op, req.v) THEN
-                accepted[req.i + 1] := false;
-                append_index := req.i;
-                failed_requirement := req.n;
+    IF NOT ordered THEN
+        -- No append of the batch can see another: the stored matches decide.
+        FOR a IN 0 .. p_appends - 1 LOOP
+            IF probe_failed[a + 1] AND accepted[a + 1] THEN
+                accepted[a + 1] := false;
+                kind := 'condition';
+                append_index := a;
                 RETURN NEXT;
             END IF;
         END LOOP;
-        failed_requirement := NULL;
+    ELSE
+        IF p_projectors IS NOT NULL THEN
+            -- Every projector's state and the head, in one snapshot taken
+            -- with the locks held.
+            SELECT array_agg(crablet_reduce(x.p->'q', x.p->'s', coalesce((x.p->>'h')::int8, 0))
+                             ORDER BY x.ord),
+                   array_agg(x.p->'q'->>'r' ORDER BY x.ord),
+                   array_agg(ARRAY(SELECT jsonb_array_elements_text(
+                                 coalesce(x.p->'q'->'path', '[]'::jsonb)))::text ORDER BY x.ord),
+                   array_agg(x.p->'q'->'m' ORDER BY x.ord),
+                   (SELECT coalesce(max(e.position), 0) FROM events e)
+            INTO states, reducers, paths, maps, head
+            FROM jsonb_array_elements(p_projectors::jsonb) WITH ORDINALITY AS x(p, ord);
+        END IF;
+
+        FOR a IN 0 .. p_appends - 1 LOOP
+            -- An id of an earlier accepted append: as if stored.
+            reused := false;
+            WHILE ii <= n_ids AND p_id_later[ii] = a LOOP
+                IF accepted[a + 1] AND accepted[p_id_earlier[ii] + 1] THEN
+                    kind := 'batch_id';
+                    append_index := a;
+                    earlier := p_id_earlier[ii];
+                    RETURN NEXT;
+                    earlier := NULL;
+                    reused := true;
+                END IF;
+                ii := ii + 1;
+            END LOOP;
+            IF reused THEN
+                accepted[a + 1] := false;
+            END IF;
+
+            IF accepted[a + 1] AND probe_failed[a + 1] THEN
+                accepted[a + 1] := false;
+                kind := 'condition';
+                append_index := a;
+                RETURN NEXT;
+            END IF;
+
+            -- An event of an earlier accepted append that the condition
+            -- matches, after its `after`.
+            WHILE ip <= n_pairs AND p_pair_later[ip] = a LOOP
+                IF accepted[a + 1] AND accepted[p_pair_earlier[ip] + 1] THEN
+                    cond_after := p_after[a + 1];
+                    IF cond_after > p_known_head AND head IS NULL THEN
+                        SELECT coalesce(max(e.position), 0) INTO head FROM events e;
+                    END IF;
+                    IF cond_after > p_known_head AND cond_after > head AND first IS NULL THEN
+                        PERFORM pg_advisory_xact_lock(p_sequence_key);
+                        first := nextval('events_position_seq');
+                    END IF;
+                    IF cond_after <= p_known_head OR cond_after <= head
+                       OR first + written_before[p_pair_earlier[ip] + 1] + p_pair_offset[ip]
+                          > cond_after THEN
+                        accepted[a + 1] := false;
+                        kind := 'condition';
+                        append_index := a;
+                        RETURN NEXT;
+                    END IF;
+                END IF;
+                ip := ip + 1;
+            END LOOP;
+
+            -- The requirements, against the states folded so far.
+            WHILE ir <= n_reqs AND p_req_append[ir] = a LOOP
+                IF accepted[a + 1] AND NOT coalesce(crablet_compare(states[p_req_projector[ir] + 1],
+                                                                    p_req_op[ir],
+                                                                    p_req_value[ir]::jsonb), false)
+                THEN
+                    accepted[a + 1] := false;
+                    kind := 'requirement';
+                    append_index := a;
+                    requirement := p_req_index[ir];
+                    RETURN NEXT;
+                    requirement := NULL;
+                END IF;
+                ir := ir + 1;
+            END LOOP;
+
+            written_before[a + 1] := running;
+            event_end := event_end + p_append_events[a + 1];
+            IF accepted[a + 1] THEN
+                running := running + p_append_events[a + 1];
+            END IF;
+            WHILE fi <= n_folds AND p_fold_event[fi] <= event_end LOOP
+                IF accepted[a + 1] THEN
+                    j := p_fold_projector[fi] + 1;
+                    states[j] := crablet_step(reducers[j], paths[j]::text[], maps[j], states[j],
+                                              p_types[p_fold_event[fi]],
+                                              p_data[p_fold_event[fi]]);
+                END IF;
+                fi := fi + 1;
+            END LOOP;
+        END LOOP;
     END IF;
+    append_index := NULL;
 
-    FOR n IN 1 .. coalesce(array_length(p_conflict_later, 1), 0) LOOP
-        IF accepted[p_conflict_earlier[n] + 1] AND accepted[p_conflict_later[n] + 1] THEN
-            accepted[p_conflict_later[n] + 1] := false;
-            append_index := p_conflict_later[n];
-            RETURN NEXT;
-        END IF;
-    END LOOP;
-
-    IF false = ANY (accepted) THEN
-        IF NOT (true = ANY (accepted)) THEN
-            RETURN;
-        END IF;
+    IF NOT (true = ANY (accepted)) THEN
+        written := 0;
+    ELSIF false = ANY (accepted) THEN
         SELECT array_agg(CASE WHEN e.kept THEN e.n END ORDER BY e.ord), max(e.n)
         INTO slot, written
         FROM (SELECT e.ord, accepted[e.append + 1] AS kept,
@@ -231,37 +363,55 @@ BEGIN
         written := cardinality(p_event_append);
     END IF;
 
-    PERFORM pg_advisory_xact_lock(p_sequence_key);
-    -- One block of positions: no other transaction draws from the sequence
-    -- while the sequencing lock is held.
-    first := nextval('events_position_seq');
-    IF written > 1 THEN
-        PERFORM setval('events_position_seq', first + written - 1);
-    END IF;
-    recorded := clock_timestamp();
+    IF written > 0 THEN
+        IF first IS NULL THEN
+            PERFORM pg_advisory_xact_lock(p_sequence_key);
+            -- One block of positions: no other transaction draws from the
+            -- sequence while the sequencing lock is held.
+            first := nextval('events_position_seq');
+        END IF;
+        IF written > 1 THEN
+            PERFORM setval('events_position_seq', first + written - 1);
+        END IF;
+        recorded := clock_timestamp();
 
-    IF slot IS NULL AND written = 1 THEN
-        INSERT INTO events (position, type, tags, data, id, metadata, recorded_at)
-        VALUES (first, p_types[1], p_tags[1]::text[], p_data[1], p_ids[1], p_metadata[1],
-                recorded);
-        INSERT INTO event_keys (key, position)
-        SELECT unnest(p_keys), first;
-    ELSE
-        -- A NULL p_ids or p_metadata unnests as NULLs for every event.
-        INSERT INTO events (position, type, tags, data, id, metadata, recorded_at)
-        SELECT first - 1 + coalesce(slot[e.ord], e.ord), e.type, e.tags::text[], e.data, e.id,
-               e.metadata, recorded
-        FROM unnest(p_types, p_tags, p_data, p_ids, p_metadata)
-             WITH ORDINALITY AS e(type, tags, data, id, metadata, ord)
-        WHERE slot IS NULL OR slot[e.ord] IS NOT NULL;
-        INSERT INTO event_keys (key, position)
-        SELECT k.key, first - 1 + coalesce(slot[k.event], k.event)
-        FROM unnest(p_key_event, p_keys) AS k(event, key)
-        WHERE slot IS NULL OR slot[k.event] IS NOT NULL;
+        IF slot IS NULL AND written = 1 THEN
+            INSERT INTO events (position, type, tags, data, id, metadata, recorded_at)
+            VALUES (first, p_types[1], p_tags[1]::text[], p_data[1], p_ids[1], p_metadata[1],
+                    recorded);
+            INSERT INTO event_keys (key, position)
+            SELECT unnest(p_keys), first;
+        ELSE
+            -- A NULL p_ids or p_metadata unnests as NULLs for every event.
+            INSERT INTO events (position, type, tags, data, id, metadata, recorded_at)
+            SELECT first - 1 + coalesce(slot[e.ord], e.ord), e.type, e.tags::text[], e.data, e.id,
+                   e.metadata, recorded
+            FROM unnest(p_types, p_tags, p_data, p_ids, p_metadata)
+                 WITH ORDINALITY AS e(type, tags, data, id, metadata, ord)
+            WHERE slot IS NULL OR slot[e.ord] IS NOT NULL;
+            INSERT INTO event_keys (key, position)
+            SELECT k.key, first - 1 + coalesce(slot[k.event], k.event)
+            FROM unnest(p_key_event, p_keys) AS k(event, key)
+            WHERE slot IS NULL OR slot[k.event] IS NOT NULL;
+        END IF;
     END IF;
 
-    append_index := -1;
-    first_position := first;
-    RETURN NEXT;
+    IF states IS NOT NULL THEN
+        FOR j IN 1 .. cardinality(states) LOOP
+            kind := 'state';
+            projector := j - 1;
+            state := states[j]::text;
+            first_position := CASE WHEN written > 0 THEN first + written - 1 ELSE head END;
+            RETURN NEXT;
+        END LOOP;
+        projector := NULL;
+        state := NULL;
+    END IF;
+
+    IF written > 0 THEN
+        kind := 'written';
+        first_position := first;
+        RETURN NEXT;
+    END IF;
 END;
 $$;

@@ -1,20 +1,63 @@
--- crablet_reduce: one projector's state over the events its query matches,
--- computed in the database (nothing but the state leaves it). STABLE: every
--- statement runs in the snapshot of the calling statement, so the reducers of
--- one `crablet_project` call, or of one requirement check of a batch (taken
--- after the batch's locks), see the same events.
+-- The projector functions: which events a query matches, one projector's
+-- state computed in the database (nothing but the state leaves it), and one
+-- event folded into a state.
 --
--- p: {"r": reducer, "p": probes [{"k","tags","types"}] or null for every
---     event, "path": pointer tokens, "l": distinct's cap, "m": status's map}.
+-- Every earlier signature of these functions is dropped by name first, so no
+-- older overload remains whatever its arguments were.
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN
+        SELECT p.oid::regprocedure
+        FROM pg_proc p
+        WHERE p.proname IN ('crablet_matches', 'crablet_reduce', 'crablet_step')
+          AND pg_function_is_visible(p.oid)
+    LOOP
+        EXECUTE format('DROP FUNCTION %s', f);
+    END LOOP;
+END;
+$$;
+
+-- crablet_matches: whether an event (its tags and type) matches one index
+-- probe or query item (tags it must all carry; types of which it must have
+-- one, any type when there are none). The one place this predicate is
+-- written in SQL: a plain SQL expression, inlined into every statement that
+-- calls it. crablet evaluates the same rule in Rust (dcb::QueryItem::matches)
+-- for the events of a batch that are not stored yet.
+CREATE FUNCTION crablet_matches(tags text[], type text, want_tags text[], want_types text[])
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+SELECT tags @> want_tags AND (cardinality(want_types) = 0 OR type = ANY (want_types))
+$$;
+
+-- crablet_reduce: one projector's state over the events its query matches,
+-- continued from a state crablet remembers. STABLE: every statement runs in
+-- the snapshot of the calling statement, so the reducers of one
+-- `crablet_project` call, or of one batch's requirement check (taken after
+-- the batch's locks), see the same events.
+--
+-- q: {"r": reducer, "p": probes [{"k","tags","types"}] or null for every
+--    event, "path": pointer tokens, "l": distinct's cap, "m": status's map}.
+-- s, h: a state of this projector over the events through position h (s NULL
+--    and h 0: none). Only events after h are visited; s is continued with
+--    them. Commits happen in position order, so no event at or below h can
+--    appear after s was computed: a remembered state is a prefix of the log,
+--    never a guess (crablet keeps them, see src/store/states.rs). A store
+--    emptied since (go-crablet's cleanup deletes every event; positions are
+--    never reused) holds no event at or below h: s is then dropped and the
+--    state computed afresh.
 -- Probes are the index probes of crablet's reads (dcb/footprint.rs): a range
--- scan of event_keys under one key, joined to events by primary key.
+-- scan of event_keys under one key and after h, joined to events by primary
+-- key.
 --
 -- Costs (the plans are pinned to index probes, see the SET clauses): exists,
--- last, latest and status walk each probe backwards and stop
--- at the first hit (latest: the first event that has the field; status: the
--- first of a mapped type); count, sum and distinct visit every match.
--- `last` returns the position of the last match (crablet reads its columns).
-CREATE OR REPLACE FUNCTION crablet_reduce(p jsonb) RETURNS jsonb
+-- last, latest and status walk each probe backwards from the head and stop
+-- at the first hit or at h; count, sum and distinct visit every match after
+-- h. `last` returns the position of the last match (crablet reads its
+-- columns).
+CREATE FUNCTION crablet_reduce(q jsonb, s jsonb, h int8) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 -- Index probes only: the statements below run with generic plans, whose
 -- estimate of the rows under one key is the average over all keys; with few
@@ -25,154 +68,201 @@ SET enable_hashjoin = off
 SET enable_mergejoin = off
 AS $$
 DECLARE
-    reducer text := p->>'r';
+    reducer text := q->>'r';
     -- NULL (SQL) for the all-query: jsonb_to_recordset(NULL) is empty.
-    probes jsonb := CASE WHEN jsonb_typeof(p->'p') = 'array' THEN p->'p' END;
-    every boolean := jsonb_typeof(p->'p') IS DISTINCT FROM 'array';
-    path text[] := ARRAY(SELECT jsonb_array_elements_text(coalesce(p->'path', '[]'::jsonb)));
-    cap int4 := coalesce((p->>'l')::int4, 0);
-    map jsonb := p->'m';
+    probes jsonb := CASE WHEN jsonb_typeof(q->'p') = 'array' THEN q->'p' END;
+    every boolean := jsonb_typeof(q->'p') IS DISTINCT FROM 'array';
+    path text[] := ARRAY(SELECT jsonb_array_elements_text(coalesce(q->'path', '[]'::jsonb)));
+    cap int4 := coalesce((q->>'l')::int4, 0);
+    map jsonb := q->'m';
+    since int8 := coalesce(h, 0);
     mapped text[];
     pos int8;
     total numeric;
+    known jsonb;
     result jsonb;
 BEGIN
+    IF since > 0 AND NOT EXISTS (SELECT 1 FROM events e WHERE e.position <= since) THEN
+        since := 0;
+        s := NULL;
+    END IF;
     IF reducer IN ('exists', 'last') THEN
         IF every THEN
-            SELECT max(e.position) INTO pos FROM events e;
+            SELECT max(e.position) INTO pos FROM events e WHERE e.position > since;
         ELSE
             SELECT max(m.position) INTO pos
-            FROM jsonb_to_recordset(probes) AS q(k int8, tags text[], types text[])
+            FROM jsonb_to_recordset(probes) AS p(k int8, tags text[], types text[])
             CROSS JOIN LATERAL (
                 SELECT ek.position
                 FROM event_keys ek
                 JOIN events e ON e.position = ek.position
-                WHERE ek.key = q.k
-                  AND e.tags @> q.tags
-                  AND (cardinality(q.types) = 0 OR e.type = ANY (q.types))
+                WHERE ek.key = p.k
+                  AND ek.position > since
+                  AND crablet_matches(e.tags, e.type, p.tags, p.types)
                 ORDER BY ek.position DESC
                 LIMIT 1) m;
         END IF;
         IF reducer = 'exists' THEN
-            RETURN to_jsonb(pos IS NOT NULL);
+            RETURN to_jsonb(pos IS NOT NULL OR coalesce(s = 'true'::jsonb, false));
         END IF;
-        RETURN coalesce(to_jsonb(pos), 'null'::jsonb);
+        RETURN coalesce(to_jsonb(pos), s, 'null'::jsonb);
     ELSIF reducer = 'status' THEN
         mapped := ARRAY(SELECT jsonb_object_keys(map));
         IF every THEN
             SELECT map -> e.type INTO result
             FROM events e
-            WHERE e.type = ANY (mapped)
+            WHERE e.position > since AND e.type = ANY (mapped)
             ORDER BY e.position DESC
             LIMIT 1;
         ELSE
             SELECT map -> m.type INTO result
-            FROM jsonb_to_recordset(probes) AS q(k int8, tags text[], types text[])
+            FROM jsonb_to_recordset(probes) AS p(k int8, tags text[], types text[])
             CROSS JOIN LATERAL (
                 SELECT ek.position, e.type
                 FROM event_keys ek
                 JOIN events e ON e.position = ek.position
-                WHERE ek.key = q.k
-                  AND e.tags @> q.tags
-                  AND (cardinality(q.types) = 0 OR e.type = ANY (q.types))
+                WHERE ek.key = p.k
+                  AND ek.position > since
+                  AND crablet_matches(e.tags, e.type, p.tags, p.types)
                   AND e.type = ANY (mapped)
                 ORDER BY ek.position DESC
                 LIMIT 1) m
             ORDER BY m.position DESC
             LIMIT 1;
         END IF;
-        RETURN coalesce(result, 'null'::jsonb);
+        RETURN coalesce(result, s, 'null'::jsonb);
     ELSIF reducer = 'latest' THEN
         IF every THEN
             SELECT d.v INTO result
             FROM events e
             CROSS JOIN LATERAL (SELECT crablet_data_object(e.data) #> path AS v) d
-            WHERE d.v IS NOT NULL
+            WHERE e.position > since AND d.v IS NOT NULL
             ORDER BY e.position DESC
             LIMIT 1;
         ELSE
             SELECT m.v INTO result
-            FROM jsonb_to_recordset(probes) AS q(k int8, tags text[], types text[])
+            FROM jsonb_to_recordset(probes) AS p(k int8, tags text[], types text[])
             CROSS JOIN LATERAL (
                 SELECT ek.position, d.v
                 FROM event_keys ek
                 JOIN events e ON e.position = ek.position
                 CROSS JOIN LATERAL (SELECT crablet_data_object(e.data) #> path AS v) d
-                WHERE ek.key = q.k
-                  AND e.tags @> q.tags
-                  AND (cardinality(q.types) = 0 OR e.type = ANY (q.types))
+                WHERE ek.key = p.k
+                  AND ek.position > since
+                  AND crablet_matches(e.tags, e.type, p.tags, p.types)
                   AND d.v IS NOT NULL
                 ORDER BY ek.position DESC
                 LIMIT 1) m
             ORDER BY m.position DESC
             LIMIT 1;
         END IF;
-        RETURN coalesce(result, 'null'::jsonb);
+        RETURN coalesce(result, s, 'null'::jsonb);
     ELSIF reducer = 'count' THEN
         IF every THEN
-            SELECT count(*) INTO pos FROM events;
+            SELECT count(*) INTO pos FROM events e WHERE e.position > since;
         ELSE
             SELECT count(DISTINCT m.position) INTO pos
-            FROM jsonb_to_recordset(probes) AS q(k int8, tags text[], types text[])
+            FROM jsonb_to_recordset(probes) AS p(k int8, tags text[], types text[])
             CROSS JOIN LATERAL (
                 SELECT ek.position
                 FROM event_keys ek
                 JOIN events e ON e.position = ek.position
-                WHERE ek.key = q.k
-                  AND e.tags @> q.tags
-                  AND (cardinality(q.types) = 0 OR e.type = ANY (q.types))) m;
+                WHERE ek.key = p.k
+                  AND ek.position > since
+                  AND crablet_matches(e.tags, e.type, p.tags, p.types)) m;
         END IF;
-        RETURN to_jsonb(pos);
+        RETURN to_jsonb(pos + coalesce((s #>> '{}')::int8, 0));
     ELSIF reducer = 'sum' THEN
         SELECT coalesce(sum((d.v #>> '{}')::numeric), 0) INTO total
         FROM (
-            SELECT e.position, e.data FROM events e WHERE every
+            SELECT e.position, e.data FROM events e WHERE every AND e.position > since
             UNION ALL
             SELECT DISTINCT ON (m.position) m.position, m.data
-            FROM jsonb_to_recordset(probes) AS q(k int8, tags text[], types text[])
+            FROM jsonb_to_recordset(probes) AS p(k int8, tags text[], types text[])
             CROSS JOIN LATERAL (
                 SELECT ek.position, e.data
                 FROM event_keys ek
                 JOIN events e ON e.position = ek.position
-                WHERE ek.key = q.k
-                  AND e.tags @> q.tags
-                  AND (cardinality(q.types) = 0 OR e.type = ANY (q.types))) m
+                WHERE ek.key = p.k
+                  AND ek.position > since
+                  AND crablet_matches(e.tags, e.type, p.tags, p.types)) m
         ) x
         CROSS JOIN LATERAL (SELECT crablet_data_object(x.data) #> path AS v) d
         WHERE jsonb_typeof(d.v) = 'number';
-        RETURN to_jsonb(total);
+        RETURN to_jsonb(total + coalesce((s #>> '{}')::numeric, 0));
     ELSIF reducer = 'distinct' THEN
         -- Values in order of first appearance; one more than the cap is
-        -- looked for, to tell whether the cap was hit.
+        -- looked for, to tell whether the cap was hit. A remembered state
+        -- that was cut already stays as it is: later values come after.
+        known := coalesce(s->'values', '[]'::jsonb);
+        IF coalesce((s->>'truncated')::boolean, false) THEN
+            RETURN s;
+        END IF;
         WITH found AS (
             SELECT d.v, min(x.position) AS first
             FROM (
-                SELECT e.position, e.data FROM events e WHERE every
+                SELECT e.position, e.data FROM events e WHERE every AND e.position > since
                 UNION ALL
                 SELECT m.position, m.data
-                FROM jsonb_to_recordset(probes) AS q(k int8, tags text[], types text[])
+                FROM jsonb_to_recordset(probes) AS p(k int8, tags text[], types text[])
                 CROSS JOIN LATERAL (
                     SELECT ek.position, e.data
                     FROM event_keys ek
                     JOIN events e ON e.position = ek.position
-                    WHERE ek.key = q.k
-                      AND e.tags @> q.tags
-                      AND (cardinality(q.types) = 0 OR e.type = ANY (q.types))) m
+                    WHERE ek.key = p.k
+                      AND ek.position > since
+                      AND crablet_matches(e.tags, e.type, p.tags, p.types)) m
             ) x
             CROSS JOIN LATERAL (SELECT crablet_data_object(x.data) #> path AS v) d
             WHERE d.v IS NOT NULL
+              AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(known) k WHERE k = d.v)
             GROUP BY d.v
             ORDER BY first
-            LIMIT cap + 1
+            LIMIT cap + 1 - jsonb_array_length(known)
+        ), added AS (
+            SELECT f.v, f.first FROM found f ORDER BY f.first
+            LIMIT cap - jsonb_array_length(known)
         )
         SELECT jsonb_build_object(
-                   'values', coalesce((SELECT jsonb_agg(t.v ORDER BY t.first)
-                                       FROM (SELECT f.v, f.first FROM found f
-                                             ORDER BY f.first LIMIT cap) t), '[]'::jsonb),
-                   'truncated', (SELECT count(*) FROM found) > cap)
+                   'values', known || coalesce((SELECT jsonb_agg(a.v ORDER BY a.first)
+                                                FROM added a), '[]'::jsonb),
+                   'truncated', jsonb_array_length(known) + (SELECT count(*) FROM found) > cap)
         INTO result;
         RETURN result;
     END IF;
     RAISE EXCEPTION 'crablet_reduce: unknown reducer %', reducer;
+END;
+$$;
+
+-- crablet_step: a requirement's state after one more matching event, for the
+-- events of a batch that are not stored yet (see
+-- migrations/004_append_batch.sql): what crablet_reduce would compute with
+-- the event appended. Only the reducers a requirement may use.
+CREATE FUNCTION crablet_step(reducer text, path text[], map jsonb, state jsonb,
+                             type text, data bytea)
+RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v jsonb;
+BEGIN
+    CASE reducer
+        WHEN 'count' THEN
+            RETURN to_jsonb((state #>> '{}')::int8 + 1);
+        WHEN 'exists' THEN
+            RETURN 'true'::jsonb;
+        WHEN 'status' THEN
+            RETURN coalesce(map -> type, state);
+        WHEN 'sum' THEN
+            v := crablet_data_object(data) #> path;
+            IF jsonb_typeof(v) = 'number' THEN
+                RETURN to_jsonb((state #>> '{}')::numeric + (v #>> '{}')::numeric);
+            END IF;
+            RETURN state;
+        WHEN 'latest' THEN
+            RETURN coalesce(crablet_data_object(data) #> path, state);
+        ELSE
+            RAISE EXCEPTION 'crablet_step: reducer % cannot be required', reducer;
+    END CASE;
 END;
 $$;

@@ -8,7 +8,11 @@
 -- states can be made safe with the condition "no event matching the
 -- projectors' queries after head".
 --
--- p_projectors: JSON array of crablet_reduce arguments, in request order.
+-- p_projectors: JSON array, in request order, of {"q": the projector as
+-- crablet_reduce takes it, "s": a remembered state, "h": the position it was
+-- folded through} ("s" absent and "h" 0 when crablet remembers none).
+-- Each state is valid through the head returned beside it, which is what
+-- crablet remembers for the next call.
 -- Returns first a row with projector -1 and the head as position; then one
 -- row per projector, in order: its state as JSON text, or for `last` the
 -- event's columns (state NULL), or no event: state 'null'.
@@ -36,11 +40,11 @@ BEGIN
            NULL::bytea, NULL::timestamptz, -1, NULL::text
     FROM events e;
     FOR spec IN
-        SELECT s.value AS q, (s.ord - 1)::int4 AS n
+        SELECT s.value->'q' AS q, s.value->'s' AS known, coalesce((s.value->>'h')::int8, 0) AS h, (s.ord - 1)::int4 AS n
         FROM jsonb_array_elements(p_projectors::jsonb) WITH ORDINALITY AS s(value, ord)
         ORDER BY s.ord
     LOOP
-        result := crablet_reduce(spec.q);
+        result := crablet_reduce(spec.q, spec.known, spec.h);
         IF spec.q->>'r' = 'last' AND jsonb_typeof(result) = 'number' THEN
             RETURN QUERY
             SELECT e.position, e.type, e.tags, e.data, e.id, e.metadata, e.recorded_at,

@@ -36,7 +36,7 @@ use crate::config::{ReaderSettings, WriterSettings};
 use crate::dcb::projection::{Projection, ProjectorSpec};
 use crate::dcb::{AppendOutcome, CheckedAppend, Page, Position, Query};
 use crate::metrics::Metrics;
-use crate::store::{Failure, PageRows, Pool, StoreError};
+use crate::store::{Failure, PageRows, Pool, ProjectionStates, StoreError};
 
 pub use reader::Reader;
 pub use tailer::Subscriptions;
@@ -105,6 +105,9 @@ pub struct Writers {
     committed: Arc<watch::Sender<Position>>,
     /// `append_duration_seconds`: each append, handed over to answered.
     append_duration: prometheus::Histogram,
+    /// The projector states this process remembers, shared by the lanes
+    /// (requirements) and the readers (projections).
+    states: Arc<ProjectionStates>,
     /// Kept so the writer thread lives as long as any facade.
     _writer_thread: Arc<Arbiter>,
 }
@@ -112,7 +115,12 @@ pub struct Writers {
 impl Writers {
     /// Starts the supervised writer lanes on a writer thread of their own.
     /// Must run inside an actix system.
-    pub fn start(pool: Pool, settings: &WriterSettings, metrics: &Metrics) -> Self {
+    pub fn start(
+        pool: Pool,
+        settings: &WriterSettings,
+        metrics: &Metrics,
+        states: Arc<ProjectionStates>,
+    ) -> Self {
         let writer_thread = Arbiter::new();
         let health: Vec<Arc<LaneHealth>> = (0..settings.lanes)
             .map(|lane| Arc::new(LaneHealth::new(lane, metrics)))
@@ -122,10 +130,10 @@ impl Writers {
             .enumerate()
             .map(|(lane, health)| {
                 let (pool, settings, metrics) = (pool.clone(), settings.clone(), metrics.clone());
-                let health = health.clone();
+                let (health, states) = (health.clone(), states.clone());
                 Supervisor::start_in_arbiter(&writer_thread.handle(), move |ctx| {
                     ctx.set_mailbox_capacity(settings.mailbox_capacity);
-                    WriterLane::new(lane, pool, settings, metrics, health)
+                    WriterLane::new(lane, pool, settings, metrics, health, states)
                 })
             })
             .collect();
@@ -142,6 +150,7 @@ impl Writers {
             next_lane: Arc::new(AtomicUsize::new(0)),
             committed: Arc::new(watch::channel(0).0),
             append_duration: metrics.append_duration_seconds.clone(),
+            states,
             _writer_thread: Arc::new(writer_thread),
         }
     }
@@ -166,9 +175,10 @@ impl EventStore {
         let (capacity, metrics) = (reader.mailbox_capacity, metrics.clone());
         let faults = reader.faults.clone();
         let page_max_bytes = reader.page_max_bytes;
+        let states = writers.states.clone();
         let reader = Supervisor::start(move |ctx: &mut actix::Context<Reader>| {
             ctx.set_mailbox_capacity(capacity);
-            Reader::new(reader_pool, metrics, faults, page_max_bytes)
+            Reader::new(reader_pool, metrics, faults, page_max_bytes, states)
         });
         EventStore {
             writers: writers.clone(),
@@ -354,6 +364,7 @@ mod tests {
             unreachable_pool(Duration::from_millis(300)),
             &settings.writer,
             &metrics,
+            Arc::new(ProjectionStates::new(0, &metrics)),
         );
         EventStore::on_this_thread(
             &writers,
@@ -432,7 +443,8 @@ mod tests {
         let metrics = Metrics::new();
         let writer_pool = unreachable_pool(settings.writer.connect_timeout());
         let reader_pool = unreachable_pool(settings.reader.pool_timeout());
-        let writers = Writers::start(writer_pool, &settings.writer, &metrics);
+        let states = Arc::new(ProjectionStates::new(0, &metrics));
+        let writers = Writers::start(writer_pool, &settings.writer, &metrics, states);
         let store = EventStore::on_this_thread(&writers, reader_pool, &settings.reader, &metrics);
         let append = one_event();
 

@@ -24,7 +24,7 @@ use crate::dcb::projection::{Projection, ProjectorSpec};
 use crate::dcb::{Position, Query};
 use crate::faults::{FaultPoint, Faults};
 use crate::metrics::Metrics;
-use crate::store::{self, Failure, Page, PageRows, Pool};
+use crate::store::{self, Failure, Page, PageRows, Pool, ProjectionStates};
 
 /// Read one page of the events matching `query`, into `R`: decoded events
 /// or the JSON of a response (see [`PageRows`]).
@@ -78,15 +78,24 @@ pub struct Reader {
     page_max_bytes: usize,
     /// Test-only panics; inert unless a test arms them.
     faults: Faults,
+    /// The projector states this process remembers (projections).
+    states: Arc<ProjectionStates>,
 }
 
 impl Reader {
-    pub fn new(pool: Pool, metrics: Metrics, faults: Faults, page_max_bytes: usize) -> Self {
+    pub fn new(
+        pool: Pool,
+        metrics: Metrics,
+        faults: Faults,
+        page_max_bytes: usize,
+        states: Arc<ProjectionStates>,
+    ) -> Self {
         Reader {
             pool,
             metrics,
             page_max_bytes,
             faults,
+            states,
         }
     }
 }
@@ -181,10 +190,12 @@ impl Handler<ClearStore> for Reader {
     type Result = ResponseFuture<Result<(), EventStoreError>>;
 
     fn handle(&mut self, _: ClearStore, _ctx: &mut Context<Self>) -> Self::Result {
-        let pool = self.pool.clone();
+        let (pool, states) = (self.pool.clone(), self.states.clone());
         Box::pin(async move {
             let conn = store::checkout(&pool).await?;
-            store::clear(&conn).await.map_err(EventStoreError::Store)
+            let cleared = store::clear(&conn).await.map_err(EventStoreError::Store);
+            states.forget_all();
+            cleared
         })
     }
 }
@@ -196,11 +207,12 @@ impl Handler<Project> for Reader {
     /// its own; a panic restarts the reader and answers 503.
     fn handle(&mut self, msg: Project, ctx: &mut Context<Self>) -> Self::Result {
         let (pool, metrics) = (self.pool.clone(), self.metrics.clone());
+        let states = self.states.clone();
         let reader = ctx.address();
         let work = async move {
             let mut conn = store::checkout(&pool).await?;
             conn.discard_on_return = true;
-            let result = store::project(&conn, &msg.specs).await;
+            let result = store::project(&conn, &msg.specs, &states).await;
             conn.discard_on_return = false;
             let projection = result.map_err(|e| match e.failure() {
                 Failure::OutcomeUnknown => {

@@ -39,7 +39,7 @@ use crate::config::WriterSettings;
 use crate::dcb::CheckedAppend;
 use crate::faults::FaultPoint;
 use crate::metrics::Metrics;
-use crate::store::{self, AppendOutcome, Failure, Pool, StoreError};
+use crate::store::{self, AppendOutcome, Failure, Pool, ProjectionStates, StoreError};
 
 type OwnedConnection = store::LiveConnection;
 
@@ -164,6 +164,8 @@ pub struct WriterLane {
     health: Arc<LaneHealth>,
     /// Set by a restart, so that `started` waits out the backoff first.
     restarted: bool,
+    /// The projector states this process remembers (requirements).
+    states: Arc<ProjectionStates>,
 }
 
 impl WriterLane {
@@ -173,6 +175,7 @@ impl WriterLane {
         settings: WriterSettings,
         metrics: Metrics,
         health: Arc<LaneHealth>,
+        states: Arc<ProjectionStates>,
     ) -> Self {
         let pending_gauge = metrics
             .writer_pending_appends
@@ -194,6 +197,7 @@ impl WriterLane {
             in_flight: false,
             health,
             restarted: false,
+            states,
         }
     }
 
@@ -213,30 +217,17 @@ impl WriterLane {
     }
 
     /// Takes the next batch off the queue: at least one append, then more
-    /// while the batch stays within every limit. An append that shares an id
-    /// with an append already in the batch ends it: it goes in the next
-    /// batch, which sees the first one committed and answers it as a
-    /// duplicate (or a conflict). So does an append with a requirement whose
-    /// query matches an event of an append already in the batch: in the next
-    /// batch the requirement sees that event stored (if it was accepted), so
-    /// inside a batch requirements need only the stored events.
+    /// while the batch stays within every limit. Appends that overlap (a
+    /// condition or a requirement that sees an earlier append, a reused id)
+    /// share a batch: the batch function decides them in order, each
+    /// against its accepted predecessors.
     fn take_batch(&mut self) -> Vec<Pending> {
         let (mut events, mut keys) = (0, 0);
         let mut batch = Vec::new();
-        // The id keys of the batch; never allocated for appends without ids.
-        let mut ids: std::collections::HashSet<crate::dcb::Key> = Default::default();
         while let Some(next) = self.pending.front() {
             if !batch.is_empty() && next.alone {
                 break;
             }
-            let id_keys = &next.append.id_keys;
-            if !batch.is_empty() && id_keys.iter().any(|k| ids.contains(k)) {
-                break;
-            }
-            if !next.append.requirements.is_empty() && sees_any(&next.append, &batch) {
-                break;
-            }
-            ids.extend(id_keys);
             let (e, k) = (next.append.len(), next.append.footprint.len());
             let fits = batch.len() < self.settings.max_batch_appends
                 && events + e <= self.settings.max_batch_events
@@ -275,6 +266,10 @@ impl WriterLane {
         let pool = self.pool.clone();
         let database_seconds = self.metrics.writer_batch_database_seconds.clone();
         let faults = self.settings.faults.clone();
+        let states = self.states.clone();
+        // Read before the batch is sent: every position up to it committed
+        // before the batch's snapshot.
+        let known_head = self.metrics.known_head();
         let work = async move {
             let started = Instant::now();
             let mut batch = batch;
@@ -296,7 +291,7 @@ impl WriterLane {
             }
             let appends: Vec<&CheckedAppend> = batch.iter().map(|p| &p.append).collect();
             let call_started = Instant::now();
-            let result = store::append_batch(&mut conn, &appends).await;
+            let result = store::append_batch(&mut conn, &appends, &states, known_head).await;
             database_seconds.observe(call_started.elapsed().as_secs_f64());
             drop(appends);
             faults.hit(FaultPoint::AfterCall);
@@ -442,22 +437,6 @@ impl WriterLane {
             }
         }
     }
-}
-
-/// Whether a requirement of `append` could see an event of an append of
-/// `batch` (its query matches the event): then `append` waits for the next
-/// batch. Only appends with requirements pay for this.
-fn sees_any(append: &CheckedAppend, batch: &[Pending]) -> bool {
-    append.requirements.iter().any(|requirement| {
-        batch.iter().any(|earlier| {
-            earlier
-                .append
-                .request
-                .events
-                .iter()
-                .any(|e| requirement.q.query.matches(&e.event_type, &e.tags))
-        })
-    })
 }
 
 impl Actor for WriterLane {

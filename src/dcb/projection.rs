@@ -103,6 +103,18 @@ pub enum CompareOp {
 }
 
 impl CompareOp {
+    /// The name on the wire, which is also what `crablet_compare` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            CompareOp::Eq => "eq",
+            CompareOp::Ne => "ne",
+            CompareOp::Lt => "lt",
+            CompareOp::Le => "le",
+            CompareOp::Gt => "gt",
+            CompareOp::Ge => "ge",
+        }
+    }
+
     fn ordering(self) -> bool {
         !matches!(self, CompareOp::Eq | CompareOp::Ne)
     }
@@ -138,10 +150,23 @@ pub struct ProjectorSpec {
     pub m: Option<Map<String, Value>>,
     #[serde(skip)]
     pub reducer: Reducer,
-    /// The query, for the union condition of `/project` and for a lane
-    /// deciding whether a requirement could see an earlier append.
+    /// The query, for the union condition of `/project` and for the
+    /// batch events a requirement's state is folded with.
     #[serde(skip)]
     pub query: Query,
+    /// The fields above as JSON: what the database is sent, and the key of
+    /// the projector's remembered state (`store::states`).
+    #[serde(skip)]
+    canonical: String,
+}
+
+impl ProjectorSpec {
+    /// The projector as JSON, in one canonical form: two projectors with the
+    /// same reducer, query (items in the same order), path, cap and map have
+    /// the same form, whatever their ids.
+    pub fn canonical(&self) -> &str {
+        &self.canonical
+    }
 }
 
 /// One index probe of a projector's query.
@@ -317,7 +342,7 @@ pub fn check_projector(
             })
             .collect()
     });
-    Ok(ProjectorSpec {
+    let mut spec = ProjectorSpec {
         r: reducer.name(),
         p: probes,
         path,
@@ -325,7 +350,10 @@ pub fn check_projector(
         m: map,
         reducer,
         query: projector.query.clone(),
-    })
+        canonical: String::new(),
+    };
+    spec.canonical = serde_json::to_string(&spec).expect("a projector serializes");
+    Ok(spec)
 }
 
 /// Validates the projectors of `/project`: at most `max_projectors`, each

@@ -1,139 +1,168 @@
 //! The batch append: many appends decided in order and committed together,
 //! in one round trip.
 //!
-//! crablet prepares everything that needs no database: the batch's advisory
-//! locks (its merged [`Footprint`], sorted), the probes of every condition,
-//! the pairs of appends that conflict inside the batch, and the event
-//! columns. Then it sends one call of `crablet_append_batch` (see
-//! `sql/migrations/004_append_batch.sql`) as its own transaction. The
-//! function locks, checks the conditions with a snapshot taken after the
-//! locks are held, decides the appends in batch order, and inserts the
-//! accepted events under the sequencing lock, so commit order equals
-//! position order.
+//! crablet prepares everything that needs no database ([`BatchArgs`]): the
+//! batch's advisory locks (its merged [`Footprint`], sorted), the probes of
+//! every condition, where an append overlaps an earlier one of the batch
+//! (an event its condition matches, an id it reuses), the batch events each
+//! requirement's projector matches, and the event columns. Then it sends one
+//! call of `crablet_append_batch` (see `sql/migrations/004_append_batch.sql`)
+//! as its own transaction. The function locks, then decides the appends in
+//! batch order, each against the store and the earlier accepted appends of
+//! the batch, exactly as if each had committed alone before the next: any
+//! number of decisions on one key share one commit, each seeing its
+//! predecessors. Then it inserts the accepted events under the sequencing
+//! lock, so commit order equals position order.
 //!
-//! An append any of whose ids is already stored is not written: the function
-//! returns the stored events under its ids, and [`AppendOutcome::of_stored`]
-//! tells a retry of the same append from a reuse of ids. Appends without
-//! ids send no ids and pay for no lookup.
+//! An append any of whose ids is already stored, or written by an earlier
+//! accepted append of the batch, is not written: [`AppendOutcome::of_stored`]
+//! tells a retry of the same append from a reuse of ids. Appends without ids
+//! send no ids and pay for no lookup.
 //!
-//! Requirements (`require`) are sent as JSON only when an append of the
-//! batch has one (SQL NULL otherwise, so appends without them pay nothing)
-//! and evaluated after the id lookup and the condition probes, against the
-//! stored events: a lane never batches an append whose requirement could
-//! see an event of an earlier append of the batch.
-//!
-//! An append is rejected if its condition matches a stored event after its
-//! `after`, or an event of an earlier accepted append of the same batch. The
-//! latter's position is not known when the pairs are computed; it lies above
-//! the head any client can have read, so the append is rejected whatever its
-//! `after` (an `after` beyond the head is the only case where this is
-//! stricter than deciding the two appends in separate batches).
+//! Requirements (`require`) are decided on their projectors' states: each
+//! distinct projector of the batch is reduced once, continued from the state
+//! this process remembers for it ([`ProjectionStates`]), and folded with the
+//! batch's accepted events in order; its final state comes back and is
+//! remembered for the next batch.
 
 use std::collections::HashMap;
 
-use serde::Serialize;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
 
+use super::states::ProjectionStates;
 use super::{Connection, StoreError};
 use crate::dcb::footprint::{self, Key, LockMode, SEQUENCE_KEY};
-use crate::dcb::projection::CheckedRequirement;
+use crate::dcb::projection::ProjectorSpec;
 use crate::dcb::{AppendOutcome, CheckedAppend, Footprint, Position, StoredEvent};
 
 /// Appends a batch in one transaction and returns each append's outcome, in
 /// batch order. On `Err` nothing of the batch was written, unless the error
 /// came from the commit itself, in which case the outcome is unknown.
+///
+/// `known_head` is a position this process has seen committed (see
+/// `Metrics::known_head`): a condition whose `after` is not beyond it is
+/// certainly broken by a matching event of an earlier append of the batch.
 pub async fn append_batch(
     conn: &mut Connection,
     batch: &[&CheckedAppend],
+    states: &ProjectionStates,
+    known_head: Position,
 ) -> Result<Vec<AppendOutcome>, StoreError> {
-    let mut footprint = Footprint::default();
-    for append in batch {
-        footprint.merge(&append.footprint);
-    }
-    let (lock_keys, lock_exclusive): (Vec<Key>, Vec<bool>) = footprint
-        .iter()
-        .map(|(key, mode)| (key, mode == LockMode::Exclusive))
-        .unzip();
-    let probes = ProbeColumns::of(batch);
-    let requires_json = requirements_json(batch);
-    let (conflict_later, conflict_earlier): (Vec<i32>, Vec<i32>) =
-        conflict_pairs(batch).into_iter().unzip();
-    let appends = batch.len() as i32;
-    let columns = EventColumns::of(batch);
-    let params: [&(dyn ToSql + Sync); 20] = [
-        &lock_keys,
-        &lock_exclusive,
-        &probes.appends,
-        &probes.after,
-        &probes.keys,
-        &probes.tags,
-        &probes.types,
-        &requires_json,
-        &conflict_later,
-        &conflict_earlier,
-        &appends,
-        &columns.appends,
-        &columns.types,
-        &columns.data,
-        &columns.ids,
-        &columns.metadata,
-        &columns.tags,
-        &columns.key_events,
-        &columns.keys,
-        &SEQUENCE_KEY,
-    ];
-
+    let args = BatchArgs::of(batch, states, known_head);
     // One statement in an implicit transaction: PostgreSQL commits it at the
     // protocol's Sync and answers ReadyForQuery only after the commit, and
     // the rows are handed over only then, so nothing is acknowledged before
     // it is durable. A failure rolls the whole batch back.
     let rows = conn
         .client
-        .query(&conn.statements.append_batch, &params)
+        .query(&conn.statements.append_batch, &args.params())
         .await?;
+    let outcomes = decide(batch, &rows)?;
+    for row in rows
+        .iter()
+        .filter(|row| matches!(kind(row), Ok(RowKind::State)))
+    {
+        let projector: i32 = row.try_get("projector")?;
+        let Some(spec) = args.projectors.get(projector as usize) else {
+            continue;
+        };
+        let state: String = row.try_get("state")?;
+        let through: Position = row.try_get("first_position")?;
+        states.remember(spec, state, through);
+    }
+    Ok(outcomes)
+}
 
-    // Rows come only for what is not a plain acceptance (see the function):
-    // every append without one was accepted.
+/// What a row of `crablet_append_batch` reports (its `kind` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RowKind {
+    Written,
+    StoredId,
+    BatchId,
+    Condition,
+    Requirement,
+    State,
+}
+
+fn kind(row: &Row) -> Result<RowKind, StoreError> {
+    let kind: &str = row.try_get("kind")?;
+    Ok(match kind {
+        "written" => RowKind::Written,
+        "stored_id" => RowKind::StoredId,
+        "batch_id" => RowKind::BatchId,
+        "condition" => RowKind::Condition,
+        "requirement" => RowKind::Requirement,
+        "state" => RowKind::State,
+        other => {
+            return Err(StoreError::Corrupt {
+                position: 0,
+                reason: format!("the batch function reported an unknown row kind {other:?}"),
+            })
+        }
+    })
+}
+
+/// Each append's outcome from the function's rows: every append without a
+/// row of its own was accepted, and the accepted appends' events have
+/// consecutive positions from the first one written, in batch order.
+fn decide(batch: &[&CheckedAppend], rows: &[Row]) -> Result<Vec<AppendOutcome>, StoreError> {
     let mut outcomes: Vec<Option<AppendOutcome>> = vec![None; batch.len()];
     let mut stored: Vec<Vec<StoredEvent>> = Vec::new();
+    let mut reused: Vec<(usize, usize)> = Vec::new();
     let mut first_written: Option<Position> = None;
+    let append_of = |row: &Row| -> Result<usize, StoreError> {
+        let index: i32 = row.try_get("append_index")?;
+        usize::try_from(index)
+            .ok()
+            .filter(|&i| i < batch.len())
+            .ok_or_else(|| StoreError::Corrupt {
+                position: 0,
+                reason: format!("the batch function named append {index} of {}", batch.len()),
+            })
+    };
     for row in rows {
-        let index = row.try_get::<_, i32>(0)?;
-        let Ok(index) = usize::try_from(index) else {
-            first_written = Some(row.try_get(1)?);
-            continue;
-        };
-        if let Some(failed) = row.try_get::<_, Option<i32>>(7)? {
-            outcomes[index] = Some(AppendOutcome::RequirementFailed {
-                index: failed as usize,
-            });
-            continue;
+        match kind(row)? {
+            RowKind::Written => first_written = Some(row.try_get("first_position")?),
+            RowKind::State => {}
+            RowKind::Condition => outcomes[append_of(row)?] = Some(AppendOutcome::ConditionFailed),
+            RowKind::Requirement => {
+                let index: i32 = row.try_get("requirement")?;
+                outcomes[append_of(row)?] = Some(AppendOutcome::RequirementFailed {
+                    index: index as usize,
+                });
+            }
+            RowKind::BatchId => {
+                let earlier: i32 = row.try_get("earlier")?;
+                reused.push((append_of(row)?, earlier as usize));
+            }
+            RowKind::StoredId => {
+                if stored.is_empty() {
+                    stored.resize_with(batch.len(), Vec::new);
+                }
+                stored[append_of(row)?].push(StoredEvent {
+                    position: row.try_get("first_position")?,
+                    id: row.try_get("stored_id")?,
+                    event_type: row.try_get("stored_type")?,
+                    tags: row.try_get("stored_tags")?,
+                    data: row.try_get("stored_data")?,
+                    metadata: row.try_get("stored_metadata")?,
+                });
+            }
         }
-        let Some(id) = row.try_get::<_, Option<String>>(2)? else {
-            outcomes[index] = Some(AppendOutcome::ConditionFailed);
-            continue;
-        };
-        if stored.is_empty() {
-            stored.resize_with(batch.len(), Vec::new);
-        }
-        stored[index].push(StoredEvent {
-            position: row.try_get(1)?,
-            id,
-            event_type: row.try_get(3)?,
-            tags: row.try_get(4)?,
-            data: row.try_get(5)?,
-            metadata: row.try_get(6)?,
-        });
     }
     for ((outcome, append), found) in outcomes.iter_mut().zip(batch).zip(&stored) {
         if !found.is_empty() {
             *outcome = Some(AppendOutcome::of_stored(&append.request.events, found));
         }
     }
-    // The accepted appends' events have consecutive positions from the
-    // first one written, in batch order.
+    // An id reused from an earlier append of the batch: a placeholder until
+    // the earlier append's positions are counted out below.
+    for &(later, _) in &reused {
+        outcomes[later] = Some(AppendOutcome::ConditionFailed);
+    }
     let mut next = first_written;
-    outcomes
+    let mut decided: Vec<AppendOutcome> = outcomes
         .into_iter()
         .zip(batch)
         .map(|(outcome, append)| match outcome {
@@ -148,35 +177,194 @@ pub async fn append_batch(
                 Ok(AppendOutcome::Appended { first, last })
             }
         })
-        .collect()
+        .collect::<Result<_, StoreError>>()?;
+    let mut found_in_batch: HashMap<usize, Vec<StoredEvent>> = HashMap::new();
+    for &(later, earlier) in &reused {
+        let (Some(AppendOutcome::Appended { first, .. }), Some(earlier_append)) =
+            (decided.get(earlier), batch.get(earlier))
+        else {
+            return Err(StoreError::Corrupt {
+                position: 0,
+                reason: format!("append {later} reuses ids of append {earlier}, not written"),
+            });
+        };
+        let ids: Vec<&str> = batch[later]
+            .request
+            .events
+            .iter()
+            .filter_map(|e| e.id.as_deref())
+            .collect();
+        let events = found_in_batch.entry(later).or_default();
+        for (k, event) in earlier_append.request.events.iter().enumerate() {
+            let Some(id) = event.id.as_deref().filter(|id| ids.contains(id)) else {
+                continue;
+            };
+            events.push(StoredEvent {
+                position: first + k as Position,
+                id: id.to_string(),
+                event_type: event.event_type.clone(),
+                tags: event.tags.clone(),
+                data: event.data.clone().into_bytes(),
+                metadata: event.metadata.clone().map(String::into_bytes),
+            });
+        }
+    }
+    for (later, found) in found_in_batch {
+        decided[later] = AppendOutcome::of_stored(&batch[later].request.events, &found);
+    }
+    Ok(decided)
 }
 
-/// One requirement of one append, as `crablet_append_batch` reads it.
-#[derive(Serialize)]
-struct RequirementArg<'a> {
-    /// Index of the append in the batch.
-    i: usize,
-    /// Index of the requirement in the append's `require`.
-    n: usize,
-    #[serde(flatten)]
-    requirement: &'a CheckedRequirement,
+/// The arguments of one `crablet_append_batch` call, built in one place and
+/// in the function's order ([`BatchArgs::params`]).
+struct BatchArgs<'a> {
+    lock_keys: Vec<Key>,
+    lock_exclusive: Vec<bool>,
+    appends: i32,
+    /// Per append: its number of events.
+    append_events: Vec<i32>,
+    /// Per append: its condition's `after` (0 when it has none).
+    after: Vec<Position>,
+    probes: ProbeColumns,
+    overlaps: Overlaps,
+    /// The batch's distinct projectors, in the order of `projectors_json`.
+    projectors: Vec<&'a ProjectorSpec>,
+    /// `None` (SQL NULL: no requirement work at all) without projectors.
+    projectors_json: Option<String>,
+    requirements: RequirementColumns<'a>,
+    events: EventColumns<'a>,
+    known_head: Position,
 }
 
-/// The batch's requirements as JSON, or `None` (SQL NULL: no work at all)
-/// when no append of the batch has one.
-fn requirements_json(batch: &[&CheckedAppend]) -> Option<String> {
-    let args: Vec<RequirementArg> = batch
-        .iter()
-        .enumerate()
-        .flat_map(|(i, append)| {
-            append
-                .requirements
+impl<'a> BatchArgs<'a> {
+    fn of(batch: &[&'a CheckedAppend], states: &ProjectionStates, known_head: Position) -> Self {
+        let mut footprint = Footprint::default();
+        for append in batch {
+            footprint.merge(&append.footprint);
+        }
+        let (lock_keys, lock_exclusive) = footprint
+            .iter()
+            .map(|(key, mode)| (key, mode == LockMode::Exclusive))
+            .unzip();
+        let requirements = RequirementColumns::of(batch);
+        let projectors_json = (!requirements.projectors.is_empty())
+            .then(|| states.arguments(requirements.projectors.iter().copied()));
+        BatchArgs {
+            lock_keys,
+            lock_exclusive,
+            appends: batch.len() as i32,
+            append_events: batch.iter().map(|a| a.len() as i32).collect(),
+            after: batch
                 .iter()
-                .enumerate()
-                .map(move |(n, requirement)| RequirementArg { i, n, requirement })
-        })
-        .collect();
-    (!args.is_empty()).then(|| serde_json::to_string(&args).expect("requirements serialize"))
+                .map(|a| {
+                    a.request
+                        .condition
+                        .as_ref()
+                        .map_or(0, |c| c.after_or_zero())
+                })
+                .collect(),
+            probes: ProbeColumns::of(batch),
+            overlaps: Overlaps::of(batch),
+            projectors: requirements.projectors.clone(),
+            projectors_json,
+            requirements,
+            events: EventColumns::of(batch),
+            known_head,
+        }
+    }
+
+    /// In the order of the function's parameters.
+    fn params(&self) -> [&(dyn ToSql + Sync); 32] {
+        [
+            &self.lock_keys,
+            &self.lock_exclusive,
+            &self.appends,
+            &self.append_events,
+            &self.after,
+            &self.probes.appends,
+            &self.probes.keys,
+            &self.probes.tags,
+            &self.probes.types,
+            &self.overlaps.match_later,
+            &self.overlaps.match_earlier,
+            &self.overlaps.match_offset,
+            &self.overlaps.id_later,
+            &self.overlaps.id_earlier,
+            &self.projectors_json,
+            &self.requirements.appends,
+            &self.requirements.indexes,
+            &self.requirements.projector_of,
+            &self.requirements.ops,
+            &self.requirements.values,
+            &self.requirements.fold_projector,
+            &self.requirements.fold_event,
+            &self.events.appends,
+            &self.events.types,
+            &self.events.data,
+            &self.events.ids,
+            &self.events.metadata,
+            &self.events.tags,
+            &self.events.key_events,
+            &self.events.keys,
+            &self.known_head,
+            &SEQUENCE_KEY,
+        ]
+    }
+}
+
+/// The requirements of a batch: its distinct projectors, each requirement
+/// by projector, and the batch events each projector's query matches.
+#[derive(Default)]
+struct RequirementColumns<'a> {
+    projectors: Vec<&'a ProjectorSpec>,
+    /// Per requirement, in batch order: its append,
+    appends: Vec<i32>,
+    /// its place in the append's `require`,
+    indexes: Vec<i32>,
+    /// its projector (in `projectors`),
+    projector_of: Vec<i32>,
+    ops: Vec<&'static str>,
+    /// and its value, as JSON.
+    values: Vec<String>,
+    /// Per (projector, batch event it matches), ordered by event: the
+    /// projector,
+    fold_projector: Vec<i32>,
+    /// and the event's 1-based ordinal in the batch.
+    fold_event: Vec<i32>,
+}
+
+impl<'a> RequirementColumns<'a> {
+    fn of(batch: &[&'a CheckedAppend]) -> Self {
+        let mut cols = RequirementColumns::default();
+        if batch.iter().all(|a| a.requirements.is_empty()) {
+            return cols;
+        }
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for (i, append) in batch.iter().enumerate() {
+            for (n, requirement) in append.requirements.iter().enumerate() {
+                let spec = &requirement.q;
+                let projector = *index.entry(spec.canonical()).or_insert_with(|| {
+                    cols.projectors.push(spec);
+                    cols.projectors.len() - 1
+                });
+                cols.appends.push(i as i32);
+                cols.indexes.push(n as i32);
+                cols.projector_of.push(projector as i32);
+                cols.ops.push(requirement.op.name());
+                cols.values.push(requirement.v.to_string());
+            }
+        }
+        let events = batch.iter().flat_map(|a| &a.request.events);
+        for (ordinal, event) in (1_i32..).zip(events) {
+            for (projector, spec) in cols.projectors.iter().enumerate() {
+                if spec.query.matches(&event.event_type, &event.tags) {
+                    cols.fold_projector.push(projector as i32);
+                    cols.fold_event.push(ordinal);
+                }
+            }
+        }
+        cols
+    }
 }
 
 /// The probes of the batch's conditions, flattened for
@@ -185,8 +373,6 @@ fn requirements_json(batch: &[&CheckedAppend]) -> Option<String> {
 struct ProbeColumns {
     /// Per probe: the index of its append.
     appends: Vec<i32>,
-    /// Per probe: its condition's `after` (0 when absent).
-    after: Vec<Position>,
     /// Per probe: the key to scan; `None` scans all events.
     keys: Vec<Option<Key>>,
     /// Per probe: its tags, as an array literal.
@@ -204,7 +390,6 @@ impl ProbeColumns {
             };
             for probe in footprint::probes(&condition.fail_if_events_match) {
                 cols.appends.push(i as i32);
-                cols.after.push(condition.after_or_zero());
                 cols.keys.push(probe.key);
                 cols.tags.push(array_literal(probe.tags));
                 cols.types.push(array_literal(probe.types));
@@ -237,49 +422,101 @@ fn array_literal(items: &[String]) -> String {
     literal
 }
 
-/// The pairs `(later, earlier)` of the batch where an event of the earlier
-/// append matches the later append's condition, ordered by the later append:
-/// the later one is rejected if the earlier one is accepted.
+/// Where an append of the batch overlaps an earlier one, ordered by the
+/// later append: the function decides these in batch order.
 ///
-/// Earlier appends are indexed by the keys of their events, so each
-/// condition is compared only with appends that share a probe key.
-pub fn conflict_pairs(batch: &[&CheckedAppend]) -> Vec<(i32, i32)> {
-    let mut pairs = Vec::new();
-    let mut by_key: HashMap<Key, Vec<usize>> = HashMap::new();
-    for (j, append) in batch.iter().enumerate() {
-        if let Some(condition) = &append.request.condition {
-            let query = &condition.fail_if_events_match;
-            let mut candidates: Vec<usize> = if query.is_all() {
-                (0..j).collect()
-            } else {
-                footprint::probes(query)
-                    .iter()
-                    .filter_map(|p| p.key.and_then(|k| by_key.get(&k)))
-                    .flatten()
-                    .copied()
-                    .collect()
-            };
-            candidates.sort_unstable();
-            candidates.dedup();
-            for i in candidates {
-                let matches = batch[i]
+/// - `match_*`: an event of `earlier` matches `later`'s condition; `offset`
+///   is the last such event's place in `earlier` (its position decides an
+///   `after` beyond every head). Earlier appends are indexed by the keys of
+///   their events, so each condition is compared only with appends that share
+///   a probe key.
+/// - `id_*`: `later` has an id of `earlier` (computed only when an append of
+///   the batch has ids).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Overlaps {
+    pub match_later: Vec<i32>,
+    pub match_earlier: Vec<i32>,
+    pub match_offset: Vec<i32>,
+    pub id_later: Vec<i32>,
+    pub id_earlier: Vec<i32>,
+}
+
+impl Overlaps {
+    pub fn of(batch: &[&CheckedAppend]) -> Self {
+        let mut overlaps = Overlaps::default();
+        let mut by_key: HashMap<Key, Vec<usize>> = HashMap::new();
+        let with_ids = batch.iter().any(|a| !a.id_keys.is_empty());
+        let mut by_id: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (j, append) in batch.iter().enumerate() {
+            if with_ids {
+                let mut earlier: Vec<usize> = append
                     .request
                     .events
                     .iter()
-                    .any(|e| query.matches(&e.event_type, &e.tags));
-                if matches {
-                    pairs.push((j as i32, i as i32));
+                    .filter_map(|e| e.id.as_deref())
+                    .filter_map(|id| by_id.get(id))
+                    .flatten()
+                    .copied()
+                    .collect();
+                earlier.sort_unstable();
+                earlier.dedup();
+                for i in earlier {
+                    overlaps.id_later.push(j as i32);
+                    overlaps.id_earlier.push(i as i32);
+                }
+                for id in append.request.events.iter().filter_map(|e| e.id.as_deref()) {
+                    let owners = by_id.entry(id).or_default();
+                    if owners.last() != Some(&j) {
+                        owners.push(j);
+                    }
+                }
+            }
+            if let Some(condition) = &append.request.condition {
+                let query = &condition.fail_if_events_match;
+                let mut candidates: Vec<usize> = if query.is_all() {
+                    (0..j).collect()
+                } else {
+                    footprint::probes(query)
+                        .iter()
+                        .filter_map(|p| p.key.and_then(|k| by_key.get(&k)))
+                        .flatten()
+                        .copied()
+                        .collect()
+                };
+                candidates.sort_unstable();
+                candidates.dedup();
+                for i in candidates {
+                    let last_match = batch[i]
+                        .request
+                        .events
+                        .iter()
+                        .rposition(|e| query.matches(&e.event_type, &e.tags));
+                    if let Some(offset) = last_match {
+                        overlaps.match_later.push(j as i32);
+                        overlaps.match_earlier.push(i as i32);
+                        overlaps.match_offset.push(offset as i32);
+                    }
+                }
+            }
+            for &key in append.event_keys.iter().flatten() {
+                let owners = by_key.entry(key).or_default();
+                if owners.last() != Some(&j) {
+                    owners.push(j);
                 }
             }
         }
-        for &key in append.event_keys.iter().flatten() {
-            let owners = by_key.entry(key).or_default();
-            if owners.last() != Some(&j) {
-                owners.push(j);
-            }
-        }
+        overlaps
     }
-    pairs
+
+    /// The `(later, earlier)` pairs of condition matches.
+    #[cfg(test)]
+    fn matches(&self) -> Vec<(i32, i32)> {
+        self.match_later
+            .iter()
+            .copied()
+            .zip(self.match_earlier.iter().copied())
+            .collect()
+    }
 }
 
 /// The event columns of a batch, flattened for `crablet_append_batch`.
@@ -382,7 +619,7 @@ mod tests {
         let a2 = append("user:a", tagged("user:a"));
         let a3 = append("user:a", tagged("user:a"));
         assert_eq!(
-            conflict_pairs(&[&a, &b, &a2, &a3]),
+            Overlaps::of(&[&a, &b, &a2, &a3]).matches(),
             vec![(2, 0), (3, 0), (3, 2)]
         );
     }
@@ -391,8 +628,8 @@ mod tests {
     fn unconditional_appends_conflict_with_later_conditions_only() {
         let plain = append("user:a", None);
         let cond = append("user:a", tagged("user:a"));
-        assert_eq!(conflict_pairs(&[&plain, &cond]), vec![(1, 0)]);
-        assert_eq!(conflict_pairs(&[&cond, &plain]), vec![]);
+        assert_eq!(Overlaps::of(&[&plain, &cond]).matches(), vec![(1, 0)]);
+        assert_eq!(Overlaps::of(&[&cond, &plain]).matches(), vec![]);
     }
 
     #[test]
@@ -400,7 +637,10 @@ mod tests {
         let a = append("user:a", None);
         let b = append("user:b", None);
         let all = append("user:c", Some(Query::all()));
-        assert_eq!(conflict_pairs(&[&a, &b, &all]), vec![(2, 0), (2, 1)]);
+        assert_eq!(
+            Overlaps::of(&[&a, &b, &all]).matches(),
+            vec![(2, 0), (2, 1)]
+        );
     }
 
     #[test]
@@ -415,7 +655,7 @@ mod tests {
                 }],
             }),
         );
-        assert_eq!(conflict_pairs(&[&a, &by_type]), vec![(1, 0)]);
+        assert_eq!(Overlaps::of(&[&a, &by_type]).matches(), vec![(1, 0)]);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! connections with their prepared statements ([`connection`]), the batch
 //! append with its advisory locks and condition checks ([`append`]), the
 //! paged reads ([`read`]), the
-//! projections ([`project`]), clearing the store ([`clear`]), and TLS to
+//! projections ([`project`]) with the projector states a process remembers
+//! ([`states`]), clearing the store ([`clear`]), and TLS to
 //! PostgreSQL as the database URL asks ([`tls`]). It knows nothing of HTTP
 //! or actors: the writer and reader actors call its functions with a
 //! connection they own.
@@ -15,6 +16,7 @@ pub mod connection;
 pub mod migrate;
 pub mod project;
 pub mod read;
+pub mod states;
 pub mod tls;
 
 /// The outcome and page types live in [`crate::dcb`] (the HTTP layer uses
@@ -27,6 +29,7 @@ pub use connection::{
 };
 pub use project::project;
 pub use read::{read_page, JsonEvents, PageRows};
+pub use states::ProjectionStates;
 
 use tokio_postgres::error::{Severity, SqlState};
 

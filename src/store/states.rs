@@ -1,0 +1,246 @@
+//! Remembered projector states: what lets a requirement or a projection
+//! cost the events appended since a state crablet already knows, instead of
+//! every event its query matches.
+//!
+//! Each process keeps the most recently used states, keyed by the
+//! projector's canonical form ([`ProjectorSpec::canonical`]), each with the
+//! position it was folded through. The database stays the truth: a
+//! remembered state is only ever handed to `crablet_reduce` as a prefix to
+//! continue from (it folds the matching events after that position, an index
+//! range scan), never used as an answer on its own. Commits happen in
+//! position order, so no event at or below a state's position can appear
+//! after the state was computed, in this process or any other; an append
+//! from another process lies above it and is folded in by the next
+//! evaluation.
+//!
+//! Bounded by `projections.state_cache_bytes` (keys and states, with a
+//! fixed allowance per entry), least recently used out; 0 turns it off.
+//! Counted in `crablet_projection_states_total{result="hit|miss|evicted"}`.
+
+use std::sync::Mutex;
+
+use lru::LruCache;
+
+use crate::dcb::projection::ProjectorSpec;
+use crate::dcb::Position;
+use crate::metrics::Metrics;
+
+/// Bytes counted per entry beside its key and state: the map's own entry,
+/// the two strings' headers and the position.
+const ENTRY_OVERHEAD: usize = 96;
+
+/// A projector's state over the events through `through`, as JSON text
+/// exactly as the database wrote it (a `sum` keeps every digit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remembered {
+    pub state: String,
+    pub through: Position,
+}
+
+/// The remembered states of one process; shared by the writer lanes and the
+/// readers.
+pub struct ProjectionStates {
+    /// `None` when turned off.
+    inner: Option<Mutex<Inner>>,
+    hits: prometheus::IntCounter,
+    misses: prometheus::IntCounter,
+    evictions: prometheus::IntCounter,
+}
+
+struct Inner {
+    entries: LruCache<String, Remembered>,
+    bytes: usize,
+    cap_bytes: usize,
+}
+
+fn size(key: &str, remembered: &Remembered) -> usize {
+    key.len() + remembered.state.len() + ENTRY_OVERHEAD
+}
+
+impl ProjectionStates {
+    /// Remembers states up to `cap_bytes` in all; 0 remembers nothing.
+    pub fn new(cap_bytes: usize, metrics: &Metrics) -> Self {
+        let counter = |result: &str| metrics.projection_states_total.with_label_values(&[result]);
+        ProjectionStates {
+            inner: (cap_bytes > 0).then(|| {
+                Mutex::new(Inner {
+                    entries: LruCache::unbounded(),
+                    bytes: 0,
+                    cap_bytes,
+                })
+            }),
+            hits: counter("hit"),
+            misses: counter("miss"),
+            evictions: counter("evicted"),
+        }
+    }
+
+    /// The remembered state of `spec`, if any (and counts a hit or a miss).
+    pub fn recall(&self, spec: &ProjectorSpec) -> Option<Remembered> {
+        let inner = self.inner.as_ref()?;
+        let found = lock(inner).entries.get(spec.canonical()).cloned();
+        match found {
+            Some(_) => self.hits.inc(),
+            None => self.misses.inc(),
+        }
+        found
+    }
+
+    /// Remembers `state` of `spec` through `through`, unless a state through
+    /// a later position is remembered already.
+    pub fn remember(&self, spec: &ProjectorSpec, state: String, through: Position) {
+        let Some(inner) = self.inner.as_ref() else {
+            return;
+        };
+        let key = spec.canonical();
+        let remembered = Remembered { state, through };
+        let added = size(key, &remembered);
+        let mut inner = lock(inner);
+        if added > inner.cap_bytes {
+            return;
+        }
+        if let Some(known) = inner.entries.get_mut(key) {
+            if known.through > through {
+                return;
+            }
+            let old = size(key, known);
+            *known = remembered;
+            inner.bytes = inner.bytes - old + added;
+        } else {
+            inner.entries.put(key.to_string(), remembered);
+            inner.bytes += added;
+        }
+        while inner.bytes > inner.cap_bytes {
+            let Some((key, old)) = inner.entries.pop_lru() else {
+                break;
+            };
+            inner.bytes -= size(&key, &old);
+            self.evictions.inc();
+        }
+    }
+
+    /// The projectors as `crablet_reduce` takes them, each with the state
+    /// remembered for it: a JSON array of `{"q": projector, "s": state, "h":
+    /// position}` (`s` absent and `h` 0 when none is remembered).
+    pub fn arguments<'a>(&self, specs: impl IntoIterator<Item = &'a ProjectorSpec>) -> String {
+        let mut json = String::from("[");
+        for (n, spec) in specs.into_iter().enumerate() {
+            if n > 0 {
+                json.push(',');
+            }
+            json.push_str("{\"q\":");
+            json.push_str(spec.canonical());
+            match self.recall(spec) {
+                Some(known) => {
+                    json.push_str(",\"s\":");
+                    json.push_str(&known.state);
+                    json.push_str(",\"h\":");
+                    json.push_str(&known.through.to_string());
+                }
+                None => json.push_str(",\"h\":0"),
+            }
+            json.push('}');
+        }
+        json.push(']');
+        json
+    }
+
+    /// Forgets every state: the store was emptied.
+    pub fn forget_all(&self) {
+        if let Some(inner) = self.inner.as_ref() {
+            let mut inner = lock(inner);
+            inner.entries.clear();
+            inner.bytes = 0;
+        }
+    }
+
+    /// Entries and bytes held (for tests).
+    pub fn usage(&self) -> (usize, usize) {
+        self.inner.as_ref().map_or((0, 0), |inner| {
+            let inner = lock(inner);
+            (inner.entries.len(), inner.bytes)
+        })
+    }
+}
+
+/// The cache holds no invariant a panic elsewhere could break halfway (every
+/// update is a few assignments), so a poisoned lock is taken as it is.
+fn lock(inner: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
+    inner
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dcb::projection::{check_projector, Projector, Reducer};
+    use crate::dcb::{Limits, Query, QueryItem};
+
+    fn spec(tag: &str) -> ProjectorSpec {
+        let projector = Projector {
+            id: Some("p".into()),
+            query: Query {
+                items: vec![QueryItem {
+                    types: vec![],
+                    tags: vec![tag.into()],
+                }],
+            },
+            reduce: Reducer::Count,
+            path: None,
+            limit: None,
+            map: None,
+        };
+        check_projector("p", &projector, &Limits::default()).unwrap()
+    }
+
+    #[test]
+    fn a_later_state_wins_and_an_earlier_one_never_replaces_it() {
+        let states = ProjectionStates::new(1 << 20, &Metrics::new());
+        let a = spec("course:1");
+        assert_eq!(states.recall(&a), None);
+        states.remember(&a, "5".into(), 50);
+        states.remember(&a, "3".into(), 30);
+        assert_eq!(
+            states.recall(&a),
+            Some(Remembered {
+                state: "5".into(),
+                through: 50
+            })
+        );
+        states.remember(&a, "6".into(), 60);
+        assert_eq!(states.recall(&a).unwrap().through, 60);
+    }
+
+    #[test]
+    fn the_least_recently_used_states_go_first_and_the_bytes_stay_under_the_cap() {
+        let one = size(
+            spec("course:0").canonical(),
+            &Remembered {
+                state: "1".into(),
+                through: 1,
+            },
+        );
+        let states = ProjectionStates::new(one * 3, &Metrics::new());
+        let specs: Vec<_> = (0..4).map(|k| spec(&format!("course:{k}"))).collect();
+        for s in &specs[..3] {
+            states.remember(s, "1".into(), 1);
+        }
+        assert!(states.recall(&specs[0]).is_some(), "course:0 used again");
+        states.remember(&specs[3], "1".into(), 1);
+        assert!(states.recall(&specs[1]).is_none(), "course:1 went first");
+        assert!(states.recall(&specs[0]).is_some());
+        let (entries, bytes) = states.usage();
+        assert_eq!(entries, 3);
+        assert!(bytes <= one * 3);
+    }
+
+    #[test]
+    fn a_cap_of_zero_remembers_nothing() {
+        let states = ProjectionStates::new(0, &Metrics::new());
+        let a = spec("course:1");
+        states.remember(&a, "1".into(), 1);
+        assert_eq!(states.recall(&a), None);
+        assert_eq!(states.usage(), (0, 0));
+    }
+}
