@@ -298,6 +298,17 @@ impl Conn {
         Ok(events.len() as u64)
     }
 
+    /// `POST /project` with `body`; returns the answer.
+    pub async fn project(
+        &mut self,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, RequestError> {
+        let body = serde_json::to_vec(body).map_err(|e| RequestError::Decode(e.to_string()))?;
+        let reply = self.request(Method::POST, "/project", body.into()).await?;
+        serde_json::from_slice(&reply.body)
+            .map_err(|e| RequestError::Decode(format!("{e}: {}", snippet(&reply.body))))
+    }
+
     /// `GET /health`: Ok when the server answers 200.
     pub async fn health(&mut self) -> Result<(), RequestError> {
         self.request(Method::GET, "/health", Bytes::new())

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use crablet_loadtest::bench::{self, table, BenchConfig, Goal};
 use crablet_loadtest::driver::{self, RunConfig};
 use crablet_loadtest::http::Target;
-use crablet_loadtest::preload::{self, PreloadConfig};
+use crablet_loadtest::preload::{self, PreloadConfig, EVENTS_PER_TAG};
 use crablet_loadtest::scenario::{Decision, ScenarioConfig, ScenarioKind};
 
 /// Exit code when a run's verification or a bench goal failed (with `--strict`).
@@ -251,6 +251,7 @@ async fn dispatch(command: Command, token: Option<String>) -> anyhow::Result<Exi
                     batch: a.batch,
                     concurrency: a.concurrency,
                     tag_prefix: a.tag_prefix,
+                    events_per_tag: EVENTS_PER_TAG,
                     data_bytes: a.data_bytes,
                     quiet: false,
                 },

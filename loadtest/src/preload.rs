@@ -39,8 +39,10 @@ pub struct PreloadConfig {
     pub batch: u64,
     /// Concurrent requests.
     pub concurrency: usize,
-    /// Tag prefix (`<prefix>:<i/10>`).
+    /// Tag prefix (`<prefix>:<i / events_per_tag>`).
     pub tag_prefix: String,
+    /// Events under each tag ([`EVENTS_PER_TAG`] for the P4 volume).
+    pub events_per_tag: u64,
     /// Size of each event's data, bytes.
     pub data_bytes: usize,
     /// No progress lines.
@@ -60,11 +62,11 @@ pub struct PreloadResult {
     pub retries: u64,
 }
 
-/// Event `i` of a preload.
-pub fn preload_event(i: u64, tag_prefix: &str, data: &str) -> NewEvent {
+/// Event `i` of a preload whose tags hold `per_tag` events each.
+pub fn preload_event(i: u64, tag_prefix: &str, per_tag: u64, data: &str) -> NewEvent {
     NewEvent {
         event_type: PRELOAD_TYPE.into(),
-        tags: vec![format!("{tag_prefix}:{}", i / EVENTS_PER_TAG)],
+        tags: vec![format!("{tag_prefix}:{}", i / per_tag.max(1))],
         data: data.to_string(),
     }
 }
@@ -101,7 +103,7 @@ pub async fn preload(target: &Target, cfg: &PreloadConfig) -> anyhow::Result<Pre
                 let request = AppendRequest {
                     require: Vec::new(),
                     events: (first..end)
-                        .map(|i| preload_event(i, &cfg.tag_prefix, &data))
+                        .map(|i| preload_event(i, &cfg.tag_prefix, cfg.events_per_tag, &data))
                         .collect(),
                     condition: None,
                 };
@@ -152,7 +154,7 @@ mod tests {
 
     #[test]
     fn every_tag_gets_ten_events_and_batches_hold_whole_tags() {
-        let tag = |i| preload_event(i, "t", "d").tags[0].clone();
+        let tag = |i| preload_event(i, "t", EVENTS_PER_TAG, "d").tags[0].clone();
         assert_eq!(tag(0), "t:0");
         assert_eq!(tag(9), "t:0");
         assert_eq!(tag(10), "t:1");

@@ -33,6 +33,12 @@ pub const LABEL_DECISION: &str = "decision";
 pub const LABEL_QUICK: &str = "quick";
 /// Label of a `GET /health`.
 pub const LABEL_HEALTH: &str = "health";
+/// Label of a `POST /project`.
+pub const LABEL_PROJECT: &str = "project";
+
+/// One operation in this many of the project scenario is an append (the
+/// trickle that keeps the projection's state moving).
+const PROJECT_APPEND_EVERY: u64 = 20;
 
 /// Data of the events of the one-request hot-keys decision.
 const HOT_KEY_REQUIRE_DATA: &str = "{\"decided\":\"require\"}";
@@ -75,6 +81,9 @@ pub enum ScenarioKind {
     Quick,
     /// `GET /health`: the HTTP path alone, to calibrate the generator and the stack.
     Health,
+    /// `POST /project`: a count over every preloaded event (their type), while
+    /// one operation in 20 appends one more.
+    Project,
 }
 
 impl ScenarioKind {
@@ -90,6 +99,7 @@ impl ScenarioKind {
             Self::Mixed => "mixed",
             Self::Quick => "quick",
             Self::Health => "health",
+            Self::Project => "project",
         }
     }
 }
@@ -226,6 +236,7 @@ impl Scenario {
             ScenarioKind::HotKeys | ScenarioKind::Consistency => LABEL_DECISION,
             ScenarioKind::Quick => LABEL_QUICK,
             ScenarioKind::Health => LABEL_HEALTH,
+            ScenarioKind::Project => LABEL_PROJECT,
         }
     }
 
@@ -263,6 +274,7 @@ impl Scenario {
                 batch: SEED_BATCH,
                 concurrency: SEED_CONCURRENCY,
                 tag_prefix: self.cfg.tag_prefix.clone(),
+                events_per_tag: EVENTS_PER_TAG,
                 data_bytes: self.cfg.data_bytes,
                 quiet: true,
             },
@@ -290,6 +302,10 @@ impl Scenario {
             ScenarioKind::HotKeys => (LABEL_DECISION, self.hot_key_decision(ctx).await),
             ScenarioKind::Consistency => (LABEL_DECISION, self.consistency_decision(ctx).await),
             ScenarioKind::Quick => (LABEL_QUICK, self.quick_round(ctx).await),
+            ScenarioKind::Project if ctx.seq % PROJECT_APPEND_EVERY == 0 => {
+                (LABEL_APPEND, self.append_preloaded(ctx).await)
+            }
+            ScenarioKind::Project => (LABEL_PROJECT, self.project_all(ctx).await),
             ScenarioKind::Health => (
                 LABEL_HEALTH,
                 match ctx.conn.health().await {
@@ -317,6 +333,41 @@ impl Scenario {
             Ok(items) => Outcome::Ok { items },
             Err(e) => error(&e),
         }
+    }
+
+    /// `POST /project`: how many preloaded events there are.
+    async fn project_all(&self, ctx: &mut ClientCtx) -> Outcome {
+        let body = serde_json::json!({"projectors": [{
+            "id": "all",
+            "query": Query::single(QueryItem {
+                types: vec![preload::PRELOAD_TYPE.into()],
+                tags: Vec::new(),
+            }),
+            "reduce": "count",
+        }]});
+        match ctx.conn.project(&body).await {
+            Ok(answer) if answer["states"]["all"].is_u64() => Outcome::Ok { items: 1 },
+            Ok(answer) => Outcome::Error {
+                label: "bad_state".into(),
+                message: answer.to_string(),
+            },
+            Err(e) => error(&e),
+        }
+    }
+
+    /// One more preloaded event (the project scenario's trickle).
+    async fn append_preloaded(&self, ctx: &mut ClientCtx) -> Outcome {
+        let request = AppendRequest {
+            require: Vec::new(),
+            events: vec![NewEvent {
+                event_type: preload::PRELOAD_TYPE.into(),
+                tags: vec![self.unique_key(ctx)],
+                data: self.payload.clone(),
+            }],
+            condition: None,
+        };
+        let result = ctx.conn.append(&request).await;
+        append_outcome(result, 1, None)
     }
 
     fn unique_key(&self, ctx: &ClientCtx) -> String {

@@ -659,6 +659,78 @@ mod tests {
     }
 
     #[test]
+    fn a_match_records_the_last_matching_event_of_the_earlier_append() {
+        let mut request = append("user:a", None).request;
+        request.events.push(NewEvent {
+            event_type: "Other".into(),
+            tags: vec!["user:a".into()],
+            data: "{}".into(),
+            id: None,
+            metadata: None,
+        });
+        request.events.push(NewEvent {
+            event_type: "Other".into(),
+            tags: vec!["user:b".into()],
+            data: "{}".into(),
+            id: None,
+            metadata: None,
+        });
+        let three = CheckedAppend::new(request, &Limits::default()).unwrap();
+        let cond = append("user:z", tagged("user:a"));
+        let overlaps = Overlaps::of(&[&three, &cond]);
+        assert_eq!(overlaps.matches(), vec![(1, 0)]);
+        assert_eq!(overlaps.match_offset, vec![1], "the second event of three");
+    }
+
+    #[test]
+    fn an_id_reused_from_earlier_appends_pairs_the_later_with_each_of_them_once() {
+        let with_ids = |ids: &[&str]| {
+            let mut request = append("user:a", None).request;
+            request.events = ids
+                .iter()
+                .map(|id| NewEvent {
+                    event_type: "Registered".into(),
+                    tags: vec!["user:a".into()],
+                    data: "{}".into(),
+                    id: Some(id.to_string()),
+                    metadata: None,
+                })
+                .collect();
+            CheckedAppend::new(request, &Limits::default()).unwrap()
+        };
+        let (a, b, c) = (with_ids(&["1", "2"]), with_ids(&["3"]), with_ids(&["2", "3", "1"]));
+        let overlaps = Overlaps::of(&[&a, &b, &c]);
+        assert_eq!(overlaps.id_later, vec![2, 2]);
+        assert_eq!(overlaps.id_earlier, vec![0, 1]);
+        let plain = Overlaps::of(&[&append("user:a", None), &append("user:a", None)]);
+        assert!(plain.id_later.is_empty(), "no ids, no id pairs");
+    }
+
+    #[test]
+    fn requirements_share_one_projector_per_canonical_form_and_fold_every_matching_event() {
+        let seat = |tag: &str| {
+            let mut request = append(tag, None).request;
+            request.require = vec![serde_json::from_value(serde_json::json!({
+                "projector": {"id": tag, "query": {"items": [{"tags": [tag]}]}, "reduce": "count"},
+                "op": "lt", "value": 3
+            }))
+            .unwrap()];
+            CheckedAppend::new(request, &Limits::default()).unwrap()
+        };
+        let (a1, b, a2) = (seat("course:a"), seat("course:b"), seat("course:a"));
+        let plain = append("course:a", None);
+        let cols = RequirementColumns::of(&[&a1, &b, &plain, &a2]);
+        assert_eq!(cols.projectors.len(), 2, "course:a once, course:b once");
+        assert_eq!(cols.appends, vec![0, 1, 3]);
+        assert_eq!(cols.projector_of, vec![0, 1, 0]);
+        assert_eq!(cols.ops, vec!["lt"; 3]);
+        assert_eq!(cols.values, vec!["3"; 3]);
+        // Events 1, 3, 4 carry course:a; event 2 course:b.
+        assert_eq!(cols.fold_event, vec![1, 2, 3, 4]);
+        assert_eq!(cols.fold_projector, vec![0, 1, 0, 0]);
+    }
+
+    #[test]
     fn array_literals_quote_every_element_and_escape_quotes_and_backslashes() {
         let items = ["a", "q\"uote", "back\\slash", "c,o{m}ma", ""].map(String::from);
         assert_eq!(

@@ -9,6 +9,7 @@ mod bad_input;
 mod boundary;
 mod browser;
 mod concurrency;
+mod decisions;
 mod crash;
 mod deploy;
 mod embedded;

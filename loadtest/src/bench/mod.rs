@@ -1,4 +1,4 @@
-//! The one-command benchmark: every performance goal (P1–P9, listed in [`Goal`]) measured
+//! The one-command benchmark: every performance goal (P1–P11, listed in [`Goal`]) measured
 //! beside its raw PostgreSQL baseline, in one invocation, on one PostgreSQL.
 //!
 //! Owns the plan (which workload, how long, in which database), the sequence of
@@ -8,7 +8,8 @@
 //!
 //! Databases (created fresh on each run): `crablet_bench_raw` (the baselines'
 //! plain tables), `crablet_bench_empty` (P1–P3, P6), `crablet_bench_1m` (P4, P5,
-//! preloaded), `crablet_bench_soak` (`--soak`).
+//! P11, preloaded), `crablet_bench_history` (P10: hot keys with long histories),
+//! `crablet_bench_soak` (`--soak`).
 //!
 //! - [`postgres`]: connection strings, psql/pgbench, the baselines' SQL.
 //! - [`server`]: the cluster and server processes, RSS sampling.
@@ -89,6 +90,15 @@ const P4_GOAL: f64 = 1.0;
 /// P5: P1 at volume over P1 on an empty store, at least.
 const P5_GOAL: f64 = 0.8;
 
+/// P10: require decisions on keys holding a long history over the same on
+/// fresh keys, at least.
+const P10_GOAL: f64 = 0.8;
+/// P11: `/project` counts over the whole volume per second over P4's
+/// reads/s, at least.
+const P11_GOAL: f64 = 0.5;
+/// Events each hot key holds before P10's decisions.
+const HISTORY_EVENTS_PER_KEY: u64 = 20_000;
+
 /// P6: server RSS under P1 load, MiB, at most.
 const P6_GOAL_MIB: f64 = 100.0;
 
@@ -98,6 +108,8 @@ const DB_RAW: &str = "crablet_bench_raw";
 const DB_EMPTY: &str = "crablet_bench_empty";
 /// crablet's preloaded store.
 const DB_VOLUME: &str = "crablet_bench_1m";
+/// crablet's store of hot keys with long histories (P10).
+const DB_HISTORY: &str = "crablet_bench_history";
 /// crablet's soak store.
 const DB_SOAK: &str = "crablet_bench_soak";
 
@@ -125,6 +137,12 @@ pub enum Goal {
     /// A new subscriber catching up through the stored log (the volume
     /// store), at least 100,000 events/s.
     P9,
+    /// `require` decisions on hot keys that already hold 20,000 events each,
+    /// vs the same decisions on fresh keys (P3 one-request), at least 0.8.
+    P10,
+    /// `POST /project` of a count over every stored event (the volume), 16
+    /// clients, appends trickling in, vs P4's reads/s, at least 0.5.
+    P11,
 }
 
 /// What `crablet-loadtest bench` was asked.
@@ -252,6 +270,26 @@ impl Plan {
             tag: "p3r",
             decision: Decision::Require,
             ..self.p3()
+        }
+    }
+
+    /// P10: P3's one-request decisions on keys that hold a long history.
+    fn p10(&self) -> Phase {
+        Phase {
+            name: "p10-hot-keys-require-history-64",
+            db: DB_HISTORY,
+            tag: "p10",
+            ..self.p3_require()
+        }
+    }
+
+    /// P11: projections over the whole volume, appends trickling in.
+    fn p11(&self) -> Phase {
+        Phase {
+            name: "p11-project-volume-16",
+            kind: ScenarioKind::Project,
+            tag: "p11",
+            ..self.p4()
         }
     }
 
@@ -403,6 +441,8 @@ pub async fn run(cfg: BenchConfig) -> anyhow::Result<BenchReport> {
         server_starts: 0,
         p1_baseline: None,
         p1_crablet: None,
+        p3_require: None,
+        p4_reads: None,
         report: BenchReport::default(),
         cfg,
     };
@@ -480,6 +520,10 @@ struct Bench {
     p1_baseline: Option<f64>,
     /// crablet P1 events/s on the empty store (P5).
     p1_crablet: Option<f64>,
+    /// P3 one-request decisions/s on fresh keys (P10's reference).
+    p3_require: Option<f64>,
+    /// P4 reads/s (P11's reference).
+    p4_reads: Option<f64>,
     /// What has been measured.
     report: BenchReport,
 }
@@ -496,7 +540,15 @@ impl Bench {
         let raw = self.db(DB_RAW);
         postgres::recreate_database(&self.tools, &self.admin, DB_RAW).await?;
         self.tools.psql(&raw, postgres::INSERT_TABLE_DDL).await?;
-        let needs_empty = [Goal::P1, Goal::P2, Goal::P3, Goal::P6, Goal::P7, Goal::P8]
+        let needs_empty = [
+            Goal::P1,
+            Goal::P2,
+            Goal::P3,
+            Goal::P6,
+            Goal::P7,
+            Goal::P8,
+            Goal::P10,
+        ]
             .iter()
             .any(|&g| self.wants(g));
         if needs_empty && !self.cfg.baselines_only {
@@ -527,6 +579,15 @@ impl Bench {
                 ">= 1x, 0 violations",
             );
         }
+        if self.wants(Goal::P10) && !self.cfg.baselines_only {
+            let r = self.goal_p10().await;
+            self.row_or_failure(
+                r,
+                "P10",
+                "require on 100 hot keys holding 20,000 events each vs fresh keys",
+                ">= 0.8",
+            );
+        }
         if self.wants(Goal::P7) && !self.cfg.baselines_only {
             let r = self.goal_p7().await;
             self.row_or_failure(
@@ -540,7 +601,10 @@ impl Bench {
             let r = self.goal_p8().await;
             self.row_or_failure(r, "P8", "1,000 idle subscriptions", "<= 64 MiB");
         }
-        if self.wants(Goal::P4) || self.wants(Goal::P5) || self.wants(Goal::P9) {
+        if [Goal::P4, Goal::P5, Goal::P9, Goal::P11]
+            .iter()
+            .any(|&g| self.wants(g))
+        {
             if let Err(e) = self.load_volume().await {
                 let msg = format!("{e:#}");
                 self.report.notes.push(format!("volume load failed: {msg}"));
@@ -548,6 +612,7 @@ impl Bench {
                     (Goal::P4, "P4", ">= 1x"),
                     (Goal::P5, "P5", ">= 0.8"),
                     (Goal::P9, "P9", ">= 100,000 events/s"),
+                    (Goal::P11, "P11", ">= 0.5x P4"),
                 ] {
                     if self.wants(id) {
                         self.report.rows.push(Row::failed(w, "volume", g, &msg));
@@ -574,6 +639,15 @@ impl Bench {
                         "P9",
                         "new subscriber catching up @volume",
                         ">= 100,000 events/s",
+                    );
+                }
+                if self.wants(Goal::P11) && !self.cfg.baselines_only {
+                    let r = self.goal_p11().await;
+                    self.row_or_failure(
+                        r,
+                        "P11",
+                        "POST /project count over the volume, 16 clients",
+                        ">= 0.5x P4",
                     );
                 }
             }
@@ -746,6 +820,19 @@ impl Bench {
         phase: &Phase,
         live: Arc<LiveCounters>,
     ) -> anyhow::Result<Report> {
+        self.crablet_run_as(target, phase, live, None).await
+    }
+
+    /// [`Self::crablet_run`], with the scenario's run id given (its keys were
+    /// preloaded under it): such a run is not verified afterwards, since its
+    /// keys hold events it did not write.
+    async fn crablet_run_as(
+        &mut self,
+        target: &Target,
+        phase: &Phase,
+        live: Arc<LiveCounters>,
+        run_id: Option<String>,
+    ) -> anyhow::Result<Report> {
         let name = phase.name;
         eprintln!(
             "bench: {name}: crablet {} x{} for {:.0} s",
@@ -762,6 +849,10 @@ impl Bench {
             ..self.run_config(target, phase.kind, phase.tag, phase.clients, phase.duration)
         };
         cfg.scenario.decision = phase.decision;
+        if let Some(run_id) = run_id {
+            cfg.scenario.run_id = run_id;
+            cfg.verify = false;
+        }
         let report = driver::run(&cfg, live).await?;
         eprint!("{}", report.summary());
         let server_cpu = server_pid
@@ -1032,6 +1123,9 @@ impl Bench {
             .clone()
             .context("hot-keys run was not verified")?;
         let rate = p.decisions_per_s;
+        if phase.decision == Decision::Require {
+            self.p3_require = Some(rate);
+        }
         let ratio = rate / base;
         self.report.notes.push(format!(
             "{id}: {:.0} accepted + {:.0} rejected decisions/s, p50 {:.2} ms, p99 {:.2} ms; verification: {} events on {} keys, {} violations, {} unparsable, {} of {} acknowledged missing",
@@ -1087,6 +1181,7 @@ impl Bench {
                     batch: PRELOAD_BATCH,
                     concurrency: PRELOAD_CONCURRENCY,
                     tag_prefix: "t".into(),
+                    events_per_tag: EVENTS_PER_TAG,
                     data_bytes: DATA_BYTES,
                     quiet: false,
                 },
@@ -1159,6 +1254,7 @@ impl Bench {
             ));
         }
         let rate = p.ok_per_s;
+        self.p4_reads = Some(rate);
         let ratio = rate / base.tps;
         self.report.notes.push(format!(
             "P4: crablet p50 {:.2} ms, p99 {:.2} ms; pgbench latency avg {:.2} ms",
@@ -1179,6 +1275,109 @@ impl Bench {
             met: Some(ratio >= P4_GOAL && off_by < f64::EPSILON),
             crablet_value: Some(rate),
             baseline_value: Some(base.tps),
+        }))
+    }
+
+    /// P10: the one-request decisions of P3 on keys that already hold
+    /// [`HISTORY_EVENTS_PER_KEY`] events each, against the same decisions on
+    /// fresh keys (P3 one-request, measured now if it did not run).
+    async fn goal_p10(&mut self) -> anyhow::Result<Option<Row>> {
+        let fresh = match self.p3_require {
+            Some(rate) => rate,
+            None => {
+                let (_, run) = self.run_phase(&self.plan.p3_require()).await?;
+                primary(&run)?.decisions_per_s
+            }
+        };
+        postgres::recreate_database(&self.tools, &self.admin, DB_HISTORY).await?;
+        let target = self.server_on(DB_HISTORY).await?;
+        let run_id = self.run_id("p10");
+        let events = HISTORY_EVENTS_PER_KEY * HOT_KEYS as u64;
+        eprintln!("bench: P10: preloading {events} events on {HOT_KEYS} hot keys");
+        let loaded = preload::preload(
+            &target,
+            &PreloadConfig {
+                events,
+                batch: PRELOAD_BATCH,
+                concurrency: PRELOAD_CONCURRENCY,
+                tag_prefix: format!("hot:{run_id}"),
+                events_per_tag: HISTORY_EVENTS_PER_KEY,
+                data_bytes: DATA_BYTES,
+                quiet: true,
+            },
+        )
+        .await?;
+        self.tools
+            .psql(&self.db(DB_HISTORY), "VACUUM ANALYZE")
+            .await?;
+        let phase = self.plan.p10();
+        let run = self
+            .crablet_run_as(&target, &phase, Arc::default(), Some(run_id))
+            .await?;
+        let p = primary(&run)?;
+        let rate = p.decisions_per_s;
+        let ratio = rate / fresh;
+        self.report.notes.push(format!(
+            "P10: {:.0} decisions/s on keys holding {HISTORY_EVENTS_PER_KEY} events each (preloaded in {:.1} s), p50 {:.2} ms, p99 {:.2} ms; {fresh:.0}/s on fresh keys",
+            rate,
+            loaded.elapsed_s,
+            ms(p.latency_us.p50_us),
+            ms(p.latency_us.p99_us),
+        ));
+        Ok(Some(Row {
+            id: "P10".into(),
+            workload: format!(
+                "require, 100 hot keys holding {} events each, 64 clients",
+                thousands(HISTORY_EVENTS_PER_KEY as f64)
+            ),
+            crablet: format!("{} decisions/s", thousands(rate)),
+            baseline: format!("{} decisions/s (fresh keys)", thousands(fresh)),
+            ratio: Some(ratio),
+            goal: format!(">= {P10_GOAL}"),
+            met: Some(ratio >= P10_GOAL),
+            crablet_value: Some(rate),
+            baseline_value: Some(fresh),
+        }))
+    }
+
+    /// P11: `POST /project` of a count over every stored event, appends
+    /// trickling in, against P4's reads/s (measured now if P4 did not run).
+    async fn goal_p11(&mut self) -> anyhow::Result<Option<Row>> {
+        let reads = match self.p4_reads {
+            Some(rate) => rate,
+            None => {
+                let (_, run) = self.run_phase(&self.plan.p4()).await?;
+                primary(&run)?.ok_per_s
+            }
+        };
+        let (_, run) = self.run_phase(&self.plan.p11()).await?;
+        let p = primary(&run)?;
+        let rate = p.ok_per_s;
+        let ratio = rate / reads;
+        let appended = run
+            .labels
+            .iter()
+            .find(|l| l.label == crate::scenario::LABEL_APPEND)
+            .map_or(0.0, |l| l.ok_per_s);
+        self.report.notes.push(format!(
+            "P11: {rate:.0} projections/s over {} events, p50 {:.2} ms, p99 {:.2} ms, with {appended:.0} appends/s trickling in; P4 {reads:.0} reads/s",
+            thousands(self.plan.volume_events as f64),
+            ms(p.latency_us.p50_us),
+            ms(p.latency_us.p99_us),
+        ));
+        Ok(Some(Row {
+            id: "P11".into(),
+            workload: format!(
+                "POST /project count over {} events, 16 clients",
+                thousands(self.plan.volume_events as f64)
+            ),
+            crablet: format!("{} projections/s", thousands(rate)),
+            baseline: format!("{} reads/s (P4)", thousands(reads)),
+            ratio: Some(ratio),
+            goal: format!(">= {P11_GOAL}x"),
+            met: Some(ratio >= P11_GOAL),
+            crablet_value: Some(rate),
+            baseline_value: Some(reads),
         }))
     }
 
