@@ -257,8 +257,7 @@ BEGIN
         IF p_projectors IS NOT NULL THEN
             -- Every projector's state and the head, in one snapshot taken
             -- with the locks held.
-            SELECT array_agg(crablet_reduce(x.p->'q', x.p->'s', coalesce((x.p->>'h')::int8, 0))
-                             ORDER BY x.ord),
+            SELECT crablet_reduce_all(p_projectors::jsonb),
                    array_agg(x.p->'q'->>'r' ORDER BY x.ord),
                    array_agg(ARRAY(SELECT jsonb_array_elements_text(
                                  coalesce(x.p->'q'->'path', '[]'::jsonb)))::text ORDER BY x.ord),
@@ -341,9 +340,13 @@ BEGIN
             WHILE fi <= n_folds AND p_fold_event[fi] <= event_end LOOP
                 IF accepted[a + 1] THEN
                     j := p_fold_projector[fi] + 1;
-                    states[j] := crablet_step(reducers[j], paths[j]::text[], maps[j], states[j],
-                                              p_types[p_fold_event[fi]],
-                                              p_data[p_fold_event[fi]]);
+                    IF reducers[j] = 'count' THEN
+                        states[j] := to_jsonb((states[j] #>> '{}')::int8 + 1);
+                    ELSE
+                        states[j] := crablet_step(reducers[j], paths[j]::text[], maps[j],
+                                                  states[j], p_types[p_fold_event[fi]],
+                                                  p_data[p_fold_event[fi]]);
+                    END IF;
                 END IF;
                 fi := fi + 1;
             END LOOP;

@@ -11,7 +11,8 @@ BEGIN
     FOR f IN
         SELECT p.oid::regprocedure
         FROM pg_proc p
-        WHERE p.proname IN ('crablet_matches', 'crablet_reduce', 'crablet_step')
+        WHERE p.proname IN ('crablet_matches', 'crablet_reduce', 'crablet_reduce_all',
+                            'crablet_step')
           AND pg_function_is_visible(p.oid)
     LOOP
         EXECUTE format('DROP FUNCTION %s', f);
@@ -44,10 +45,8 @@ $$;
 --    and h 0: none). Only events after h are visited; s is continued with
 --    them. Commits happen in position order, so no event at or below h can
 --    appear after s was computed: a remembered state is a prefix of the log,
---    never a guess (crablet keeps them, see src/store/states.rs). A store
---    emptied since (go-crablet's cleanup deletes every event; positions are
---    never reused) holds no event at or below h: s is then dropped and the
---    state computed afresh.
+--    never a guess (crablet keeps them, see src/store/states.rs). The caller
+--    (crablet_reduce_all) has checked that the store still holds it.
 -- Probes are the index probes of crablet's reads (dcb/footprint.rs): a range
 -- scan of event_keys under one key and after h, joined to events by primary
 -- key.
@@ -82,10 +81,6 @@ DECLARE
     known jsonb;
     result jsonb;
 BEGIN
-    IF since > 0 AND NOT EXISTS (SELECT 1 FROM events e WHERE e.position <= since) THEN
-        since := 0;
-        s := NULL;
-    END IF;
     IF reducer IN ('exists', 'last') THEN
         IF every THEN
             SELECT max(e.position) INTO pos FROM events e WHERE e.position > since;
@@ -231,6 +226,74 @@ BEGIN
         RETURN result;
     END IF;
     RAISE EXCEPTION 'crablet_reduce: unknown reducer %', reducer;
+END;
+$$;
+
+-- crablet_reduce_all: the states of several projectors, in one statement
+-- (one snapshot), in the order given: what `POST /project` and a batch's
+-- requirements evaluate. p: JSON array of {"q": projector, "s": remembered
+-- state, "h": its position} (see crablet_reduce).
+--
+-- A remembered state is used only while the store still holds an event at or
+-- below its position: a store emptied since (go-crablet's cleanup deletes
+-- every event; positions are never reused) holds none, and the state is then
+-- computed afresh. The lowest position is read once for all projectors.
+--
+-- `count` and `exists` over index probes, what requirements mostly are, run
+-- as subqueries of this one statement (no function call, no statement of
+-- their own per projector); every other reducer, and the all-query, through
+-- crablet_reduce.
+CREATE FUNCTION crablet_reduce_all(p jsonb) RETURNS jsonb[]
+LANGUAGE plpgsql STABLE
+SET enable_seqscan = off
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+AS $$
+DECLARE
+    lowest int8;
+    result jsonb[];
+BEGIN
+    SELECT min(e.position) INTO lowest FROM events e;
+    SELECT array_agg(
+               CASE
+                   WHEN x.r = 'count' AND x.keyed THEN
+                       to_jsonb(coalesce((x.s #>> '{}')::int8, 0) + (
+                           SELECT count(DISTINCT m.position)
+                           FROM jsonb_to_recordset(x.q->'p')
+                                AS pr(k int8, tags text[], types text[])
+                           CROSS JOIN LATERAL (
+                               SELECT ek.position
+                               FROM event_keys ek
+                               JOIN events e ON e.position = ek.position
+                               WHERE ek.key = pr.k
+                                 AND ek.position > x.h
+                                 AND crablet_matches(e.tags, e.type, pr.tags, pr.types)) m))
+                   WHEN x.r = 'exists' AND x.keyed THEN
+                       to_jsonb(coalesce(x.s = 'true'::jsonb, false) OR EXISTS (
+                           SELECT 1
+                           FROM jsonb_to_recordset(x.q->'p')
+                                AS pr(k int8, tags text[], types text[])
+                           CROSS JOIN LATERAL (
+                               SELECT 1
+                               FROM event_keys ek
+                               JOIN events e ON e.position = ek.position
+                               WHERE ek.key = pr.k
+                                 AND ek.position > x.h
+                                 AND crablet_matches(e.tags, e.type, pr.tags, pr.types)
+                               LIMIT 1) m))
+                   ELSE crablet_reduce(x.q, x.s, x.h)
+               END
+               ORDER BY x.ord)
+    INTO result
+    FROM (SELECT y.ord, y.q, y.q->>'r' AS r, jsonb_typeof(y.q->'p') = 'array' AS keyed,
+                 CASE WHEN y.kept THEN y.s END AS s,
+                 CASE WHEN y.kept THEN y.h ELSE 0 END AS h
+          FROM (SELECT z.ord, z.value->'q' AS q, z.value->'s' AS s,
+                       coalesce((z.value->>'h')::int8, 0) AS h,
+                       coalesce((z.value->>'h')::int8, 0) > 0 AND lowest IS NOT NULL
+                           AND lowest <= (z.value->>'h')::int8 AS kept
+                FROM jsonb_array_elements(p) WITH ORDINALITY AS z(value, ord)) y) x;
+    RETURN result;
 END;
 $$;
 

@@ -33,6 +33,7 @@ AS $$
 #variable_conflict use_column
 DECLARE
     spec record;
+    states jsonb[] := crablet_reduce_all(p_projectors::jsonb);
     result jsonb;
 BEGIN
     RETURN QUERY
@@ -40,21 +41,21 @@ BEGIN
            NULL::bytea, NULL::timestamptz, -1, NULL::text
     FROM events e;
     FOR spec IN
-        SELECT s.value->'q' AS q, s.value->'s' AS known, coalesce((s.value->>'h')::int8, 0) AS h, (s.ord - 1)::int4 AS n
+        SELECT s.value->'q'->>'r' AS r, s.ord::int4 AS ord
         FROM jsonb_array_elements(p_projectors::jsonb) WITH ORDINALITY AS s(value, ord)
         ORDER BY s.ord
     LOOP
-        result := crablet_reduce(spec.q, spec.known, spec.h);
-        IF spec.q->>'r' = 'last' AND jsonb_typeof(result) = 'number' THEN
+        result := states[spec.ord];
+        IF spec.r = 'last' AND jsonb_typeof(result) = 'number' THEN
             RETURN QUERY
             SELECT e.position, e.type, e.tags, e.data, e.id, e.metadata, e.recorded_at,
-                   spec.n, NULL::text
+                   spec.ord - 1, NULL::text
             FROM events e
             WHERE e.position = (result #>> '{}')::int8;
         ELSE
             RETURN QUERY
             SELECT NULL::int8, NULL::text, NULL::text[], NULL::bytea, NULL::text, NULL::bytea,
-                   NULL::timestamptz, spec.n, result::text;
+                   NULL::timestamptz, spec.ord - 1, result::text;
         END IF;
     END LOOP;
 END;

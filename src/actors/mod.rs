@@ -187,8 +187,26 @@ impl EventStore {
     }
 
     /// Appends, waiting for the batch that carries the append to commit.
+    ///
+    /// A requirement whose projector has no remembered state is projected
+    /// first, by a reader: the full fold over the projector's history then
+    /// runs on the reader pool, beside other work, and the writer lane (one
+    /// batch at a time) folds only what was appended since. Nothing depends
+    /// on it for correctness: if it fails, the lane computes the state itself.
     pub async fn append(&self, append: CheckedAppend) -> Result<AppendOutcome, EventStoreError> {
         let started = std::time::Instant::now();
+        let cold: Vec<ProjectorSpec> = append
+            .requirements
+            .iter()
+            .map(|requirement| &requirement.q)
+            .filter(|spec| self.writers.states.is_enabled() && !self.writers.states.remembers(spec))
+            .cloned()
+            .collect();
+        if !cold.is_empty() {
+            if let Err(error) = self.project(Arc::new(cold)).await {
+                log::debug!("projecting a requirement's state ahead of its append: {error}");
+            }
+        }
         let lane = self.route(&append);
         let (reply, outcome) = oneshot::channel();
         let reply = writer::Reply::new(reply);

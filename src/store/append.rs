@@ -698,7 +698,11 @@ mod tests {
                 .collect();
             CheckedAppend::new(request, &Limits::default()).unwrap()
         };
-        let (a, b, c) = (with_ids(&["1", "2"]), with_ids(&["3"]), with_ids(&["2", "3", "1"]));
+        let (a, b, c) = (
+            with_ids(&["1", "2"]),
+            with_ids(&["3"]),
+            with_ids(&["2", "3", "1"]),
+        );
         let overlaps = Overlaps::of(&[&a, &b, &c]);
         assert_eq!(overlaps.id_later, vec![2, 2]);
         assert_eq!(overlaps.id_earlier, vec![0, 1]);

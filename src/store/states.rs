@@ -75,6 +75,19 @@ impl ProjectionStates {
         }
     }
 
+    /// Whether states are remembered at all (a cap above 0).
+    pub fn is_enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// Whether a state of `spec` is remembered (counts nothing, and does not
+    /// make it more recently used).
+    pub fn remembers(&self, spec: &ProjectorSpec) -> bool {
+        self.inner
+            .as_ref()
+            .is_some_and(|inner| lock(inner).entries.contains(spec.canonical()))
+    }
+
     /// The remembered state of `spec`, if any (and counts a hit or a miss).
     pub fn recall(&self, spec: &ProjectorSpec) -> Option<Remembered> {
         let inner = self.inner.as_ref()?;

@@ -46,7 +46,7 @@ fn reservation(course: usize, student: usize, cap: u64) -> Value {
     })
 }
 
-const COURSES: usize = 4;
+const COURSES: usize = 2;
 const CAP: u64 = 30;
 const REQUESTS: usize = 400;
 
@@ -81,13 +81,14 @@ async fn decisions_on_hot_keys_share_batches_and_never_exceed_the_cap() {
     );
 
     // Appends on one key no longer wait for a batch each: with 400 decisions
-    // on 4 keys, a batch carries many decisions on the same key.
+    // on 2 keys, a batch carries several decisions on the same key (one per
+    // key and batch would take at least 200 batches).
     let after = metrics_of(&app.address).await;
     let batches = metric(&after, "crablet_writer_batch_appends_count", "")
         - metric(&before, "crablet_writer_batch_appends_count", "");
     eprintln!("{REQUESTS} decisions in {batches} batches");
     assert!(
-        batches <= (REQUESTS / 8) as f64,
+        batches <= (REQUESTS * 3 / 8) as f64,
         "{REQUESTS} decisions took {batches} batches: decisions on one key do not share them"
     );
 }
@@ -124,7 +125,9 @@ async fn a_closing_event_in_a_batch_refuses_the_reservations_after_it_and_only_t
             async move { post_append(&http, &address, body).await }
         }))
         .await;
-        let log = app.read(json!({"items": [{"tags": ["course:9"]}]}), json!({})).await;
+        let log = app
+            .read(json!({"items": [{"tags": ["course:9"]}]}), json!({}))
+            .await;
         // Replay the log: no payment after a close, none past the budget.
         let (mut open, mut paid) = (false, 0.0_f64);
         for e in &log {
@@ -190,10 +193,7 @@ async fn conditions_past_every_head_are_decided_exactly_in_busy_batches_across_t
         let beyond = head + 1_000_000;
         let bodies: Vec<(Option<i64>, Value)> = (0..96)
             .map(|r| match r % 3 {
-                0 => (
-                    None,
-                    json!({"events": [event("Shared", &[&tag], "{}")]}),
-                ),
+                0 => (None, json!({"events": [event("Shared", &[&tag], "{}")]})),
                 1 => (
                     Some(beyond),
                     json!({"events": [event("Decided", &[&format!("mine:{round}:{r}")], "{}")],
@@ -286,7 +286,8 @@ async fn a_remembered_state_is_continued_past_appends_from_another_process() {
         }
         violations += usize::from(project_count(&http, &remembering.address, course).await != 2);
         // A third seat through the other process.
-        let plain = json!({"events": [event("SeatReserved", &[&format!("course:{course}")], "{}")]});
+        let plain =
+            json!({"events": [event("SeatReserved", &[&format!("course:{course}")], "{}")]});
         assert!(post_append(&http, &other.address, &plain).await.appended());
         // The first process must see it: the course is full.
         let late = remembering.append(reservation(course, 9, 3)).await;
