@@ -74,6 +74,7 @@ async fn drive(port: u16) {
     hot_keys_decide_in_one_request_with_require(port).await;
     random_conditions_are_never_violated(port).await;
     reads_of_preloaded_tags_return_ten_events_each(port).await;
+    projections_count_the_preloaded_events_while_appends_trickle_in(port).await;
     an_open_loop_run_keeps_a_modest_rate(port).await;
 }
 
@@ -137,6 +138,7 @@ async fn reads_of_preloaded_tags_return_ten_events_each(port: u16) {
             batch: 500,
             concurrency: 2,
             tag_prefix: READ_TAG_PREFIX.into(),
+            events_per_tag: EVENTS_PER_TAG,
             data_bytes: 64,
             quiet: true,
         },
@@ -151,6 +153,18 @@ async fn reads_of_preloaded_tags_return_ten_events_each(port: u16) {
     let reads = primary(&report, "read");
     assert!(reads.ok > 0, "no read completed");
     assert_eq!(reads.items, EVENTS_PER_TAG * reads.ok);
+}
+
+async fn projections_count_the_preloaded_events_while_appends_trickle_in(port: u16) {
+    let report = run(port, ScenarioKind::Project, "project", None).await;
+    let projections = primary(&report, "project");
+    assert!(projections.ok > 0, "no projection completed");
+    let appends = report
+        .labels
+        .iter()
+        .find(|l| l.label == "append")
+        .expect("the trickle of appends");
+    assert!(appends.ok > 0 && appends.errors.is_empty());
 }
 
 async fn an_open_loop_run_keeps_a_modest_rate(port: u16) {
