@@ -302,7 +302,7 @@ impl Scenario {
             ScenarioKind::HotKeys => (LABEL_DECISION, self.hot_key_decision(ctx).await),
             ScenarioKind::Consistency => (LABEL_DECISION, self.consistency_decision(ctx).await),
             ScenarioKind::Quick => (LABEL_QUICK, self.quick_round(ctx).await),
-            ScenarioKind::Project if ctx.seq % PROJECT_APPEND_EVERY == 0 => {
+            ScenarioKind::Project if ctx.seq.is_multiple_of(PROJECT_APPEND_EVERY) => {
                 (LABEL_APPEND, self.append_preloaded(ctx).await)
             }
             ScenarioKind::Project => (LABEL_PROJECT, self.project_all(ctx).await),
