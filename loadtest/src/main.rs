@@ -40,7 +40,7 @@ enum Command {
     Run(RunArgs),
     /// Load N events quickly with large batched appends (tag <prefix>:<i/10>).
     Preload(PreloadArgs),
-    /// Measure every goal (P1-P9), each beside its raw PostgreSQL baseline where it has one.
+    /// Measure every goal (P1-P11), each beside its raw PostgreSQL baseline where it has one.
     Bench(BenchArgs),
     /// Subscribers on /subscribe while writers append: delivery latency
     /// (acknowledged -> received), delivered events/s, gaps/duplicates/order.
