@@ -67,7 +67,9 @@
 -- what it costs is mostly executor set-up per statement, not data: so a batch
 -- of one event is inserted with VALUES, a single probe is one EXISTS, the
 -- accepted appends are not returned as rows, and the in-order loop of step 3
--- runs only for a batch that has in-batch overlaps or requirements. Its
+-- runs only for a batch with requirements, a reused id, or an in-batch match
+-- whose `after` lies beyond the head crablet knows (otherwise the matches
+-- alone are walked). Its
 -- plans must be generic: crablet's sessions run with plan_cache_mode =
 -- force_generic_plan (custom plans would re-plan these statements at every
 -- call, for their array arguments make custom plans look cheaper).
@@ -101,6 +103,7 @@ CREATE FUNCTION crablet_append_batch(
     p_pair_later       int4[],   -- per in-batch match, ordered by later: the append
     p_pair_earlier     int4[],   -- whose condition matches an event of this earlier one,
     p_pair_offset      int4[],   -- the last such event's place in it (0-based)
+    p_pair_exact       bool,     -- some later append's `after` is beyond p_known_head
     p_id_later         int4[],   -- per in-batch id reuse, ordered by later: the append
     p_id_earlier       int4[],   -- that has an id of this earlier one
     p_projectors       text,     -- JSON [{"q","s","h"}] (see crablet_reduce), or NULL
@@ -142,12 +145,13 @@ DECLARE
     -- Per append: whether a stored event matched its condition (applied in
     -- batch order by step 3 when it runs).
     probe_failed bool[];
-    ordered bool := cardinality(p_pair_later) > 0 OR cardinality(p_id_later) > 0
-                    OR p_projectors IS NOT NULL;
+    -- Step 3 in batch order, append by append, only when needed: otherwise
+    -- every in-batch match is certain, and the matches alone are walked.
+    ordered bool := p_pair_exact OR cardinality(p_id_later) > 0 OR p_projectors IS NOT NULL;
     failed int4;
     found_event record;
     -- Step 3: per append, the events of accepted appends before it.
-    written_before int4[] := array_fill(0, ARRAY[p_appends]);
+    written_before int4[];
     running int4 := 0;
     event_end int4 := 0;
     states jsonb[];
@@ -163,10 +167,10 @@ DECLARE
     ii int4 := 1;
     ir int4 := 1;
     fi int4 := 1;
-    n_pairs int4 := coalesce(cardinality(p_pair_later), 0);
-    n_ids int4 := coalesce(cardinality(p_id_later), 0);
-    n_reqs int4 := coalesce(cardinality(p_req_append), 0);
-    n_folds int4 := coalesce(cardinality(p_fold_event), 0);
+    n_pairs int4;
+    n_ids int4;
+    n_reqs int4;
+    n_folds int4;
     -- Per event: its place among the events written (1-based), NULL if its
     -- append was rejected; NULL as a whole when every append is accepted.
     slot int4[];
@@ -244,16 +248,33 @@ BEGIN
     END IF;
 
     IF NOT ordered THEN
-        -- No append of the batch can see another: the stored matches decide.
-        FOR a IN 0 .. p_appends - 1 LOOP
-            IF probe_failed[a + 1] AND accepted[a + 1] THEN
-                accepted[a + 1] := false;
+        -- The stored matches, then the in-batch ones, each certain (its
+        -- `after` is at or below a committed position): walked in the order
+        -- of the later append, an earlier one is decided when it is read.
+        IF probe_failed IS NOT NULL THEN
+            FOR a IN 0 .. p_appends - 1 LOOP
+                IF probe_failed[a + 1] AND accepted[a + 1] THEN
+                    accepted[a + 1] := false;
+                    kind := 'condition';
+                    append_index := a;
+                    RETURN NEXT;
+                END IF;
+            END LOOP;
+        END IF;
+        FOR ip IN 1 .. coalesce(cardinality(p_pair_later), 0) LOOP
+            IF accepted[p_pair_earlier[ip] + 1] AND accepted[p_pair_later[ip] + 1] THEN
+                accepted[p_pair_later[ip] + 1] := false;
                 kind := 'condition';
-                append_index := a;
+                append_index := p_pair_later[ip];
                 RETURN NEXT;
             END IF;
         END LOOP;
     ELSE
+        written_before := array_fill(0, ARRAY[p_appends]);
+        n_pairs := coalesce(cardinality(p_pair_later), 0);
+        n_ids := coalesce(cardinality(p_id_later), 0);
+        n_reqs := coalesce(cardinality(p_req_append), 0);
+        n_folds := coalesce(cardinality(p_fold_event), 0);
         IF p_projectors IS NOT NULL THEN
             -- Every projector's state and the head, in one snapshot taken
             -- with the locks held.
@@ -354,16 +375,16 @@ BEGIN
     END IF;
     append_index := NULL;
 
-    IF NOT (true = ANY (accepted)) THEN
+    IF NOT (false = ANY (accepted)) THEN
+        written := cardinality(p_event_append);
+    ELSIF NOT (true = ANY (accepted)) THEN
         written := 0;
-    ELSIF false = ANY (accepted) THEN
+    ELSE
         SELECT array_agg(CASE WHEN e.kept THEN e.n END ORDER BY e.ord), max(e.n)
         INTO slot, written
         FROM (SELECT e.ord, accepted[e.append + 1] AS kept,
                      count(*) FILTER (WHERE accepted[e.append + 1]) OVER (ORDER BY e.ord) AS n
               FROM unnest(p_event_append) WITH ORDINALITY AS e(append, ord)) AS e;
-    ELSE
-        written := cardinality(p_event_append);
     END IF;
 
     IF written > 0 THEN

@@ -227,6 +227,9 @@ struct BatchArgs<'a> {
     after: Vec<Position>,
     probes: ProbeColumns,
     overlaps: Overlaps,
+    /// Whether an in-batch match needs positions: its later append's
+    /// `after` lies beyond `known_head`.
+    pairs_exact: bool,
     /// The batch's distinct projectors, in the order of `projectors_json`.
     projectors: Vec<&'a ProjectorSpec>,
     /// `None` (SQL NULL: no requirement work at all) without projectors.
@@ -249,22 +252,29 @@ impl<'a> BatchArgs<'a> {
         let requirements = RequirementColumns::of(batch);
         let projectors_json = (!requirements.projectors.is_empty())
             .then(|| states.arguments(requirements.projectors.iter().copied()));
+        let after: Vec<Position> = batch
+            .iter()
+            .map(|a| {
+                a.request
+                    .condition
+                    .as_ref()
+                    .map_or(0, |c| c.after_or_zero())
+            })
+            .collect();
+        let overlaps = Overlaps::of(batch);
+        let pairs_exact = overlaps
+            .match_later
+            .iter()
+            .any(|&later| after[later as usize] > known_head);
         BatchArgs {
             lock_keys,
             lock_exclusive,
             appends: batch.len() as i32,
             append_events: batch.iter().map(|a| a.len() as i32).collect(),
-            after: batch
-                .iter()
-                .map(|a| {
-                    a.request
-                        .condition
-                        .as_ref()
-                        .map_or(0, |c| c.after_or_zero())
-                })
-                .collect(),
+            after,
             probes: ProbeColumns::of(batch),
-            overlaps: Overlaps::of(batch),
+            overlaps,
+            pairs_exact,
             projectors: requirements.projectors.clone(),
             projectors_json,
             requirements,
@@ -274,7 +284,7 @@ impl<'a> BatchArgs<'a> {
     }
 
     /// In the order of the function's parameters.
-    fn params(&self) -> [&(dyn ToSql + Sync); 32] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 33] {
         [
             &self.lock_keys,
             &self.lock_exclusive,
@@ -288,6 +298,7 @@ impl<'a> BatchArgs<'a> {
             &self.overlaps.match_later,
             &self.overlaps.match_earlier,
             &self.overlaps.match_offset,
+            &self.pairs_exact,
             &self.overlaps.id_later,
             &self.overlaps.id_earlier,
             &self.projectors_json,
