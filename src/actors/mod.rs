@@ -300,10 +300,15 @@ impl EventStore {
 
     /// Computes the states of projectors and the head they were computed
     /// at, from one snapshot.
+    ///
+    /// A projector with no remembered state is evaluated by one request at a
+    /// time (see [`ProjectionStates::first_evaluations`]).
     pub async fn project(
         &self,
         specs: Arc<Vec<ProjectorSpec>>,
     ) -> Result<Projection, EventStoreError> {
+        let (states, asked) = (self.writers.states.clone(), specs.clone());
+        let _first = states.first_evaluations(asked.iter()).await;
         self.reader
             .send(reader::Project { specs })
             .await

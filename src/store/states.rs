@@ -15,11 +15,18 @@
 //!
 //! Bounded by `projections.state_cache_bytes` (keys and states, with a
 //! fixed allowance per entry), least recently used out; 0 turns it off.
+//!
+//! A projector with no remembered state is evaluated by one request at a
+//! time ([`ProjectionStates::first_evaluations`]): concurrent requests for it
+//! wait, then continue from the state the first one left, instead of each
+//! folding the whole history at once.
 //! Counted in `crablet_projection_states_total{result="hit|miss|evicted"}`.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
+use tokio::sync::OwnedMutexGuard;
 
 use crate::dcb::projection::ProjectorSpec;
 use crate::dcb::Position;
@@ -45,6 +52,27 @@ pub struct ProjectionStates {
     hits: prometheus::IntCounter,
     misses: prometheus::IntCounter,
     evictions: prometheus::IntCounter,
+    /// Per projector being evaluated with no remembered state: held by the
+    /// request evaluating it.
+    gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Held while projectors with no remembered state are evaluated; see
+/// [`ProjectionStates::first_evaluations`].
+pub struct FirstEvaluations<'a> {
+    states: &'a ProjectionStates,
+    guards: Vec<OwnedMutexGuard<()>>,
+}
+
+impl Drop for FirstEvaluations<'_> {
+    fn drop(&mut self) {
+        if self.guards.is_empty() {
+            return;
+        }
+        self.guards.clear();
+        // Gates nobody holds or waits for are dropped.
+        lock(&self.states.gates).retain(|_, gate| Arc::strong_count(gate) > 1);
+    }
 }
 
 struct Inner {
@@ -72,7 +100,41 @@ impl ProjectionStates {
             hits: counter("hit"),
             misses: counter("miss"),
             evictions: counter("evicted"),
+            gates: Mutex::default(),
         }
+    }
+
+    /// Waits until this request is the only one evaluating each projector of
+    /// `specs` that has no remembered state, and holds that until the
+    /// returned value is dropped: a request that waited finds the state the
+    /// one before it remembered, and folds only what came since.
+    pub async fn first_evaluations<'a>(
+        &'a self,
+        specs: impl IntoIterator<Item = &'a ProjectorSpec>,
+    ) -> FirstEvaluations<'a> {
+        let mut held = FirstEvaluations {
+            states: self,
+            guards: Vec::new(),
+        };
+        if !self.is_enabled() {
+            return held;
+        }
+        let mut cold: Vec<&str> = specs
+            .into_iter()
+            .filter(|spec| !self.remembers(spec))
+            .map(ProjectorSpec::canonical)
+            .collect();
+        // One order for every request: no two wait for each other.
+        cold.sort_unstable();
+        cold.dedup();
+        for key in cold {
+            let gate = lock(&self.gates)
+                .entry(key.to_string())
+                .or_default()
+                .clone();
+            held.guards.push(gate.lock_owned().await);
+        }
+        held
     }
 
     /// Whether states are remembered at all (a cap above 0).
@@ -178,7 +240,7 @@ impl ProjectionStates {
 
 /// The cache holds no invariant a panic elsewhere could break halfway (every
 /// update is a few assignments), so a poisoned lock is taken as it is.
-fn lock(inner: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
+fn lock<T>(inner: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     inner
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -326,3 +326,43 @@ async fn with_remembered_states_turned_off_decisions_are_the_same_and_nothing_is
         "nothing looked up or remembered"
     );
 }
+
+#[actix_rt::test]
+async fn concurrent_first_projections_of_one_projector_fold_its_history_once() {
+    let database = fresh_database().await;
+    let app = spawn_app_on(&database, |_| {}).await;
+    for chunk in 0..2 {
+        let events: Vec<Value> = (0..1000)
+            .map(|i| event("Counted", &[&format!("n:{chunk}:{i}")], "{}"))
+            .collect();
+        assert!(app.append(json!({ "events": events })).await.appended());
+    }
+    let http = client();
+    let body = json!({"projectors": [{"id": "all", "query": {"items": [{"types": ["Counted"]}]},
+                                      "reduce": "count"}]});
+    let answers = join_all((0..16).map(|_| {
+        let (http, address, body) = (http.clone(), app.address.clone(), body.clone());
+        async move {
+            http.post(format!("{address}/project"))
+                .json(&body)
+                .send()
+                .await
+                .expect("project")
+                .json::<Value>()
+                .await
+                .expect("project body")
+        }
+    }))
+    .await;
+    let wrong = answers
+        .iter()
+        .filter(|a| a["states"]["all"] != json!(2000))
+        .count();
+    assert_eq!(wrong, 0, "every projection counts 2000: {answers:?}");
+    let text = metrics_of(&app.address).await;
+    let misses = metric(&text, "crablet_projection_states_total", "result=\"miss\"");
+    assert_eq!(
+        misses, 1.0,
+        "the history was folded once; the other 15 continued from its state"
+    );
+}
