@@ -203,8 +203,15 @@ impl EventStore {
             .cloned()
             .collect();
         if !cold.is_empty() {
-            if let Err(error) = self.project(Arc::new(cold)).await {
-                log::debug!("projecting a requirement's state ahead of its append: {error}");
+            let (states, cold) = (self.writers.states.clone(), Arc::new(cold));
+            let asked = cold.clone();
+            let first = states.first_evaluations(asked.iter()).await;
+            // Only the first of concurrent appends on a cold projector folds
+            // its history; the others find its state remembered.
+            if first.is_first() {
+                if let Err(error) = self.project_now(cold).await {
+                    log::debug!("projecting a requirement's state ahead of its append: {error}");
+                }
             }
         }
         let lane = self.route(&append);
@@ -309,6 +316,14 @@ impl EventStore {
     ) -> Result<Projection, EventStoreError> {
         let (states, asked) = (self.writers.states.clone(), specs.clone());
         let _first = states.first_evaluations(asked.iter()).await;
+        self.project_now(specs).await
+    }
+
+    /// [`Self::project`] without waiting for first evaluations.
+    async fn project_now(
+        &self,
+        specs: Arc<Vec<ProjectorSpec>>,
+    ) -> Result<Projection, EventStoreError> {
         self.reader
             .send(reader::Project { specs })
             .await

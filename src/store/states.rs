@@ -64,6 +64,13 @@ pub struct FirstEvaluations<'a> {
     guards: Vec<OwnedMutexGuard<()>>,
 }
 
+impl FirstEvaluations<'_> {
+    /// Whether this request evaluates some projector first (holds a gate).
+    pub fn is_first(&self) -> bool {
+        !self.guards.is_empty()
+    }
+}
+
 impl Drop for FirstEvaluations<'_> {
     fn drop(&mut self) {
         if self.guards.is_empty() {
@@ -107,7 +114,8 @@ impl ProjectionStates {
     /// Waits until this request is the only one evaluating each projector of
     /// `specs` that has no remembered state, and holds that until the
     /// returned value is dropped: a request that waited finds the state the
-    /// one before it remembered, and folds only what came since.
+    /// one before it remembered, holds nothing, and folds only what came
+    /// since, alongside the others.
     pub async fn first_evaluations<'a>(
         &'a self,
         specs: impl IntoIterator<Item = &'a ProjectorSpec>,
@@ -132,7 +140,16 @@ impl ProjectionStates {
                 .entry(key.to_string())
                 .or_default()
                 .clone();
-            held.guards.push(gate.lock_owned().await);
+            let guard = gate.lock_owned().await;
+            // Remembered meanwhile, by the request that held the gate: this
+            // one continues from that state, alongside any others.
+            let remembered = self
+                .inner
+                .as_ref()
+                .is_some_and(|inner| lock(inner).entries.contains(key));
+            if !remembered {
+                held.guards.push(guard);
+            }
         }
         held
     }
