@@ -62,6 +62,8 @@ pub struct ProjectionStates {
 pub struct FirstEvaluations<'a> {
     states: &'a ProjectionStates,
     guards: Vec<OwnedMutexGuard<()>>,
+    /// Whether a gate was looked up (and may have to be dropped).
+    gated: bool,
 }
 
 impl FirstEvaluations<'_> {
@@ -73,7 +75,7 @@ impl FirstEvaluations<'_> {
 
 impl Drop for FirstEvaluations<'_> {
     fn drop(&mut self) {
-        if self.guards.is_empty() {
+        if !self.gated {
             return;
         }
         self.guards.clear();
@@ -123,6 +125,7 @@ impl ProjectionStates {
         let mut held = FirstEvaluations {
             states: self,
             guards: Vec::new(),
+            gated: false,
         };
         if !self.is_enabled() {
             return held;
@@ -136,6 +139,7 @@ impl ProjectionStates {
         cold.sort_unstable();
         cold.dedup();
         for key in cold {
+            held.gated = true;
             let gate = lock(&self.gates)
                 .entry(key.to_string())
                 .or_default()
@@ -325,6 +329,27 @@ mod tests {
         let (entries, bytes) = states.usage();
         assert_eq!(entries, 3);
         assert!(bytes <= one * 3);
+    }
+
+    #[tokio::test]
+    async fn a_cold_projector_is_evaluated_first_by_one_request_and_its_gate_is_dropped_after() {
+        let states = ProjectionStates::new(1 << 20, &Metrics::new());
+        let a = spec("course:1");
+        let first = states.first_evaluations([&a]).await;
+        assert!(first.is_first());
+        // A second request waits while the first holds the gate...
+        let waiting = states.first_evaluations([&a]);
+        tokio::pin!(waiting);
+        assert!(futures_util::poll!(waiting.as_mut()).is_pending());
+        // ...and holds nothing once the first has remembered the state.
+        states.remember(&a, "7".into(), 70);
+        drop(first);
+        let second = waiting.await;
+        assert!(!second.is_first());
+        drop(second);
+        assert!(lock(&states.gates).is_empty(), "no gate left behind");
+        let warm = states.first_evaluations([&a]).await;
+        assert!(!warm.is_first(), "a remembered projector needs no gate");
     }
 
     #[test]
