@@ -195,25 +195,25 @@ impl EventStore {
     /// on it for correctness: if it fails, the lane computes the state itself.
     pub async fn append(&self, append: CheckedAppend) -> Result<AppendOutcome, EventStoreError> {
         let started = std::time::Instant::now();
-        let cold: Vec<ProjectorSpec> = append
-            .requirements
-            .iter()
-            .map(|requirement| &requirement.q)
-            .filter(|spec| self.writers.states.is_enabled() && !self.writers.states.remembers(spec))
-            .cloned()
-            .collect();
-        if !cold.is_empty() {
-            let (states, cold) = (self.writers.states.clone(), Arc::new(cold));
-            let asked = cold.clone();
-            let first = states.first_evaluations(asked.iter()).await;
-            // Only the first of concurrent appends on a cold projector folds
-            // its history; the others find its state remembered.
-            if first.is_first() {
-                if let Err(error) = self.project_now(cold).await {
-                    log::debug!("projecting a requirement's state ahead of its append: {error}");
-                }
+        let states = &self.writers.states;
+        let first = states
+            .first_evaluations(append.requirements.iter().map(|r| &r.q))
+            .await;
+        // Only the first of concurrent appends on a cold projector folds its
+        // history; the others find its state remembered.
+        if first.is_first() {
+            let cold: Vec<ProjectorSpec> = append
+                .requirements
+                .iter()
+                .map(|r| &r.q)
+                .filter(|spec| !states.remembers(spec))
+                .cloned()
+                .collect();
+            if let Err(error) = self.project_now(Arc::new(cold)).await {
+                log::debug!("projecting a requirement's state ahead of its append: {error}");
             }
         }
+        drop(first);
         let lane = self.route(&append);
         let (reply, outcome) = oneshot::channel();
         let reply = writer::Reply::new(reply);
@@ -314,9 +314,8 @@ impl EventStore {
         &self,
         specs: Arc<Vec<ProjectorSpec>>,
     ) -> Result<Projection, EventStoreError> {
-        let (states, asked) = (self.writers.states.clone(), specs.clone());
-        let _first = states.first_evaluations(asked.iter()).await;
-        self.project_now(specs).await
+        let _first = self.writers.states.first_evaluations(specs.iter()).await;
+        self.project_now(Arc::clone(&specs)).await
     }
 
     /// [`Self::project`] without waiting for first evaluations.

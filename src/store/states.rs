@@ -147,10 +147,7 @@ impl ProjectionStates {
             let guard = gate.lock_owned().await;
             // Remembered meanwhile, by the request that held the gate: this
             // one continues from that state, alongside any others.
-            let remembered = self
-                .inner
-                .as_ref()
-                .is_some_and(|inner| lock(inner).entries.contains(key));
+            let remembered = self.remembers_key(key);
             if !remembered {
                 held.guards.push(guard);
             }
@@ -166,9 +163,13 @@ impl ProjectionStates {
     /// Whether a state of `spec` is remembered (counts nothing, and does not
     /// make it more recently used).
     pub fn remembers(&self, spec: &ProjectorSpec) -> bool {
+        self.remembers_key(spec.canonical())
+    }
+
+    fn remembers_key(&self, key: &str) -> bool {
         self.inner
             .as_ref()
-            .is_some_and(|inner| lock(inner).entries.contains(spec.canonical()))
+            .is_some_and(|inner| lock(inner).entries.contains(key))
     }
 
     /// The remembered state of `spec`, if any (and counts a hit or a miss).
