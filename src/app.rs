@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{middleware, web, App, HttpServer};
 
-use crate::actors::{EventStore, Subscriptions, Writers};
+use crate::actors::{EventStore, ReaderPools, Subscriptions, Writers};
 use crate::auth::{AuthError, AuthSettings, TokenStore, Tokens};
 use crate::config::Settings;
 use crate::embedded::{EmbeddedError, EmbeddedPostgres};
@@ -179,9 +179,9 @@ impl Application {
             &pg_config,
             &db_tls,
             &PoolSettings {
-                // One connection per lane, and one spare for a lane that is
-                // replacing a broken one.
-                max_size: settings.writer.lanes as u32 + 1,
+                // One connection per lane (the decision lane included), and
+                // one spare for a lane that is replacing a broken one.
+                max_size: settings.writer.lanes as u32 + 2,
                 connection_timeout: settings.writer.connect_timeout(),
                 statement_timeout,
                 application_name: "crablet-writer".into(),
@@ -201,9 +201,32 @@ impl Application {
             &metrics,
             "writer",
             &writer_pool,
-            settings.writer.lanes as u32 + 1,
+            settings.writer.lanes as u32 + 2,
+        );
+        let costly_pool = store::build_pool_with_tls(
+            &pg_config,
+            &db_tls,
+            &PoolSettings {
+                max_size: settings.reader.costly_pool_size,
+                connection_timeout: settings.reader.pool_timeout(),
+                statement_timeout: Some(settings.reader.costly_statement_timeout())
+                    .filter(|t| !t.is_zero())
+                    .unwrap_or(statement_timeout),
+                application_name: "crablet-costly".into(),
+            },
         );
         watch_pool(&metrics, "reader", &reader_pool, settings.reader.pool_size);
+        watch_pool(
+            &metrics,
+            "costly",
+            &costly_pool,
+            settings.reader.costly_pool_size,
+        );
+        let reader_pools = ReaderPools {
+            plain: reader_pool.clone(),
+            costly: costly_pool,
+            costly_budget_ms: settings.reader.costly_statement_timeout_ms,
+        };
         let states = Arc::new(ProjectionStates::new(
             settings.projections.state_cache_bytes,
             &metrics,
@@ -243,7 +266,7 @@ impl Application {
             // Runs once on each worker thread: its reader lives there.
             let store = EventStore::on_this_thread(
                 &writers,
-                reader_pool.clone(),
+                reader_pools.clone(),
                 &reader_settings,
                 &metrics,
             );

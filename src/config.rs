@@ -84,10 +84,14 @@ pub struct WriterSettings {
     pub max_batch_appends: usize,
     pub max_batch_events: usize,
     pub max_batch_keys: usize,
+    /// Index entries written by one batch (see `limits.max_index_entries_per_append`).
+    pub max_batch_index_entries: usize,
     pub max_pending_appends: usize,
     pub mailbox_capacity: usize,
     pub connect_timeout_ms: u64,
     pub restart_backoff_ms: u64,
+    /// Index entries one append's decision may visit (see `store::append`).
+    pub decision_budget_entries: i64,
     /// Test-only panics at named points of the lanes; never configured.
     #[serde(skip)]
     pub faults: Faults,
@@ -107,6 +111,10 @@ impl WriterSettings {
 pub struct ReaderSettings {
     pub pool_size: u32,
     pub pool_timeout_ms: u64,
+    /// Connections for costly reads and projections (see `actors::reader`).
+    pub costly_pool_size: u32,
+    /// Time budget of one costly statement; 0: the database's own timeout.
+    pub costly_statement_timeout_ms: u64,
     pub page_size: i64,
     pub page_max_bytes: usize,
     pub mailbox_capacity: usize,
@@ -118,6 +126,10 @@ pub struct ReaderSettings {
 impl ReaderSettings {
     pub fn pool_timeout(&self) -> Duration {
         Duration::from_millis(self.pool_timeout_ms)
+    }
+
+    pub fn costly_statement_timeout(&self) -> Duration {
+        Duration::from_millis(self.costly_statement_timeout_ms)
     }
 }
 
@@ -224,6 +236,14 @@ impl Settings {
             ("writer.max_batch_keys", self.writer.max_batch_keys),
             ("writer.mailbox_capacity", self.writer.mailbox_capacity),
             ("reader.pool_size", self.reader.pool_size as usize),
+            (
+                "reader.costly_pool_size",
+                self.reader.costly_pool_size as usize,
+            ),
+            (
+                "writer.decision_budget_entries",
+                self.writer.decision_budget_entries.max(0) as usize,
+            ),
             ("reader.page_size", self.reader.page_size.max(0) as usize),
             ("reader.page_max_bytes", self.reader.page_max_bytes),
             ("reader.mailbox_capacity", self.reader.mailbox_capacity),

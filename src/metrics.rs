@@ -105,6 +105,10 @@ pub struct MetricHandles {
     /// Actor restarts by actor kind (writer, reader); both series exist
     /// from start-up, at 0.
     pub actor_restarts_total: IntCounterVec,
+    /// Requests refused for going over a cost budget, by what went over:
+    /// an append's `condition` or `requirement` (decision budget), a costly
+    /// `read` or `projection` (time budget); every series from start-up.
+    pub budget_refusals_total: IntCounterVec,
     /// 1 while a writer lane runs, 0 while it is restarting or gone.
     pub writer_lane_up: IntGaugeVec,
     /// Events returned by reads.
@@ -211,8 +215,11 @@ impl Metrics {
             &["lane"],
         )
         .expect("valid metric");
-        let writer_lanes =
-            IntGauge::new("writer_lanes", "Configured writer lanes").expect("valid metric");
+        let writer_lanes = IntGauge::new(
+            "writer_lanes",
+            "Writer lanes (the configured ones and the decision lane)",
+        )
+        .expect("valid metric");
         let writer_max_batch_appends = IntGauge::new(
             "writer_max_batch_appends",
             "Configured maximum appends per batch",
@@ -228,6 +235,17 @@ impl Metrics {
             &["actor"],
         )
         .expect("valid metric");
+        let budget_refusals_total = IntCounterVec::new(
+            Opts::new(
+                "budget_refusals_total",
+                "Requests refused for going over a cost budget, by what went over",
+            ),
+            &["what"],
+        )
+        .expect("valid metric");
+        for what in ["condition", "requirement", "read", "projection"] {
+            budget_refusals_total.with_label_values(&[what]);
+        }
         let writer_lane_up = IntGaugeVec::new(
             Opts::new(
                 "writer_lane_up",
@@ -382,6 +400,7 @@ impl Metrics {
             writer_max_batch_appends,
             writer_max_pending_appends,
             actor_restarts_total,
+            budget_refusals_total,
             writer_lane_up,
             read_events_total,
             read_pages_total,
@@ -425,6 +444,7 @@ impl Metrics {
             Box::new(self.writer_max_batch_appends.clone()),
             Box::new(self.writer_max_pending_appends.clone()),
             Box::new(self.actor_restarts_total.clone()),
+            Box::new(self.budget_refusals_total.clone()),
             Box::new(self.writer_lane_up.clone()),
             Box::new(self.read_events_total.clone()),
             Box::new(self.read_pages_total.clone()),

@@ -60,6 +60,12 @@
 --   * 'condition': append append_index was rejected by its condition.
 --   * 'requirement': append append_index was refused by its requirement
 --     number `requirement`.
+--   * 'budget': append append_index was refused for visiting more index
+--     entries than its budget allows: in its condition's probe number
+--     `probe` (0-based, in the batch), or in requirement number
+--     `requirement` (crablet_reduce_all returned no state for it). Nothing
+--     of it is written, and the appends after it are decided as if it had
+--     not been in the batch.
 --   * 'state': projector number `projector` has state `state` through
 --     position first_position.
 --
@@ -100,6 +106,9 @@ CREATE FUNCTION crablet_append_batch(
     p_probe_key        int8[],   -- per probe: the key to scan; NULL scans all events
     p_probe_tags       text[],   -- per probe: its tags, an array literal
     p_probe_types      text[],   -- per probe: its types (none: any), an array literal
+    p_probe_candidates text[],   -- per probe: NULL when exact, else the keys it may be
+                                 -- driven by (an array literal; the rarest is scanned)
+    p_probe_budget     int8[],   -- per probe: index entries it may visit (when not exact)
     p_pair_later       int4[],   -- per in-batch match, ordered by later: the append
     p_pair_earlier     int4[],   -- whose condition matches an event of this earlier one,
     p_pair_offset      int4[],   -- the last such event's place in it (0-based)
@@ -131,6 +140,7 @@ CREATE FUNCTION crablet_append_batch(
     requirement        int4,
     projector          int4,
     earlier            int4,
+    probe              int4,
     state              text,
     stored_id          text,
     stored_type        text,
@@ -145,6 +155,11 @@ DECLARE
     -- Per append: whether a stored event matched its condition (applied in
     -- batch order by step 3 when it runs).
     probe_failed bool[];
+    -- Per append: a probe (0-based, in the batch) that visited its budget
+    -- of index entries without finding a match.
+    over_probe int4[];
+    drive int8;
+    pn int4;
     -- Step 3 in batch order, append by append, only when needed: otherwise
     -- every in-batch match is certain, and the matches alone are walked.
     ordered bool := p_pair_exact OR cardinality(p_id_later) > 0 OR p_projectors IS NOT NULL;
@@ -212,7 +227,8 @@ BEGIN
     -- The appends whose condition matched a stored event. One keyed probe
     -- (a single conditional append, the usual batch at low load) is one
     -- EXISTS; several are one statement over all of them.
-    IF cardinality(p_probe_append) = 1 AND p_probe_key[1] IS NOT NULL THEN
+    IF cardinality(p_probe_append) = 1 AND p_probe_key[1] IS NOT NULL
+       AND p_probe_candidates[1] IS NULL THEN
         IF accepted[p_probe_append[1] + 1] AND EXISTS (
             SELECT 1
             FROM event_keys ek
@@ -227,9 +243,10 @@ BEGIN
     ELSIF cardinality(p_probe_append) > 0 THEN
         FOREACH failed IN ARRAY ARRAY(
             SELECT DISTINCT p.append
-            FROM unnest(p_probe_append, p_probe_key, p_probe_tags, p_probe_types)
-                 AS p(append, key, tags, types)
-            WHERE CASE
+            FROM unnest(p_probe_append, p_probe_key, p_probe_tags, p_probe_types,
+                        p_probe_candidates)
+                 AS p(append, key, tags, types, candidates)
+            WHERE p.candidates IS NULL AND CASE
                 -- The all-query: max() is a one-entry backward scan of the
                 -- primary key, never a scan of the log.
                 WHEN p.key IS NULL THEN
@@ -245,19 +262,61 @@ BEGIN
         LOOP
             probe_failed[failed + 1] := true;
         END LOOP;
+        -- Probes that are not exact, one by one: driven by their rarest key,
+        -- each visits at most its budget of index entries. One that finds no
+        -- match within it while more entries remain is over budget, and its
+        -- append is refused as such unless a probe before it matched (the
+        -- rest of its probes are not evaluated).
+        FOR pn IN 1 .. cardinality(p_probe_append) LOOP
+            a := p_probe_append[pn];
+            CONTINUE WHEN p_probe_candidates[pn] IS NULL OR NOT accepted[a + 1]
+                          OR coalesce(probe_failed[a + 1], false)
+                          OR over_probe[a + 1] IS NOT NULL;
+            drive := crablet_rarest(p_probe_candidates[pn]::int8[], p_after[a + 1],
+                                    9223372036854775807, p_probe_budget[pn]);
+            IF EXISTS (
+                SELECT 1
+                FROM (SELECT ek.position
+                      FROM event_keys ek
+                      WHERE ek.key = drive AND ek.position > p_after[a + 1]
+                      ORDER BY ek.position
+                      LIMIT p_probe_budget[pn]) ek
+                JOIN events e ON e.position = ek.position
+                WHERE crablet_matches(e.tags, e.type, p_probe_tags[pn]::text[],
+                                      p_probe_types[pn]::text[]))
+            THEN
+                probe_failed[a + 1] := true;
+            ELSIF EXISTS (
+                SELECT 1
+                FROM event_keys ek
+                WHERE ek.key = drive AND ek.position > p_after[a + 1]
+                ORDER BY ek.position
+                OFFSET p_probe_budget[pn]
+                LIMIT 1)
+            THEN
+                over_probe[a + 1] := pn - 1;
+            END IF;
+        END LOOP;
     END IF;
 
     IF NOT ordered THEN
         -- The stored matches, then the in-batch ones, each certain (its
         -- `after` is at or below a committed position): walked in the order
         -- of the later append, an earlier one is decided when it is read.
-        IF probe_failed IS NOT NULL THEN
+        IF probe_failed IS NOT NULL OR over_probe IS NOT NULL THEN
             FOR a IN 0 .. p_appends - 1 LOOP
                 IF probe_failed[a + 1] AND accepted[a + 1] THEN
                     accepted[a + 1] := false;
                     kind := 'condition';
                     append_index := a;
                     RETURN NEXT;
+                ELSIF over_probe[a + 1] IS NOT NULL AND accepted[a + 1] THEN
+                    accepted[a + 1] := false;
+                    kind := 'budget';
+                    append_index := a;
+                    probe := over_probe[a + 1];
+                    RETURN NEXT;
+                    probe := NULL;
                 END IF;
             END LOOP;
         END IF;
@@ -311,6 +370,13 @@ BEGIN
                 kind := 'condition';
                 append_index := a;
                 RETURN NEXT;
+            ELSIF accepted[a + 1] AND over_probe[a + 1] IS NOT NULL THEN
+                accepted[a + 1] := false;
+                kind := 'budget';
+                append_index := a;
+                probe := over_probe[a + 1];
+                RETURN NEXT;
+                probe := NULL;
             END IF;
 
             -- An event of an earlier accepted append that the condition
@@ -339,7 +405,14 @@ BEGIN
 
             -- The requirements, against the states folded so far.
             WHILE ir <= n_reqs AND p_req_append[ir] = a LOOP
-                IF accepted[a + 1] AND NOT coalesce(crablet_compare(states[p_req_projector[ir] + 1],
+                IF accepted[a + 1] AND states[p_req_projector[ir] + 1] IS NULL THEN
+                    accepted[a + 1] := false;
+                    kind := 'budget';
+                    append_index := a;
+                    requirement := p_req_index[ir];
+                    RETURN NEXT;
+                    requirement := NULL;
+                ELSIF accepted[a + 1] AND NOT coalesce(crablet_compare(states[p_req_projector[ir] + 1],
                                                                     p_req_op[ir],
                                                                     p_req_value[ir]::jsonb), false)
                 THEN
@@ -359,8 +432,8 @@ BEGIN
                 running := running + p_append_events[a + 1];
             END IF;
             WHILE fi <= n_folds AND p_fold_event[fi] <= event_end LOOP
-                IF accepted[a + 1] THEN
-                    j := p_fold_projector[fi] + 1;
+                j := p_fold_projector[fi] + 1;
+                IF accepted[a + 1] AND states[j] IS NOT NULL THEN
                     IF reducers[j] = 'count' THEN
                         states[j] := to_jsonb((states[j] #>> '{}')::int8 + 1);
                     ELSE
@@ -422,6 +495,7 @@ BEGIN
 
     IF states IS NOT NULL THEN
         FOR j IN 1 .. cardinality(states) LOOP
+            CONTINUE WHEN states[j] IS NULL;
             kind := 'state';
             projector := j - 1;
             state := states[j]::text;

@@ -11,8 +11,8 @@ BEGIN
     FOR f IN
         SELECT p.oid::regprocedure
         FROM pg_proc p
-        WHERE p.proname IN ('crablet_matches', 'crablet_reduce', 'crablet_reduce_all',
-                            'crablet_step')
+        WHERE p.proname IN ('crablet_matches', 'crablet_rarest', 'crablet_driven',
+                            'crablet_reduce', 'crablet_reduce_all', 'crablet_step')
           AND pg_function_is_visible(p.oid)
     LOOP
         EXECUTE format('DROP FUNCTION %s', f);
@@ -31,6 +31,67 @@ RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
 SELECT tags @> want_tags AND (cardinality(want_types) = 0 OR type = ANY (want_types))
+$$;
+
+-- crablet_rarest: of the keys a probe that is not exact may be driven by
+-- (the keys of its tags, and of its type when it has one: every event it
+-- matches is indexed under each of them, see dcb/footprint.rs), the one with
+-- the fewest entries in after < position < before, so that an item costs its
+-- rarest tag, not its first. Each key's entries are counted only up to a cap
+-- that starts at 32 and shrinks to the fewest seen so far; only when every
+-- key reaches it is it raised (8x), up to `most` + 1. Past that every key has
+-- more than `most` entries, and the first is returned: the caller's budget
+-- then decides. The cost is about the number of keys times the entries of
+-- the rarest one (at most `most`), all index-only range scans.
+CREATE FUNCTION crablet_rarest(keys int8[], after int8, before int8, most int8)
+RETURNS int8
+LANGUAGE plpgsql STABLE
+SET enable_seqscan = off
+AS $$
+DECLARE
+    cap int8 := least(32, most + 1);
+    k int8;
+    n int8;
+    best int8;
+BEGIN
+    IF cardinality(keys) = 1 THEN
+        RETURN keys[1];
+    END IF;
+    LOOP
+        best := NULL;
+        FOREACH k IN ARRAY keys LOOP
+            SELECT count(*) INTO n
+            FROM (SELECT 1 FROM event_keys ek
+                  WHERE ek.key = k AND ek.position > after AND ek.position < before
+                  LIMIT cap) c;
+            IF n < cap THEN
+                cap := n;
+                best := k;
+            END IF;
+        END LOOP;
+        IF best IS NOT NULL OR cap > most THEN
+            RETURN coalesce(best, keys[1]);
+        END IF;
+        cap := least(cap * 8, most + 1);
+    END LOOP;
+END;
+$$;
+
+-- crablet_driven: probes (JSON [{"k","tags","types","ks"}]) each driven by
+-- its rarest key after `after` (crablet_rarest, cut at 16384 entries): "k"
+-- replaced, "ks" dropped, so the statements below scan what they are given.
+CREATE FUNCTION crablet_driven(probes jsonb, after int8) RETURNS jsonb
+LANGUAGE sql STABLE
+AS $$
+SELECT coalesce(jsonb_agg(
+           CASE WHEN p ? 'ks'
+                THEN jsonb_build_object(
+                         'k', crablet_rarest(ARRAY(SELECT jsonb_array_elements_text(p->'ks'))::int8[],
+                                             after, 9223372036854775807, 16384),
+                         'tags', p->'tags', 'types', p->'types')
+                ELSE p
+           END ORDER BY ord), '[]'::jsonb)
+FROM jsonb_array_elements(probes) WITH ORDINALITY AS x(p, ord)
 $$;
 
 -- crablet_reduce: one projector's state over the events its query matches,
@@ -69,7 +130,9 @@ AS $$
 DECLARE
     reducer text := q->>'r';
     -- NULL (SQL) for the all-query: jsonb_to_recordset(NULL) is empty.
-    probes jsonb := CASE WHEN jsonb_typeof(q->'p') = 'array' THEN q->'p' END;
+    probes jsonb := CASE WHEN jsonb_typeof(q->'p') = 'array'
+                         THEN CASE WHEN q->'p' @? '$[*].ks' THEN crablet_driven(q->'p', coalesce(h, 0))
+                                   ELSE q->'p' END END;
     every boolean := jsonb_typeof(q->'p') IS DISTINCT FROM 'array';
     path text[] := ARRAY(SELECT jsonb_array_elements_text(coalesce(q->'path', '[]'::jsonb)));
     cap int4 := coalesce((q->>'l')::int4, 0);
@@ -232,13 +295,22 @@ $$;
 -- crablet_reduce_all: the states of several projectors, in one statement
 -- (one snapshot), in the order given: what `POST /project` and a batch's
 -- requirements evaluate. p: JSON array of {"q": projector, "s": remembered
--- state, "h": its position} (see crablet_reduce).
+-- state, "h": its position, "b": budget} (see crablet_reduce; "b" only for
+-- requirements).
 --
 -- A remembered state is used only while the store still holds an event at or
 -- below its position: a store emptied since (go-crablet's cleanup deletes
 -- every event; positions are never reused) holds none, and the state is then
 -- computed afresh. The lowest position is read once for all projectors.
 --
+-- Budget: with "b", a projector whose evaluation would visit more than b
+-- index entries after h (the entries of its probes' driving keys, or the
+-- events of the all-query) gets a NULL state instead, found by counting at
+-- most b + 1 entries (index-only), so a requirement costs the writer at most
+-- its budget. `exists` and `last` over exact probes stop at their first
+-- entry and are never over budget.
+--
+-- Probes that are not exact are driven by their rarest key (crablet_driven).
 -- `count` and `exists` over index probes, what requirements mostly are, run
 -- as subqueries of this one statement (no function call, no statement of
 -- their own per projector); every other reducer, and the all-query, through
@@ -256,12 +328,29 @@ BEGIN
     SELECT min(e.position) INTO lowest FROM events e;
     SELECT array_agg(
                CASE
+                   WHEN x.b IS NOT NULL AND NOT (x.exact AND x.r IN ('exists', 'last'))
+                        AND x.b < CASE
+                            WHEN x.keyed THEN (
+                                SELECT count(*)
+                                FROM (SELECT 1
+                                      FROM jsonb_to_recordset(x.p) AS pr(k int8)
+                                      CROSS JOIN LATERAL (
+                                          SELECT 1 FROM event_keys ek
+                                          WHERE ek.key = pr.k AND ek.position > x.h
+                                          LIMIT x.b + 1) c
+                                      LIMIT x.b + 1) v)
+                            ELSE (
+                                SELECT count(*)
+                                FROM (SELECT 1 FROM events e WHERE e.position > x.h
+                                      LIMIT x.b + 1) v)
+                            END
+                       THEN NULL
                    -- One probe: its key's entries are distinct positions,
                    -- so they are counted without a sort.
-                   WHEN x.r = 'count' AND x.keyed AND jsonb_array_length(x.q->'p') = 1 THEN
+                   WHEN x.r = 'count' AND x.keyed AND jsonb_array_length(x.p) = 1 THEN
                        to_jsonb(coalesce((x.s #>> '{}')::int8, 0) + (
                            SELECT coalesce(sum(c.n), 0)::int8
-                           FROM jsonb_to_recordset(x.q->'p')
+                           FROM jsonb_to_recordset(x.p)
                                 AS pr(k int8, tags text[], types text[])
                            CROSS JOIN LATERAL (
                                SELECT count(*) AS n
@@ -273,7 +362,7 @@ BEGIN
                    WHEN x.r = 'count' AND x.keyed THEN
                        to_jsonb(coalesce((x.s #>> '{}')::int8, 0) + (
                            SELECT count(DISTINCT m.position)
-                           FROM jsonb_to_recordset(x.q->'p')
+                           FROM jsonb_to_recordset(x.p)
                                 AS pr(k int8, tags text[], types text[])
                            CROSS JOIN LATERAL (
                                SELECT ek.position
@@ -285,7 +374,7 @@ BEGIN
                    WHEN x.r = 'exists' AND x.keyed THEN
                        to_jsonb(coalesce(x.s = 'true'::jsonb, false) OR EXISTS (
                            SELECT 1
-                           FROM jsonb_to_recordset(x.q->'p')
+                           FROM jsonb_to_recordset(x.p)
                                 AS pr(k int8, tags text[], types text[])
                            CROSS JOIN LATERAL (
                                SELECT 1
@@ -295,18 +384,24 @@ BEGIN
                                  AND ek.position > x.h
                                  AND crablet_matches(e.tags, e.type, pr.tags, pr.types)
                                LIMIT 1) m))
+                   WHEN x.keyed THEN crablet_reduce(jsonb_set(x.q, '{p}', x.p), x.s, x.h)
                    ELSE crablet_reduce(x.q, x.s, x.h)
                END
                ORDER BY x.ord)
     INTO result
-    FROM (SELECT y.ord, y.q, y.q->>'r' AS r, jsonb_typeof(y.q->'p') = 'array' AS keyed,
-                 CASE WHEN y.kept THEN y.s END AS s,
-                 CASE WHEN y.kept THEN y.h ELSE 0 END AS h
-          FROM (SELECT z.ord, z.value->'q' AS q, z.value->'s' AS s,
-                       coalesce((z.value->>'h')::int8, 0) AS h,
-                       coalesce((z.value->>'h')::int8, 0) > 0 AND lowest IS NOT NULL
-                           AND lowest <= (z.value->>'h')::int8 AS kept
-                FROM jsonb_array_elements(p) WITH ORDINALITY AS z(value, ord)) y) x;
+    FROM (SELECT w.*,
+                 CASE WHEN w.keyed AND NOT w.exact THEN crablet_driven(w.q->'p', w.h)
+                      ELSE w.q->'p' END AS p
+          FROM (SELECT y.ord, y.q, y.q->>'r' AS r, jsonb_typeof(y.q->'p') = 'array' AS keyed,
+                       NOT coalesce(y.q->'p' @? '$[*].ks', false) AS exact, y.b,
+                       CASE WHEN y.kept THEN y.s END AS s,
+                       CASE WHEN y.kept THEN y.h ELSE 0 END AS h
+                FROM (SELECT z.ord, z.value->'q' AS q, z.value->'s' AS s,
+                             (z.value->>'b')::int8 AS b,
+                             coalesce((z.value->>'h')::int8, 0) AS h,
+                             coalesce((z.value->>'h')::int8, 0) > 0 AND lowest IS NOT NULL
+                                 AND lowest <= (z.value->>'h')::int8 AS kept
+                      FROM jsonb_array_elements(p) WITH ORDINALITY AS z(value, ord)) y) w) x;
     RETURN result;
 END;
 $$;

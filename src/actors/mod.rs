@@ -34,11 +34,11 @@ use tokio::sync::{oneshot, watch};
 
 use crate::config::{ReaderSettings, WriterSettings};
 use crate::dcb::projection::{Projection, ProjectorSpec};
-use crate::dcb::{AppendOutcome, CheckedAppend, Page, Position, Query};
+use crate::dcb::{AppendOutcome, CheckedAppend, OverBudget, Page, Position, Query};
 use crate::metrics::Metrics;
 use crate::store::{Failure, PageRows, Pool, ProjectionStates, StoreError};
 
-pub use reader::Reader;
+pub use reader::{Reader, ReaderPools};
 pub use tailer::Subscriptions;
 pub use writer::{LaneHealth, WriterLane};
 
@@ -56,6 +56,10 @@ pub enum EventStoreError {
     /// connection failed after the batch carrying it was sent.
     #[error("outcome unknown: {0}")]
     OutcomeUnknown(String),
+    /// Nothing was read or written: the request would cost more than its
+    /// budget allows (the message names the budget).
+    #[error("{0}")]
+    OverBudget(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The batch that carried the append failed; shared by its appends.
@@ -78,6 +82,7 @@ impl EventStoreError {
         match self {
             EventStoreError::Overloaded | EventStoreError::Unavailable(_) => Failure::Unavailable,
             EventStoreError::OutcomeUnknown(_) => Failure::OutcomeUnknown,
+            EventStoreError::OverBudget(_) => Failure::Refused,
             EventStoreError::Store(e) => e.failure(),
             EventStoreError::Batch(e) => e.failure(),
         }
@@ -105,6 +110,8 @@ pub struct Writers {
     committed: Arc<watch::Sender<Position>>,
     /// `append_duration_seconds`: each append, handed over to answered.
     append_duration: prometheus::Histogram,
+    /// `budget_refusals_total`, for appends over their decision budget.
+    budget_refusals: prometheus::IntCounterVec,
     /// The projector states this process remembers, shared by the lanes
     /// (requirements) and the readers (projections).
     states: Arc<ProjectionStates>,
@@ -122,7 +129,8 @@ impl Writers {
         states: Arc<ProjectionStates>,
     ) -> Self {
         let writer_thread = Arbiter::new();
-        let health: Vec<Arc<LaneHealth>> = (0..settings.lanes)
+        // The configured lanes, and the decision lane after them.
+        let health: Vec<Arc<LaneHealth>> = (0..=settings.lanes)
             .map(|lane| Arc::new(LaneHealth::new(lane, metrics)))
             .collect();
         let lanes: Vec<Addr<WriterLane>> = health
@@ -137,7 +145,7 @@ impl Writers {
                 })
             })
             .collect();
-        metrics.writer_lanes.set(settings.lanes as i64);
+        metrics.writer_lanes.set(settings.lanes as i64 + 1);
         metrics
             .writer_max_batch_appends
             .set(settings.max_batch_appends as i64);
@@ -150,6 +158,7 @@ impl Writers {
             next_lane: Arc::new(AtomicUsize::new(0)),
             committed: Arc::new(watch::channel(0).0),
             append_duration: metrics.append_duration_seconds.clone(),
+            budget_refusals: metrics.budget_refusals_total.clone(),
             states,
             _writer_thread: Arc::new(writer_thread),
         }
@@ -164,11 +173,11 @@ impl Writers {
 
 impl EventStore {
     /// A facade for the current thread: starts a supervised reader actor here,
-    /// owning (a share of) the reader pool. Must run on an actix arbiter,
+    /// owning (a share of) the reader pools. Must run on an actix arbiter,
     /// such as an HTTP worker thread.
     pub fn on_this_thread(
         writers: &Writers,
-        reader_pool: Pool,
+        reader_pools: ReaderPools,
         reader: &ReaderSettings,
         metrics: &Metrics,
     ) -> Self {
@@ -178,7 +187,7 @@ impl EventStore {
         let states = writers.states.clone();
         let reader = Supervisor::start(move |ctx: &mut actix::Context<Reader>| {
             ctx.set_mailbox_capacity(capacity);
-            Reader::new(reader_pool, metrics, faults, page_max_bytes, states)
+            Reader::new(reader_pools, metrics, faults, page_max_bytes, states)
         });
         EventStore {
             writers: writers.clone(),
@@ -201,7 +210,7 @@ impl EventStore {
             .await;
         // Only the first of concurrent appends on a cold projector folds its
         // history; the others find its state remembered.
-        if first.is_first() {
+        if first.is_first() && states.is_enabled() {
             let cold: Vec<ProjectorSpec> = append
                 .requirements
                 .iter()
@@ -237,12 +246,25 @@ impl EventStore {
         let outcome = answer.map_err(|_| {
             EventStoreError::OutcomeUnknown("the writer lane dropped the append unanswered".into())
         })??;
-        if let AppendOutcome::Appended { last, .. } = outcome {
-            self.writers.committed.send_if_modified(|committed| {
-                let newer = last > *committed;
-                *committed = (*committed).max(last);
-                newer
-            });
+        match outcome {
+            AppendOutcome::Appended { last, .. } => {
+                self.writers.committed.send_if_modified(|committed| {
+                    let newer = last > *committed;
+                    *committed = (*committed).max(last);
+                    newer
+                });
+            }
+            AppendOutcome::OverBudget { over, .. } => {
+                let what = match over {
+                    OverBudget::ConditionItem { .. } => "condition",
+                    OverBudget::Requirement { .. } => "requirement",
+                };
+                self.writers
+                    .budget_refusals
+                    .with_label_values(&[what])
+                    .inc();
+            }
+            _ => {}
         }
         Ok(outcome)
     }
@@ -331,11 +353,19 @@ impl EventStore {
             })?
     }
 
-    /// The lane of an append: by its condition's first key when it has a
-    /// condition, else by its first id's key when it has ids (a retry queues
-    /// behind its original, in the same lane), round robin otherwise.
+    /// The lane of an append. One whose decision may visit many index
+    /// entries (a requirement, or a condition item that filters, see
+    /// [`CheckedAppend::scans_to_decide`]) goes to the decision lane, the
+    /// last one, so its bounded but real cost never lengthens the batches of
+    /// the others. The rest are spread over the other lanes: by the
+    /// condition's first key when there is a condition, else by the first
+    /// id's key when there are ids (a retry queues behind its original, in
+    /// the same lane), round robin otherwise.
     fn route(&self, append: &CheckedAppend) -> usize {
-        let n = self.writers.lanes.len();
+        let n = self.writers.lanes.len() - 1;
+        if append.scans_to_decide() {
+            return n;
+        }
         match append.footprint.route() {
             Some(key) => (key as u64 % n as u64) as usize,
             None => self.writers.next_lane.fetch_add(1, Ordering::Relaxed) % n,
@@ -369,6 +399,15 @@ mod tests {
                 application_name: "crablet-test".into(),
             },
         )
+    }
+
+    /// Both reader pools on `pool`.
+    fn reader_pools(pool: Pool) -> ReaderPools {
+        ReaderPools {
+            plain: pool.clone(),
+            costly: pool,
+            costly_budget_ms: 0,
+        }
     }
 
     fn one_event() -> CheckedAppend {
@@ -405,7 +444,7 @@ mod tests {
         );
         EventStore::on_this_thread(
             &writers,
-            unreachable_pool(Duration::from_millis(300)),
+            reader_pools(unreachable_pool(Duration::from_millis(300))),
             &settings.reader,
             &metrics,
         )
@@ -482,7 +521,12 @@ mod tests {
         let reader_pool = unreachable_pool(settings.reader.pool_timeout());
         let states = Arc::new(ProjectionStates::new(0, &metrics));
         let writers = Writers::start(writer_pool, &settings.writer, &metrics, states);
-        let store = EventStore::on_this_thread(&writers, reader_pool, &settings.reader, &metrics);
+        let store = EventStore::on_this_thread(
+            &writers,
+            reader_pools(reader_pool),
+            &settings.reader,
+            &metrics,
+        );
         let append = one_event();
 
         // An append waits for its batch's connection attempt, or for two when

@@ -1,8 +1,17 @@
-//! Reader actors: own the reader pool and run page queries and projections.
+//! Reader actors: own the reader pools and run page queries and projections.
 //!
 //! Each request runs as its own task on the reader's thread, so one reader
 //! serves many reads at once, bounded by the pool. A read never holds a
 //! connection longer than one page query.
+//!
+//! Two pools, by cost ([`ReaderPools`]): work whose cost is bounded by what
+//! it returns (reads whose every probe is exact, warm projections, `/head`,
+//! `/health`) runs on the plain pool; work that may visit many index entries
+//! for few results (reads with a probe that is not exact, projectors without
+//! a remembered state) runs on the small costly pool, whose statements have
+//! a time budget of their own. Cheap work never waits for a connection that
+//! expensive work holds; expensive work over its budget is answered
+//! [`EventStoreError::OverBudget`], and a busy costly pool 503.
 //!
 //! Supervision: a panic in the handler or in a read task is caught; the
 //! read is answered 503 (a read writes nothing, so a retry is always safe),
@@ -20,11 +29,78 @@ use actix::{
 use futures_util::FutureExt;
 
 use super::EventStoreError;
+use crate::dcb::footprint;
 use crate::dcb::projection::{Projection, ProjectorSpec};
 use crate::dcb::{Position, Query};
 use crate::faults::{FaultPoint, Faults};
 use crate::metrics::Metrics;
-use crate::store::{self, Failure, Page, PageRows, Pool, ProjectionStates};
+use crate::store::{self, Failure, Page, PageRows, Pool, ProjectionStates, StoreError};
+
+/// The pools a reader takes connections from; see the module's header.
+#[derive(Clone)]
+pub struct ReaderPools {
+    pub plain: Pool,
+    pub costly: Pool,
+    /// The costly pool's statement timeout, for the message of a refusal.
+    pub costly_budget_ms: u64,
+}
+
+impl ReaderPools {
+    /// The pool a read of `query` runs on.
+    fn for_read(&self, query: &Query) -> (&Pool, Cost) {
+        if footprint::probes(query).iter().all(|p| p.is_exact()) {
+            (&self.plain, Cost::Plain)
+        } else {
+            (&self.costly, Cost::Costly)
+        }
+    }
+
+    /// The pool a projection runs on: costly when a projector has no
+    /// remembered state (its first evaluation visits its whole history).
+    fn for_projection(&self, specs: &[ProjectorSpec], states: &ProjectionStates) -> (&Pool, Cost) {
+        if specs.iter().all(|spec| states.remembers(spec)) {
+            (&self.plain, Cost::Plain)
+        } else {
+            (&self.costly, Cost::Costly)
+        }
+    }
+
+    /// What a failed statement of `what` on a pool of `cost` means for the
+    /// client: a lost connection is only a failure (nothing is written by a
+    /// reader); a costly statement past its time budget is over budget; a
+    /// costly pool with no free connection is busy.
+    fn failure(&self, what: &str, cost: Cost, e: StoreError, metrics: &Metrics) -> EventStoreError {
+        if cost == Cost::Costly && e.is_statement_timeout() {
+            metrics
+                .budget_refusals_total
+                .with_label_values(&[what])
+                .inc();
+        }
+        match (e.failure(), cost) {
+            (Failure::OutcomeUnknown, _) => {
+                EventStoreError::Unavailable(format!("the {what} failed: {e}; retry"))
+            }
+            (_, Cost::Costly) if e.is_statement_timeout() => EventStoreError::OverBudget(format!(
+                "the {what} ran past its budget of {} ms (reader.costly_statement_timeout_ms); \
+                 narrow its query (a rarer tag, fewer items) or project fewer events",
+                self.costly_budget_ms
+            )),
+            (_, Cost::Costly) if matches!(e, StoreError::Unavailable(_)) => {
+                EventStoreError::Unavailable(format!(
+                    "every connection for costly reads and projections is busy; retry ({e})"
+                ))
+            }
+            _ => EventStoreError::Store(e),
+        }
+    }
+}
+
+/// Which pool a request runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cost {
+    Plain,
+    Costly,
+}
 
 /// Read one page of the events matching `query`, into `R`: decoded events
 /// or the JSON of a response (see [`PageRows`]).
@@ -72,7 +148,7 @@ impl Message for Restart {
 }
 
 pub struct Reader {
-    pool: Pool,
+    pools: ReaderPools,
     metrics: Metrics,
     /// Where a page is cut short (`reader.page_max_bytes`).
     page_max_bytes: usize,
@@ -84,14 +160,14 @@ pub struct Reader {
 
 impl Reader {
     pub fn new(
-        pool: Pool,
+        pools: ReaderPools,
         metrics: Metrics,
         faults: Faults,
         page_max_bytes: usize,
         states: Arc<ProjectionStates>,
     ) -> Self {
         Reader {
-            pool,
+            pools,
             metrics,
             page_max_bytes,
             faults,
@@ -133,9 +209,13 @@ impl<R: PageRows> Handler<ReadPage<R>> for Reader {
     fn handle(&mut self, msg: ReadPage<R>, ctx: &mut Context<Self>) -> Self::Result {
         let taken = catch_unwind(AssertUnwindSafe(|| {
             self.faults.hit(FaultPoint::ReaderHandle);
-            (self.pool.clone(), self.metrics.clone(), self.faults.clone())
+            (
+                self.pools.clone(),
+                self.metrics.clone(),
+                self.faults.clone(),
+            )
         }));
-        let Ok((pool, metrics, faults)) = taken else {
+        let Ok((pools, metrics, faults)) = taken else {
             log::error!("a reader panicked in its handler; restarting it");
             ctx.stop();
             return Box::pin(async { Err(restarted()) });
@@ -143,7 +223,10 @@ impl<R: PageRows> Handler<ReadPage<R>> for Reader {
         let reader = ctx.address();
         let page_max_bytes = self.page_max_bytes;
         let work = async move {
-            let mut conn = store::checkout(&pool).await?;
+            let (pool, cost) = pools.for_read(&msg.query);
+            let mut conn = store::checkout(pool)
+                .await
+                .map_err(|e| pools.failure("read", cost, e, &metrics))?;
             // Discarded, not pooled, if the read is abandoned by a panic.
             conn.discard_on_return = true;
             faults.hit(FaultPoint::Read);
@@ -153,13 +236,7 @@ impl<R: PageRows> Handler<ReadPage<R>> for Reader {
             let known_head = msg.with_head.then(|| metrics.known_head());
             let result = store::read_page::<R>(&conn, &msg.query, &msg.page, page_max_bytes).await;
             conn.discard_on_return = false;
-            let events = result.map_err(|e| match e.failure() {
-                // A read writes nothing: a lost connection is only a failure.
-                Failure::OutcomeUnknown => {
-                    EventStoreError::Unavailable(format!("the read failed: {e}; retry"))
-                }
-                _ => EventStoreError::Store(e),
-            })?;
+            let events = result.map_err(|e| pools.failure("read", cost, e, &metrics))?;
             metrics.read_pages_total.inc();
             metrics.read_events_total.inc_by(events.count() as u64);
             // Pages are in position order, one way or the other: the greatest
@@ -190,7 +267,7 @@ impl Handler<ClearStore> for Reader {
     type Result = ResponseFuture<Result<(), EventStoreError>>;
 
     fn handle(&mut self, _: ClearStore, _ctx: &mut Context<Self>) -> Self::Result {
-        let (pool, states) = (self.pool.clone(), self.states.clone());
+        let (pool, states) = (self.pools.plain.clone(), self.states.clone());
         Box::pin(async move {
             let conn = store::checkout(&pool).await?;
             let cleared = store::clear(&conn).await.map_err(EventStoreError::Store);
@@ -206,20 +283,18 @@ impl Handler<Project> for Reader {
     /// Like a page read: one statement on a pooled connection, in a task of
     /// its own; a panic restarts the reader and answers 503.
     fn handle(&mut self, msg: Project, ctx: &mut Context<Self>) -> Self::Result {
-        let (pool, metrics) = (self.pool.clone(), self.metrics.clone());
+        let (pools, metrics) = (self.pools.clone(), self.metrics.clone());
         let states = self.states.clone();
         let reader = ctx.address();
         let work = async move {
-            let mut conn = store::checkout(&pool).await?;
+            let (pool, cost) = pools.for_projection(&msg.specs, &states);
+            let mut conn = store::checkout(pool)
+                .await
+                .map_err(|e| pools.failure("projection", cost, e, &metrics))?;
             conn.discard_on_return = true;
             let result = store::project(&conn, &msg.specs, &states).await;
             conn.discard_on_return = false;
-            let projection = result.map_err(|e| match e.failure() {
-                Failure::OutcomeUnknown => {
-                    EventStoreError::Unavailable(format!("the projection failed: {e}; retry"))
-                }
-                _ => EventStoreError::Store(e),
-            })?;
+            let projection = result.map_err(|e| pools.failure("projection", cost, e, &metrics))?;
             metrics.saw_position(projection.position);
             Ok(projection)
         };

@@ -222,21 +222,24 @@ impl WriterLane {
     /// share a batch: the batch function decides them in order, each
     /// against its accepted predecessors.
     fn take_batch(&mut self) -> Vec<Pending> {
-        let (mut events, mut keys) = (0, 0);
+        let (mut events, mut keys, mut entries) = (0, 0, 0);
         let mut batch = Vec::new();
         while let Some(next) = self.pending.front() {
             if !batch.is_empty() && next.alone {
                 break;
             }
             let (e, k) = (next.append.len(), next.append.footprint.len());
+            let x = next.append.index_entries();
             let fits = batch.len() < self.settings.max_batch_appends
                 && events + e <= self.settings.max_batch_events
-                && keys + k <= self.settings.max_batch_keys;
+                && keys + k <= self.settings.max_batch_keys
+                && entries + x <= self.settings.max_batch_index_entries;
             if !batch.is_empty() && !fits {
                 break;
             }
             events += e;
             keys += k;
+            entries += x;
             let alone = next.alone;
             batch.extend(self.pending.pop_front());
             if alone {
@@ -270,6 +273,7 @@ impl WriterLane {
         // Read before the batch is sent: every position up to it committed
         // before the batch's snapshot.
         let known_head = self.metrics.known_head();
+        let budget = self.settings.decision_budget_entries;
         let work = async move {
             let started = Instant::now();
             let mut batch = batch;
@@ -291,7 +295,8 @@ impl WriterLane {
             }
             let appends: Vec<&CheckedAppend> = batch.iter().map(|p| &p.append).collect();
             let call_started = Instant::now();
-            let result = store::append_batch(&mut conn, &appends, &states, known_head).await;
+            let result =
+                store::append_batch(&mut conn, &appends, &states, known_head, budget).await;
             database_seconds.observe(call_started.elapsed().as_secs_f64());
             drop(appends);
             faults.hit(FaultPoint::AfterCall);

@@ -88,9 +88,42 @@ pub enum LockMode {
 /// A `key` of `None` means every event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe<'a> {
+    /// The query item it probes for (0 for the all-query).
+    pub item: usize,
     pub key: Option<Key>,
     pub tags: &'a [String],
     pub types: &'a [String],
+}
+
+impl Probe<'_> {
+    /// Whether every event under `key` matches the probe (a single tag, or a
+    /// single type, and nothing else to check): each index entry it visits
+    /// is then a match, so a probe that looks for one match visits at most
+    /// one entry.
+    pub fn is_exact(&self) -> bool {
+        match (self.tags.len(), self.types.len()) {
+            (1, 0) | (0, 1) => true,
+            (0, 0) => self.key.is_none(),
+            _ => false,
+        }
+    }
+
+    /// For a probe that is not exact, every key it may be driven by: the key
+    /// of each of its tags, and of its type when it has exactly one. Every
+    /// matching event is indexed under each of them, so the store scans the
+    /// one with the fewest entries (`crablet_rarest`): an item costs its
+    /// rarest tag, not its first. `None` for an exact probe.
+    pub fn candidate_keys(&self) -> Option<Vec<Key>> {
+        if self.is_exact() || self.key.is_none() {
+            return None;
+        }
+        let mut keys: Vec<Key> = self.tags.iter().map(|t| tag_key(t)).collect();
+        if let [only] = self.types {
+            keys.push(type_key(only));
+        }
+        keys.dedup();
+        Some(keys)
+    }
 }
 
 /// The probes that together find every event matching `query`: one per
@@ -99,15 +132,17 @@ pub struct Probe<'a> {
 pub fn probes(query: &Query) -> Vec<Probe<'_>> {
     if query.is_all() {
         return vec![Probe {
+            item: 0,
             key: None,
             tags: &[],
             types: &[],
         }];
     }
     let mut out = Vec::with_capacity(query.items.len());
-    for item in &query.items {
+    for (index, item) in query.items.iter().enumerate() {
         if let Some(first) = item.tags.first() {
             out.push(Probe {
+                item: index,
                 key: Some(tag_key(first)),
                 tags: &item.tags,
                 types: &item.types,
@@ -115,6 +150,7 @@ pub fn probes(query: &Query) -> Vec<Probe<'_>> {
         } else {
             for t in &item.types {
                 out.push(Probe {
+                    item: index,
                     key: Some(type_key(t)),
                     tags: &[],
                     types: std::slice::from_ref(t),
@@ -392,6 +428,30 @@ mod tests {
             Some((tag_key("course:42"), LockMode::Exclusive))
         );
         assert_eq!(fp.route(), Some(tag_key("course:42")));
+    }
+
+    #[test]
+    fn a_probe_with_several_tags_or_a_type_filter_offers_every_key_it_may_be_driven_by() {
+        let item = |tags: &[&str], types: &[&str]| Query {
+            items: vec![QueryItem {
+                tags: strings(tags),
+                types: strings(types),
+            }],
+        };
+        let single = item(&["a"], &[]);
+        assert!(probes(&single)[0].is_exact());
+        assert_eq!(probes(&single)[0].candidate_keys(), None);
+        let type_only = item(&[], &["T", "U"]);
+        assert!(probes(&type_only).iter().all(Probe::is_exact));
+        assert!(probes(&Query::all())[0].is_exact());
+        let two = item(&["common", "rare"], &["T"]);
+        assert!(!probes(&two)[0].is_exact());
+        assert_eq!(
+            probes(&two)[0].candidate_keys(),
+            Some(vec![tag_key("common"), tag_key("rare"), type_key("T")])
+        );
+        let typed = item(&["a"], &["T", "U"]);
+        assert_eq!(probes(&typed)[0].candidate_keys(), Some(vec![tag_key("a")]));
     }
 
     #[test]

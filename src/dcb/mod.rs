@@ -29,5 +29,5 @@ pub use model::{
     AppendCondition, AppendRequest, NewEvent, Position, Query, QueryItem, ReadOptions,
     SequencedEvent,
 };
-pub use outcome::{AppendOutcome, IdClash, Page, StoredEvent};
+pub use outcome::{AppendOutcome, IdClash, OverBudget, Page, StoredEvent};
 pub use validate::{CheckedAppend, Limits, ValidationError};

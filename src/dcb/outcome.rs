@@ -29,6 +29,30 @@ pub enum AppendOutcome {
     /// The requirement at `index` of the append's `require` did not hold
     /// (its condition, checked first, did); nothing written.
     RequirementFailed { index: usize },
+    /// Deciding the append would have visited more index entries than
+    /// `budget` allows, in `over`; nothing written, and the appends batched
+    /// with it were decided as if it had not been there.
+    OverBudget { over: OverBudget, budget: i64 },
+}
+
+/// What part of an append's decision went over its budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverBudget {
+    /// The item at `index` of the condition's query.
+    ConditionItem { index: usize },
+    /// The requirement at `index` of `require`.
+    Requirement { index: usize },
+}
+
+impl std::fmt::Display for OverBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OverBudget::ConditionItem { index } => {
+                write!(f, "condition.failIfEventsMatch.items[{index}]")
+            }
+            OverBudget::Requirement { index } => write!(f, "require[{index}]"),
+        }
+    }
 }
 
 /// An id of an append that is already stored by another append.
@@ -106,6 +130,7 @@ impl AppendOutcome {
             AppendOutcome::Duplicate { .. } => "duplicate",
             AppendOutcome::IdConflict { .. } => "id_conflict",
             AppendOutcome::RequirementFailed { .. } => "requirement_failed",
+            AppendOutcome::OverBudget { .. } => "over_budget",
         }
     }
 }

@@ -175,6 +175,10 @@ pub struct SpecProbe {
     pub k: Key,
     pub tags: Vec<String>,
     pub types: Vec<String>,
+    /// The keys the probe may be driven by, when it is not exact (see
+    /// [`footprint::Probe::candidate_keys`]): the database scans the rarest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ks: Option<Vec<Key>>,
 }
 
 /// A validated requirement.
@@ -338,6 +342,7 @@ pub fn check_projector(
                     k,
                     tags: p.tags.to_vec(),
                     types: p.types.to_vec(),
+                    ks: p.candidate_keys(),
                 })
             })
             .collect()

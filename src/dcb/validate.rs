@@ -24,6 +24,14 @@ pub struct Limits {
     /// Largest `limit` of a `distinct` reducer.
     #[serde(default = "default_max_distinct_values")]
     pub max_distinct_values: u32,
+    /// Index entries one append writes: one per event for each of its
+    /// distinct tags and one for its type.
+    #[serde(default = "default_max_index_entries_per_append")]
+    pub max_index_entries_per_append: usize,
+}
+
+fn default_max_index_entries_per_append() -> usize {
+    4096
 }
 
 fn default_max_projectors() -> usize {
@@ -44,6 +52,7 @@ impl Default for Limits {
             max_name_bytes: 1024,
             max_projectors: default_max_projectors(),
             max_distinct_values: default_max_distinct_values(),
+            max_index_entries_per_append: default_max_index_entries_per_append(),
         }
     }
 }
@@ -55,6 +64,11 @@ pub enum ValidationError {
     NoEvents,
     #[error("an append holds at most {max} events, got {got}")]
     TooManyEvents { max: usize, got: usize },
+    #[error(
+        "an append writes at most {max} index entries (one per event for each of its tags \
+         and one for its type: limits.max_index_entries_per_append), got {got}"
+    )]
+    TooManyIndexEntries { max: usize, got: usize },
     #[error("{field}: must not be empty")]
     EmptyName { field: String },
     #[error("{field}: longer than {max} bytes")]
@@ -386,6 +400,13 @@ impl CheckedAppend {
             .iter()
             .map(super::footprint::event_keys)
             .collect();
+        let entries: usize = event_keys.iter().map(Vec::len).sum();
+        if entries > limits.max_index_entries_per_append {
+            return Err(ValidationError::TooManyIndexEntries {
+                max: limits.max_index_entries_per_append,
+                got: entries,
+            });
+        }
         let id_keys: Vec<super::Key> = request
             .events
             .iter()
@@ -399,6 +420,23 @@ impl CheckedAppend {
             footprint,
             requirements,
         })
+    }
+
+    /// Whether deciding the append may visit index entries that do not
+    /// decide it: it has requirements (they fold their projectors), or a
+    /// condition item that filters (several tags, or tags and types).
+    pub fn scans_to_decide(&self) -> bool {
+        !self.requirements.is_empty()
+            || self.request.condition.as_ref().is_some_and(|c| {
+                super::footprint::probes(&c.fail_if_events_match)
+                    .iter()
+                    .any(|p| !p.is_exact())
+            })
+    }
+
+    /// Index entries the append writes (see `event_keys`).
+    pub fn index_entries(&self) -> usize {
+        self.event_keys.iter().map(Vec::len).sum()
     }
 
     /// Number of events the append writes.

@@ -34,9 +34,17 @@ pub async fn append(
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let body = read_json_body(&req, payload, &state).await?;
-    let request: AppendRequest = parse::json("body", &body)?;
-    let append = CheckedAppend::new(request, &state.limits)?;
-    let outcome = state.store.append(append).await?;
+    let limits = state.limits.clone();
+    let append = parse::off_worker(body, move |body| {
+        let request: AppendRequest = parse::json("body", body)?;
+        Ok(CheckedAppend::new(request, &limits)?)
+    })
+    .await?;
+    let outcome = state
+        .store
+        .append(append)
+        .await
+        .map_err(ApiError::of_append)?;
     let audit = super::auth::audit_enabled().then(|| super::auth::AppendAudit::of(&outcome));
     let mut failed_requirement = None;
     let (failed, last_position, duplicate) = match outcome {
@@ -48,6 +56,9 @@ pub async fn append(
         }
         AppendOutcome::Duplicate { last, .. } => (false, Some(last), true),
         AppendOutcome::IdConflict { ids } => return Err(ApiError::IdConflict(ids)),
+        AppendOutcome::OverBudget { over, budget } => {
+            return Err(ApiError::over_decision_budget(over, budget))
+        }
     };
     let mut response = HttpResponse::Ok().json(AppendResponse {
         duration_in_microseconds: started.elapsed().as_micros() as u64,

@@ -92,6 +92,7 @@ impl AppendAudit {
             AppendOutcome::ConditionFailed => ("condition failed", None, None),
             AppendOutcome::RequirementFailed { .. } => ("requirement failed", None, None),
             AppendOutcome::IdConflict { .. } => ("id conflict", None, None),
+            AppendOutcome::OverBudget { .. } => ("over budget", None, None),
         };
         AppendAudit {
             outcome,

@@ -5,7 +5,8 @@
 //! input, 404/405 for unknown routes, 408 for a request not received in time,
 //! 401 without a valid bearer token (`unauthorized`, with `WWW-Authenticate`), 403
 //! for a token without the route's scope (`forbidden`), 409 for an append that
-//! reuses stored ids (`id_conflict`), 413 for bodies over the limit, 415 for a body that is not JSON, 503 (with
+//! reuses stored ids (`id_conflict`), 413 for bodies over the limit, 415 for a body that is not JSON,
+//! 422 for a valid request over a cost budget (`over_budget`), 503 (with
 //! `Retry-After`) only when crablet knows nothing was written, 500
 //! `outcome_unknown` when an append may have been written, and 500 with an
 //! opaque message for anything else (the full error chain is logged
@@ -20,7 +21,7 @@ use serde::Serialize;
 
 use super::context;
 use crate::actors::EventStoreError;
-use crate::dcb::{IdClash, ValidationError};
+use crate::dcb::{IdClash, OverBudget, ValidationError};
 use crate::store::Failure;
 
 /// The message of a 409: every clashing id, by its path.
@@ -65,6 +66,10 @@ pub enum ApiError {
     /// crablet sheds load; retry later.
     #[error("{0}")]
     Overloaded(String),
+    /// Valid, but it would cost more than its budget: 422 `over_budget`,
+    /// nothing read or written; the same request will be refused again.
+    #[error("{0}")]
+    OverBudget(String),
     /// Nothing was written: the database is unreachable, refused the
     /// statement for a transient reason, or a worker restarted; retry later.
     #[error("{0}")]
@@ -122,6 +127,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::RequestTimeout { .. } => "request_timeout",
             ApiError::Overloaded(_) => "overloaded",
+            ApiError::OverBudget(_) => "over_budget",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::OutcomeUnknown(_) => "outcome_unknown",
             ApiError::Unauthorized { .. } => "unauthorized",
@@ -136,6 +142,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::InvalidJson(_) | ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
             ApiError::IdConflict(_) => StatusCode::CONFLICT,
+            ApiError::OverBudget(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -204,15 +211,38 @@ impl ResponseError for ApiError {
     }
 }
 
+impl ApiError {
+    /// An append's failure: a 503 says that nothing was written (what makes
+    /// the retry safe without ids).
+    pub fn of_append(err: EventStoreError) -> Self {
+        match ApiError::from(err) {
+            ApiError::Unavailable(message) if !message.contains("nothing was written") => {
+                ApiError::Unavailable(format!("{message} (nothing was written)"))
+            }
+            other => other,
+        }
+    }
+
+    /// An append over its decision budget.
+    pub fn over_decision_budget(over: OverBudget, budget: i64) -> Self {
+        ApiError::OverBudget(format!(
+            "{over}: deciding it would visit more than {budget} index entries \
+             (writer.decision_budget_entries); nothing was written. Narrow it (a rarer \
+             tag), or give the condition a later `after`"
+        ))
+    }
+}
+
 impl From<EventStoreError> for ApiError {
     fn from(err: EventStoreError) -> Self {
         // The class comes from what the failure says was written.
         match (&err, err.failure()) {
             (EventStoreError::Overloaded, _) => ApiError::Overloaded(err.to_string()),
             (EventStoreError::Unavailable(message), _) => ApiError::Unavailable(message.clone()),
+            (EventStoreError::OverBudget(message), _) => ApiError::OverBudget(message.clone()),
             (_, Failure::Unavailable) => {
                 log::warn!("database unavailable: {err:?}");
-                ApiError::Unavailable("database unavailable; nothing was written; retry".into())
+                ApiError::Unavailable("the database is unavailable; retry".into())
             }
             (_, Failure::OutcomeUnknown) => ApiError::OutcomeUnknown(format!("{err}: {err:?}")),
             (_, Failure::Refused) => ApiError::Internal(format!("{err}: {err:?}")),

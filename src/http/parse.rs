@@ -15,6 +15,26 @@ use serde::de::DeserializeOwned;
 
 use super::ApiError;
 
+/// Bodies from this many bytes on are parsed and checked off the HTTP worker
+/// ([`off_worker`]).
+pub const LARGE_BODY_BYTES: usize = 64 * 1024;
+
+/// Runs `work` (parsing and checking a request body) on the blocking pool
+/// when the body is large, inline otherwise. A megabyte of JSON takes
+/// milliseconds to parse; on the worker those would be milliseconds in which
+/// the worker's other connections, `/health` among them, wait for nothing.
+pub async fn off_worker<T: Send + 'static>(
+    body: actix_web::web::BytesMut,
+    work: impl FnOnce(&[u8]) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    if body.len() < LARGE_BODY_BYTES {
+        return work(&body);
+    }
+    actix_web::web::block(move || work(&body))
+        .await
+        .map_err(|e| ApiError::Internal(format!("parsing a body on the blocking pool: {e}")))?
+}
+
 /// Parses `bytes` as JSON of type `T`. `what` names the document in messages
 /// when the error is at its root (`body`, `query`, `options`), and prefixes
 /// nested paths when the document is itself a field (`options.limit`).

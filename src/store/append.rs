@@ -34,7 +34,7 @@ use super::states::ProjectionStates;
 use super::{Connection, StoreError};
 use crate::dcb::footprint::{self, Key, LockMode, SEQUENCE_KEY};
 use crate::dcb::projection::ProjectorSpec;
-use crate::dcb::{AppendOutcome, CheckedAppend, Footprint, Position, StoredEvent};
+use crate::dcb::{AppendOutcome, CheckedAppend, Footprint, OverBudget, Position, StoredEvent};
 
 /// Appends a batch in one transaction and returns each append's outcome, in
 /// batch order. On `Err` nothing of the batch was written, unless the error
@@ -43,13 +43,20 @@ use crate::dcb::{AppendOutcome, CheckedAppend, Footprint, Position, StoredEvent}
 /// `known_head` is a position this process has seen committed (see
 /// `Metrics::known_head`): a condition whose `after` is not beyond it is
 /// certainly broken by a matching event of an earlier append of the batch.
+///
+/// `budget` is the most index entries one append's decision may visit
+/// (`writer.decision_budget_entries`): shared by the probes of its condition
+/// that are not exact, and given whole to each of its requirements. An append
+/// over it is refused ([`AppendOutcome::OverBudget`]) and the rest of the
+/// batch decided as if it had not been there.
 pub async fn append_batch(
     conn: &mut Connection,
     batch: &[&CheckedAppend],
     states: &ProjectionStates,
     known_head: Position,
+    budget: i64,
 ) -> Result<Vec<AppendOutcome>, StoreError> {
-    let args = BatchArgs::of(batch, states, known_head);
+    let args = BatchArgs::of(batch, states, known_head, budget);
     // One statement in an implicit transaction: PostgreSQL commits it at the
     // protocol's Sync and answers ReadyForQuery only after the commit, and
     // the rows are handed over only then, so nothing is acknowledged before
@@ -58,7 +65,7 @@ pub async fn append_batch(
         .client
         .query(&conn.statements.append_batch, &args.params())
         .await?;
-    let outcomes = decide(batch, &rows)?;
+    let outcomes = decide(batch, &rows, &args)?;
     for row in rows
         .iter()
         .filter(|row| matches!(kind(row), Ok(RowKind::State)))
@@ -82,6 +89,7 @@ enum RowKind {
     BatchId,
     Condition,
     Requirement,
+    Budget,
     State,
 }
 
@@ -93,6 +101,7 @@ fn kind(row: &Row) -> Result<RowKind, StoreError> {
         "batch_id" => RowKind::BatchId,
         "condition" => RowKind::Condition,
         "requirement" => RowKind::Requirement,
+        "budget" => RowKind::Budget,
         "state" => RowKind::State,
         other => {
             return Err(StoreError::Corrupt {
@@ -106,7 +115,11 @@ fn kind(row: &Row) -> Result<RowKind, StoreError> {
 /// Each append's outcome from the function's rows: every append without a
 /// row of its own was accepted, and the accepted appends' events have
 /// consecutive positions from the first one written, in batch order.
-fn decide(batch: &[&CheckedAppend], rows: &[Row]) -> Result<Vec<AppendOutcome>, StoreError> {
+fn decide(
+    batch: &[&CheckedAppend],
+    rows: &[Row],
+    args: &BatchArgs,
+) -> Result<Vec<AppendOutcome>, StoreError> {
     let mut outcomes: Vec<Option<AppendOutcome>> = vec![None; batch.len()];
     let mut stored: Vec<Vec<StoredEvent>> = Vec::new();
     let mut reused: Vec<(usize, usize)> = Vec::new();
@@ -130,6 +143,28 @@ fn decide(batch: &[&CheckedAppend], rows: &[Row]) -> Result<Vec<AppendOutcome>, 
                 let index: i32 = row.try_get("requirement")?;
                 outcomes[append_of(row)?] = Some(AppendOutcome::RequirementFailed {
                     index: index as usize,
+                });
+            }
+            RowKind::Budget => {
+                let requirement: Option<i32> = row.try_get("requirement")?;
+                let probe: Option<i32> = row.try_get("probe")?;
+                let over = match (requirement, probe) {
+                    (Some(index), _) => OverBudget::Requirement {
+                        index: index as usize,
+                    },
+                    (None, Some(probe)) => OverBudget::ConditionItem {
+                        index: args.probes.item_of(probe)?,
+                    },
+                    (None, None) => {
+                        return Err(StoreError::Corrupt {
+                            position: 0,
+                            reason: "a budget row names neither a probe nor a requirement".into(),
+                        })
+                    }
+                };
+                outcomes[append_of(row)?] = Some(AppendOutcome::OverBudget {
+                    over,
+                    budget: args.budget,
                 });
             }
             RowKind::BatchId => {
@@ -237,10 +272,17 @@ struct BatchArgs<'a> {
     requirements: RequirementColumns<'a>,
     events: EventColumns<'a>,
     known_head: Position,
+    /// Index entries one append's decision may visit.
+    budget: i64,
 }
 
 impl<'a> BatchArgs<'a> {
-    fn of(batch: &[&'a CheckedAppend], states: &ProjectionStates, known_head: Position) -> Self {
+    fn of(
+        batch: &[&'a CheckedAppend],
+        states: &ProjectionStates,
+        known_head: Position,
+        budget: i64,
+    ) -> Self {
         let mut footprint = Footprint::default();
         for append in batch {
             footprint.merge(&append.footprint);
@@ -251,7 +293,7 @@ impl<'a> BatchArgs<'a> {
             .unzip();
         let requirements = RequirementColumns::of(batch);
         let projectors_json = (!requirements.projectors.is_empty())
-            .then(|| states.arguments(requirements.projectors.iter().copied()));
+            .then(|| states.arguments(requirements.projectors.iter().copied(), Some(budget)));
         let after: Vec<Position> = batch
             .iter()
             .map(|a| {
@@ -272,7 +314,7 @@ impl<'a> BatchArgs<'a> {
             appends: batch.len() as i32,
             append_events: batch.iter().map(|a| a.len() as i32).collect(),
             after,
-            probes: ProbeColumns::of(batch),
+            probes: ProbeColumns::of(batch, budget),
             overlaps,
             pairs_exact,
             projectors: requirements.projectors.clone(),
@@ -280,11 +322,12 @@ impl<'a> BatchArgs<'a> {
             requirements,
             events: EventColumns::of(batch),
             known_head,
+            budget,
         }
     }
 
     /// In the order of the function's parameters.
-    fn params(&self) -> [&(dyn ToSql + Sync); 33] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 35] {
         [
             &self.lock_keys,
             &self.lock_exclusive,
@@ -295,6 +338,8 @@ impl<'a> BatchArgs<'a> {
             &self.probes.keys,
             &self.probes.tags,
             &self.probes.types,
+            &self.probes.candidates,
+            &self.probes.budgets,
             &self.overlaps.match_later,
             &self.overlaps.match_earlier,
             &self.overlaps.match_offset,
@@ -390,23 +435,51 @@ struct ProbeColumns {
     tags: Vec<String>,
     /// Per probe: its types (none: any type), as an array literal.
     types: Vec<String>,
+    /// Per probe: `None` when it is exact, else the keys it may be driven
+    /// by, as an array literal (the function scans the rarest).
+    candidates: Vec<Option<String>>,
+    /// Per probe: the index entries it may visit (its append's budget shared
+    /// by the append's probes that are not exact).
+    budgets: Vec<i64>,
+    /// Per probe: the condition item it probes for.
+    items: Vec<usize>,
 }
 
 impl ProbeColumns {
-    fn of(batch: &[&CheckedAppend]) -> Self {
+    fn of(batch: &[&CheckedAppend], budget: i64) -> Self {
         let mut cols = ProbeColumns::default();
         for (i, append) in batch.iter().enumerate() {
             let Some(condition) = &append.request.condition else {
                 continue;
             };
-            for probe in footprint::probes(&condition.fail_if_events_match) {
+            let probes = footprint::probes(&condition.fail_if_events_match);
+            let inexact = probes.iter().filter(|p| !p.is_exact()).count().max(1);
+            let share = (budget / inexact as i64).max(1);
+            for probe in probes {
                 cols.appends.push(i as i32);
                 cols.keys.push(probe.key);
                 cols.tags.push(array_literal(probe.tags));
                 cols.types.push(array_literal(probe.types));
+                cols.candidates.push(probe.candidate_keys().map(|keys| {
+                    let keys: Vec<String> = keys.iter().map(Key::to_string).collect();
+                    format!("{{{}}}", keys.join(","))
+                }));
+                cols.budgets.push(share);
+                cols.items.push(probe.item);
             }
         }
         cols
+    }
+
+    /// The condition item of probe number `probe` (as the function names it).
+    fn item_of(&self, probe: i32) -> Result<usize, StoreError> {
+        usize::try_from(probe)
+            .ok()
+            .and_then(|p| self.items.get(p).copied())
+            .ok_or_else(|| StoreError::Corrupt {
+                position: 0,
+                reason: format!("the batch function named probe {probe}"),
+            })
     }
 }
 

@@ -81,6 +81,12 @@ impl StoreError {
         }
     }
 
+    /// Whether the server cancelled the statement at its `statement_timeout`.
+    pub fn is_statement_timeout(&self) -> bool {
+        matches!(self, StoreError::Database(e)
+            if e.code() == Some(&SqlState::QUERY_CANCELED))
+    }
+
     /// Whether nothing was written and a retry later may succeed: such
     /// failures map to 503 with `Retry-After`.
     pub fn is_unavailable(&self) -> bool {

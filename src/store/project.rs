@@ -21,7 +21,7 @@ pub async fn project(
     specs: &[ProjectorSpec],
     states: &ProjectionStates,
 ) -> Result<Projection, StoreError> {
-    let argument = states.arguments(specs);
+    let argument = states.arguments(specs, None);
     let rows = conn
         .client
         .query(&conn.statements.project, &[&argument])

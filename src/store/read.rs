@@ -19,6 +19,10 @@ struct ReadProbe<'a> {
     k: i64,
     tags: &'a [String],
     types: &'a [String],
+    /// The keys it may be driven by, when it is not exact: the rarest is
+    /// scanned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ks: Option<Vec<i64>>,
 }
 
 /// Reads one page into `rows`: at most `page.limit` events, and no more once
@@ -41,17 +45,22 @@ pub async fn read_page<R: PageRows>(
                 k,
                 tags: p.tags,
                 types: p.types,
+                ks: p.candidate_keys().filter(|keys| keys.len() > 1),
             })
         })
         .collect();
-    let probes_json = if probes.len() > 1 {
+    let single = match probes.as_slice() {
+        [probe] if probe.ks.is_none() => Some(probe),
+        _ => None,
+    };
+    let probes_json = if single.is_none() {
         serde_json::to_string(&probes).expect("probes serialize")
     } else {
         String::new()
     };
     let (statement, params): (_, Vec<&(dyn ToSql + Sync)>) = if query.is_all() {
         (st.read_all.pick(page.backwards), vec![after, before, limit])
-    } else if let [probe] = probes.as_slice() {
+    } else if let Some(probe) = single {
         (
             st.read_key.pick(page.backwards),
             vec![&probe.k, after, before, &probe.tags, &probe.types, limit],

@@ -216,10 +216,16 @@ impl ProjectionStates {
         }
     }
 
-    /// The projectors as `crablet_reduce` takes them, each with the state
-    /// remembered for it: a JSON array of `{"q": projector, "s": state, "h":
-    /// position}` (`s` absent and `h` 0 when none is remembered).
-    pub fn arguments<'a>(&self, specs: impl IntoIterator<Item = &'a ProjectorSpec>) -> String {
+    /// The projectors as `crablet_reduce_all` takes them, each with the
+    /// state remembered for it: a JSON array of `{"q": projector, "s": state,
+    /// "h": position, "b": budget}` (`s` absent and `h` 0 when none is
+    /// remembered; `b`, the index entries an evaluation may visit, only with
+    /// a `budget`).
+    pub fn arguments<'a>(
+        &self,
+        specs: impl IntoIterator<Item = &'a ProjectorSpec>,
+        budget: Option<i64>,
+    ) -> String {
         let mut json = String::from("[");
         for (n, spec) in specs.into_iter().enumerate() {
             if n > 0 {
@@ -235,6 +241,10 @@ impl ProjectionStates {
                     json.push_str(&known.through.to_string());
                 }
                 None => json.push_str(",\"h\":0"),
+            }
+            if let Some(budget) = budget {
+                json.push_str(",\"b\":");
+                json.push_str(&budget.to_string());
             }
             json.push('}');
         }

@@ -364,5 +364,5 @@ async fn health_and_metrics_answer() {
         ),
         "{body}"
     );
-    assert!(body.contains("crablet_writer_lanes 1"), "{body}");
+    assert!(body.contains("crablet_writer_lanes 2"), "{body}");
 }

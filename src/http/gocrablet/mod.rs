@@ -131,13 +131,21 @@ pub struct GoAppendResponse {
 /// Appends through the writer lanes; `true` when the condition failed.
 async fn append_native(state: &AppState, request: AppendRequest) -> Result<bool, ApiError> {
     let checked = CheckedAppend::new(request, &state.limits)?;
-    match state.store.append(checked).await? {
+    match state
+        .store
+        .append(checked)
+        .await
+        .map_err(ApiError::of_append)?
+    {
         AppendOutcome::Appended { .. } | AppendOutcome::Duplicate { .. } => Ok(false),
         AppendOutcome::ConditionFailed => Ok(true),
         // Unreachable: this contract never sends requirements.
         AppendOutcome::RequirementFailed { .. } => Ok(true),
         // Unreachable without ids, which this contract never sends.
         AppendOutcome::IdConflict { ids } => Err(ApiError::IdConflict(ids)),
+        AppendOutcome::OverBudget { over, budget } => {
+            Err(ApiError::over_decision_budget(over, budget))
+        }
     }
 }
 
