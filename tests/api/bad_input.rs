@@ -243,17 +243,22 @@ async fn the_largest_valid_appends_are_accepted_several_at_once() {
     // Three lanes: unconditional appends spread over them and run at once.
     let app = spawn_app_with(|s| s.writer.lanes = 3).await;
     let limits = crablet::dcb::Limits::default();
-    // Every event carries the most tags; the condition has the most items of
-    // the most types: tens of thousands of keys each (escalated to one lock,
-    // see dcb::footprint::ESCALATION_KEYS).
+    // The most events, each with as many tags as the index entries allow
+    // (one per tag and one for the type); one event with the most tags; the
+    // condition has the most items of the most types: thousands of keys each
+    // (escalated to one lock, see dcb::footprint::ESCALATION_KEYS).
+    let tags_per_event = limits.max_index_entries_per_append / limits.max_events_per_append - 1;
     let events: Vec<Value> = (0..limits.max_events_per_append)
         .map(|e| {
-            let tags: Vec<String> = (0..limits.max_tags_per_event)
-                .map(|t| format!("e{e}:t{t}"))
-                .collect();
+            let tags: Vec<String> = (0..tags_per_event).map(|t| format!("e{e}:t{t}")).collect();
             serde_json::json!({"type": "Bulk", "tags": tags, "data": ""})
         })
         .collect();
+    let most_tags: Vec<String> = (0..limits.max_tags_per_event)
+        .map(|t| format!("wide:t{t}"))
+        .collect();
+    let wide = serde_json::json!({"events": [{"type": "Bulk", "tags": most_tags, "data": ""}]})
+        .to_string();
     let items: Vec<Value> = (0..limits.max_query_items)
         .map(|i| {
             let types: Vec<String> = (0..limits.max_values_per_item)
@@ -266,7 +271,7 @@ async fn the_largest_valid_appends_are_accepted_several_at_once() {
         serde_json::json!({"events": events, "condition": {"failIfEventsMatch": {"items": items}}})
             .to_string();
     let plain = serde_json::json!({ "events": events }).to_string();
-    let bodies = [&plain, &plain, &plain, &conditional];
+    let bodies = [&plain, &plain, &plain, &conditional, &wide];
     let requests = bodies
         .iter()
         .map(|body| app.raw(Method::POST, "/append", Some(body)));
@@ -275,5 +280,25 @@ async fn the_largest_valid_appends_are_accepted_several_at_once() {
         assert!(text.contains(r#""appendConditionFailed":false"#), "{text}");
     }
     let all = app.read_all().await;
-    assert_eq!(all.len(), 4 * limits.max_events_per_append);
+    assert_eq!(all.len(), 4 * limits.max_events_per_append + 1);
+}
+
+#[actix_rt::test]
+async fn an_append_over_the_index_entry_limit_is_refused_naming_it() {
+    let app = spawn_app().await;
+    let limits = crablet::dcb::Limits::default();
+    let tags: Vec<String> = (0..limits.max_tags_per_event)
+        .map(|t| format!("t{t}"))
+        .collect();
+    let events: Vec<Value> = (0..limits.max_events_per_append)
+        .map(|_| serde_json::json!({"type": "Bulk", "tags": tags, "data": ""}))
+        .collect();
+    let answer = app.append(serde_json::json!({ "events": events })).await;
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    let message = answer.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("max_index_entries_per_append") && message.contains("65000"),
+        "{message}"
+    );
+    assert!(app.read_all().await.is_empty());
 }
