@@ -540,7 +540,6 @@ async fn an_item_costs_its_rarest_tag_in_reads_conditions_and_requirements() {
     // remembered) of a count over [common, rare], against the same over
     // [common] alone, which must visit the whole store.
     let median = |tags: Vec<&'static str>, expected: usize| {
-        let time = time;
         async move {
             let mut took = Vec::new();
             for n in 0..5 {
