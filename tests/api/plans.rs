@@ -42,6 +42,12 @@ const STATEMENTS: &[(&str, &str, &str)] = &[
         "(text, int8, int8, int8)",
     ),
     (
+        // A probe of several tags, driven by its rarest (crablet_rarest).
+        "read_probes_rarest",
+        include_str!("../../sql/queries/read_probes_forward.sql"),
+        "(text, int8, int8, int8)",
+    ),
+    (
         // The id lookup of crablet_append_batch (sql/migrations/004), as
         // the function runs it for a batch whose events carry ids.
         "stored_ids",
@@ -57,6 +63,10 @@ fn arguments(name: &str) -> String {
         n if n.starts_with("read_all") => "(0, 9223372036854775807, 1000)".into(),
         n if n.starts_with("read_key") => format!("({key}, 0, 9223372036854775807, '{{}}', '{{}}', 1000)"),
         "stored_ids" => "('{0,0,1}', '{id-1,id-2,id-3}')".into(),
+        "read_probes_rarest" => format!(
+            "('[{{\"k\": {key}, \"tags\": [\"t:7\", \"x\"], \"types\": [], \"ks\": [{key}, {}]}}]', 0, 9223372036854775807, 1000)",
+            crablet::dcb::footprint::tag_key("x")
+        ),
         _ => format!(
             "('[{{\"k\": {key}, \"tags\": [], \"types\": []}}, {{\"k\": {}, \"tags\": [], \"types\": []}}]', 0, 9223372036854775807, 1000)",
             crablet::dcb::footprint::type_key("Even")

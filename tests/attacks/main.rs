@@ -539,18 +539,17 @@ async fn an_item_costs_its_rarest_tag_in_reads_conditions_and_requirements() {
     // First evaluations (a different type list every time, so nothing is
     // remembered) of a count over [common, rare], against the same over
     // [common] alone, which must visit the whole store.
-    let median = |tags: Vec<&'static str>, expected: usize| {
-        async move {
-            let mut took = Vec::new();
-            for n in 0..5 {
-                let query = json!({"items": [{"tags": tags, "types": ["Seen", format!("T{expected}x{n}")]}]});
-                let (elapsed, answer) = time(count(&query), "/project").await;
-                assert_eq!(answer["states"]["c"], expected, "{answer}");
-                took.push(elapsed);
-            }
-            took.sort();
-            took[2]
+    let median = |tags: Vec<&'static str>, expected: usize| async move {
+        let mut took = Vec::new();
+        for n in 0..5 {
+            let query =
+                json!({"items": [{"tags": tags, "types": ["Seen", format!("T{expected}x{n}")]}]});
+            let (elapsed, answer) = time(count(&query), "/project").await;
+            assert_eq!(answer["states"]["c"], expected, "{answer}");
+            took.push(elapsed);
         }
+        took.sort();
+        took[2]
     };
     let whole = median(vec![COMMON], EVENTS).await;
     let rare = median(vec![COMMON, "u:17"], 1).await;
