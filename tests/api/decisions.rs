@@ -366,3 +366,71 @@ async fn concurrent_first_projections_of_one_projector_fold_its_history_once() {
         "the history was folded once; the other 15 continued from its state"
     );
 }
+
+/// An append over its decision budget is refused alone: the appends batched
+/// after it are decided as if it had not been there, so one whose condition
+/// matches the refused append's event is still written.
+#[actix_rt::test]
+async fn an_append_over_its_budget_is_refused_alone_and_its_batch_mates_do_not_see_it() {
+    let database = fresh_database().await;
+    let app = spawn_app_on(&database, |s| s.writer.decision_budget_entries = 200).await;
+    // 600 events of two halves no event carries together.
+    let events: Vec<Value> = (0..600)
+        .map(|n| {
+            event(
+                "Seen",
+                &[if n % 2 == 0 { "half:a" } else { "half:b" }],
+                "{}",
+            )
+        })
+        .collect();
+    assert!(app.append(json!({ "events": events })).await.appended());
+    let head = 600;
+    let http = client();
+    let mut violations = Vec::new();
+    for round in 0..5 {
+        // Pairs sent at once: the first goes over budget; the second's
+        // condition matches the first one's event (both filter, so both go
+        // to the decision lane and share batches).
+        let requests: Vec<Value> = (0..20)
+            .flat_map(|i| {
+                let key = format!("pair:{round}:{i}");
+                [
+                    json!({"events": [event("Claimed", &[&key], "{}")],
+                           "condition": {"failIfEventsMatch":
+                               {"items": [{"tags": ["half:a", "half:b"]}]}}}),
+                    json!({"events": [event("Confirmed", &[&format!("{key}:ok")], "{}")],
+                           "condition": {"failIfEventsMatch":
+                               {"items": [{"tags": [key], "types": ["Claimed", "Other"]}]},
+                                         "after": head}}),
+                ]
+            })
+            .collect();
+        let answers = join_all(requests.iter().map(|body| {
+            let (http, address) = (http.clone(), app.address.clone());
+            async move { post_append(&http, &address, body).await }
+        }))
+        .await;
+        for (n, answer) in answers.iter().enumerate() {
+            let expected_ok = n % 2 == 1;
+            let ok = if expected_ok {
+                answer.appended()
+            } else {
+                answer.status == 422 && answer.body["error"]["code"] == json!("over_budget")
+            };
+            if !ok {
+                violations.push(format!("round {round}, request {n}: {answer:?}"));
+            }
+        }
+    }
+    let claimed = app
+        .read(json!({"items": [{"types": ["Claimed"]}]}), json!({}))
+        .await;
+    if !claimed.is_empty() {
+        violations.push(format!(
+            "{} over-budget appends were written",
+            claimed.len()
+        ));
+    }
+    assert!(violations.is_empty(), "{violations:#?}");
+}
