@@ -12,6 +12,11 @@
 //! skipped and never makes anyone wait. Every event is delivered once, in
 //! position order: the stream drops anything at or below what it delivered.
 //!
+//! A client that closes its connection ends its stream at once: the HTTP
+//! server drops the response body as soon as it reads the end of the
+//! connection (half-closed connections are not kept, see [`crate::app`]),
+//! and the dropped `Subscriber` frees its slot and leaves the live feed.
+//!
 //! Wire formats: Server-Sent Events when the client accepts
 //! `text/event-stream` (`id:` the position, `data:` the event as `/read`
 //! returns it, `: heartbeat <head>` comments, a final `event: end`), NDJSON

@@ -1,7 +1,7 @@
 //! Subscriptions (`/subscribe`) and `/head`: every matching event exactly once
 //! and in order, across processes, through resumption and slow consumers;
-//! heartbeats, the subscriber limit, the end of a subscriber that lags too far
-//! and the final message on shutdown.
+//! heartbeats, the subscriber limit and the places closed clients free, the
+//! end of a subscriber that lags too far and the final message on shutdown.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -683,13 +683,11 @@ async fn over_the_subscriber_limit_the_answer_is_503_json_until_a_place_frees() 
     let body: Value = serde_json::from_str(&body).expect("JSON error body");
     assert_eq!(body["error"]["code"], "overloaded");
     drop(a);
-    // The server notices the closed connection on its next write at the
-    // latest; a heartbeat or an event makes one.
+    // The server reads the end of the closed connection: the place frees
+    // without anything written to it.
     let mut freed = false;
-    for i in 0..50 {
-        app.append(json!({"events": [event("E", &[], &format!("{i}"))]}))
-            .await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
         let response = app
             .http
             .get(format!("{}/subscribe", app.address))
@@ -811,4 +809,53 @@ async fn on_shutdown_every_subscription_ends_at_once_saying_where_to_resume() {
         stopped < Duration::from_secs(5),
         "shutdown took {stopped:?}"
     );
+}
+
+/// The text of `/metrics`.
+async fn metrics_text(http: &reqwest::Client, address: &str) -> String {
+    http.get(format!("{address}/metrics"))
+        .send()
+        .await
+        .expect("metrics request")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+#[actix_rt::test]
+async fn subscribers_that_read_and_close_free_their_places_at_once() {
+    // Heartbeats far apart: a closed subscriber is not noticed by a write.
+    let app = spawn_app_with(|s| s.subscriptions.heartbeat_interval_ms = 60_000).await;
+    for i in 0..10 {
+        app.append(json!({"events": [event("E", &["t"], &format!("{i}"))]}))
+            .await;
+    }
+    let all = json!({"items": []});
+    let (cycles, batch) = (500, 50);
+    let started = Instant::now();
+    for b in 0..cycles / batch {
+        let rounds = (0..batch).map(|i| {
+            let (http, address, all) = (app.http.clone(), app.address.clone(), all.clone());
+            async move {
+                let sse = (b + i) % 2 == 0;
+                let mut s = Subscription::open(&http, &address, &all, None, sse, None).await;
+                s.events(10, Duration::from_secs(20)).await.len()
+            }
+        });
+        let read = futures_util::future::join_all(rounds).await;
+        assert!(read.iter().all(|n| *n == 10), "{read:?}");
+    }
+    let cycled = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let active = metric(
+        &metrics_text(&app.http, &app.address).await,
+        "crablet_subscriptions_active",
+    );
+    println!("{cycles} subscribe-read-close cycles in {cycled:?}; 2 s later {active} subscriptions active");
+    assert!(
+        active <= 5.0,
+        "{active} subscriptions still active after their clients closed"
+    );
+    let mut s = Subscription::open(&app.http, &app.address, &all, None, false, None).await;
+    assert_eq!(s.events(10, Duration::from_secs(10)).await.len(), 10);
 }
