@@ -249,7 +249,8 @@ impl Application {
             );
             let state = web::Data::new(AppState {
                 store,
-                subscriptions: server_subscriptions.clone(),
+                // This worker's subscribers are fanned out here.
+                subscriptions: server_subscriptions.on_this_thread(),
                 limits: limits.clone(),
                 metrics: metrics.clone(),
                 max_body_bytes,
