@@ -2,16 +2,16 @@
 //! event is matched only against the subscribers it can concern.
 //!
 //! An event matches a query item only if it carries every tag of the item
-//! and, when the item names types, one of them. So each item is filed under
-//! one key an event must have to match it: a tagged item under one of its
-//! tags (the one with the fewest subscribers filed under it when it is
-//! added), an item with types only under each of its types. The query that
+//! and, when the item names types, one of them. So each item is filed where
+//! every event it matches looks: a tagged item under one of its tags (the
+//! one with the fewest subscribers filed under it when it is added), an
+//! item with types only under each of its types. The query that
 //! matches everything (no items) is kept in a list of its own. An event's
 //! candidates are the subscribers filed under its type, under one of its
 //! tags, or in that list; only those are matched in full with
-//! [`Query::matches`]. Subscribers filed under other keys cost an event two
-//! hash lookups in all (its type, and each of its tags), however many they
-//! are. Nothing here knows about channels or threads: the index is plain
+//! [`Query::matches`]. However many subscribers are filed under other keys,
+//! they cost an event nothing: it costs one hash lookup for its type and one
+//! per tag. Nothing here knows about channels or threads: the index is plain
 //! data, owned by one [`super::fanout`] shard.
 
 use std::collections::HashMap;
