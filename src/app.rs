@@ -272,7 +272,8 @@ impl Application {
             );
             let state = web::Data::new(AppState {
                 store,
-                subscriptions: server_subscriptions.clone(),
+                // This worker's subscribers are fanned out here.
+                subscriptions: server_subscriptions.on_this_thread(),
                 limits: limits.clone(),
                 metrics: metrics.clone(),
                 max_body_bytes,
@@ -303,6 +304,13 @@ impl Application {
                 let _ = tls.get_ref().0.set_nodelay(true);
             }
         })
+        // A client that closes its side of the connection is gone: its
+        // connection is closed at once and the response it was being sent
+        // dropped. Actix's default keeps a half-closed connection until a
+        // write fails, so a closed subscription (a stream with nothing to
+        // send until its next heartbeat) would hold its place among
+        // `subscriptions.max_subscribers` for up to two heartbeats.
+        .h1_allow_half_closed(false)
         .workers(http_workers(settings.http.workers))
         // Signals are handled in `run_until_signalled`: actix's own handling
         // makes SIGINT a forced stop that drops the requests in flight.

@@ -159,7 +159,11 @@ impl DatabaseSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct SubscriptionSettings {
     pub max_subscribers: usize,
+    /// Events a live subscriber's buffer holds before it is detached.
     pub buffer_events: usize,
+    /// Bytes of events a live subscriber's buffer holds before it is
+    /// detached (an empty buffer always takes one event, however large).
+    pub buffer_bytes: usize,
     pub heartbeat_interval_ms: u64,
     pub poll_interval_ms: u64,
     /// 0: a detached subscriber is never disconnected for lagging.
@@ -262,6 +266,10 @@ impl Settings {
             (
                 "subscriptions.buffer_events",
                 self.subscriptions.buffer_events,
+            ),
+            (
+                "subscriptions.buffer_bytes",
+                self.subscriptions.buffer_bytes,
             ),
             (
                 "subscriptions.heartbeat_interval_ms",

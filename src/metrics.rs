@@ -122,9 +122,12 @@ pub struct MetricHandles {
     /// How far behind the tailer's head a subscriber is when it is sent a
     /// chunk of events, in positions.
     pub subscription_lag_events: Histogram,
-    /// Subscribers detached from the live feed because their buffer was full
-    /// (they catch up from the store on their own).
+    /// Subscribers detached from the live feed because their buffer was full,
+    /// in events or in bytes (they catch up from the store on their own).
     pub subscription_detached_total: IntCounter,
+    /// Bytes of events waiting in the live buffers of all subscribers (an
+    /// event buffered for several subscribers counts once for each).
+    pub subscription_buffered_bytes: IntGauge,
     /// Subscriptions ended by crablet, by reason: shutdown, lagging, unavailable.
     pub subscription_ended_total: IntCounterVec,
     /// Store queries the tailer ran (one per poll and per page of new events).
@@ -284,6 +287,11 @@ impl Metrics {
             "Subscribers detached from the live feed with a full buffer",
         )
         .expect("valid metric");
+        let subscription_buffered_bytes = IntGauge::new(
+            "subscription_buffered_bytes",
+            "Bytes of events waiting in the live buffers of subscribers",
+        )
+        .expect("valid metric");
         let subscription_ended_total = IntCounterVec::new(
             Opts::new(
                 "subscription_ended_total",
@@ -408,6 +416,7 @@ impl Metrics {
             subscription_events_delivered_total,
             subscription_lag_events,
             subscription_detached_total,
+            subscription_buffered_bytes,
             subscription_ended_total,
             subscription_tailer_reads_total,
             build_info,
@@ -452,6 +461,7 @@ impl Metrics {
             Box::new(self.subscription_events_delivered_total.clone()),
             Box::new(self.subscription_lag_events.clone()),
             Box::new(self.subscription_detached_total.clone()),
+            Box::new(self.subscription_buffered_bytes.clone()),
             Box::new(self.subscription_ended_total.clone()),
             Box::new(self.subscription_tailer_reads_total.clone()),
             Box::new(self.build_info.clone()),

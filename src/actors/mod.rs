@@ -1,17 +1,17 @@
 //! Supervised writer and reader actors behind a small typed facade.
 //!
 //! [`EventStore`] is all the HTTP layer sees of the store: `append` and
-//! `read_page`; [`Subscriptions`] ([`tailer`]) is its live feed. Behind the
-//! facade, writer lanes ([`writer`]) each own one pooled connection and commit
-//! what is waiting in their queue as one batch; conditional appends are
-//! routed to a lane by the first key of their condition, so appends that may
-//! conflict meet in one lane (and are decided in order inside one batch)
-//! while disjoint ones run in parallel; appends with ids and no condition by
-//! their first id, so a retry meets its original. Reader actors ([`reader`]) own
-//! the reader pool and run page queries concurrently; each HTTP worker thread
-//! gets its own reader, so a read is handed to no other actor thread (the
-//! pooled connection's I/O task may still run on the worker thread that
-//! opened it).
+//! `read_page`; [`Subscriptions`] ([`tailer`], fanned out by [`fanout`]) is
+//! its live feed. Behind the facade, writer lanes ([`writer`]) each own one
+//! pooled connection and commit what is waiting in their queue as one batch;
+//! conditional appends are routed to a lane by the first key of their
+//! condition, so appends that may conflict meet in one lane (and are decided
+//! in order inside one batch) while disjoint ones run in parallel; appends
+//! with ids and no condition by their first id, so a retry meets its original.
+//! Reader actors ([`reader`]) own the reader pool and run page queries
+//! concurrently; each HTTP worker thread gets its own reader, so a read is
+//! handed to no other actor thread (the pooled connection's I/O task may still
+//! run on the worker thread that opened it).
 //!
 //! Actix types stay in this module: the facade speaks in [`crate::dcb`] and
 //! [`crate::store`] types. Every actor is supervised and catches its own
@@ -22,7 +22,9 @@
 //! on an actor that is gone, and [`EventStore::lanes_down`] names the writer
 //! lanes that are not running, for readiness.
 
+pub mod fanout;
 pub mod reader;
+mod subscriber_index;
 pub mod tailer;
 pub mod writer;
 

@@ -2,49 +2,54 @@
 //! live subscriber.
 //!
 //! One task per process reads the events committed after its cursor, once,
-//! and offers each to every live subscriber whose query matches it (matched in
-//! memory with [`Query::matches`]), through a bounded per-subscriber buffer.
-//! It is woken at once by local commits (the writer lanes' committed position,
-//! a `watch`) and otherwise polls the store every `poll_interval_ms` to see
-//! commits of other processes on the same database. Commits happen in position
-//! order (see [`crate::store::append`]), so reading "position > cursor" never
+//! and passes each page of them to every shard of live subscribers (one
+//! shard per HTTP worker thread, see [`super::fanout`]), which offers each
+//! event to the subscribers whose query matches it. The tailer is woken at
+//! once by local commits (the writer lanes' committed position, a `watch`)
+//! and otherwise polls the store every `poll_interval_ms` to see commits of
+//! other processes on the same database. Commits happen in position order
+//! (see [`crate::store::append`]), so reading "position > cursor" never
 //! misses an event.
 //!
-//! The tailer never waits for a subscriber: one whose buffer is full is
-//! detached (its sender dropped), drains what it was sent, and catches up
-//! from the store on its own before it joins again. It owns no HTTP and no
+//! Nothing waits for a subscriber: one whose buffer would overflow is
+//! detached, drains what it was sent, and catches up from the store on its
+//! own before it joins again. This module owns admission (the
+//! `max_subscribers` slots), the cursor and shutdown; it owns no HTTP and no
 //! SQL: it reads through [`crate::store::read_page`] on the reader pool and
 //! hands events to whoever consumes them (the HTTP layer's streams).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
+use super::fanout::{Membership, Page, Shard};
 use crate::config::SubscriptionSettings;
 use crate::dcb::{Position, Query, SequencedEvent};
 use crate::metrics::Metrics;
-use crate::store::{self, Page, PageRows, Pool, StoreError};
+use crate::store::{self, PageRows, Pool, StoreError};
 
 /// An event as fanned out: shared by every subscriber it matches.
 pub type SharedEvent = Arc<SequencedEvent>;
 
 /// The subscriptions of this process: admission, the live feed and shutdown.
-/// Cheap to clone.
+/// Cheap to clone; a handle joins subscribers to the shard of the thread it
+/// was made for ([`Subscriptions::on_this_thread`]).
 #[derive(Clone)]
 pub struct Subscriptions {
     inner: Arc<Inner>,
+    shard: Arc<Shard>,
 }
 
 struct Inner {
     settings: SubscriptionSettings,
     metrics: Metrics,
-    /// The live subscribers and the cursor they are fed from, under one lock
-    /// so that joining and fanning out never interleave.
-    live: Mutex<Live>,
-    /// The tailer's cursor, for heartbeats and joins without the lock.
+    /// The cursor and the shards it feeds, under one lock so that a shard
+    /// starts at the position the next page it is sent continues from.
+    feed: Mutex<Feed>,
+    /// The tailer's cursor, for heartbeats and catching up without the
+    /// lock. Never behind a shard's cursor.
     head: watch::Sender<Option<Position>>,
     /// Set once the server is stopping: every stream ends.
     closing: watch::Sender<bool>,
@@ -52,19 +57,18 @@ struct Inner {
     open: AtomicUsize,
 }
 
-struct Live {
-    /// Every event at or below it has been offered to the live subscribers;
-    /// `None` until the tailer has read the head once.
+struct Feed {
+    /// Every event at or below it has been passed to the shards; `None`
+    /// until the tailer has read the head once, and again while no
+    /// subscription is open.
     cursor: Option<Position>,
-    subscribers: HashMap<u64, LiveSubscriber>,
-    /// Ids of live memberships, never reused.
-    next_id: u64,
+    shards: Vec<ShardFeed>,
 }
 
-struct LiveSubscriber {
-    query: Arc<Query>,
-    /// Bounded: a full buffer detaches the subscriber.
-    sender: mpsc::Sender<SharedEvent>,
+/// A shard and the channel of the pages it is sent.
+struct ShardFeed {
+    shard: Arc<Shard>,
+    pages: mpsc::Sender<Page>,
 }
 
 /// An admitted subscription; dropping it frees its place.
@@ -79,23 +83,10 @@ impl Drop for Slot {
     }
 }
 
-/// Membership of the live feed: events arrive on `events` until the tailer
-/// detaches the subscriber (the channel then ends) or the membership drops.
-pub struct Membership {
-    inner: Arc<Inner>,
-    id: u64,
-    pub events: mpsc::Receiver<SharedEvent>,
-}
-
-impl Drop for Membership {
-    fn drop(&mut self) {
-        self.inner.lock().subscribers.remove(&self.id);
-    }
-}
-
 impl Subscriptions {
     /// Starts the tailer on the current runtime. It reads through `pool`
     /// and is woken by `committed`, the position of the last local commit.
+    /// The handle's shard is fanned out on the current thread.
     pub fn start(
         pool: Pool,
         committed: watch::Receiver<Position>,
@@ -107,17 +98,27 @@ impl Subscriptions {
         let inner = Arc::new(Inner {
             settings: settings.clone(),
             metrics: metrics.clone(),
-            live: Mutex::new(Live {
+            feed: Mutex::new(Feed {
                 cursor: None,
-                subscribers: HashMap::new(),
-                next_id: 0,
+                shards: Vec::new(),
             }),
             head,
             closing,
             open: AtomicUsize::new(0),
         });
         actix_rt::spawn(tail(inner.clone(), pool, committed));
-        Subscriptions { inner }
+        let shard = inner.add_shard();
+        Subscriptions { inner, shard }
+    }
+
+    /// A handle whose live subscribers are fanned out on the current thread,
+    /// by a task of a shard of their own: each HTTP worker makes one, so the
+    /// workers share the fan-out work.
+    pub fn on_this_thread(&self) -> Self {
+        Subscriptions {
+            inner: self.inner.clone(),
+            shard: self.inner.add_shard(),
+        }
     }
 
     pub fn settings(&self) -> &SubscriptionSettings {
@@ -142,8 +143,8 @@ impl Subscriptions {
         })
     }
 
-    /// The tailer's cursor: every event at or below it has been fanned out.
-    /// `None` until the tailer has read the head once.
+    /// The tailer's cursor: every event at or below it has been passed on
+    /// to the shards. `None` until the tailer has read the head once.
     pub fn cursor(&self) -> Option<Position> {
         *self.inner.head.borrow()
     }
@@ -155,24 +156,11 @@ impl Subscriptions {
 
     /// Joins the live feed for `query`, if the subscriber is caught up:
     /// every matching event at or below `caught_up_to` has been delivered,
-    /// and the tailer's cursor is not beyond it (otherwise the subscriber
+    /// and this handle's shard is not beyond it (otherwise the subscriber
     /// would miss the events in between; it must read them first). Events
     /// at or below what it delivered may still arrive: it drops them.
     pub fn join(&self, query: Arc<Query>, caught_up_to: Position) -> Option<Membership> {
-        let mut live = self.inner.lock();
-        if live.cursor.is_none_or(|cursor| cursor > caught_up_to) {
-            return None;
-        }
-        let (sender, events) = mpsc::channel(self.inner.settings.buffer_events);
-        let id = live.next_id;
-        live.next_id += 1;
-        live.subscribers
-            .insert(id, LiveSubscriber { query, sender });
-        Some(Membership {
-            inner: self.inner.clone(),
-            id,
-            events,
-        })
+        self.shard.join(query, caught_up_to)
     }
 
     /// A receiver that turns `true` once the server is stopping.
@@ -186,58 +174,75 @@ impl Subscriptions {
         self.inner.closing.send_replace(true);
     }
 
-    /// Live subscribers right now (for tests and diagnostics).
+    /// Live subscribers right now, on every thread (for tests and
+    /// diagnostics).
     pub fn live_count(&self) -> usize {
-        self.inner.lock().subscribers.len()
+        let feed = self.inner.lock();
+        feed.shards.iter().map(|f| f.shard.live_count()).sum()
     }
 }
 
 impl Inner {
-    fn lock(&self) -> MutexGuard<'_, Live> {
-        // A panic while fanning out leaves consistent state (at worst a
-        // page offered to some subscribers only, who then catch up).
-        self.live
+    fn lock(&self) -> MutexGuard<'_, Feed> {
+        // Every change to the feed is one assignment or one push: a panic
+        // elsewhere cannot leave it halfway.
+        self.feed
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Offers `events` (ascending, all after the cursor) to every live
-    /// subscriber and moves the cursor to the last of them.
-    fn fan_out(&self, events: Vec<SequencedEvent>, head: Position) {
-        let events: Vec<SharedEvent> = events.into_iter().map(Arc::new).collect();
-        let mut live = self.lock();
-        let mut detached = Vec::new();
-        for (id, subscriber) in live.subscribers.iter() {
-            for event in &events {
-                if !subscriber.query.matches(&event.event_type, &event.tags) {
-                    continue;
-                }
-                match subscriber.sender.try_send(event.clone()) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        self.metrics.subscription_detached_total.inc();
-                        detached.push(*id);
-                        break;
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        detached.push(*id);
-                        break;
-                    }
-                }
-            }
+    /// A shard fed from now on, with its task on the current thread.
+    fn add_shard(&self) -> Arc<Shard> {
+        let mut feed = self.lock();
+        let (shard, pages) = Shard::start(&self.settings, &self.metrics, feed.cursor);
+        feed.shards.push(ShardFeed {
+            shard: shard.clone(),
+            pages,
+        });
+        shard
+    }
+
+    /// Moves the cursor to `cursor` without passing anything on (`None`:
+    /// stops the feed). Every live subscriber is detached and catches up
+    /// from the store: one that joined since the tailer last looked must
+    /// not wait for events the feed skips.
+    fn restart(&self, cursor: Option<Position>) {
+        let mut feed = self.lock();
+        feed.cursor = cursor;
+        for f in &feed.shards {
+            f.shard.reset(cursor);
         }
-        for id in detached {
-            // Dropping the sender ends the subscriber's channel once it has
-            // drained what it was sent; it then catches up from the store.
-            live.subscribers.remove(&id);
-        }
-        live.cursor = Some(head);
-        drop(live);
+        drop(feed);
+        self.head.send_replace(cursor);
+    }
+
+    /// Passes `events` (ascending, all after the cursor `after`) to every
+    /// shard and moves the cursor to `head`, the last of them. Waits while
+    /// a shard has `PAGES_IN_FLIGHT` pages still to apply.
+    async fn pass_on(&self, after: Position, events: Vec<SequencedEvent>, head: Position) {
+        let page = Page {
+            after,
+            head,
+            events: events.into_iter().map(Arc::new).collect(),
+        };
+        let senders: Vec<mpsc::Sender<Page>> = {
+            let mut feed = self.lock();
+            // The shards of worker threads that stopped.
+            feed.shards.retain(|f| !f.pages.is_closed());
+            feed.cursor = Some(head);
+            feed.shards.iter().map(|f| f.pages.clone()).collect()
+        };
+        // Before any shard moves: a subscriber that catches up to the head
+        // it sees finds its shard at or behind it.
         self.head.send_replace(Some(head));
+        for pages in senders {
+            // A closed channel is a stopped worker: nobody there to feed.
+            let _ = pages.send(page.clone()).await;
+        }
     }
 }
 
-/// The tailer: reads what was committed after its cursor, fans it out, and
+/// The tailer: reads what was committed after its cursor, passes it on, and
 /// waits for a local commit, a poll tick or shutdown.
 async fn tail(inner: Arc<Inner>, pool: Pool, mut committed: watch::Receiver<Position>) {
     let mut closing = inner.closing.subscribe();
@@ -247,22 +252,17 @@ async fn tail(inner: Arc<Inner>, pool: Pool, mut committed: watch::Receiver<Posi
     let mut last_warning: Option<Instant> = None;
     loop {
         if *closing.borrow() {
-            return;
+            break;
         }
         // With no subscription open, nobody needs the new events: forget
         // the cursor instead of reading every commit (the next subscriber
-        // makes the tailer start again from the head). Checked under the
-        // lock that joins take, so no live subscriber can miss a page.
-        let idle = {
-            let mut live = inner.lock();
-            let idle = live.subscribers.is_empty() && inner.open.load(Ordering::SeqCst) == 0;
-            if idle && live.cursor.take().is_some() {
-                // Subscribers read the cursor from this watch: it must not
-                // show one the tailer no longer has.
-                inner.head.send_replace(None);
-            }
-            idle
-        };
+        // makes the tailer start again from the head). A subscriber admitted
+        // meanwhile that already joined is detached by the restart and
+        // catches up, so it cannot miss what the feed skips.
+        let idle = inner.open.load(Ordering::SeqCst) == 0;
+        if idle && inner.lock().cursor.is_some() {
+            inner.restart(None);
+        }
         let more = match if idle {
             Ok(false)
         } else {
@@ -292,21 +292,23 @@ async fn tail(inner: Arc<Inner>, pool: Pool, mut committed: watch::Receiver<Posi
             _ = closing.changed() => {}
         }
     }
+    // Closing the shards' channels ends their tasks.
+    inner.lock().shards.clear();
 }
 
 /// Where the tailer cuts a page of new events: it holds one page at a time,
 /// and subscribers get shares of it.
 const TAILER_PAGE_MAX_BYTES: usize = 4 << 20;
 
-/// Reads one page after the cursor (or the head, the first time) and fans it
-/// out; `true` when the page was full, so more may be waiting.
+/// Reads one page after the cursor (or the head, the first time) and
+/// passes it on; `true` when the page was full, so more may be waiting.
 async fn read_new(inner: &Inner, pool: &Pool, page_size: i64) -> Result<bool, StoreError> {
     let cursor = inner.lock().cursor;
     let conn = store::checkout(pool).await?;
     inner.metrics.subscription_tailer_reads_total.inc();
     let Some(cursor) = cursor else {
         // Start at the head: subscribers read the past from the store.
-        let last = Page {
+        let last = store::Page {
             after: 0,
             before: Position::MAX,
             backwards: true,
@@ -322,10 +324,10 @@ async fn read_new(inner: &Inner, pool: &Pool, page_size: i64) -> Result<bool, St
         .first()
         .map_or(0, |e| e.position);
         drop(conn);
-        inner.fan_out(Vec::new(), head);
+        inner.restart(Some(head));
         return Ok(true);
     };
-    let page = Page {
+    let page = store::Page {
         after: cursor,
         before: Position::MAX,
         backwards: false,
@@ -336,7 +338,7 @@ async fn read_new(inner: &Inner, pool: &Pool, page_size: i64) -> Result<bool, St
     drop(conn);
     let full = events.len() as i64 >= page_size || events.bytes() >= TAILER_PAGE_MAX_BYTES;
     if let Some(last) = events.last().map(|e| e.position) {
-        inner.fan_out(events, last);
+        inner.pass_on(cursor, events, last).await;
     }
     Ok(full)
 }

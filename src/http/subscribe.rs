@@ -7,10 +7,16 @@
 //! up to the tailer's cursor, as fast as the client consumes them; once
 //! nothing matching is left at or below that cursor it joins the live feed
 //! ([`Subscriptions::join`]) and is handed the events the tailer fans out.
-//! A subscriber whose live buffer fills is detached by the tailer and goes
-//! back to catching up from the last event it delivered, so it is never
-//! skipped and never makes anyone wait. Every event is delivered once, in
-//! position order: the stream drops anything at or below what it delivered.
+//! A subscriber whose live buffer fills (in events or in bytes) is detached
+//! and goes back to catching up from the last event it delivered, so it is
+//! never skipped and never makes anyone wait. Every event is delivered once,
+//! in position order: the stream drops anything at or below what it
+//! delivered.
+//!
+//! A client that closes its connection ends its stream at once: the HTTP
+//! server drops the response body as soon as it reads the end of the
+//! connection (half-closed connections are not kept, see [`crate::app`]),
+//! and the dropped `Subscriber` frees its slot and leaves the live feed.
 //!
 //! Wire formats: Server-Sent Events when the client accepts
 //! `text/event-stream` (`id:` the position, `data:` the event as `/read`
@@ -29,7 +35,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{parse, read_json_body, ApiError, AppState};
-use crate::actors::tailer::{Membership, Slot};
+use crate::actors::fanout::Membership;
+use crate::actors::tailer::Slot;
 use crate::actors::{EventStore, Subscriptions};
 use crate::dcb::validate::validate_query;
 use crate::dcb::{Position, Query, SequencedEvent};
@@ -301,15 +308,8 @@ impl Subscriber {
     async fn next_live(&mut self) -> Option<Bytes> {
         let membership = self.live.as_mut()?;
         tokio::select! {
-            event = membership.events.recv() => match event {
-                Some(first) => {
-                    let mut batch = vec![first];
-                    while batch.len() < LIVE_CHUNK_EVENTS {
-                        match membership.events.try_recv() {
-                            Ok(event) => batch.push(event),
-                            Err(_) => break,
-                        }
-                    }
+            batch = membership.next_batch(LIVE_CHUNK_EVENTS) => match batch {
+                Some(batch) => {
                     let head = self.subscriptions.cursor().unwrap_or(0);
                     self.encode(batch.iter().map(|e| e.as_ref()), head)
                 }

@@ -1,7 +1,8 @@
 //! Subscriptions (`/subscribe`) and `/head`: every matching event exactly once
 //! and in order, across processes, through resumption and slow consumers;
-//! heartbeats, the subscriber limit, the end of a subscriber that lags too far
-//! and the final message on shutdown.
+//! heartbeats, the subscriber limit and the places closed clients free, the
+//! memory subscribers that never read may hold, the end of a subscriber that
+//! lags too far and the final message on shutdown.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -184,18 +185,19 @@ fn parse_sse(block: &str, bad_ids: &std::sync::atomic::AtomicUsize) -> Item {
     Item::Event(event)
 }
 
-/// Missing, duplicated and out-of-order events of `got` against `expected`.
-/// A subscription to every event on a raw connection that the test reads
-/// only when it chooses to (a slow consumer).
-async fn unread_subscription(address: &str) -> tokio::net::TcpStream {
+/// A subscription to `query` (`POST /subscribe`) on a raw connection that
+/// the test reads only when it chooses to (a slow consumer).
+async fn unread_subscription(address: &str, query: &Value) -> tokio::net::TcpStream {
     let host = address.trim_start_matches("http://").to_string();
     let mut stream = tokio::net::TcpStream::connect(&host)
         .await
         .expect("connect");
+    let body = json!({ "query": query }).to_string();
     stream
         .write_all(
             format!(
-                "GET /subscribe HTTP/1.1\r\nHost: {host}\r\nAccept: application/x-ndjson\r\n\r\n"
+                "POST /subscribe HTTP/1.1\r\nHost: {host}\r\nAccept: application/x-ndjson\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
             )
             .as_bytes(),
         )
@@ -218,6 +220,7 @@ fn json_lines(received: &[u8]) -> Vec<Value> {
         .collect()
 }
 
+/// Missing, duplicated and out-of-order events of `got` against `expected`.
 fn violations(expected: &[i64], got: &[i64]) -> (usize, usize, usize) {
     let mut seen: HashMap<i64, usize> = HashMap::new();
     for p in got {
@@ -409,7 +412,7 @@ async fn a_slow_subscriber_neither_delays_the_others_nor_grows_memory_without_bo
     let http = client();
     let all = json!({"items": []});
     // The slow subscriber sends its request and then reads nothing at all.
-    let mut slow = unread_subscription(&server.address).await;
+    let mut slow = unread_subscription(&server.address, &all).await;
     let mut fast = Subscription::open(&http, &server.address, &all, None, false, None).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_before = rss_bytes(server.pid()).unwrap_or(0);
@@ -518,7 +521,7 @@ async fn a_subscriber_that_falls_too_far_behind_is_ended_saying_where_to_resume_
     // The lagging subscriber sends its request, then reads nothing while
     // 20 MB of events (10,000) are appended: far more than socket buffers
     // hold, and far more than max_lag_events.
-    let mut slow = unread_subscription(&server.address).await;
+    let mut slow = unread_subscription(&server.address, &json!({"items": []})).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let data = "x".repeat(2_000);
     let (appends, per_append) = (100, 100);
@@ -683,13 +686,11 @@ async fn over_the_subscriber_limit_the_answer_is_503_json_until_a_place_frees() 
     let body: Value = serde_json::from_str(&body).expect("JSON error body");
     assert_eq!(body["error"]["code"], "overloaded");
     drop(a);
-    // The server notices the closed connection on its next write at the
-    // latest; a heartbeat or an event makes one.
+    // The server reads the end of the closed connection: the place frees
+    // without anything written to it.
     let mut freed = false;
-    for i in 0..50 {
-        app.append(json!({"events": [event("E", &[], &format!("{i}"))]}))
-            .await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
         let response = app
             .http
             .get(format!("{}/subscribe", app.address))
@@ -811,4 +812,146 @@ async fn on_shutdown_every_subscription_ends_at_once_saying_where_to_resume() {
         stopped < Duration::from_secs(5),
         "shutdown took {stopped:?}"
     );
+}
+
+/// The text of `/metrics`.
+async fn metrics_text(http: &reqwest::Client, address: &str) -> String {
+    http.get(format!("{address}/metrics"))
+        .send()
+        .await
+        .expect("metrics request")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+#[actix_rt::test]
+async fn subscribers_that_read_and_close_free_their_places_at_once() {
+    // Heartbeats far apart: a closed subscriber is not noticed by a write.
+    let app = spawn_app_with(|s| s.subscriptions.heartbeat_interval_ms = 60_000).await;
+    for i in 0..10 {
+        app.append(json!({"events": [event("E", &["t"], &format!("{i}"))]}))
+            .await;
+    }
+    let all = json!({"items": []});
+    let (cycles, batch) = (500, 50);
+    let started = Instant::now();
+    for b in 0..cycles / batch {
+        let rounds = (0..batch).map(|i| {
+            let (http, address, all) = (app.http.clone(), app.address.clone(), all.clone());
+            async move {
+                let sse = (b + i) % 2 == 0;
+                let mut s = Subscription::open(&http, &address, &all, None, sse, None).await;
+                s.events(10, Duration::from_secs(20)).await.len()
+            }
+        });
+        let read = futures_util::future::join_all(rounds).await;
+        assert!(read.iter().all(|n| *n == 10), "{read:?}");
+    }
+    let cycled = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let active = metric(
+        &metrics_text(&app.http, &app.address).await,
+        "crablet_subscriptions_active",
+    );
+    println!("{cycles} subscribe-read-close cycles in {cycled:?}; 2 s later {active} subscriptions active");
+    assert!(
+        active <= 5.0,
+        "{active} subscriptions still active after their clients closed"
+    );
+    let mut s = Subscription::open(&app.http, &app.address, &all, None, false, None).await;
+    assert_eq!(s.events(10, Duration::from_secs(10)).await.len(), 10);
+}
+
+#[actix_rt::test]
+async fn subscribers_that_never_read_hold_no_more_than_their_byte_budget_of_large_events() {
+    let database = fresh_database().await;
+    let budget: usize = 2 << 20;
+    let mut server = spawn_process_with_env(
+        &database,
+        &[(
+            "CRABLET_SUBSCRIPTIONS__BUFFER_BYTES",
+            budget.to_string().as_str(),
+        )],
+    )
+    .await;
+    let http = client();
+    // Four subscribers, each to its own quarter of the events, that read
+    // nothing at all: each would buffer 25 MiB of distinct events.
+    let quarters = 4;
+    let mut silent = Vec::new();
+    for q in 0..quarters {
+        let query = json!({"items": [{"tags": [format!("q:{q}")]}]});
+        silent.push(unread_subscription(&server.address, &query).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_before = rss_bytes(server.pid()).unwrap_or(0);
+
+    // 200 events of 512 KiB, one per quarter in each append.
+    let data = "x".repeat(512 << 10);
+    let appends = 50;
+    for _ in 0..appends {
+        let events: Vec<Value> = (0..quarters)
+            .map(|q| event("Big", &[&format!("q:{q}")], &data))
+            .collect();
+        let answer = post_append(&http, &server.address, &json!({"events": events})).await;
+        assert!(answer.appended(), "{answer:?}");
+    }
+    // Let the tailer pass everything on.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = rss_bytes(server.pid()).unwrap_or(0);
+    let metrics = metrics_text(&http, &server.address).await;
+    let buffered = metric(&metrics, "crablet_subscription_buffered_bytes") as usize;
+    let detached = metric(&metrics, "crablet_subscription_detached_total");
+    let appended = appends * quarters * data.len();
+    println!(
+        "{} MiB appended; buffered {} KiB in live buffers, {detached} detachments; server RSS {} MiB before, {} MiB after",
+        appended >> 20,
+        buffered >> 10,
+        rss_before >> 20,
+        rss_after >> 20,
+    );
+    assert!(
+        buffered <= quarters * budget,
+        "{buffered} bytes buffered for {quarters} subscribers of {budget} bytes each"
+    );
+    // Each also has up to one chunk of its events on its way to the socket.
+    let margin = 24 << 20;
+    assert!(
+        (rss_after as usize) < rss_before as usize + 2 * quarters * budget + margin,
+        "server RSS grew from {} MiB to {} MiB",
+        rss_before >> 20,
+        rss_after >> 20
+    );
+
+    // Now the first reads: every one of its events, once, in order.
+    let expected: Vec<i64> = (0..appends as i64)
+        .map(|i| i * quarters as i64 + 1)
+        .collect();
+    let last = format!("\"position\":{}", expected[expected.len() - 1]);
+    let reader = &mut silent[0];
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(5), reader.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => received.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+        let tail = &received[received.len().saturating_sub(1 << 20)..];
+        if find(tail, last.as_bytes()).is_some() && tail.ends_with(b"\n") {
+            break;
+        }
+    }
+    let got: Vec<i64> = json_lines(&received)
+        .iter()
+        .filter_map(|v| v.get("position").and_then(Value::as_i64))
+        .collect();
+    let (missing, duplicated, unordered) = violations(&expected, &got);
+    println!(
+        "the reader: {} events, {missing} missing, {duplicated} duplicated, {unordered} out of order",
+        got.len()
+    );
+    assert_eq!(got, expected);
+    let _ = server_kill(&mut server);
 }
