@@ -39,6 +39,8 @@ pub const LABEL_PROJECT: &str = "project";
 /// One operation in this many of the project scenario is an append (the
 /// trickle that keeps the projection's state moving).
 const PROJECT_APPEND_EVERY: u64 = 20;
+/// Projectors of one `project-cold` request.
+pub const COLD_PROJECTORS: usize = 10;
 
 /// Data of the events of the one-request hot-keys decision.
 const HOT_KEY_REQUIRE_DATA: &str = "{\"decided\":\"require\"}";
@@ -84,6 +86,10 @@ pub enum ScenarioKind {
     /// `POST /project`: a count over every preloaded event (their type), while
     /// one operation in 20 appends one more.
     Project,
+    /// `POST /project` of 10 `sum`s over every stored event, each at a path no
+    /// earlier request used: every projector is a first evaluation (P12's
+    /// expensive request).
+    ProjectCold,
 }
 
 impl ScenarioKind {
@@ -100,6 +106,7 @@ impl ScenarioKind {
             Self::Quick => "quick",
             Self::Health => "health",
             Self::Project => "project",
+            Self::ProjectCold => "project-cold",
         }
     }
 }
@@ -236,7 +243,7 @@ impl Scenario {
             ScenarioKind::HotKeys | ScenarioKind::Consistency => LABEL_DECISION,
             ScenarioKind::Quick => LABEL_QUICK,
             ScenarioKind::Health => LABEL_HEALTH,
-            ScenarioKind::Project => LABEL_PROJECT,
+            ScenarioKind::Project | ScenarioKind::ProjectCold => LABEL_PROJECT,
         }
     }
 
@@ -306,6 +313,10 @@ impl Scenario {
                 (LABEL_APPEND, self.append_preloaded(ctx).await)
             }
             ScenarioKind::Project => (LABEL_PROJECT, self.project_all(ctx).await),
+            ScenarioKind::ProjectCold => {
+                let projectors = self.cold_sums(ctx.id, ctx.seq);
+                (LABEL_PROJECT, project(ctx, projectors).await)
+            }
             ScenarioKind::Health => (
                 LABEL_HEALTH,
                 match ctx.conn.health().await {
@@ -337,22 +348,33 @@ impl Scenario {
 
     /// `POST /project`: how many preloaded events there are.
     async fn project_all(&self, ctx: &mut ClientCtx) -> Outcome {
-        let body = serde_json::json!({"projectors": [{
+        let projector = serde_json::json!({
             "id": "all",
             "query": Query::single(QueryItem {
                 types: vec![preload::PRELOAD_TYPE.into()],
                 tags: Vec::new(),
             }),
             "reduce": "count",
-        }]});
-        match ctx.conn.project(&body).await {
-            Ok(answer) if answer["states"]["all"].is_u64() => Outcome::Ok { items: 1 },
-            Ok(answer) => Outcome::Error {
-                label: "bad_state".into(),
-                message: answer.to_string(),
-            },
-            Err(e) => error(&e),
-        }
+        });
+        project(ctx, vec![projector]).await
+    }
+
+    /// The projectors of `project-cold` request `seq` of client `client`:
+    /// [`COLD_PROJECTORS`] sums over every event (`{"items": []}`), at paths
+    /// that name the run, the client, the request and the projector, so no
+    /// server has seen any of them before (none is remembered). The events
+    /// have nothing there: the sums are 0, but each still reads every event.
+    fn cold_sums(&self, client: usize, seq: u64) -> Vec<serde_json::Value> {
+        (0..COLD_PROJECTORS)
+            .map(|j| {
+                serde_json::json!({
+                    "id": format!("s{j}"),
+                    "query": Query { items: Vec::new() },
+                    "reduce": "sum",
+                    "path": format!("/amount/{}/{client}/{seq}/{j}", self.cfg.run_id),
+                })
+            })
+            .collect()
     }
 
     /// One more preloaded event (the project scenario's trickle).
@@ -708,6 +730,32 @@ fn add_missing(v: &mut Verification, acknowledged: &[u64], log: &[u64]) {
     }
 }
 
+/// `POST /project` of `projectors` (each with an `id`): ok when every one of
+/// them has a number for its state.
+async fn project(ctx: &mut ClientCtx, projectors: Vec<serde_json::Value>) -> Outcome {
+    let ids: Vec<String> = projectors
+        .iter()
+        .filter_map(|p| p["id"].as_str().map(str::to_owned))
+        .collect();
+    let body = serde_json::json!({ "projectors": projectors });
+    match ctx.conn.project(&body).await {
+        Ok(answer)
+            if ids
+                .iter()
+                .all(|id| answer["states"][id.as_str()].is_number()) =>
+        {
+            Outcome::Ok {
+                items: ids.len() as u64,
+            }
+        }
+        Ok(answer) => Outcome::Error {
+            label: "bad_state".into(),
+            message: answer.to_string(),
+        },
+        Err(e) => error(&e),
+    }
+}
+
 /// An error outcome from a request error.
 fn error(e: &RequestError) -> Outcome {
     Outcome::Error {
@@ -793,6 +841,28 @@ mod tests {
         );
         let err = append_outcome(Err(RequestError::Timeout), 1, None);
         assert!(matches!(err, Outcome::Error { label, .. } if label == "timeout"));
+    }
+
+    #[test]
+    fn cold_projections_never_repeat_a_projector() {
+        let s = scenario(ScenarioKind::ProjectCold);
+        let paths = |client, seq| -> Vec<String> {
+            s.cold_sums(client, seq)
+                .iter()
+                .map(|p| {
+                    assert_eq!(p["reduce"], "sum");
+                    assert_eq!(p["query"], serde_json::json!({"items": []}));
+                    p["path"].as_str().unwrap().to_owned()
+                })
+                .collect()
+        };
+        let mut seen = std::collections::HashSet::new();
+        for (client, seq) in [(0, 1), (0, 2), (1, 1)] {
+            let request = paths(client, seq);
+            assert_eq!(request.len(), COLD_PROJECTORS);
+            assert!(request.into_iter().all(|p| seen.insert(p)));
+        }
+        assert!(seen.iter().all(|p| p.starts_with("/amount/r1/")));
     }
 
     #[test]
