@@ -107,7 +107,8 @@ CREATE FUNCTION crablet_append_batch(
     p_probe_tags       text[],   -- per probe: its tags, an array literal
     p_probe_types      text[],   -- per probe: its types (none: any), an array literal
     p_probe_candidates text[],   -- per probe: NULL when exact, else the keys it may be
-                                 -- driven by (an array literal; the rarest is scanned)
+                                 -- driven by (an array literal; the rarest is scanned);
+                                 -- NULL as a whole when every probe is exact
     p_probe_budget     int8[],   -- per probe: index entries it may visit (when not exact)
     p_pair_later       int4[],   -- per in-batch match, ordered by later: the append
     p_pair_earlier     int4[],   -- whose condition matches an event of this earlier one,
@@ -158,6 +159,9 @@ DECLARE
     -- Per append: a probe (0-based, in the batch) that visited its budget
     -- of index entries without finding a match.
     over_probe int4[];
+    -- Probes (1-based) crowded under their first key.
+    crowded int4[];
+    found_probe record;
     drive int8;
     pn int4;
     -- Step 3 in batch order, append by append, only when needed: otherwise
@@ -226,7 +230,16 @@ BEGIN
 
     -- The appends whose condition matched a stored event. One keyed probe
     -- (a single conditional append, the usual batch at low load) is one
-    -- EXISTS; several are one statement over all of them.
+    -- expression; several are one statement over all of them.
+    --
+    -- A probe that is not exact is first driven by its first key (an
+    -- entity's tag, in the usual item of a tag and a type): a match among
+    -- its first p_probe_budget entries after `after` is a hit; no match and
+    -- more entries than that leave it 'crowded', and only then is it driven
+    -- by its rarest key (crablet_rarest), one by one, below. One that still
+    -- finds no match within its budget while more entries remain is over
+    -- budget, and its append is refused as such unless another of its probes
+    -- matched (its later crowded probes are not evaluated).
     IF cardinality(p_probe_append) = 1 AND p_probe_key[1] IS NOT NULL
        AND p_probe_candidates[1] IS NULL THEN
         IF accepted[p_probe_append[1] + 1] AND EXISTS (
@@ -240,64 +253,116 @@ BEGIN
         THEN
             probe_failed[p_probe_append[1] + 1] := true;
         END IF;
-    ELSIF cardinality(p_probe_append) > 0 THEN
-        FOREACH failed IN ARRAY ARRAY(
-            SELECT DISTINCT p.append
-            FROM unnest(p_probe_append, p_probe_key, p_probe_tags, p_probe_types,
-                        p_probe_candidates)
-                 AS p(append, key, tags, types, candidates)
-            WHERE p.candidates IS NULL AND CASE
-                -- The all-query: max() is a one-entry backward scan of the
-                -- primary key, never a scan of the log.
-                WHEN p.key IS NULL THEN
-                    (SELECT max(e.position) FROM events e) > p_after[p.append + 1]
-                ELSE EXISTS (
-                    SELECT 1
-                    FROM event_keys ek
-                    JOIN events e ON e.position = ek.position
-                    WHERE ek.key = p.key
-                      AND ek.position > p_after[p.append + 1]
-                      AND crablet_matches(e.tags, e.type, p.tags::text[], p.types::text[]))
-            END)
-        LOOP
-            probe_failed[failed + 1] := true;
-        END LOOP;
-        -- Probes that are not exact, one by one: driven by their rarest key,
-        -- each visits at most its budget of index entries. One that finds no
-        -- match within it while more entries remain is over budget, and its
-        -- append is refused as such unless a probe before it matched (the
-        -- rest of its probes are not evaluated).
-        FOR pn IN 1 .. cardinality(p_probe_append) LOOP
-            a := p_probe_append[pn];
-            CONTINUE WHEN p_probe_candidates[pn] IS NULL OR NOT accepted[a + 1]
-                          OR coalesce(probe_failed[a + 1], false)
-                          OR over_probe[a + 1] IS NOT NULL;
-            drive := crablet_rarest(p_probe_candidates[pn]::int8[], p_after[a + 1],
-                                    9223372036854775807, p_probe_budget[pn]);
+    ELSIF cardinality(p_probe_append) = 1 AND p_probe_key[1] IS NOT NULL THEN
+        -- One probe that is not exact (an item of a tag and a type): the
+        -- first-key pass below, as one expression.
+        IF accepted[p_probe_append[1] + 1] THEN
             IF EXISTS (
                 SELECT 1
                 FROM (SELECT ek.position
                       FROM event_keys ek
-                      WHERE ek.key = drive AND ek.position > p_after[a + 1]
+                      WHERE ek.key = p_probe_key[1]
+                        AND ek.position > p_after[p_probe_append[1] + 1]
                       ORDER BY ek.position
-                      LIMIT p_probe_budget[pn]) ek
+                      LIMIT p_probe_budget[1]) ek
                 JOIN events e ON e.position = ek.position
-                WHERE crablet_matches(e.tags, e.type, p_probe_tags[pn]::text[],
-                                      p_probe_types[pn]::text[]))
+                WHERE crablet_matches(e.tags, e.type, p_probe_tags[1]::text[],
+                                      p_probe_types[1]::text[]))
             THEN
-                probe_failed[a + 1] := true;
+                probe_failed[p_probe_append[1] + 1] := true;
             ELSIF EXISTS (
                 SELECT 1
                 FROM event_keys ek
-                WHERE ek.key = drive AND ek.position > p_after[a + 1]
+                WHERE ek.key = p_probe_key[1] AND ek.position > p_after[p_probe_append[1] + 1]
                 ORDER BY ek.position
-                OFFSET p_probe_budget[pn]
+                OFFSET p_probe_budget[1]
                 LIMIT 1)
             THEN
-                over_probe[a + 1] := pn - 1;
+                crowded := ARRAY[1];
+            END IF;
+        END IF;
+    ELSIF cardinality(p_probe_append) > 0 THEN
+        FOR found_probe IN
+            SELECT v.append, v.ord, v.verdict
+            FROM (SELECT p.append, p.ord::int4 AS ord, CASE
+                      -- The all-query: max() is a one-entry backward scan of
+                      -- the primary key, never a scan of the log.
+                      WHEN p.key IS NULL THEN
+                          CASE WHEN (SELECT max(e.position) FROM events e)
+                                    > p_after[p.append + 1] THEN 'hit' END
+                      WHEN p.candidates IS NULL THEN
+                          CASE WHEN EXISTS (
+                              SELECT 1
+                              FROM event_keys ek
+                              JOIN events e ON e.position = ek.position
+                              WHERE ek.key = p.key
+                                AND ek.position > p_after[p.append + 1]
+                                AND crablet_matches(e.tags, e.type, p.tags::text[],
+                                                    p.types::text[]))
+                          THEN 'hit' END
+                      WHEN EXISTS (
+                          SELECT 1
+                          FROM (SELECT ek.position
+                                FROM event_keys ek
+                                WHERE ek.key = p.key AND ek.position > p_after[p.append + 1]
+                                ORDER BY ek.position
+                                LIMIT p.budget) ek
+                          JOIN events e ON e.position = ek.position
+                          WHERE crablet_matches(e.tags, e.type, p.tags::text[],
+                                                p.types::text[]))
+                      THEN 'hit'
+                      WHEN EXISTS (
+                          SELECT 1
+                          FROM event_keys ek
+                          WHERE ek.key = p.key AND ek.position > p_after[p.append + 1]
+                          ORDER BY ek.position
+                          OFFSET p.budget
+                          LIMIT 1)
+                      THEN 'crowded'
+                  END AS verdict
+                  FROM unnest(p_probe_append, p_probe_key, p_probe_tags, p_probe_types,
+                              p_probe_candidates, p_probe_budget)
+                       WITH ORDINALITY AS p(append, key, tags, types, candidates, budget, ord)
+                 ) v
+            WHERE v.verdict IS NOT NULL
+            ORDER BY v.ord
+        LOOP
+            IF found_probe.verdict = 'hit' THEN
+                probe_failed[found_probe.append + 1] := true;
+            ELSE
+                crowded := crowded || found_probe.ord;
             END IF;
         END LOOP;
     END IF;
+    FOREACH pn IN ARRAY coalesce(crowded, '{}') LOOP
+        a := p_probe_append[pn];
+        CONTINUE WHEN NOT accepted[a + 1] OR coalesce(probe_failed[a + 1], false)
+                      OR over_probe[a + 1] IS NOT NULL;
+        drive := crablet_rarest(p_probe_candidates[pn]::int8[], p_after[a + 1],
+                                9223372036854775807, p_probe_budget[pn]);
+        IF drive <> p_probe_key[pn] AND EXISTS (
+            SELECT 1
+            FROM (SELECT ek.position
+                  FROM event_keys ek
+                  WHERE ek.key = drive AND ek.position > p_after[a + 1]
+                  ORDER BY ek.position
+                  LIMIT p_probe_budget[pn]) ek
+            JOIN events e ON e.position = ek.position
+            WHERE crablet_matches(e.tags, e.type, p_probe_tags[pn]::text[],
+                                  p_probe_types[pn]::text[]))
+        THEN
+            probe_failed[a + 1] := true;
+        ELSIF drive = p_probe_key[pn] OR EXISTS (
+            SELECT 1
+            FROM event_keys ek
+            WHERE ek.key = drive AND ek.position > p_after[a + 1]
+            ORDER BY ek.position
+            OFFSET p_probe_budget[pn]
+            LIMIT 1)
+        THEN
+            over_probe[a + 1] := pn - 1;
+        END IF;
+    END LOOP;
 
     IF NOT ordered THEN
         -- The stored matches, then the in-batch ones, each certain (its

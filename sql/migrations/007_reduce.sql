@@ -64,7 +64,9 @@ BEGIN
             FROM (SELECT 1 FROM event_keys ek
                   WHERE ek.key = k AND ek.position > after AND ek.position < before
                   LIMIT cap) c;
-            IF n < cap THEN
+            IF n = 0 THEN
+                RETURN k;
+            ELSIF n < cap THEN
                 cap := n;
                 best := k;
             END IF;

@@ -436,8 +436,9 @@ struct ProbeColumns {
     /// Per probe: its types (none: any type), as an array literal.
     types: Vec<String>,
     /// Per probe: `None` when it is exact, else the keys it may be driven
-    /// by, as an array literal (the function scans the rarest).
-    candidates: Vec<Option<String>>,
+    /// by, as an array literal (the function scans the rarest); `None` as a
+    /// whole (SQL NULL) when every probe is exact, the usual batch.
+    candidates: Option<Vec<Option<String>>>,
     /// Per probe: the index entries it may visit (its append's budget shared
     /// by the append's probes that are not exact).
     budgets: Vec<i64>,
@@ -460,10 +461,16 @@ impl ProbeColumns {
                 cols.keys.push(probe.key);
                 cols.tags.push(array_literal(probe.tags));
                 cols.types.push(array_literal(probe.types));
-                cols.candidates.push(probe.candidate_keys().map(|keys| {
+                let candidates = probe.candidate_keys().map(|keys| {
                     let keys: Vec<String> = keys.iter().map(Key::to_string).collect();
                     format!("{{{}}}", keys.join(","))
-                }));
+                });
+                if candidates.is_some() && cols.candidates.is_none() {
+                    cols.candidates = Some(vec![None; cols.keys.len() - 1]);
+                }
+                if let Some(all) = &mut cols.candidates {
+                    all.push(candidates);
+                }
                 cols.budgets.push(share);
                 cols.items.push(probe.item);
             }
