@@ -162,6 +162,7 @@ DECLARE
     -- Probes (1-based) crowded under their first key.
     crowded int4[];
     found_probe record;
+    verdict text;
     drive int8;
     pn int4;
     -- Step 3 in batch order, append by append, only when needed: otherwise
@@ -257,27 +258,21 @@ BEGIN
         -- One probe that is not exact (an item of a tag and a type): the
         -- first-key pass below, as one expression.
         IF accepted[p_probe_append[1] + 1] THEN
-            IF EXISTS (
-                SELECT 1
-                FROM (SELECT ek.position
-                      FROM event_keys ek
-                      WHERE ek.key = p_probe_key[1]
-                        AND ek.position > p_after[p_probe_append[1] + 1]
-                      ORDER BY ek.position
-                      LIMIT p_probe_budget[1]) ek
-                JOIN events e ON e.position = ek.position
-                WHERE crablet_matches(e.tags, e.type, p_probe_tags[1]::text[],
-                                      p_probe_types[1]::text[]))
-            THEN
+            SELECT CASE WHEN x.m THEN 'hit' ELSE 'crowded' END INTO verdict
+            FROM (SELECT crablet_matches(e.tags, e.type, p_probe_tags[1]::text[],
+                                         p_probe_types[1]::text[]) AS m, ek.n
+                  FROM (SELECT ek.position, row_number() OVER (ORDER BY ek.position) AS n
+                        FROM event_keys ek
+                        WHERE ek.key = p_probe_key[1]
+                          AND ek.position > p_after[p_probe_append[1] + 1]
+                        ORDER BY ek.position
+                        LIMIT p_probe_budget[1] + 1) ek
+                  JOIN events e ON e.position = ek.position) x
+            WHERE x.m OR x.n > p_probe_budget[1]
+            LIMIT 1;
+            IF verdict = 'hit' THEN
                 probe_failed[p_probe_append[1] + 1] := true;
-            ELSIF EXISTS (
-                SELECT 1
-                FROM event_keys ek
-                WHERE ek.key = p_probe_key[1] AND ek.position > p_after[p_probe_append[1] + 1]
-                ORDER BY ek.position
-                OFFSET p_probe_budget[1]
-                LIMIT 1)
-            THEN
+            ELSIF verdict = 'crowded' THEN
                 crowded := ARRAY[1];
             END IF;
         END IF;
@@ -300,25 +295,23 @@ BEGIN
                                 AND crablet_matches(e.tags, e.type, p.tags::text[],
                                                     p.types::text[]))
                           THEN 'hit' END
-                      WHEN EXISTS (
-                          SELECT 1
-                          FROM (SELECT ek.position
-                                FROM event_keys ek
-                                WHERE ek.key = p.key AND ek.position > p_after[p.append + 1]
-                                ORDER BY ek.position
-                                LIMIT p.budget) ek
-                          JOIN events e ON e.position = ek.position
-                          WHERE crablet_matches(e.tags, e.type, p.tags::text[],
-                                                p.types::text[]))
-                      THEN 'hit'
-                      WHEN EXISTS (
-                          SELECT 1
-                          FROM event_keys ek
-                          WHERE ek.key = p.key AND ek.position > p_after[p.append + 1]
-                          ORDER BY ek.position
-                          OFFSET p.budget
+                      -- One ordered scan of at most budget + 1 entries,
+                      -- ended by the first match ('hit') or by the entry
+                      -- past the budget ('crowded').
+                      ELSE (
+                          SELECT CASE WHEN x.m THEN 'hit' ELSE 'crowded' END
+                          FROM (SELECT crablet_matches(e.tags, e.type, p.tags::text[],
+                                                       p.types::text[]) AS m, ek.n
+                                FROM (SELECT ek.position,
+                                             row_number() OVER (ORDER BY ek.position) AS n
+                                      FROM event_keys ek
+                                      WHERE ek.key = p.key
+                                        AND ek.position > p_after[p.append + 1]
+                                      ORDER BY ek.position
+                                      LIMIT p.budget + 1) ek
+                                JOIN events e ON e.position = ek.position) x
+                          WHERE x.m OR x.n > p.budget
                           LIMIT 1)
-                      THEN 'crowded'
                   END AS verdict
                   FROM unnest(p_probe_append, p_probe_key, p_probe_tags, p_probe_types,
                               p_probe_candidates, p_probe_budget)

@@ -79,6 +79,57 @@ async fn victim(tune: impl FnOnce(&mut crablet::config::Settings)) -> TestApp {
     app
 }
 
+/// Counted, or why not.
+type Failures = Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Sends `request()` until `stop`, pausing `pause` after each: counted in
+/// `done` when it succeeds, its failure kept in `failures` otherwise.
+fn innocent_loop<F, R>(
+    stop: &Arc<AtomicBool>,
+    done: &Arc<AtomicU64>,
+    failures: &Failures,
+    pause: Duration,
+    mut request: F,
+) -> actix_rt::task::JoinHandle<()>
+where
+    F: FnMut() -> R + 'static,
+    R: std::future::Future<Output = Result<(), String>> + 'static,
+{
+    let (stop, done, failures) = (stop.clone(), done.clone(), failures.clone());
+    actix_rt::spawn(async move {
+        while !stop.load(Ordering::Relaxed) {
+            match request().await {
+                Ok(()) => {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(failure) => failures.lock().unwrap().push(failure),
+            }
+            actix_rt::time::sleep(pause).await;
+        }
+    })
+}
+
+/// `Ok` for a 200 (with `events` events, when given); otherwise what came.
+async fn checked(
+    what: &str,
+    sent: reqwest::Result<reqwest::Response>,
+    events: Option<usize>,
+) -> Result<(), String> {
+    let response = sent.map_err(|e| format!("{what}: {e}"))?;
+    let status = response.status();
+    if status != 200 {
+        let text = response.text().await.unwrap_or_default();
+        return Err(format!("{what} {status}: {text}"));
+    }
+    if let Some(expected) = events {
+        let got: Vec<Value> = response.json().await.map_err(|e| format!("{what}: {e}"))?;
+        if got.len() != expected {
+            return Err(format!("{what}: {} events, {expected} expected", got.len()));
+        }
+    }
+    Ok(())
+}
+
 /// Runs the innocent load for [`PHASE`].
 async fn innocents(app: &TestApp, phase: &str) -> Innocents {
     let http = client();
@@ -88,102 +139,53 @@ async fn innocents(app: &TestApp, phase: &str) -> Innocents {
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
     );
-    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let health_failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let failures: Failures = Arc::default();
+    let health_failures: Failures = Arc::default();
     let mut tasks = Vec::new();
     for c in 0..APPENDERS {
-        let (http, address, stop) = (http.clone(), app.address.clone(), stop.clone());
-        let (done, failures) = (appends.clone(), failures.clone());
-        let phase = phase.to_string();
-        tasks.push(actix_rt::spawn(async move {
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
+        let (http, address, phase) = (http.clone(), app.address.clone(), phase.to_string());
+        let mut n = 0;
+        tasks.push(innocent_loop(
+            &stop,
+            &appends,
+            &failures,
+            PAUSE,
+            move || {
                 n += 1;
                 let key = format!("innocent:{phase}:{c}:{n}");
                 let body = json!({
                     "events": [{"type": "Registered", "tags": [key], "data": "{}"}],
                     "condition": {"failIfEventsMatch": {"items": [{"tags": [key]}]}}
                 });
-                match http
-                    .post(format!("{address}/append"))
-                    .json(&body)
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status() == 200 => {
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(r) => {
-                        let status = r.status();
-                        let text = r.text().await.unwrap_or_default();
-                        failures
-                            .lock()
-                            .unwrap()
-                            .push(format!("append {status}: {text}"));
-                    }
-                    Err(e) => failures.lock().unwrap().push(format!("append: {e}")),
-                }
-                actix_rt::time::sleep(PAUSE).await;
-            }
-        }));
+                let sent = http.post(format!("{address}/append")).json(&body).send();
+                async move { checked("append", sent.await, None).await }
+            },
+        ));
     }
     for c in 0..READERS {
-        let (http, address, stop) = (http.clone(), app.address.clone(), stop.clone());
-        let (done, failures) = (reads.clone(), failures.clone());
-        tasks.push(actix_rt::spawn(async move {
-            let mut n = c;
-            while !stop.load(Ordering::Relaxed) {
-                n = (n * 7919 + 13) % EVENTS;
-                let query = json!({"items": [{"tags": [format!("u:{n}")]}]}).to_string();
-                let sent = http
-                    .get(format!("{address}/read"))
-                    .query(&[("query", query)])
-                    .send()
-                    .await;
-                match sent {
-                    Ok(r) if r.status() == 200 => match r.json::<Vec<Value>>().await {
-                        Ok(events) if events.len() == 1 => {
-                            done.fetch_add(1, Ordering::Relaxed);
-                        }
-                        other => failures.lock().unwrap().push(format!("read: {other:?}")),
-                    },
-                    Ok(r) => {
-                        let status = r.status();
-                        let text = r.text().await.unwrap_or_default();
-                        failures
-                            .lock()
-                            .unwrap()
-                            .push(format!("read {status}: {text}"));
-                    }
-                    Err(e) => failures.lock().unwrap().push(format!("read: {e}")),
-                }
-                actix_rt::time::sleep(PAUSE).await;
-            }
+        let (http, address) = (http.clone(), app.address.clone());
+        let mut n = c;
+        tasks.push(innocent_loop(&stop, &reads, &failures, PAUSE, move || {
+            n = (n * 7919 + 13) % EVENTS;
+            let query = json!({"items": [{"tags": [format!("u:{n}")]}]}).to_string();
+            let sent = http
+                .get(format!("{address}/read"))
+                .query(&[("query", query)])
+                .send();
+            async move { checked("read", sent.await, Some(1)).await }
         }));
     }
-    {
-        let (http, address, stop) = (http.clone(), app.address.clone(), stop.clone());
-        let (done, failures) = (probes.clone(), health_failures.clone());
-        tasks.push(actix_rt::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                match http.get(format!("{address}/health")).send().await {
-                    Ok(r) if r.status() == 200 => {
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(r) => {
-                        let status = r.status();
-                        let text = r.text().await.unwrap_or_default();
-                        failures
-                            .lock()
-                            .unwrap()
-                            .push(format!("health {status}: {text}"));
-                    }
-                    Err(e) => failures.lock().unwrap().push(format!("health: {e}")),
-                }
-                actix_rt::time::sleep(Duration::from_millis(50)).await;
-            }
-        }));
-    }
+    let (http, address) = (http.clone(), app.address.clone());
+    tasks.push(innocent_loop(
+        &stop,
+        &probes,
+        &health_failures,
+        Duration::from_millis(50),
+        move || {
+            let sent = http.get(format!("{address}/health")).send();
+            async move { checked("health", sent.await, None).await }
+        },
+    ));
     actix_rt::time::sleep(PHASE).await;
     stop.store(true, Ordering::Relaxed);
     join_all(tasks).await;
@@ -315,6 +317,28 @@ fn statuses(answers: &Answers) -> Vec<u16> {
     seen
 }
 
+/// Asserts that every answer has `status` and a message naming each of
+/// `named`.
+fn assert_refused(answers: &Answers, status: u16, named: &[&str]) {
+    for (got, body) in answers {
+        assert_eq!(*got, status, "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            named.iter().all(|name| message.contains(name)),
+            "the answer names {named:?}: {message}"
+        );
+    }
+}
+
+/// An attacker's append of one event with a condition of `items`.
+fn conditional_attempt(n: usize, items: Vec<Value>) -> (&'static str, Body) {
+    let condition = json!({"failIfEventsMatch": {"items": items}});
+    (
+        "/append",
+        json!({"events": one_event(n), "condition": condition}).into(),
+    )
+}
+
 fn one_event(n: usize) -> Value {
     json!([{"type": "Attempted", "tags": [format!("attacker:{n}")], "data": "{}"}])
 }
@@ -361,15 +385,10 @@ async fn without_remembered_states_a_requirement_over_the_common_tag_is_over_bud
         )
     })
     .await;
-    for (status, body) in &answers {
-        assert_eq!(*status, 422, "{body}");
-        assert_eq!(body["error"]["code"], "over_budget", "{body}");
-        let message = body["error"]["message"].as_str().unwrap_or_default();
-        assert!(
-            message.contains("require[0]") && message.contains("5000"),
-            "the answer names the requirement and the limit: {message}"
-        );
-    }
+    assert_refused(&answers, 422, &["require[0]", "5000"]);
+    assert!(answers
+        .iter()
+        .all(|(_, body)| body["error"]["code"] == "over_budget"));
 }
 
 #[actix_rt::test]
@@ -381,11 +400,7 @@ async fn a_condition_over_the_common_tag_costs_its_rarest_tag_or_is_over_budget(
         let items: Vec<Value> = (0..64)
             .map(|i| json!({"tags": [COMMON, format!("nomatch:{n}:{i}")]}))
             .collect();
-        let condition = json!({"failIfEventsMatch": {"items": items}});
-        (
-            "/append",
-            json!({"events": one_event(n), "condition": condition}).into(),
-        )
+        conditional_attempt(n, items)
     })
     .await;
     assert_eq!(statuses(&answers), vec![200], "{:?}", &answers[..1]);
@@ -397,21 +412,14 @@ async fn a_condition_over_the_common_tag_costs_its_rarest_tag_or_is_over_budget(
         let items: Vec<Value> = (0..64)
             .map(|_| json!({"tags": ["half:a", "half:b"]}))
             .collect();
-        let condition = json!({"failIfEventsMatch": {"items": items}});
-        (
-            "/append",
-            json!({"events": one_event(n), "condition": condition}).into(),
-        )
+        conditional_attempt(n, items)
     })
     .await;
-    for (status, body) in &answers {
-        assert_eq!(*status, 422, "{body}");
-        let message = body["error"]["message"].as_str().unwrap_or_default();
-        assert!(
-            message.contains("condition.failIfEventsMatch.items[0]") && message.contains("5000"),
-            "the answer names the item and the limit: {message}"
-        );
-    }
+    assert_refused(
+        &answers,
+        422,
+        &["condition.failIfEventsMatch.items[0]", "5000"],
+    );
 }
 
 #[actix_rt::test]
@@ -424,11 +432,7 @@ async fn a_slow_decision_runs_in_the_decision_lane_beside_plain_appends() {
         let items: Vec<Value> = (0..8)
             .map(|_| json!({"tags": ["half:a", "half:b"]}))
             .collect();
-        let condition = json!({"failIfEventsMatch": {"items": items}});
-        (
-            "/append",
-            json!({"events": one_event(n), "condition": condition}).into(),
-        )
+        conditional_attempt(n, items)
     })
     .await;
     for (status, body) in &answers {
@@ -495,14 +499,7 @@ async fn an_append_with_too_many_index_entries_is_refused_before_it_costs_anythi
         .collect();
     let body = Arc::new(json!({"events": events}).to_string());
     let answers = under_attack(&app, 2, move |_| ("/append", Body(body.clone()))).await;
-    for (status, body) in &answers {
-        assert_eq!(*status, 400, "{body}");
-        let message = body["error"]["message"].as_str().unwrap_or_default();
-        assert!(
-            message.contains("4096") && message.contains("index entries"),
-            "{message}"
-        );
-    }
+    assert_refused(&answers, 400, &["4096", "index entries"]);
 }
 
 /// The costs the tests above rely on, measured once on an idle server: an
