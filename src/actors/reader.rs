@@ -48,10 +48,10 @@ pub struct ReaderPools {
 impl ReaderPools {
     /// The pool a read of `query` runs on.
     fn for_read(&self, query: &Query) -> (&Pool, Cost) {
-        if footprint::probes(query).iter().all(|p| p.is_exact()) {
-            (&self.plain, Cost::Plain)
-        } else {
+        if footprint::filters(query) {
             (&self.costly, Cost::Costly)
+        } else {
+            (&self.plain, Cost::Plain)
         }
     }
 

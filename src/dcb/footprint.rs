@@ -126,6 +126,17 @@ impl Probe<'_> {
     }
 }
 
+/// Whether some probe of `query` is not exact ([`Probe::is_exact`]): an item
+/// with several tags, or with tags and types. Such a query may visit index
+/// entries that it does not return; computed without building the probes
+/// (it is asked on every read and append).
+pub fn filters(query: &Query) -> bool {
+    query
+        .items
+        .iter()
+        .any(|item| !item.tags.is_empty() && (item.tags.len() > 1 || !item.types.is_empty()))
+}
+
 /// The probes that together find every event matching `query`: one per
 /// tagged item (driven by its first tag), one per type of a type-only item,
 /// and a single unkeyed probe for the all-query.
@@ -452,6 +463,13 @@ mod tests {
         );
         let typed = item(&["a"], &["T", "U"]);
         assert_eq!(probes(&typed)[0].candidate_keys(), Some(vec![tag_key("a")]));
+        for query in [&single, &type_only, &Query::all(), &two, &typed] {
+            assert_eq!(
+                filters(query),
+                probes(query).iter().any(|p| !p.is_exact()),
+                "{query:?}"
+            );
+        }
     }
 
     #[test]

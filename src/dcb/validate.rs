@@ -427,11 +427,11 @@ impl CheckedAppend {
     /// condition item that filters (several tags, or tags and types).
     pub fn scans_to_decide(&self) -> bool {
         !self.requirements.is_empty()
-            || self.request.condition.as_ref().is_some_and(|c| {
-                super::footprint::probes(&c.fail_if_events_match)
-                    .iter()
-                    .any(|p| !p.is_exact())
-            })
+            || self
+                .request
+                .condition
+                .as_ref()
+                .is_some_and(|c| super::footprint::filters(&c.fail_if_events_match))
     }
 
     /// Index entries the append writes (see `event_keys`).
