@@ -208,7 +208,11 @@ impl Application {
             &db_tls,
             &PoolSettings {
                 max_size: settings.reader.costly_pool_size,
-                connection_timeout: settings.reader.pool_timeout(),
+                // Costly work queues behind costly work: a request waits for
+                // the statement ahead of it to run its whole budget, and is
+                // refused busy only past that.
+                connection_timeout: settings.reader.pool_timeout()
+                    + settings.reader.costly_statement_timeout(),
                 statement_timeout: Some(settings.reader.costly_statement_timeout())
                     .filter(|t| !t.is_zero())
                     .unwrap_or(statement_timeout),

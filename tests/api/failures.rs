@@ -327,3 +327,58 @@ async fn a_batch_of_many_appends_cut_after_its_commit_is_not_retried_one_by_one(
     assert!(unknown >= 1);
     assert_eq!(violations, 0);
 }
+
+/// Costly reads queue behind one another: a costly read that waits for the
+/// one connection while the read ahead of it runs (here: held by a table
+/// lock) longer than `reader.pool_timeout_ms`, but within that read's time
+/// budget, is served, not refused busy.
+#[actix_rt::test]
+async fn a_costly_read_waits_for_the_costly_statement_ahead_of_it_within_its_budget() {
+    let url = fresh_database().await;
+    let app = spawn_app_on(&url, |settings| {
+        settings.reader.costly_pool_size = 1;
+        settings.reader.pool_timeout_ms = 200;
+        settings.reader.costly_statement_timeout_ms = 10_000;
+    })
+    .await;
+    let appended = app
+        .append(json!({"events": [{"type": "Seen", "tags": ["a:1", "b:1"], "data": "{}"}]}))
+        .await;
+    assert_eq!(appended.status, 200, "{:?}", appended.body);
+
+    let locker = connect(&url).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE events, event_keys IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock the tables");
+    // An item with two tags filters: both reads take the costly pool.
+    let costly_read = || {
+        let http = app.http.clone();
+        let address = app.address.clone();
+        actix_rt::spawn(async move {
+            let response = http
+                .post(format!("{address}/read"))
+                .json(&json!({"query": {"items": [{"tags": ["a:1", "b:1"]}]}}))
+                .send()
+                .await
+                .expect("read sent");
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap_or_default())
+        })
+    };
+    let first = costly_read();
+    actix_rt::time::sleep(std::time::Duration::from_millis(200)).await;
+    let second = costly_read();
+    // Both wait well past the pool timeout: the first on the lock (its
+    // connection's set-up and its query), the second for that connection.
+    actix_rt::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    locker.batch_execute("COMMIT").await.expect("unlock");
+    for (which, read) in [("first", first), ("second", second)] {
+        let (status, body) = read.await.expect("read task");
+        assert_eq!(status, 200, "the {which} costly read: {body}");
+        assert!(
+            body.contains("\"Seen\""),
+            "the {which} read's events: {body}"
+        );
+    }
+}
