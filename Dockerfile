@@ -1,7 +1,6 @@
 # Small runtime image: the release binary on Debian slim.
 #
-# The build needs vendor/ (crablet builds with a patched actix-http, see
-# Cargo.toml); .dockerignore keeps target/, data/ and .git out of the context.
+# .dockerignore keeps target/, data/ and .git out of the build context.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .

@@ -10,10 +10,10 @@
 //! `Retry-After`) only when crablet knows nothing was written, 500
 //! `outcome_unknown` when an append may have been written, and 500 with an
 //! opaque message for anything else (the full error chain is logged
-//! with the request id, never sent). Errors the HTTP/1 dispatcher raises
-//! before a request reaches crablet (malformed framing, a head too large or
-//! too slow) get the same shape from the patched actix-http (see
-//! `vendor/actix-http/README.crablet.md`), without a request id.
+//! with the request id, never sent). A request whose head cannot be parsed
+//! (malformed framing or request line, a head over the parser's limit, a head
+//! not sent in time) never reaches crablet: actix-http answers it with its
+//! own status (400, 431, 408) and an empty body.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
