@@ -18,13 +18,15 @@ use std::time::{Duration, Instant};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{middleware, web, App, HttpServer};
 
-use crate::actors::{EventStore, ReaderPools, Subscriptions, Writers};
+use crate::actors::{EventStore, ReaderPools, Writers};
 use crate::auth::{AuthError, AuthSettings, TokenStore, Tokens};
 use crate::config::Settings;
 use crate::embedded::{EmbeddedError, EmbeddedPostgres};
+use crate::head::Head;
 use crate::http::{self, AppState};
 use crate::metrics::{Metrics, PoolSample};
 use crate::store::{self, PoolSettings, ProjectionStates};
+use crate::subscriptions::Subscriptions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -235,10 +237,15 @@ impl Application {
             settings.projections.state_cache_bytes,
             &metrics,
         ));
-        let writers = Writers::start(writer_pool, &settings.writer, &metrics, states);
+        let head = Head::new();
+        metrics.watch_head(&head);
+        let writers = Writers::start(writer_pool, &settings.writer, &metrics, states, &head);
+        // The tailer reads through a facade of this thread.
+        let tailer_store =
+            EventStore::on_this_thread(&writers, reader_pools.clone(), &settings.reader, &metrics);
         let subscriptions = Subscriptions::start(
-            reader_pool.clone(),
-            writers.committed(),
+            tailer_store,
+            head.advances(),
             &settings.subscriptions,
             &metrics,
         );

@@ -9,7 +9,11 @@
 //! - [`actors`]: supervised writer lanes (group commit, keyed routing) and
 //!   reader actors, each owning its pooled connections, behind the small typed
 //!   facade [`actors::EventStore`].
+//! - [`subscriptions`]: following the log live: admission, the tailer, the
+//!   fan-out to live subscribers and each subscription's stream.
 //! - [`http`]: actix-web routes, request parsing, error mapping, streaming.
+//! - [`head`]: the committed head this process knows, asked by writers,
+//!   readers, subscriptions and metrics alike.
 //! - [`metrics`]: every Prometheus metric, with its help text and buckets.
 //! - [`auth`]: bearer tokens (digests, scopes, expiry) and their check.
 //! - [`tls`]: the HTTPS server configuration and its reload.
@@ -30,7 +34,9 @@ pub mod config;
 pub mod dcb;
 pub mod embedded;
 pub mod faults;
+pub mod head;
 pub mod http;
 pub mod metrics;
 pub mod store;
+pub mod subscriptions;
 pub mod tls;

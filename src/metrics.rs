@@ -11,9 +11,9 @@
 //! Values that are cheap to read but costly to track on every request (pool
 //! usage, the head position) are sampled when `/metrics` renders.
 
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::head::Head;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -159,11 +159,9 @@ pub struct MetricHandles {
     /// about its type, hence a counter advanced by the difference).
     pub pool_wait_timeouts_total: IntCounterVec,
     /// The highest position this process has written or read; a gauge set
-    /// from [`Self::head`] at render.
+    /// at render from the process's [`Head`] (see [`Metrics::watch_head`]).
     pub head_position: IntGauge,
-    /// Highest position seen, kept by the writers and readers with one
-    /// atomic `fetch_max` per batch or page.
-    head: Arc<AtomicI64>,
+    head: Arc<OnceLock<Head>>,
     /// The pools sampled at render.
     pools: Arc<Mutex<Vec<(&'static str, PoolSampler)>>>,
     /// The standard process metrics, without the `crablet_` prefix.
@@ -431,7 +429,7 @@ impl Metrics {
             pool_waiting,
             pool_wait_timeouts_total,
             head_position,
-            head: Arc::new(AtomicI64::new(0)),
+            head: Arc::new(OnceLock::new()),
             pools: Arc::new(Mutex::new(Vec::new())),
             process_registry,
         };
@@ -482,20 +480,9 @@ impl Metrics {
         }
     }
 
-    /// Records that `position` exists (committed: a batch returned it, or a
-    /// read saw it): the head gauge never goes down. One atomic operation;
-    /// call it once per batch or page.
-    pub fn saw_position(&self, position: i64) {
-        self.head.fetch_max(position, Ordering::Release);
-    }
-
-    /// The highest position this process has seen committed. Read before a
-    /// statement is sent, it is no later than that statement's snapshot:
-    /// every position up to it had committed (commits happen in position
-    /// order) before the statement started. Other processes' commits are
-    /// not in it, so it may be lower than the store's head; never higher.
-    pub fn known_head(&self) -> i64 {
-        self.head.load(Ordering::Acquire)
+    /// Samples `head` into `crablet_head_position` on every render.
+    pub fn watch_head(&self, head: &Head) {
+        let _ = self.head.set(head.clone());
     }
 
     /// Samples `pool` (named by the `pool` label) on every render.
@@ -512,7 +499,9 @@ impl Metrics {
 
     /// Sets the metrics that are sampled rather than tracked.
     fn sample(&self) {
-        self.head_position.set(self.head.load(Ordering::Relaxed));
+        if let Some(head) = self.head.get() {
+            self.head_position.set(head.known());
+        }
         let pools = self
             .pools
             .lock()

@@ -1,8 +1,8 @@
 //! Supervised writer and reader actors behind a small typed facade.
 //!
-//! [`EventStore`] is all the HTTP layer sees of the store: `append` and
-//! `read_page`; [`Subscriptions`] ([`tailer`], fanned out by [`fanout`]) is
-//! its live feed. Behind the facade, writer lanes ([`writer`]) each own one
+//! [`EventStore`] is what the HTTP layer and the subscriptions see of the
+//! store: `append`, `read_page`, `project`, `clear` and the lanes' health.
+//! Behind the facade, writer lanes ([`writer`]) each own one
 //! pooled connection and commit what is waiting in their queue as one batch;
 //! conditional appends are routed to a lane by the first key of their
 //! condition, so appends that may conflict meet in one lane (and are decided
@@ -22,26 +22,23 @@
 //! on an actor that is gone, and [`EventStore::lanes_down`] names the writer
 //! lanes that are not running, for readiness.
 
-pub mod fanout;
 pub mod reader;
-mod subscriber_index;
-pub mod tailer;
 pub mod writer;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::{Addr, Arbiter, Supervisor};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use crate::config::{ReaderSettings, WriterSettings};
 use crate::dcb::projection::{Projection, ProjectorSpec};
 use crate::dcb::{AppendOutcome, CheckedAppend, OverBudget, Page, Position, Query};
+use crate::head::Head;
 use crate::metrics::Metrics;
 use crate::store::{Failure, PageRows, Pool, ProjectionStates, StoreError};
 
 pub use reader::{Reader, ReaderPools};
-pub use tailer::Subscriptions;
 pub use writer::{LaneHealth, WriterLane};
 
 /// Why the event store could not serve a request.
@@ -97,6 +94,8 @@ pub struct EventStore {
     writers: Writers,
     /// The reader of the thread this facade was made for.
     reader: Addr<Reader>,
+    /// Where the reader cuts a page short (`reader.page_max_bytes`).
+    page_max_bytes: usize,
 }
 
 /// The writer lanes, started once and shared by every thread's facade.
@@ -107,9 +106,8 @@ pub struct Writers {
     health: Arc<[Arc<LaneHealth>]>,
     /// Round robin for appends without a condition.
     next_lane: Arc<AtomicUsize>,
-    /// The last position committed through this process, raised after
-    /// each successful append: wakes the subscription tailer at once.
-    committed: Arc<watch::Sender<Position>>,
+    /// The committed head, raised by the lanes and the readers.
+    head: Head,
     /// `append_duration_seconds`: each append, handed over to answered.
     append_duration: prometheus::Histogram,
     /// `budget_refusals_total`, for appends over their decision budget.
@@ -129,6 +127,7 @@ impl Writers {
         settings: &WriterSettings,
         metrics: &Metrics,
         states: Arc<ProjectionStates>,
+        head: &Head,
     ) -> Self {
         let writer_thread = Arbiter::new();
         // The configured lanes, and the decision lane after them.
@@ -140,10 +139,10 @@ impl Writers {
             .enumerate()
             .map(|(lane, health)| {
                 let (pool, settings, metrics) = (pool.clone(), settings.clone(), metrics.clone());
-                let (health, states) = (health.clone(), states.clone());
+                let (health, states, head) = (health.clone(), states.clone(), head.clone());
                 Supervisor::start_in_arbiter(&writer_thread.handle(), move |ctx| {
                     ctx.set_mailbox_capacity(settings.mailbox_capacity);
-                    WriterLane::new(lane, pool, settings, metrics, health, states)
+                    WriterLane::new(lane, pool, settings, metrics, health, states, head.clone())
                 })
             })
             .collect();
@@ -158,7 +157,7 @@ impl Writers {
             lanes: lanes.into(),
             health: health.into(),
             next_lane: Arc::new(AtomicUsize::new(0)),
-            committed: Arc::new(watch::channel(0).0),
+            head: head.clone(),
             append_duration: metrics.append_duration_seconds.clone(),
             budget_refusals: metrics.budget_refusals_total.clone(),
             states,
@@ -166,10 +165,9 @@ impl Writers {
         }
     }
 
-    /// Changes whenever an append through this process commits, to the last
-    /// position committed.
-    pub fn committed(&self) -> watch::Receiver<Position> {
-        self.committed.subscribe()
+    /// The committed head the lanes raise.
+    pub fn head(&self) -> &Head {
+        &self.head
     }
 }
 
@@ -186,14 +184,22 @@ impl EventStore {
         let (capacity, metrics) = (reader.mailbox_capacity, metrics.clone());
         let faults = reader.faults.clone();
         let page_max_bytes = reader.page_max_bytes;
-        let states = writers.states.clone();
+        let (states, head) = (writers.states.clone(), writers.head.clone());
         let reader = Supervisor::start(move |ctx: &mut actix::Context<Reader>| {
             ctx.set_mailbox_capacity(capacity);
-            Reader::new(reader_pools, metrics, faults, page_max_bytes, states)
+            Reader::new(
+                reader_pools,
+                metrics,
+                faults,
+                page_max_bytes,
+                states,
+                head.clone(),
+            )
         });
         EventStore {
             writers: writers.clone(),
             reader,
+            page_max_bytes,
         }
     }
 
@@ -249,13 +255,6 @@ impl EventStore {
             EventStoreError::OutcomeUnknown("the writer lane dropped the append unanswered".into())
         })??;
         match outcome {
-            AppendOutcome::Appended { last, .. } => {
-                self.writers.committed.send_if_modified(|committed| {
-                    let newer = last > *committed;
-                    *committed = (*committed).max(last);
-                    newer
-                });
-            }
             AppendOutcome::OverBudget { over, .. } => {
                 let what = match over {
                     OverBudget::ConditionItem { .. } => "condition",
@@ -269,6 +268,12 @@ impl EventStore {
             _ => {}
         }
         Ok(outcome)
+    }
+
+    /// Bytes at which a page read is cut short (at least one event per
+    /// page): a page that reaches them may not be the last.
+    pub fn page_max_bytes(&self) -> usize {
+        self.page_max_bytes
     }
 
     /// The writer lanes that are not running: restarting after a panic, or
@@ -291,7 +296,7 @@ impl EventStore {
     }
 
     /// Reads one page, with a head position no later than the page's
-    /// snapshot (see [`crate::metrics::Metrics::known_head`]): a client whose
+    /// snapshot (see [`crate::head`]): a client whose
     /// read matched nothing may append with `condition.after` set to it.
     pub async fn read_page_with_head<R: PageRows>(
         &self,
@@ -443,6 +448,7 @@ mod tests {
             &settings.writer,
             &metrics,
             Arc::new(ProjectionStates::new(0, &metrics)),
+            &Head::new(),
         );
         EventStore::on_this_thread(
             &writers,
@@ -522,7 +528,13 @@ mod tests {
         let writer_pool = unreachable_pool(settings.writer.connect_timeout());
         let reader_pool = unreachable_pool(settings.reader.pool_timeout());
         let states = Arc::new(ProjectionStates::new(0, &metrics));
-        let writers = Writers::start(writer_pool, &settings.writer, &metrics, states);
+        let writers = Writers::start(
+            writer_pool,
+            &settings.writer,
+            &metrics,
+            states,
+            &Head::new(),
+        );
         let store = EventStore::on_this_thread(
             &writers,
             reader_pools(reader_pool),

@@ -33,6 +33,7 @@ use crate::dcb::footprint;
 use crate::dcb::projection::{Projection, ProjectorSpec};
 use crate::dcb::{Position, Query};
 use crate::faults::{FaultPoint, Faults};
+use crate::head::Head;
 use crate::metrics::Metrics;
 use crate::store::{self, Failure, Page, PageRows, Pool, ProjectionStates, StoreError};
 
@@ -156,6 +157,9 @@ pub struct Reader {
     faults: Faults,
     /// The projector states this process remembers (projections).
     states: Arc<ProjectionStates>,
+    /// The committed head: what a read answers as its head, raised by what
+    /// a read or projection sees.
+    head: Head,
 }
 
 impl Reader {
@@ -165,6 +169,7 @@ impl Reader {
         faults: Faults,
         page_max_bytes: usize,
         states: Arc<ProjectionStates>,
+        head: Head,
     ) -> Self {
         Reader {
             pools,
@@ -172,6 +177,7 @@ impl Reader {
             page_max_bytes,
             faults,
             states,
+            head,
         }
     }
 }
@@ -222,6 +228,7 @@ impl<R: PageRows> Handler<ReadPage<R>> for Reader {
         };
         let reader = ctx.address();
         let page_max_bytes = self.page_max_bytes;
+        let head = self.head.clone();
         let work = async move {
             let (pool, cost) = pools.for_read(&msg.query);
             let mut conn = store::checkout(pool)
@@ -232,8 +239,8 @@ impl<R: PageRows> Handler<ReadPage<R>> for Reader {
             faults.hit(FaultPoint::Read);
             // The head a read answers with: the highest position this
             // process knew committed before the statement was sent, so no
-            // later than its snapshot (see `Metrics::known_head`).
-            let known_head = msg.with_head.then(|| metrics.known_head());
+            // later than its snapshot (see `crate::head`).
+            let known_head = msg.with_head.then(|| head.known());
             let result = store::read_page::<R>(&conn, &msg.query, &msg.page, page_max_bytes).await;
             conn.discard_on_return = false;
             let events = result.map_err(|e| pools.failure("read", cost, e, &metrics))?;
@@ -245,7 +252,7 @@ impl<R: PageRows> Handler<ReadPage<R>> for Reader {
                 .first_position()
                 .max(events.last_position())
                 .unwrap_or(0);
-            metrics.saw_position(read_up_to);
+            head.saw(read_up_to);
             // What the page read is committed and in its snapshot too.
             let head = known_head.map(|known| known.max(read_up_to));
             Ok(PageRead { events, head })
@@ -284,7 +291,7 @@ impl Handler<Project> for Reader {
     /// its own; a panic restarts the reader and answers 503.
     fn handle(&mut self, msg: Project, ctx: &mut Context<Self>) -> Self::Result {
         let (pools, metrics) = (self.pools.clone(), self.metrics.clone());
-        let states = self.states.clone();
+        let (states, head) = (self.states.clone(), self.head.clone());
         let reader = ctx.address();
         let work = async move {
             let (pool, cost) = pools.for_projection(&msg.specs, &states);
@@ -295,7 +302,7 @@ impl Handler<Project> for Reader {
             let result = store::project(&conn, &msg.specs, &states).await;
             conn.discard_on_return = false;
             let projection = result.map_err(|e| pools.failure("projection", cost, e, &metrics))?;
-            metrics.saw_position(projection.position);
+            head.saw(projection.position);
             Ok(projection)
         };
         Box::pin(async move {

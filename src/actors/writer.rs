@@ -38,6 +38,7 @@ use super::EventStoreError;
 use crate::config::WriterSettings;
 use crate::dcb::CheckedAppend;
 use crate::faults::FaultPoint;
+use crate::head::Head;
 use crate::metrics::Metrics;
 use crate::store::{self, AppendOutcome, Failure, Pool, ProjectionStates, StoreError};
 
@@ -166,6 +167,8 @@ pub struct WriterLane {
     restarted: bool,
     /// The projector states this process remembers (requirements).
     states: Arc<ProjectionStates>,
+    /// The committed head, raised by every batch that appended.
+    head: Head,
 }
 
 impl WriterLane {
@@ -176,6 +179,7 @@ impl WriterLane {
         metrics: Metrics,
         health: Arc<LaneHealth>,
         states: Arc<ProjectionStates>,
+        head: Head,
     ) -> Self {
         let pending_gauge = metrics
             .writer_pending_appends
@@ -198,6 +202,7 @@ impl WriterLane {
             health,
             restarted: false,
             states,
+            head,
         }
     }
 
@@ -272,7 +277,7 @@ impl WriterLane {
         let states = self.states.clone();
         // Read before the batch is sent: every position up to it committed
         // before the batch's snapshot.
-        let known_head = self.metrics.known_head();
+        let known_head = self.head.known();
         let budget = self.settings.decision_budget_entries;
         let work = async move {
             let started = Instant::now();
@@ -361,7 +366,7 @@ impl WriterLane {
                     })
                     .max()
                     .unwrap_or(0);
-                self.metrics.saw_position(head);
+                self.head.saw(head);
                 let mut events = 0;
                 for (pending, outcome) in batch.into_iter().zip(outcomes) {
                     if pending.append.request.condition.is_some() {

@@ -26,9 +26,10 @@ use std::time::Duration;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
-use crate::actors::{EventStore, Subscriptions};
+use crate::actors::EventStore;
 use crate::dcb::Limits;
 use crate::metrics::Metrics;
+use crate::subscriptions::Subscriptions;
 pub use error::ApiError;
 
 /// What every handler shares.

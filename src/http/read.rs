@@ -133,7 +133,7 @@ pub(crate) struct Cursor {
     done: bool,
     /// A head position no later than the first page's snapshot, once it is
     /// read, so a client whose read matched nothing may append with
-    /// `condition.after` set to it (see `Metrics::known_head`).
+    /// `condition.after` set to it (see `crate::head`).
     head: Option<Position>,
 }
 

@@ -2,27 +2,18 @@
 //! a position, caught up from the store and then followed live, without end;
 //! and `GET /head`.
 //!
-//! A subscription is a stream that alternates between two modes. Catching
-//! up, it reads pages of its own query from the store ([`EventStore::read_page`])
-//! up to the tailer's cursor, as fast as the client consumes them; once
-//! nothing matching is left at or below that cursor it joins the live feed
-//! ([`Subscriptions::join`]) and is handed the events the tailer fans out.
-//! A subscriber whose live buffer fills (in events or in bytes) is detached
-//! and goes back to catching up from the last event it delivered, so it is
-//! never skipped and never makes anyone wait. Every event is delivered once,
-//! in position order: the stream drops anything at or below what it
-//! delivered.
+//! This module parses the request and frames what a [`Subscription`]
+//! yields (see [`crate::subscriptions`] for how it catches up and follows
+//! the live feed): Server-Sent Events when the client accepts
+//! `text/event-stream` (`id:` the position, `data:` the event as `/read`
+//! returns it, `: heartbeat <head>` comments, a final `event: end`), NDJSON
+//! otherwise (one event per line, `{"heartbeat":{"head":N}}` keep-alive
+//! lines, a final `{"end":{...}}` line).
 //!
 //! A client that closes its connection ends its stream at once: the HTTP
 //! server drops the response body as soon as it reads the end of the
 //! connection (half-closed connections are not kept, see [`crate::app`]),
-//! and the dropped `Subscriber` frees its slot and leaves the live feed.
-//!
-//! Wire formats: Server-Sent Events when the client accepts
-//! `text/event-stream` (`id:` the position, `data:` the event as `/read`
-//! returns it, `: heartbeat <head>` comments, a final `event: end`), NDJSON
-//! otherwise (one event per line, `{"heartbeat":{"head":N}}` keep-alive
-//! lines, a final `{"end":{...}}` line). This module never touches SQL.
+//! and the dropped [`Subscription`] frees its place and leaves the live feed.
 
 use std::sync::Arc;
 
@@ -31,17 +22,12 @@ use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::watch;
-use tokio::time::Instant;
 
 use super::{parse, read_json_body, ApiError, AppState};
-use crate::actors::fanout::Membership;
-use crate::actors::tailer::Slot;
-use crate::actors::{EventStore, Subscriptions};
 use crate::dcb::validate::validate_query;
 use crate::dcb::{Position, Query, SequencedEvent};
-use crate::metrics::Metrics;
 use crate::store::Page;
+use crate::subscriptions::{Item, Subscription};
 
 /// The parameters of `GET /subscribe`: `query` is URL-encoded JSON, `after`
 /// a position.
@@ -49,9 +35,6 @@ const SUBSCRIBE_PARAMETERS: [&str; 2] = ["query", "after"];
 
 /// The header a browser's `EventSource` resumes with.
 const LAST_EVENT_ID: &str = "last-event-id";
-
-/// Most events put in one chunk of the response from the live buffer.
-const LIVE_CHUNK_EVENTS: usize = 256;
 
 /// Body of `POST /subscribe`.
 #[derive(Deserialize)]
@@ -139,36 +122,21 @@ fn start(
     } else {
         Format::Ndjson
     };
-    let subscriptions = state.subscriptions.clone();
-    let Some(slot) = subscriptions.admit() else {
+    let Some(subscription) = Subscription::open(
+        &state.subscriptions,
+        state.store.clone(),
+        state.metrics.clone(),
+        query,
+        after,
+    ) else {
         return Err(ApiError::Overloaded(format!(
             "too many subscriptions (subscriptions.max_subscribers = {}); retry later",
-            subscriptions.settings().max_subscribers
+            state.subscriptions.settings().max_subscribers
         )));
     };
-    let settings = subscriptions.settings();
-    let subscriber = Subscriber {
-        store: state.store.clone(),
-        metrics: state.metrics.clone(),
-        query: Arc::new(query),
-        format,
-        delivered: after,
-        scanned: after,
-        page_size: settings.page_size,
-        max_lag: settings.max_lag_events,
-        heartbeat: settings.heartbeat_interval(),
-        next_heartbeat: Instant::now() + settings.heartbeat_interval(),
-        closing: subscriptions.closing(),
-        cursor_changes: subscriptions.cursor_changes(),
-        live: None,
-        fell_behind: false,
-        finished: false,
-        subscriptions,
-        _slot: slot,
-    };
-    let body = futures_util::stream::unfold(subscriber, |mut s| async move {
-        let chunk = s.next_chunk().await?;
-        Some((Ok::<_, ApiError>(chunk), s))
+    let body = futures_util::stream::unfold(subscription, move |mut s| async move {
+        let item = s.next().await?;
+        Some((Ok::<_, ApiError>(frame(format, &item)), s))
     });
     let content_type = match format {
         Format::Sse => "text/event-stream",
@@ -194,208 +162,43 @@ fn accepts_event_stream(req: &HttpRequest) -> bool {
         })
 }
 
-/// One subscription's stream.
-struct Subscriber {
-    store: EventStore,
-    subscriptions: Subscriptions,
-    metrics: Metrics,
-    query: Arc<Query>,
-    format: Format,
-    /// The last position sent (or the `after` asked for): the stream drops
-    /// anything at or below it, and a client resumes after it.
-    delivered: Position,
-    /// Every matching event at or below it has been sent (>= `delivered`).
-    scanned: Position,
-    page_size: i64,
-    /// 0: never disconnect a lagging subscriber.
-    max_lag: i64,
-    heartbeat: std::time::Duration,
-    /// When a heartbeat is due if nothing else is sent.
-    next_heartbeat: Instant,
-    closing: watch::Receiver<bool>,
-    cursor_changes: watch::Receiver<Option<Position>>,
-    /// The live feed, once caught up.
-    live: Option<Membership>,
-    /// Whether the subscriber was detached from the live feed at least once
-    /// (only those are disconnected for lagging, not new subscribers that
-    /// start far back).
-    fell_behind: bool,
-    /// The final message was sent.
-    finished: bool,
-    /// Frees the place when the stream is dropped.
-    _slot: Slot,
-}
-
-impl Subscriber {
-    /// The next chunk of the response, or `None` once it has ended.
-    async fn next_chunk(&mut self) -> Option<Bytes> {
-        loop {
-            if self.finished {
-                return None;
-            }
-            if *self.closing.borrow() {
-                return Some(self.end("shutdown", "the server is stopping"));
-            }
-            if self.live.is_some() {
-                if let Some(chunk) = self.next_live().await {
-                    return Some(chunk);
-                }
-                continue;
-            }
-            match self.subscriptions.cursor() {
-                None => {
-                    // The tailer has not read the head yet.
-                    if let Some(chunk) = self.wait_for_cursor().await {
-                        return Some(chunk);
-                    }
-                }
-                Some(cursor) => {
-                    if self.fell_behind && self.max_lag > 0 && cursor - self.scanned > self.max_lag
-                    {
-                        return Some(self.end(
-                            "lagging",
-                            "the subscriber fell too far behind (subscriptions.max_lag_events)",
-                        ));
-                    }
-                    if self.scanned >= cursor {
-                        self.live = self.subscriptions.join(self.query.clone(), self.scanned);
-                        continue;
-                    }
-                    match self.catch_up(cursor).await {
-                        Ok(Some(chunk)) => return Some(chunk),
-                        Ok(None) if Instant::now() >= self.next_heartbeat => {
-                            // A long catch-up with nothing matching yet.
-                            return Some(self.heartbeat_chunk());
-                        }
-                        Ok(None) => continue,
-                        Err(e) => {
-                            log::warn!("subscription ended: {e}");
-                            return Some(
-                                self.end(
-                                    "unavailable",
-                                    "the store could not be read; resume later",
-                                ),
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// One page of the subscriber's own query, after what it has scanned and
-    /// up to the tailer's `cursor`.
-    async fn catch_up(
-        &mut self,
-        cursor: Position,
-    ) -> Result<Option<Bytes>, crate::actors::EventStoreError> {
-        let page = Page {
-            after: self.scanned,
-            before: cursor.saturating_add(1),
-            backwards: false,
-            limit: self.page_size,
-        };
-        let events: Vec<SequencedEvent> = self.store.read_page(self.query.clone(), page).await?;
-        // A page may be short because the reader cut it at its byte budget,
-        // not because the range is exhausted: only an empty page says so.
-        self.scanned = events.last().map_or(cursor, |e| e.position);
-        let chunk = self.encode(events.iter(), cursor);
-        Ok(chunk)
-    }
-
-    /// The next events of the live feed, a heartbeat, or `None` when the mode
-    /// changed (detached, or shutting down).
-    async fn next_live(&mut self) -> Option<Bytes> {
-        let membership = self.live.as_mut()?;
-        tokio::select! {
-            batch = membership.next_batch(LIVE_CHUNK_EVENTS) => match batch {
-                Some(batch) => {
-                    let head = self.subscriptions.cursor().unwrap_or(0);
-                    self.encode(batch.iter().map(|e| e.as_ref()), head)
-                }
-                None => {
-                    // Detached with a full buffer: catch up from what was
-                    // delivered, then join again.
-                    self.live = None;
-                    self.scanned = self.delivered;
-                    self.fell_behind = true;
-                    None
-                }
-            },
-            _ = tokio::time::sleep_until(self.next_heartbeat) => Some(self.heartbeat_chunk()),
-            _ = self.closing.changed() => None,
-        }
-    }
-
-    async fn wait_for_cursor(&mut self) -> Option<Bytes> {
-        tokio::select! {
-            _ = self.cursor_changes.changed() => None,
-            _ = tokio::time::sleep_until(self.next_heartbeat) => Some(self.heartbeat_chunk()),
-            _ = self.closing.changed() => None,
-        }
-    }
-
-    /// The events after `delivered`, encoded; `None` if there are none.
-    fn encode<'a>(
-        &mut self,
-        events: impl Iterator<Item = &'a SequencedEvent>,
-        head: Position,
-    ) -> Option<Bytes> {
-        let mut out = Vec::new();
-        let mut count = 0u64;
-        for event in events {
-            if event.position <= self.delivered {
-                continue;
-            }
-            match self.format {
-                Format::Sse => {
+/// One item of a subscription, framed for the wire.
+fn frame(format: Format, item: &Item) -> Bytes {
+    let mut out = Vec::new();
+    match item {
+        Item::Events { events, .. } => {
+            for event in events.iter() {
+                if format == Format::Sse {
                     out.extend_from_slice(format!("id: {}\ndata: ", event.position).as_bytes());
-                    serde_json::to_writer(&mut out, event).ok()?;
-                    out.extend_from_slice(b"\n\n");
                 }
-                Format::Ndjson => {
-                    serde_json::to_writer(&mut out, event).ok()?;
-                    out.push(b'\n');
-                }
+                // Serialising a decoded event cannot fail.
+                serde_json::to_writer(&mut out, event).expect("an event serialises");
+                out.extend_from_slice(if format == Format::Sse {
+                    b"\n\n"
+                } else {
+                    b"\n"
+                });
             }
-            self.delivered = event.position;
-            count += 1;
         }
-        if count == 0 {
-            return None;
-        }
-        self.metrics
-            .subscription_events_delivered_total
-            .inc_by(count);
-        self.metrics
-            .subscription_lag_events
-            .observe(head.saturating_sub(self.delivered).max(0) as f64);
-        self.next_heartbeat = Instant::now() + self.heartbeat;
-        Some(Bytes::from(out))
-    }
-
-    fn heartbeat_chunk(&mut self) -> Bytes {
-        self.next_heartbeat = Instant::now() + self.heartbeat;
-        let head = self.subscriptions.cursor().unwrap_or(0);
-        match self.format {
-            Format::Sse => Bytes::from(format!(": heartbeat {head}\n\n")),
-            Format::Ndjson => Bytes::from(format!("{{\"heartbeat\":{{\"head\":{head}}}}}\n")),
+        Item::Heartbeat { head } => match format {
+            Format::Sse => out.extend_from_slice(format!(": heartbeat {head}\n\n").as_bytes()),
+            Format::Ndjson => {
+                out.extend_from_slice(format!("{{\"heartbeat\":{{\"head\":{head}}}}}\n").as_bytes())
+            }
+        },
+        Item::End {
+            reason,
+            message,
+            after,
+        } => {
+            let end = json!({"end": {"reason": reason, "message": message, "after": after}});
+            match format {
+                Format::Sse => {
+                    out.extend_from_slice(format!("event: end\ndata: {end}\n\n").as_bytes())
+                }
+                Format::Ndjson => out.extend_from_slice(format!("{end}\n").as_bytes()),
+            }
         }
     }
-
-    /// The final message: why the stream ends and the position to resume
-    /// after (`after`, or `Last-Event-ID`).
-    fn end(&mut self, reason: &'static str, message: &str) -> Bytes {
-        self.finished = true;
-        self.live = None;
-        self.metrics
-            .subscription_ended_total
-            .with_label_values(&[reason])
-            .inc();
-        let end = json!({"end": {"reason": reason, "message": message, "after": self.delivered}});
-        match self.format {
-            Format::Sse => Bytes::from(format!("event: end\ndata: {end}\n\n")),
-            Format::Ndjson => Bytes::from(format!("{end}\n")),
-        }
-    }
+    Bytes::from(out)
 }

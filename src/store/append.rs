@@ -41,7 +41,7 @@ use crate::dcb::{AppendOutcome, CheckedAppend, Footprint, OverBudget, Position, 
 /// came from the commit itself, in which case the outcome is unknown.
 ///
 /// `known_head` is a position this process has seen committed (see
-/// `Metrics::known_head`): a condition whose `after` is not beyond it is
+/// [`crate::head`]): a condition whose `after` is not beyond it is
 /// certainly broken by a matching event of an earlier append of the batch.
 ///
 /// `budget` is the most index entries one append's decision may visit

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::mpsc;
 
-use super::subscriber_index::SubscriberIndex;
+use super::index::SubscriberIndex;
 use super::tailer::SharedEvent;
 use crate::config::SubscriptionSettings;
 use crate::dcb::{Position, Query};
@@ -227,7 +227,8 @@ impl Shard {
     }
 
     /// Members right now.
-    pub(super) fn live_count(&self) -> usize {
+    #[cfg(test)]
+    fn live_count(&self) -> usize {
         self.lock().members.len()
     }
 }

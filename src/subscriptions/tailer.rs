@@ -1,12 +1,12 @@
-//! The subscription tailer: one live cursor per process, fanned out to every
-//! live subscriber.
+//! [`Subscriptions`] and its tailer: one live cursor per process, fanned
+//! out to every live subscriber.
 //!
 //! One task per process reads the events committed after its cursor, once,
 //! and passes each page of them to every shard of live subscribers (one
 //! shard per HTTP worker thread, see [`super::fanout`]), which offers each
 //! event to the subscribers whose query matches it. The tailer is woken at
-//! once by local commits (the writer lanes' committed position, a `watch`)
-//! and otherwise polls the store every `poll_interval_ms` to see commits of
+//! once when the process's committed head advances ([`crate::head`]: a local
+//! commit, or a read that saw a newer position) and otherwise polls the store every `poll_interval_ms` to see commits of
 //! other processes on the same database. Commits happen in position order
 //! (see [`crate::store::append`]), so reading "position > cursor" never
 //! misses an event.
@@ -15,8 +15,8 @@
 //! detached, drains what it was sent, and catches up from the store on its
 //! own before it joins again. This module owns admission (the
 //! `max_subscribers` slots), the cursor and shutdown; it owns no HTTP and no
-//! SQL: it reads through [`crate::store::read_page`] on the reader pool and
-//! hands events to whoever consumes them (the HTTP layer's streams).
+//! SQL: it reads through the [`EventStore`] facade, as catching up does, and
+//! hands events to the subscriptions' streams ([`super::stream`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,10 +25,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use super::fanout::{Membership, Page, Shard};
+use crate::actors::{EventStore, EventStoreError};
 use crate::config::SubscriptionSettings;
 use crate::dcb::{Position, Query, SequencedEvent};
 use crate::metrics::Metrics;
-use crate::store::{self, PageRows, Pool, StoreError};
+use crate::store::PageRows;
 
 /// An event as fanned out: shared by every subscriber it matches.
 pub type SharedEvent = Arc<SequencedEvent>;
@@ -48,9 +49,9 @@ struct Inner {
     /// The cursor and the shards it feeds, under one lock so that a shard
     /// starts at the position the next page it is sent continues from.
     feed: Mutex<Feed>,
-    /// The tailer's cursor, for heartbeats and catching up without the
-    /// lock. Never behind a shard's cursor.
-    head: watch::Sender<Option<Position>>,
+    /// The tailer's cursor as published, for heartbeats and catching up
+    /// without the lock. Never behind a shard's cursor.
+    published: watch::Sender<Option<Position>>,
     /// Set once the server is stopping: every stream ends.
     closing: watch::Sender<bool>,
     /// Open subscriptions, live or catching up, for `max_subscribers`.
@@ -84,16 +85,17 @@ impl Drop for Slot {
 }
 
 impl Subscriptions {
-    /// Starts the tailer on the current runtime. It reads through `pool`
-    /// and is woken by `committed`, the position of the last local commit.
-    /// The handle's shard is fanned out on the current thread.
+    /// Starts the tailer on the current runtime. It reads through `store`
+    /// (a facade of this thread) and is woken by `head_advances` (see
+    /// [`crate::head::Head::advances`]). The handle's shard is fanned out
+    /// on the current thread.
     pub fn start(
-        pool: Pool,
-        committed: watch::Receiver<Position>,
+        store: EventStore,
+        head_advances: watch::Receiver<Position>,
         settings: &SubscriptionSettings,
         metrics: &Metrics,
     ) -> Self {
-        let (head, _) = watch::channel(None);
+        let (published, _) = watch::channel(None);
         let (closing, _) = watch::channel(false);
         let inner = Arc::new(Inner {
             settings: settings.clone(),
@@ -102,11 +104,11 @@ impl Subscriptions {
                 cursor: None,
                 shards: Vec::new(),
             }),
-            head,
+            published,
             closing,
             open: AtomicUsize::new(0),
         });
-        actix_rt::spawn(tail(inner.clone(), pool, committed));
+        actix_rt::spawn(tail(inner.clone(), store, head_advances));
         let shard = inner.add_shard();
         Subscriptions { inner, shard }
     }
@@ -146,12 +148,12 @@ impl Subscriptions {
     /// The tailer's cursor: every event at or below it has been passed on
     /// to the shards. `None` until the tailer has read the head once.
     pub fn cursor(&self) -> Option<Position> {
-        *self.inner.head.borrow()
+        *self.inner.published.borrow()
     }
 
     /// A receiver that changes when the tailer's cursor does.
     pub fn cursor_changes(&self) -> watch::Receiver<Option<Position>> {
-        self.inner.head.subscribe()
+        self.inner.published.subscribe()
     }
 
     /// Joins the live feed for `query`, if the subscriber is caught up:
@@ -172,13 +174,6 @@ impl Subscriptions {
     /// the position to resume after) and ends. Called when the server stops.
     pub fn close_all(&self) {
         self.inner.closing.send_replace(true);
-    }
-
-    /// Live subscribers right now, on every thread (for tests and
-    /// diagnostics).
-    pub fn live_count(&self) -> usize {
-        let feed = self.inner.lock();
-        feed.shards.iter().map(|f| f.shard.live_count()).sum()
     }
 }
 
@@ -213,7 +208,7 @@ impl Inner {
             f.shard.reset(cursor);
         }
         drop(feed);
-        self.head.send_replace(cursor);
+        self.published.send_replace(cursor);
     }
 
     /// Passes `events` (ascending, all after the cursor `after`) to every
@@ -234,7 +229,7 @@ impl Inner {
         };
         // Before any shard moves: a subscriber that catches up to the head
         // it sees finds its shard at or behind it.
-        self.head.send_replace(Some(head));
+        self.published.send_replace(Some(head));
         for pages in senders {
             // A closed channel is a stopped worker: nobody there to feed.
             let _ = pages.send(page.clone()).await;
@@ -243,12 +238,12 @@ impl Inner {
 }
 
 /// The tailer: reads what was committed after its cursor, passes it on, and
-/// waits for a local commit, a poll tick or shutdown.
-async fn tail(inner: Arc<Inner>, pool: Pool, mut committed: watch::Receiver<Position>) {
+/// waits for the head to advance, a poll tick or shutdown.
+async fn tail(inner: Arc<Inner>, store: EventStore, mut head_advances: watch::Receiver<Position>) {
     let mut closing = inner.closing.subscribe();
     let poll = inner.settings.poll_interval();
     let page_size = inner.settings.page_size;
-    let mut local_commits = true;
+    let mut woken_by_head = true;
     let mut last_warning: Option<Instant> = None;
     loop {
         if *closing.borrow() {
@@ -266,7 +261,7 @@ async fn tail(inner: Arc<Inner>, pool: Pool, mut committed: watch::Receiver<Posi
         let more = match if idle {
             Ok(false)
         } else {
-            read_new(&inner, &pool, page_size).await
+            read_new(&inner, &store, page_size).await
         } {
             Ok(more) => more,
             Err(e) => {
@@ -282,11 +277,11 @@ async fn tail(inner: Arc<Inner>, pool: Pool, mut committed: watch::Receiver<Posi
             continue;
         }
         tokio::select! {
-            // Idle, the tailer is not woken by each local commit either: it
-            // looks for new subscriptions once per poll interval.
-            changed = committed.changed(), if local_commits && !idle => {
-                // The writers are gone (tests that drop a server): poll only.
-                local_commits = changed.is_ok();
+            // Idle, the tailer is not woken by each commit either: it looks
+            // for new subscriptions once per poll interval.
+            changed = head_advances.changed(), if woken_by_head && !idle => {
+                // The head is gone (tests that drop a server): poll only.
+                woken_by_head = changed.is_ok();
             }
             _ = tokio::time::sleep(poll) => {}
             _ = closing.changed() => {}
@@ -296,49 +291,43 @@ async fn tail(inner: Arc<Inner>, pool: Pool, mut committed: watch::Receiver<Posi
     inner.lock().shards.clear();
 }
 
-/// Where the tailer cuts a page of new events: it holds one page at a time,
-/// and subscribers get shares of it.
-const TAILER_PAGE_MAX_BYTES: usize = 4 << 20;
-
 /// Reads one page after the cursor (or the head, the first time) and
 /// passes it on; `true` when the page was full, so more may be waiting.
-async fn read_new(inner: &Inner, pool: &Pool, page_size: i64) -> Result<bool, StoreError> {
+async fn read_new(
+    inner: &Inner,
+    store: &EventStore,
+    page_size: i64,
+) -> Result<bool, EventStoreError> {
     let cursor = inner.lock().cursor;
-    let conn = store::checkout(pool).await?;
     inner.metrics.subscription_tailer_reads_total.inc();
+    let all = Arc::new(Query::all());
     let Some(cursor) = cursor else {
         // Start at the head: subscribers read the past from the store.
-        let last = store::Page {
+        let last = crate::dcb::Page {
             after: 0,
             before: Position::MAX,
             backwards: true,
             limit: 1,
         };
-        let head = store::read_page::<Vec<SequencedEvent>>(
-            &conn,
-            &Query::all(),
-            &last,
-            TAILER_PAGE_MAX_BYTES,
-        )
-        .await?
-        .first()
-        .map_or(0, |e| e.position);
-        drop(conn);
+        let head = store
+            .read_page::<Vec<SequencedEvent>>(all, last)
+            .await?
+            .first()
+            .map_or(0, |e| e.position);
         inner.restart(Some(head));
         return Ok(true);
     };
-    let page = store::Page {
+    let page = crate::dcb::Page {
         after: cursor,
         before: Position::MAX,
         backwards: false,
         limit: page_size,
     };
-    let events: Vec<SequencedEvent> =
-        store::read_page(&conn, &Query::all(), &page, TAILER_PAGE_MAX_BYTES).await?;
-    drop(conn);
-    let full = events.len() as i64 >= page_size || events.bytes() >= TAILER_PAGE_MAX_BYTES;
+    let events: Vec<SequencedEvent> = store.read_page(all, page).await?;
+    // Full, or cut short at the reader's byte budget: more may be waiting.
+    let more = events.len() as i64 >= page_size || events.bytes() >= store.page_max_bytes();
     if let Some(last) = events.last().map(|e| e.position) {
         inner.pass_on(cursor, events, last).await;
     }
-    Ok(full)
+    Ok(more)
 }
