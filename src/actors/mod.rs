@@ -254,18 +254,15 @@ impl EventStore {
         let outcome = answer.map_err(|_| {
             EventStoreError::OutcomeUnknown("the writer lane dropped the append unanswered".into())
         })??;
-        match outcome {
-            AppendOutcome::OverBudget { over, .. } => {
-                let what = match over {
-                    OverBudget::ConditionItem { .. } => "condition",
-                    OverBudget::Requirement { .. } => "requirement",
-                };
-                self.writers
-                    .budget_refusals
-                    .with_label_values(&[what])
-                    .inc();
-            }
-            _ => {}
+        if let AppendOutcome::OverBudget { over, .. } = outcome {
+            let what = match over {
+                OverBudget::ConditionItem { .. } => "condition",
+                OverBudget::Requirement { .. } => "requirement",
+            };
+            self.writers
+                .budget_refusals
+                .with_label_values(&[what])
+                .inc();
         }
         Ok(outcome)
     }
