@@ -18,7 +18,7 @@
 //! (`crate::http::subscribe`); nothing here speaks HTTP or SQL.
 
 pub mod fanout;
-pub mod index;
+mod index;
 pub mod stream;
 pub mod tailer;
 
