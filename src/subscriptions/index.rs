@@ -97,7 +97,8 @@ impl<T> SubscriberIndex<T> {
     }
 
     /// How many subscribers are in the index.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.entries.len()
     }
 
