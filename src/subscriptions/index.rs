@@ -98,7 +98,7 @@ impl<T> SubscriberIndex<T> {
 
     /// How many subscribers are in the index.
     #[cfg(test)]
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.entries.len()
     }
 
