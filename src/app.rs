@@ -302,7 +302,7 @@ impl Application {
                     !cors_origins.is_empty(),
                     cors(&cors_origins),
                 ))
-                .configure(http::routes)
+                .configure(http::routes(&compat))
         })
         // A subscription writes many small chunks on one connection; with
         // Nagle's algorithm each would wait for the client's delayed ACK

@@ -1,6 +1,6 @@
-//! Who may call which route: the one table mapping every route to what it
-//! needs ([`ROUTE_ACCESS`]), the middleware that enforces it
-//! ([`require_token`]), and the audit line of every append.
+//! Who may call which route: the middleware that enforces what the route
+//! table says each route needs ([`super::routes::access_of`]), and the
+//! audit line of every append.
 //!
 //! The middleware runs inside [`super::context::around_request`] (so refusals
 //! carry the request id and are counted) and before any handler: a refused
@@ -16,57 +16,10 @@ use actix_web::http::header::AUTHORIZATION;
 use actix_web::middleware::Next;
 use actix_web::web;
 
+use super::routes::{access_of, Access};
 use super::{context, ApiError};
 use crate::auth::{Refusal, Scope, TokenStore};
 use crate::dcb::{AppendOutcome, Position};
-
-/// What a route needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Served to anyone: health probes, the API description and the event
-    /// browser's page and assets (the page asks for a token when the API
-    /// answers 401).
-    Open,
-    /// A valid token with this scope (or `admin`).
-    Needs(Scope),
-}
-
-/// Every route of [`super::ROUTES`] and what it needs; a test checks that
-/// both list the same routes. A request matching no route needs a valid
-/// token of any scope before it learns that the route does not exist.
-pub const ROUTE_ACCESS: &[(&str, Access)] = &[
-    ("/append", Access::Needs(Scope::Append)),
-    ("/read", Access::Needs(Scope::Read)),
-    ("/health", Access::Open),
-    ("/health/live", Access::Open),
-    // Open when `auth.metrics_requires_token = false`.
-    ("/metrics", Access::Needs(Scope::Metrics)),
-    ("/openapi.json", Access::Open),
-    ("/subscribe", Access::Needs(Scope::Read)),
-    ("/head", Access::Needs(Scope::Read)),
-    ("/project", Access::Needs(Scope::Read)),
-    ("/", Access::Open),
-    ("/static/app.js", Access::Open),
-    ("/static/style.css", Access::Open),
-    // The go-crablet prefix: the same scopes as the native routes it maps to.
-    ("/go-crablet/health", Access::Open),
-    ("/go-crablet/append", Access::Needs(Scope::Append)),
-    ("/go-crablet/read", Access::Needs(Scope::Read)),
-    ("/go-crablet/project", Access::Needs(Scope::Read)),
-    // Appends a synthetic data set.
-    ("/go-crablet/load-test-data", Access::Needs(Scope::Append)),
-    // Deletes every event (and only when the configuration allows it).
-    ("/go-crablet/cleanup", Access::Needs(Scope::Admin)),
-];
-
-/// What a matched route pattern needs; a route missing from the table needs
-/// `admin` (closed, never open, by mistake).
-pub fn access_of(pattern: &str) -> Access {
-    ROUTE_ACCESS
-        .iter()
-        .find(|(route, _)| *route == pattern)
-        .map_or(Access::Needs(Scope::Admin), |(_, access)| *access)
-}
 
 /// The authentication settings the middleware needs, shared by every worker.
 pub struct AuthState {
@@ -207,35 +160,5 @@ fn audit_append<B>(name: &str, response: &ServiceResponse<B>) {
             "append request {request_id} token {name:?}: failed with {}",
             status.as_u16()
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_route_has_exactly_one_access_rule() {
-        let routes: Vec<&str> = super::super::ROUTES.iter().map(|(r, _)| *r).collect();
-        let mapped: Vec<&str> = ROUTE_ACCESS.iter().map(|(r, _)| *r).collect();
-        for route in &routes {
-            assert_eq!(
-                mapped.iter().filter(|m| *m == route).count(),
-                1,
-                "route {route} must appear exactly once in ROUTE_ACCESS"
-            );
-        }
-        for route in &mapped {
-            assert!(
-                routes.contains(route),
-                "ROUTE_ACCESS names {route}, which is not a route"
-            );
-        }
-    }
-
-    #[test]
-    fn a_route_missing_from_the_table_needs_admin() {
-        assert_eq!(access_of("/no-such-route"), Access::Needs(Scope::Admin));
-        assert_eq!(access_of("/append"), Access::Needs(Scope::Append));
     }
 }

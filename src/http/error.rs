@@ -52,8 +52,9 @@ pub enum ApiError {
     IdConflict(Vec<IdClash>),
     #[error("no route for {0}")]
     NotFound(String),
-    #[error("method not allowed")]
-    MethodNotAllowed,
+    /// The route exists, the method does not: 405 with `Allow`.
+    #[error("method not allowed; this route answers {allow}")]
+    MethodNotAllowed { allow: String },
     /// The route exists but the configuration does not allow it.
     #[error("{0}")]
     Disabled(String),
@@ -122,7 +123,7 @@ impl ApiError {
             ApiError::IdConflict(_) => "id_conflict",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::NotFound(_) => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Disabled(_) => "disabled",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::RequestTimeout { .. } => "request_timeout",
@@ -145,7 +146,7 @@ impl ResponseError for ApiError {
             ApiError::OverBudget(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Disabled(_) => StatusCode::FORBIDDEN,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
@@ -184,6 +185,9 @@ impl ResponseError for ApiError {
             response.insert_header(("Retry-After", "1"));
         }
         match self {
+            ApiError::MethodNotAllowed { allow } => {
+                response.insert_header(("Allow", allow.as_str()));
+            }
             ApiError::Unauthorized { invalid: false, .. } => {
                 response.insert_header(("WWW-Authenticate", r#"Bearer realm="crablet""#));
             }

@@ -1,6 +1,5 @@
 //! `GET /subscribe` and `POST /subscribe`: every event matching a query after
-//! a position, caught up from the store and then followed live, without end;
-//! and `GET /head`.
+//! a position, caught up from the store and then followed live, without end.
 //!
 //! This module parses the request and frames what a [`Subscription`]
 //! yields (see [`crate::subscriptions`] for how it catches up and follows
@@ -15,8 +14,6 @@
 //! connection (half-closed connections are not kept, see [`crate::app`]),
 //! and the dropped [`Subscription`] frees its place and leaves the live feed.
 
-use std::sync::Arc;
-
 use actix_web::http::header;
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -25,8 +22,7 @@ use serde_json::json;
 
 use super::{parse, read_json_body, ApiError, AppState};
 use crate::dcb::validate::validate_query;
-use crate::dcb::{Position, Query, SequencedEvent};
-use crate::store::Page;
+use crate::dcb::{Position, Query};
 use crate::subscriptions::{Item, Subscription};
 
 /// The parameters of `GET /subscribe`: `query` is URL-encoded JSON, `after`
@@ -75,19 +71,6 @@ pub async fn subscribe_post(
         parse::json("body", &body)?
     };
     start(&req, &state, body.query, body.after)
-}
-
-/// `GET /head`: the position of the last event in the store, 0 when empty.
-pub async fn head(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let last = Page {
-        after: 0,
-        before: Position::MAX,
-        backwards: true,
-        limit: 1,
-    };
-    let events: Vec<SequencedEvent> = state.store.read_page(Arc::new(Query::all()), last).await?;
-    let position = events.first().map_or(0, |e| e.position);
-    Ok(HttpResponse::Ok().json(json!({ "position": position })))
 }
 
 /// How the stream is written.

@@ -62,9 +62,13 @@ fn the_openapi_document_describes_exactly_the_registered_routes() {
             documented.insert((path.clone(), method.to_uppercase()));
         }
     }
-    let registered: BTreeSet<(String, String)> = crablet::http::ROUTES
-        .iter()
-        .flat_map(|(path, methods)| methods.iter().map(|m| (path.to_string(), m.to_string())))
+    let registered: BTreeSet<(String, String)> = crablet::http::routes::listed()
+        .into_iter()
+        .flat_map(|(path, methods)| {
+            methods
+                .into_iter()
+                .map(move |m| (path.clone(), m.to_string()))
+        })
         .collect();
     let undocumented: Vec<_> = registered.difference(&documented).collect();
     assert!(
@@ -84,11 +88,11 @@ fn the_openapi_document_describes_exactly_the_registered_routes() {
 #[actix_rt::test]
 async fn every_registered_route_answers_its_methods_and_refuses_others() {
     let app = spawn_app().await;
-    for (path, methods) in crablet::http::ROUTES {
+    for (path, methods) in crablet::http::routes::listed() {
         for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
             let body = (method == "POST").then_some("{}");
             let method_value = Method::from_bytes(method.as_bytes()).expect("method");
-            let (status, text) = app.raw(method_value, path, body).await;
+            let (status, text) = app.raw(method_value, &path, body).await;
             if methods.contains(&method) {
                 assert!(
                     status != 404 && status != 405,
@@ -105,6 +109,30 @@ async fn every_registered_route_answers_its_methods_and_refuses_others() {
         serde_json::from_str::<Value>(&served).expect("served JSON"),
         document()
     );
+}
+
+#[actix_rt::test]
+async fn a_405_names_the_methods_the_route_answers_in_allow() {
+    let app = spawn_app().await;
+    let mut violations = 0;
+    for (path, methods) in crablet::http::routes::listed() {
+        let response = app
+            .http
+            .delete(format!("{}{path}", app.address))
+            .send()
+            .await
+            .expect("DELETE sent");
+        let allow = response
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if response.status() != 405 || allow.as_deref() != Some(methods.join(", ").as_str()) {
+            violations += 1;
+            eprintln!("DELETE {path}: {} with Allow {allow:?}", response.status());
+        }
+    }
+    assert_eq!(violations, 0, "405s without the route's methods in Allow");
 }
 
 /// The fields serde accepts for `T`, from the error a `deny_unknown_fields`

@@ -29,7 +29,8 @@
 //! `X-Isolation-Level` / `X-Append-If-Isolation`; crablet accepts and
 //! ignores them: every conditional append is decided under locks as if
 //! appends ran one at a time, which it says in `X-Crablet-Isolation`.
-//! With `compat.go_crablet = false` every route here answers 404.
+//! The routes are listed in [`super::routes::GO_CRABLET`], one scope mounted
+//! only when `compat.go_crablet` is on (404 otherwise).
 
 pub mod dataset;
 pub mod wire;
@@ -49,9 +50,6 @@ use crate::dcb::projection::{
 use crate::dcb::validate::{validate_query, validate_read_options};
 use crate::dcb::{AppendOutcome, AppendRequest, CheckedAppend, Position, Query, ReadOptions};
 
-/// The prefix every route here lives under.
-pub const PREFIX: &str = "/go-crablet";
-
 /// Response header saying what isolation an append got, whatever level the
 /// request asked for.
 pub const ISOLATION_HEADER: &str = "X-Crablet-Isolation";
@@ -61,63 +59,13 @@ pub const ISOLATION_HEADER: &str = "X-Crablet-Isolation";
 /// serial execution of the appends would give, for any requested level.
 pub const ISOLATION: &str = "serializable-equivalent";
 
-/// Registers the routes (always: a disabled prefix answers 404 itself, so
-/// the route table does not depend on configuration).
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    let not_allowed = || web::to(super::method_not_allowed);
-    cfg.service(
-        web::resource("/go-crablet/health")
-            .route(web::get().to(health))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/go-crablet/append")
-            .route(web::post().to(append))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/go-crablet/read")
-            .route(web::post().to(read))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/go-crablet/load-test-data")
-            .route(web::post().to(load_test_data))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/go-crablet/cleanup")
-            .route(web::post().to(cleanup))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/go-crablet/project")
-            .route(web::post().to(project))
-            .default_service(not_allowed()),
-    );
-}
-
-/// 404 unless `compat.go_crablet` is on.
-fn enabled(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    if state.compat.go_crablet {
-        Ok(())
-    } else {
-        Err(ApiError::NotFound(format!(
-            "{} {} (the go-crablet prefix is disabled: compat.go_crablet = false)",
-            req.method(),
-            req.path()
-        )))
-    }
-}
-
 /// go-crablet's durations were never 0 (its scripts check `> 0`).
 fn micros(started: Instant) -> u64 {
     (started.elapsed().as_micros() as u64).max(1)
 }
 
-async fn health(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    enabled(&req, &state)?;
-    super::health(state).await
+pub async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    super::operations::health(state).await
 }
 
 /// go-crablet's append answer: exactly these two fields.
@@ -149,13 +97,12 @@ async fn append_native(state: &AppState, request: AppendRequest) -> Result<bool,
     }
 }
 
-async fn append(
+pub async fn append(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    enabled(&req, &state)?;
     let body = read_json_body(&req, payload, &state).await?;
     let request = parse::json::<wire::GoAppendBody>("body", &body)?.native()?;
     let failed = append_native(&state, request).await?;
@@ -179,13 +126,12 @@ pub struct GoReadResponse {
     pub checkpoint_event_id: Option<String>,
 }
 
-async fn read(
+pub async fn read(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    enabled(&req, &state)?;
     let body = read_json_body(&req, payload, &state).await?;
     let (query, options) = parse::json::<wire::GoReadBody>("body", &body)?.native()?;
     validate_query("query", &query, &state.limits)?;
@@ -226,11 +172,10 @@ struct LoadTestDataResponse {
     enrollments: usize,
 }
 
-async fn load_test_data(
+pub async fn load_test_data(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    enabled(&req, &state)?;
     let name = query_parameter(req.query_string(), "size").unwrap_or_default();
     let name = if name.is_empty() { "tiny" } else { &name };
     let size = dataset::size(name).ok_or_else(|| {
@@ -264,8 +209,7 @@ async fn load_test_data(
     }))
 }
 
-async fn cleanup(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    enabled(&req, &state)?;
+pub async fn cleanup(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if !state.compat.allow_cleanup {
         return Err(ApiError::Disabled(
             "POST /go-crablet/cleanup deletes every event and is disabled; set \
@@ -288,13 +232,12 @@ async fn cleanup(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
 /// after that position, as `/go-crablet/read` does. `appendCondition` is the
 /// union of the queries after the position the counts saw (go-crablet sent
 /// a placeholder with no items), so a decision on these states can use it.
-async fn project(
+pub async fn project(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    enabled(&req, &state)?;
     let body = read_json_body(&req, payload, &state).await?;
     let (projectors, after) = parse::json::<wire::GoProjectBody>("body", &body)?.native()?;
     let native: Vec<Projector> = projectors
