@@ -1,0 +1,289 @@
+//! The database at start-up: where it is (the embedded cluster or a URL),
+//! waiting for it, applying the schema, and the connection pools.
+
+use std::time::{Duration, Instant};
+
+use actix_web::web;
+
+use super::AppError;
+use crate::actors::ReaderPools;
+use crate::config::Settings;
+use crate::embedded::{EmbeddedError, EmbeddedPostgres};
+use crate::metrics::{Metrics, PoolSample};
+use crate::store::{self, PoolSettings};
+
+/// The database crablet serves: how to connect, and the private cluster
+/// when crablet runs its own.
+pub struct Database {
+    pub config: tokio_postgres::Config,
+    pub tls: store::tls::DbTls,
+    /// The private cluster, when no database URL is configured.
+    pub embedded: Option<EmbeddedPostgres>,
+}
+
+impl Database {
+    /// The configured database, or a private cluster started from the
+    /// PostgreSQL binaries on the machine when no URL is set.
+    pub async fn locate(settings: &Settings) -> Result<Self, AppError> {
+        let mut embedded = None;
+        let url = if settings.database_url.trim().is_empty() {
+            let data_dir = settings.data_dir.clone();
+            let cluster = web::block(move || EmbeddedPostgres::start(&data_dir))
+                .await
+                .map_err(|e| {
+                    AppError::Embedded(EmbeddedError::Io {
+                        context: "starting the embedded PostgreSQL".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    })
+                })??;
+            let url = cluster.connection_string("crablet");
+            embedded = Some(cluster);
+            url
+        } else {
+            settings.database_url.clone()
+        };
+        let (mut config, tls) =
+            store::tls::parse_database_url(&url).map_err(AppError::DatabaseUrl)?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(settings.database.connect_timeout());
+        }
+        Ok(Database {
+            config,
+            tls,
+            embedded,
+        })
+    }
+
+    /// Applies the schema over a connection of its own, first waiting up to
+    /// `database.startup_timeout_s` for the database to accept it.
+    pub async fn migrate(&self, settings: &Settings) -> Result<(), AppError> {
+        let timeout = settings.database.startup_timeout();
+        let (mut client, connection) = connect_at_startup(&self.config, &self.tls, timeout).await?;
+        let driver = actix_rt::spawn(async move {
+            if let Err(e) = connection.await {
+                log::warn!("migration connection: {e}");
+            }
+        });
+        let result = store::migrate::run(&mut client).await;
+        drop(client);
+        let _ = driver.await;
+        result?;
+        Ok(())
+    }
+
+    /// The pools: one for the writer lanes, the plain and the costly reader
+    /// pools; each one's usage exported in `metrics`.
+    pub fn pools(&self, settings: &Settings, metrics: &Metrics) -> Pools {
+        let statement_timeout = settings.database.statement_timeout();
+        let pool = |name: &'static str, max_size: u32, wait: Duration, statement: Duration| {
+            let pool = store::build_pool_with_tls(
+                &self.config,
+                &self.tls,
+                &PoolSettings {
+                    max_size,
+                    connection_timeout: wait,
+                    statement_timeout: statement,
+                    application_name: format!("crablet-{name}"),
+                },
+            );
+            watch_pool(metrics, name, &pool, max_size);
+            pool
+        };
+        let reader = &settings.reader;
+        // One connection per lane (the decision lane included), and one
+        // spare for a lane that is replacing a broken one.
+        let writer_size = settings.writer.lanes as u32 + 2;
+        let writer = pool(
+            "writer",
+            writer_size,
+            settings.writer.connect_timeout(),
+            statement_timeout,
+        );
+        let plain = pool(
+            "reader",
+            reader.pool_size,
+            reader.pool_timeout(),
+            statement_timeout,
+        );
+        let costly_statement = Some(reader.costly_statement_timeout())
+            .filter(|t| !t.is_zero())
+            .unwrap_or(statement_timeout);
+        // Costly work queues behind costly work: a request waits for the
+        // statement ahead of it to run its whole budget, and is refused busy
+        // only past that.
+        let costly = pool(
+            "costly",
+            reader.costly_pool_size,
+            reader.pool_timeout() + reader.costly_statement_timeout(),
+            costly_statement,
+        );
+        Pools {
+            writer,
+            readers: ReaderPools {
+                plain,
+                costly,
+                costly_budget_ms: reader.costly_statement_timeout_ms,
+            },
+        }
+    }
+}
+
+/// The connection pools of a running server.
+pub struct Pools {
+    pub writer: store::Pool,
+    pub readers: ReaderPools,
+}
+
+/// Exports `pool`'s usage, sampled whenever `/metrics` renders.
+fn watch_pool(metrics: &Metrics, name: &'static str, pool: &store::Pool, max_size: u32) {
+    let pool = pool.clone();
+    metrics.watch_pool(name, move || {
+        let state = pool.state();
+        PoolSample {
+            max_size,
+            connections: state.connections,
+            idle: state.idle_connections,
+            waiting: state.statistics.pending_gets(),
+            timed_out: state.statistics.get_timed_out,
+        }
+    });
+}
+
+/// First wait between two connection attempts at start-up; doubles up to
+/// [`STARTUP_RETRY_MAX_DELAY`].
+const STARTUP_RETRY_FIRST_DELAY: Duration = Duration::from_millis(250);
+const STARTUP_RETRY_MAX_DELAY: Duration = Duration::from_secs(2);
+
+type Connected = (
+    tokio_postgres::Client,
+    tokio_postgres::Connection<
+        tokio_postgres::Socket,
+        <store::tls::DbTls as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream,
+    >,
+);
+
+/// Connects, retrying while the failure may pass (the server is not up yet,
+/// is starting, or refuses connections) until `timeout` has elapsed. Each
+/// failure is logged with the address and its whole cause chain; a failure
+/// that cannot pass by waiting (bad password, no such database) ends at once.
+async fn connect_at_startup(
+    config: &tokio_postgres::Config,
+    tls: &store::tls::DbTls,
+    timeout: Duration,
+) -> Result<Connected, AppError> {
+    let address = describe_address(config);
+    let started = Instant::now();
+    let mut delay = STARTUP_RETRY_FIRST_DELAY;
+    for attempt in 1.. {
+        let error = match config.connect(tls.clone()).await {
+            Ok(connected) => {
+                if attempt > 1 {
+                    log::info!("connected to PostgreSQL at {address} (attempt {attempt})");
+                }
+                return Ok(connected);
+            }
+            Err(error) => error,
+        };
+        let cause = cause_chain(&error);
+        let elapsed = started.elapsed();
+        if !may_pass(&error) || elapsed + delay > timeout {
+            return Err(AppError::Connect {
+                address,
+                cause,
+                waited_s: elapsed.as_secs_f64(),
+            });
+        }
+        log::warn!(
+            "cannot connect to PostgreSQL at {address} (attempt {attempt}, retrying for \
+             {:.0} s more): {cause}",
+            (timeout - elapsed).as_secs_f64()
+        );
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(STARTUP_RETRY_MAX_DELAY);
+    }
+    unreachable!("the attempts never run out")
+}
+
+/// Whether a connection failure may pass by waiting: no answer at all (refused,
+/// no socket, timed out, closed) or the server saying it is not ready yet.
+fn may_pass(error: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    match error.code() {
+        None => true,
+        Some(code) => {
+            *code == SqlState::CANNOT_CONNECT_NOW
+                || *code == SqlState::TOO_MANY_CONNECTIONS
+                || *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || code.code().starts_with("08")
+        }
+    }
+}
+
+/// `host=... port=... dbname=... user=...` of a configuration; never its password.
+pub fn describe_address(config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|host| match host {
+            Host::Tcp(name) => name.clone(),
+            Host::Unix(path) => path.display().to_string(),
+        })
+        .chain(config.get_hostaddrs().iter().map(|a| a.to_string()))
+        .collect();
+    let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+    let or_default = |v: Vec<String>| {
+        if v.is_empty() {
+            "(default)".to_owned()
+        } else {
+            v.join(",")
+        }
+    };
+    format!(
+        "host={} port={} dbname={} user={}",
+        or_default(hosts),
+        or_default(ports),
+        config.get_dbname().unwrap_or("(default)"),
+        config.get_user().unwrap_or("(default)"),
+    )
+}
+
+/// An error and every error below it: "a: b: c".
+fn cause_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_address_names_host_port_database_and_user_but_never_the_password() {
+        let config: tokio_postgres::Config = "postgres://ada:secret@db.example:6543/events"
+            .parse()
+            .unwrap();
+        let address = describe_address(&config);
+        assert_eq!(address, "host=db.example port=6543 dbname=events user=ada");
+        assert!(!address.contains("secret"));
+    }
+
+    #[test]
+    fn the_cause_chain_lists_every_error_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+        assert_eq!(cause_chain(&Outer(io)), "outer: refused");
+    }
+}
