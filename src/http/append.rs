@@ -45,7 +45,7 @@ pub async fn append(
         .append(append)
         .await
         .map_err(ApiError::of_append)?;
-    let audit = super::auth::audit_enabled().then(|| super::auth::AppendAudit::of(&outcome));
+    let audit = super::audit::audit_enabled().then(|| super::audit::AppendAudit::of(&outcome));
     let mut failed_requirement = None;
     let (failed, last_position, duplicate) = match outcome {
         AppendOutcome::Appended { last, .. } => (false, Some(last), false),

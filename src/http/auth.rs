@@ -1,6 +1,6 @@
 //! Who may call which route: the middleware that enforces what the route
-//! table says each route needs ([`super::routes::access_of`]), and the
-//! audit line of every append.
+//! table says each route needs ([`super::routes::access_of`]), and logs the
+//! audit line of every append ([`super::audit`]).
 //!
 //! The middleware runs inside [`super::context::around_request`] (so refusals
 //! carry the request id and are counted) and before any handler: a refused
@@ -16,43 +16,16 @@ use actix_web::http::header::AUTHORIZATION;
 use actix_web::middleware::Next;
 use actix_web::web;
 
+use super::audit::{audit_append, audit_enabled};
 use super::routes::{access_of, Access};
 use super::{context, ApiError};
 use crate::auth::{Refusal, Scope, TokenStore};
-use crate::dcb::{AppendOutcome, Position};
 
 /// The authentication settings the middleware needs, shared by every worker.
 pub struct AuthState {
     pub tokens: Arc<TokenStore>,
     /// `auth.metrics_requires_token`.
     pub metrics_requires_token: bool,
-}
-
-/// Positions of an append, left by the handler on its response for the
-/// audit line.
-#[derive(Debug, Clone, Copy)]
-pub struct AppendAudit {
-    pub outcome: &'static str,
-    pub first: Option<Position>,
-    pub last: Option<Position>,
-}
-
-impl AppendAudit {
-    pub fn of(outcome: &AppendOutcome) -> Self {
-        let (outcome, first, last) = match outcome {
-            AppendOutcome::Appended { first, last } => ("appended", Some(*first), Some(*last)),
-            AppendOutcome::Duplicate { first, last } => ("duplicate", Some(*first), Some(*last)),
-            AppendOutcome::ConditionFailed => ("condition failed", None, None),
-            AppendOutcome::RequirementFailed { .. } => ("requirement failed", None, None),
-            AppendOutcome::IdConflict { .. } => ("id conflict", None, None),
-            AppendOutcome::OverBudget { .. } => ("over budget", None, None),
-        };
-        AppendAudit {
-            outcome,
-            first,
-            last,
-        }
-    }
 }
 
 /// Middleware: refuses with 401 (no valid token) or 403 (no scope) before the
@@ -109,12 +82,6 @@ pub async fn require_token(
     Ok(response.map_into_left_body())
 }
 
-/// Whether audit lines are logged (`crablet::audit` at info): when they are
-/// not, appends skip gathering what the line would say.
-pub fn audit_enabled() -> bool {
-    log::log_enabled!(target: "crablet::audit", log::Level::Info)
-}
-
 fn refused(refusal: Refusal) -> ApiError {
     match refusal {
         Refusal::Missing => ApiError::Unauthorized {
@@ -133,32 +100,5 @@ fn refused(refusal: Refusal) -> ApiError {
             message: format!("token {name:?} lacks the {:?} scope", scope.name()),
             scope: scope.name(),
         },
-    }
-}
-
-/// One line per append: request id, token name, outcome, positions.
-/// Info level on its own target, `crablet::audit`, so that it can be routed
-/// or silenced apart from the rest (`RUST_LOG=info,crablet::audit=off`).
-fn audit_append<B>(name: &str, response: &ServiceResponse<B>) {
-    let request_id = context::request_id();
-    let status = response.status();
-    match response.response().extensions().get::<AppendAudit>() {
-        Some(AppendAudit {
-            outcome,
-            first: Some(first),
-            last: Some(last),
-        }) => log::info!(
-            target: "crablet::audit",
-            "append request {request_id} token {name:?}: {outcome} positions {first}..={last}"
-        ),
-        Some(AppendAudit { outcome, .. }) => log::info!(
-            target: "crablet::audit",
-            "append request {request_id} token {name:?}: {outcome}"
-        ),
-        None => log::info!(
-            target: "crablet::audit",
-            "append request {request_id} token {name:?}: failed with {}",
-            status.as_u16()
-        ),
     }
 }

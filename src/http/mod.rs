@@ -11,6 +11,7 @@
 //! and a deadline; [`auth`] maps every route to the token scope it needs.
 
 pub mod append;
+pub mod audit;
 pub mod auth;
 pub mod browser;
 pub mod context;

@@ -31,10 +31,12 @@ use prometheus::{IntCounter, IntGauge};
 use tokio::sync::mpsc;
 
 use super::index::SubscriberIndex;
-use super::tailer::SharedEvent;
 use crate::config::SubscriptionSettings;
 use crate::dcb::{Position, Query};
 use crate::metrics::Metrics;
+
+/// An event as fanned out: shared by every subscriber it matches.
+pub type SharedEvent = Arc<crate::dcb::SequencedEvent>;
 
 /// Pages a shard may have waiting before the tailer waits for it.
 const PAGES_IN_FLIGHT: usize = 16;

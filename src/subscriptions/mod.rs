@@ -22,5 +22,6 @@ mod index;
 pub mod stream;
 pub mod tailer;
 
+pub use fanout::SharedEvent;
 pub use stream::{Events, Item, Subscription};
-pub use tailer::{SharedEvent, Slot, Subscriptions};
+pub use tailer::{Slot, Subscriptions};

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::fanout::Membership;
-use super::tailer::{SharedEvent, Slot};
+use super::fanout::{Membership, SharedEvent};
+use super::tailer::Slot;
 use super::Subscriptions;
 use crate::actors::{EventStore, EventStoreError};
 use crate::dcb::{Page, Position, Query, SequencedEvent};

@@ -31,9 +31,6 @@ use crate::dcb::{Position, Query, SequencedEvent};
 use crate::metrics::Metrics;
 use crate::store::PageRows;
 
-/// An event as fanned out: shared by every subscriber it matches.
-pub type SharedEvent = Arc<SequencedEvent>;
-
 /// The subscriptions of this process: admission, the live feed and shutdown.
 /// Cheap to clone; a handle joins subscribers to the shard of the thread it
 /// was made for ([`Subscriptions::on_this_thread`]).
