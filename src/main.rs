@@ -188,7 +188,8 @@ fn new_token(name: &str, scopes: &[String], expires_at: Option<&str>) -> Result<
     Ok(())
 }
 
-/// `GET <url><path>` over a plain TCP connection, within a few seconds:
+/// `GET <url><path>` over HTTP or HTTPS (rustls, with `ca_cert` as the
+/// trusted root when given), within a few seconds:
 /// `Ok` on status 200, the status line or the failure otherwise.
 fn health(
     url: &str,

@@ -87,6 +87,14 @@ const fn route(path: &'static str, access: Access, endpoints: &'static [Endpoint
     }
 }
 
+/// The same route, its responses compressed when the client asks.
+const fn compressed(route: Route) -> Route {
+    Route {
+        compressed: true,
+        ..route
+    }
+}
+
 /// Routes mounted together under one prefix.
 pub struct Mount {
     pub prefix: &'static str,
@@ -96,33 +104,12 @@ pub struct Mount {
 use Access::{Needs, Open};
 
 /// crablet's own API, the event browser and the operator's routes.
+#[rustfmt::skip]
 pub const NATIVE: &[Route] = &[
-    route(
-        "/append",
-        Needs(Scope::Append),
-        &[post(|r| r.to(append::append))],
-    ),
-    route(
-        "/project",
-        Needs(Scope::Read),
-        &[post(|r| r.to(project::project))],
-    ),
-    route(
-        "/read",
-        Needs(Scope::Read),
-        &[
-            get(|r| r.to(read::read_get)),
-            post(|r| r.to(read::read_post)),
-        ],
-    ),
-    route(
-        "/subscribe",
-        Needs(Scope::Read),
-        &[
-            get(|r| r.to(subscribe::subscribe_get)),
-            post(|r| r.to(subscribe::subscribe_post)),
-        ],
-    ),
+    route("/append", Needs(Scope::Append), &[post(|r| r.to(append::append))]),
+    route("/project", Needs(Scope::Read), &[post(|r| r.to(project::project))]),
+    route("/read", Needs(Scope::Read), &[get(|r| r.to(read::read_get)), post(|r| r.to(read::read_post))]),
+    route("/subscribe", Needs(Scope::Read), &[get(|r| r.to(subscribe::subscribe_get)), post(|r| r.to(subscribe::subscribe_post))]),
     route("/head", Needs(Scope::Read), &[get(|r| r.to(read::head))]),
     route("/", Open, &[get(|r| r.to(browser::index))]),
     route("/static/app.js", Open, &[get(|r| r.to(browser::script))]),
@@ -130,50 +117,24 @@ pub const NATIVE: &[Route] = &[
     route("/health", Open, &[get(|r| r.to(operations::health))]),
     route("/health/live", Open, &[get(|r| r.to(operations::live))]),
     // Open when `auth.metrics_requires_token = false`.
-    Route {
-        compressed: true,
-        ..route(
-            "/metrics",
-            Needs(Scope::Metrics),
-            &[get(|r| r.to(operations::metrics))],
-        )
-    },
+    compressed(route("/metrics", Needs(Scope::Metrics), &[get(|r| r.to(operations::metrics))])),
     route("/openapi.json", Open, &[get(|r| r.to(operations::openapi))]),
 ];
 
 /// go-crablet's web-app contract ([`gocrablet`]): the same scopes as the
 /// native routes each maps to.
+#[rustfmt::skip]
 pub const GO_CRABLET: Mount = Mount {
     prefix: "/go-crablet",
     routes: &[
         route("/health", Open, &[get(|r| r.to(gocrablet::health))]),
-        route(
-            "/append",
-            Needs(Scope::Append),
-            &[post(|r| r.to(gocrablet::append))],
-        ),
-        route(
-            "/read",
-            Needs(Scope::Read),
-            &[post(|r| r.to(gocrablet::read))],
-        ),
-        route(
-            "/project",
-            Needs(Scope::Read),
-            &[post(|r| r.to(gocrablet::project))],
-        ),
+        route("/append", Needs(Scope::Append), &[post(|r| r.to(gocrablet::append))]),
+        route("/read", Needs(Scope::Read), &[post(|r| r.to(gocrablet::read))]),
+        route("/project", Needs(Scope::Read), &[post(|r| r.to(gocrablet::project))]),
         // Appends a synthetic data set.
-        route(
-            "/load-test-data",
-            Needs(Scope::Append),
-            &[post(|r| r.to(gocrablet::load_test_data))],
-        ),
+        route("/load-test-data", Needs(Scope::Append), &[post(|r| r.to(gocrablet::load_test_data))]),
         // Deletes every event (and only when the configuration allows it).
-        route(
-            "/cleanup",
-            Needs(Scope::Admin),
-            &[post(|r| r.to(gocrablet::cleanup))],
-        ),
+        route("/cleanup", Needs(Scope::Admin), &[post(|r| r.to(gocrablet::cleanup))]),
     ],
 };
 
