@@ -95,7 +95,7 @@ const fn compressed(route: Route) -> Route {
     }
 }
 
-/// Routes mounted together under one prefix.
+/// Routes mounted together under one prefix (each route's path includes it).
 pub struct Mount {
     pub prefix: &'static str,
     pub routes: &'static [Route],
@@ -127,34 +127,29 @@ pub const NATIVE: &[Route] = &[
 pub const GO_CRABLET: Mount = Mount {
     prefix: "/go-crablet",
     routes: &[
-        route("/health", Open, &[get(|r| r.to(gocrablet::health))]),
-        route("/append", Needs(Scope::Append), &[post(|r| r.to(gocrablet::append))]),
-        route("/read", Needs(Scope::Read), &[post(|r| r.to(gocrablet::read))]),
-        route("/project", Needs(Scope::Read), &[post(|r| r.to(gocrablet::project))]),
+        route("/go-crablet/health", Open, &[get(|r| r.to(gocrablet::health))]),
+        route("/go-crablet/append", Needs(Scope::Append), &[post(|r| r.to(gocrablet::append))]),
+        route("/go-crablet/read", Needs(Scope::Read), &[post(|r| r.to(gocrablet::read))]),
+        route("/go-crablet/project", Needs(Scope::Read), &[post(|r| r.to(gocrablet::project))]),
         // Appends a synthetic data set.
-        route("/load-test-data", Needs(Scope::Append), &[post(|r| r.to(gocrablet::load_test_data))]),
+        route("/go-crablet/load-test-data", Needs(Scope::Append), &[post(|r| r.to(gocrablet::load_test_data))]),
         // Deletes every event (and only when the configuration allows it).
-        route("/cleanup", Needs(Scope::Admin), &[post(|r| r.to(gocrablet::cleanup))]),
+        route("/go-crablet/cleanup", Needs(Scope::Admin), &[post(|r| r.to(gocrablet::cleanup))]),
     ],
 };
 
-/// Every route with its full path: the native ones, then go-crablet's.
-fn every_route() -> impl Iterator<Item = (String, &'static Route)> {
-    let native = NATIVE.iter().map(|r| (r.path.to_owned(), r));
-    let go = GO_CRABLET
-        .routes
-        .iter()
-        .map(|r| (format!("{}{}", GO_CRABLET.prefix, r.path), r));
-    native.chain(go)
+/// Every route: the native ones, then go-crablet's.
+fn every_route() -> impl Iterator<Item = &'static Route> {
+    NATIVE.iter().chain(GO_CRABLET.routes)
 }
 
-/// Every route's full path and its methods, for the tests that compare them
-/// with the OpenAPI document and probe each.
-pub fn listed() -> Vec<(String, Vec<&'static str>)> {
+/// Every route's path and its methods, for the tests that compare them with
+/// the OpenAPI document and probe each.
+pub fn listed() -> Vec<(&'static str, Vec<&'static str>)> {
     every_route()
-        .map(|(path, route)| {
+        .map(|route| {
             let methods = route.endpoints.iter().map(|e| e.method.as_str()).collect();
-            (path, methods)
+            (route.path, methods)
         })
         .collect()
 }
@@ -163,8 +158,8 @@ pub fn listed() -> Vec<(String, Vec<&'static str>)> {
 /// `admin` (closed, never open, by mistake).
 pub fn access_of(pattern: &str) -> Access {
     every_route()
-        .find(|(path, _)| path == pattern)
-        .map_or(Needs(Scope::Admin), |(_, route)| route.access)
+        .find(|route| route.path == pattern)
+        .map_or(Needs(Scope::Admin), |route| route.access)
 }
 
 /// Registers every route (go-crablet's scope only when `compat.go_crablet`
@@ -172,12 +167,17 @@ pub fn access_of(pattern: &str) -> Access {
 pub fn register(compat: &CompatSettings) -> impl FnOnce(&mut web::ServiceConfig) + '_ {
     move |cfg| {
         for route in NATIVE {
-            add(cfg, route);
+            add(cfg, route.path, route);
         }
         if compat.go_crablet {
             cfg.service(web::scope(GO_CRABLET.prefix).configure(|scope| {
                 for route in GO_CRABLET.routes {
-                    add(scope, route);
+                    let path = route.path.strip_prefix(GO_CRABLET.prefix);
+                    add(
+                        scope,
+                        path.expect("a mounted route starts with its prefix"),
+                        route,
+                    );
                 }
             }));
         }
@@ -185,11 +185,12 @@ pub fn register(compat: &CompatSettings) -> impl FnOnce(&mut web::ServiceConfig)
     }
 }
 
-/// One route: its endpoints, and a 405 naming them for any other method.
-fn add(cfg: &mut web::ServiceConfig, route: &'static Route) {
+/// One route, at `path` within its scope: its endpoints, and a 405 naming
+/// them for any other method.
+fn add(cfg: &mut web::ServiceConfig, path: &str, route: &'static Route) {
     let allow: Vec<&str> = route.endpoints.iter().map(|e| e.method.as_str()).collect();
     let allow = allow.join(", ");
-    let mut resource = web::resource(route.path).default_service(web::to(move || {
+    let mut resource = web::resource(path).default_service(web::to(move || {
         let allow = allow.clone();
         async move { Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow }) }
     }));
@@ -217,7 +218,7 @@ mod tests {
 
     #[test]
     fn every_path_is_listed_once() {
-        let mut paths: Vec<String> = listed().into_iter().map(|(path, _)| path).collect();
+        let mut paths: Vec<&str> = listed().into_iter().map(|(path, _)| path).collect();
         let count = paths.len();
         paths.sort();
         paths.dedup();

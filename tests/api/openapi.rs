@@ -67,7 +67,7 @@ fn the_openapi_document_describes_exactly_the_registered_routes() {
         .flat_map(|(path, methods)| {
             methods
                 .into_iter()
-                .map(move |m| (path.clone(), m.to_string()))
+                .map(move |m| (path.to_string(), m.to_string()))
         })
         .collect();
     let undocumented: Vec<_> = registered.difference(&documented).collect();
@@ -92,7 +92,7 @@ async fn every_registered_route_answers_its_methods_and_refuses_others() {
         for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
             let body = (method == "POST").then_some("{}");
             let method_value = Method::from_bytes(method.as_bytes()).expect("method");
-            let (status, text) = app.raw(method_value, &path, body).await;
+            let (status, text) = app.raw(method_value, path, body).await;
             if methods.contains(&method) {
                 assert!(
                     status != 404 && status != 405,

@@ -206,12 +206,12 @@ async fn every_route_refuses_missing_wrong_unscoped_expired_and_removed_tokens_a
 
     let mut checked = 0;
     for (route, methods) in listed() {
-        let Access::Needs(scope) = access_of(&route) else {
+        let Access::Needs(scope) = access_of(route) else {
             continue;
         };
         for &method in &methods {
             let what = |case: &str| format!("{method} {route} with {case}");
-            let send = |bearer| request(&http, address, method, &route, bearer);
+            let send = |bearer| request(&http, address, method, route, bearer);
             expect_refused(
                 send(None),
                 StatusCode::UNAUTHORIZED,
@@ -268,7 +268,7 @@ async fn every_route_refuses_missing_wrong_unscoped_expired_and_removed_tokens_a
     // The right token works, on every protected route (the go-crablet
     // prefix's below: its bodies are go-crablet's).
     for (route, methods) in listed() {
-        let Access::Needs(scope) = access_of(&route) else {
+        let Access::Needs(scope) = access_of(route) else {
             continue;
         };
         if route.starts_with("/go-crablet/") {
@@ -282,7 +282,7 @@ async fn every_route_refuses_missing_wrong_unscoped_expired_and_removed_tokens_a
         };
         for &method in &methods {
             for bearer in [right, ADMIN] {
-                let response = request(&http, address, method, &route, Some(bearer))
+                let response = request(&http, address, method, route, Some(bearer))
                     .send()
                     .await
                     .expect("request");
@@ -294,7 +294,7 @@ async fn every_route_refuses_missing_wrong_unscoped_expired_and_removed_tokens_a
     // The go-crablet prefix lets the right token through to its handlers,
     // whatever they answer (cleanup is disabled, for one).
     for (route, methods) in listed() {
-        let Access::Needs(scope) = access_of(&route) else {
+        let Access::Needs(scope) = access_of(route) else {
             continue;
         };
         if !route.starts_with("/go-crablet/") {
@@ -307,7 +307,7 @@ async fn every_route_refuses_missing_wrong_unscoped_expired_and_removed_tokens_a
             Scope::Admin => ADMIN,
         };
         for &method in &methods {
-            let response = request(&http, address, method, &route, Some(right))
+            let response = request(&http, address, method, route, Some(right))
                 .send()
                 .await
                 .expect("request");
