@@ -1,4 +1,6 @@
-//! DCB types as they appear on the wire and in memory, and query matching.
+//! DCB types as they appear on the wire and in memory (events, queries,
+//! conditions, read options, projectors and requirements), and query
+//! matching. Depends on no other module of [`crate::dcb`].
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
@@ -187,8 +189,8 @@ pub struct ReadOptions {
     pub backwards: bool,
 }
 
-// Projectors and requirements: validated and described in
-// [`super::projection`].
+// Projectors and requirements, as clients send them; validated and
+// described for the store by `super::projection`.
 
 /// A built-in reducer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

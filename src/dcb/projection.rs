@@ -3,8 +3,9 @@
 //! requirements: a projector's state compared with a value, checked inside an
 //! append's batch (`require` on `POST /append`).
 //!
-//! Pure: this module parses, validates and describes projectors; it runs
-//! nothing. The store turns a [`ProjectorSpec`] into one call of the SQL
+//! Pure: this module validates and describes projectors; it runs nothing.
+//! Their wire types ([`Projector`], [`Requirement`], ...) live in
+//! [`super::model`] and are re-exported here. The store turns a [`ProjectorSpec`] into one call of the SQL
 //! reducer (`sql/migrations/007_reduce.sql`), the HTTP layer renders states.
 //!
 //! Reducers, over the events matching the query (the store's snapshot):
