@@ -148,7 +148,7 @@ struct ConditionCounters {
     rejected: prometheus::IntCounter,
 }
 
-/// Delete every event (go-crablet's `/cleanup`); see [`store::clear`].
+/// Delete every event (go-crablet's `/cleanup`); see [`store::clear()`].
 ///
 /// A write, so a lane serves it, but beside its batches rather than in
 /// them: on a connection of its own from the writer pool (the spare one),

@@ -3,15 +3,16 @@
 //! It owns the schema (`sql/migrations`, applied by [`migrate`]), the pooled
 //! connections with their prepared statements ([`connection`]), the batch
 //! append with its advisory locks and condition checks ([`append`]), the
-//! paged reads ([`read`]), the
-//! projections ([`project`]) with the projector states a process remembers
-//! ([`states`]), clearing the store ([`clear`]), and TLS to
-//! PostgreSQL as the database URL asks ([`tls`]). It knows nothing of HTTP
-//! or actors: the writer and reader actors call its functions with a
-//! connection they own, and the HTTP layer uses its types (pages, [`Failure`])
-//! but no connection. It also owns the reading of PostgreSQL's errors: what a
-//! failed statement may have done ([`StoreError::failure`]) and whether a
-//! failed connection attempt may pass by waiting ([`connect_may_pass`]).
+//! paged reads ([`read`]), the projections ([`project`](mod@project)) with
+//! the projector states a process remembers ([`states`]), clearing the store
+//! ([`clear`](mod@clear)), and TLS to PostgreSQL as the database URL asks
+//! ([`tls`]). It also owns the reading of PostgreSQL's errors: what a failed
+//! statement may have done ([`StoreError::failure`]) and whether a failed
+//! connection attempt may pass by waiting ([`connect_may_pass`]).
+//!
+//! It knows nothing of HTTP or actors: the writer and reader actors call its
+//! functions with a connection they own; the HTTP layer uses its types (the
+//! page bodies of [`read`], [`Page`], [`Failure`]) but never a connection.
 
 pub mod append;
 pub mod clear;
@@ -135,7 +136,8 @@ fn is_transient(code: &SqlState) -> bool {
 
 /// Whether a failed connection attempt may pass by waiting: no answer at
 /// all (refused, no socket, timed out, closed), or the server saying it is
-/// not ready yet (see [`not_ready_yet`]).
+/// not ready yet: starting up or shutting down, out of connection slots,
+/// or a connection exception (SQLSTATE class 08).
 pub fn connect_may_pass(error: &tokio_postgres::Error) -> bool {
     error.code().is_none_or(not_ready_yet)
 }

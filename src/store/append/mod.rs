@@ -1,8 +1,8 @@
 //! The batch append: many appends decided in order and committed together,
 //! in one round trip.
 //!
-//! crablet prepares everything that needs no database ([`args`]): the
-//! batch's advisory locks (its merged [`Footprint`], sorted), the probes of
+//! crablet prepares everything that needs no database (`args`): the
+//! batch's advisory locks (its merged [`Footprint`](crate::dcb::Footprint), sorted), the probes of
 //! every condition, where an append overlaps an earlier one of the batch
 //! (an event its condition matches, an id it reuses), the batch events each
 //! requirement's projector matches, and the event columns. Then it sends one
