@@ -1,17 +1,27 @@
 //! Supervised writer and reader actors behind a small typed facade.
 //!
 //! [`EventStore`] is what the HTTP layer and the subscriptions see of the
-//! store: `append`, `read_page`, `project`, `clear` and the lanes' health.
-//! Behind the facade, writer lanes ([`writer`]) each own one
-//! pooled connection and commit what is waiting in their queue as one batch;
+//! store, one per thread ([`EventStore::on_this_thread`]) over the writer
+//! lanes they share ([`Writers`]):
+//! - writes: [`EventStore::append`] (waits for the batch carrying the append
+//!   to commit) and [`EventStore::clear`] (go-crablet's `/cleanup`);
+//! - reads: [`EventStore::read_page`], [`EventStore::read_page_with_head`]
+//!   (also answers a head position a client may append after) and
+//!   [`EventStore::project`] (projector states at one head);
+//! - health: [`EventStore::lanes_down`] names the writer lanes that are not
+//!   running, for readiness.
+//!
+//! Behind the facade, writer lanes ([`writer`]) each own one pooled connection and commit what is waiting in their queue as one batch;
 //! conditional appends are routed to a lane by the first key of their
 //! condition, so appends that may conflict meet in one lane (and are decided
 //! in order inside one batch) while disjoint ones run in parallel; appends
-//! with ids and no condition by their first id, so a retry meets its original.
-//! Reader actors ([`reader`]) own the reader pool and run page queries
-//! concurrently; each HTTP worker thread gets its own reader, so a read is
-//! handed to no other actor thread (the pooled connection's I/O task may still
-//! run on the worker thread that opened it).
+//! with ids and no condition by their first id, so a retry meets its original;
+//! appends whose decision may scan (requirements, filtering condition items)
+//! go to the decision lane, the last one. Reader actors ([`reader`]) own the
+//! reader pools and run page queries and projections concurrently; each HTTP
+//! worker thread gets its own reader, so a read is handed to no other actor
+//! thread (the pooled connection's I/O task may still run on the worker
+//! thread that opened it).
 //!
 //! Actix types stay in this module: the facade speaks in [`crate::dcb`] and
 //! [`crate::store`] types. Every actor is supervised and catches its own
@@ -19,8 +29,7 @@
 //! the error class its progress allows (503 when nothing can have been
 //! written, `OutcomeUnknown` when a batch may have committed), and counts the
 //! restart in `crablet_actor_restarts_total`. A client is never left waiting
-//! on an actor that is gone, and [`EventStore::lanes_down`] names the writer
-//! lanes that are not running, for readiness.
+//! on an actor that is gone.
 
 pub mod reader;
 pub mod writer;
@@ -324,11 +333,17 @@ impl EventStore {
     }
 
     /// Deletes every event (go-crablet's `/cleanup`; the HTTP layer allows
-    /// it only when configured to). Positions are not reused afterwards.
+    /// it only when configured to), through the first writer lane (see
+    /// [`writer::ClearStore`]). Positions are not reused afterwards.
     pub async fn clear(&self) -> Result<(), EventStoreError> {
-        self.reader.send(reader::ClearStore).await.map_err(|_| {
-            EventStoreError::Unavailable("the reader stopped before answering; retry".into())
-        })?
+        self.writers.lanes[0]
+            .send(writer::ClearStore)
+            .await
+            .map_err(|_| {
+                EventStoreError::Unavailable(
+                    "the writer lane stopped before answering; retry".into(),
+                )
+            })?
     }
 
     /// Computes the states of projectors and the head they were computed

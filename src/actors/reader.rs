@@ -1,4 +1,6 @@
 //! Reader actors: own the reader pools and run page queries and projections.
+//! They write nothing (clearing the store is a writer lane's, see
+//! [`super::writer::ClearStore`]).
 //!
 //! Each request runs as its own task on the reader's thread, so one reader
 //! serves many reads at once, bounded by the pool. A read never holds a
@@ -19,12 +21,13 @@
 //! the reader is restarted and counted. A read whose connection is lost
 //! mid-query is likewise `Unavailable`, never "outcome unknown".
 
+use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use actix::{
-    Actor, ActorContext, AsyncContext, Context, Handler, Message, ResponseFuture, Supervised,
+    Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message, ResponseFuture, Supervised,
 };
 use futures_util::FutureExt;
 
@@ -125,13 +128,6 @@ impl<R: PageRows> Message for ReadPage<R> {
     type Result = Result<PageRead<R>, EventStoreError>;
 }
 
-/// Delete every event (go-crablet's `/cleanup`); see [`store::clear`].
-pub struct ClearStore;
-
-impl Message for ClearStore {
-    type Result = Result<(), EventStoreError>;
-}
-
 /// Compute the states of projectors, and the head they were computed at.
 pub struct Project {
     pub specs: Arc<Vec<ProjectorSpec>>,
@@ -184,6 +180,25 @@ impl Reader {
 
 fn restarted() -> EventStoreError {
     EventStoreError::Unavailable("the reader failed and restarts; retry".into())
+}
+
+/// Runs the task of one read or projection (`what`): a panic in it restarts
+/// `reader` and answers 503 (a reader writes nothing, so a retry is safe).
+fn supervised<T: 'static>(
+    what: &'static str,
+    reader: Addr<Reader>,
+    work: impl Future<Output = Result<T, EventStoreError>> + 'static,
+) -> ResponseFuture<Result<T, EventStoreError>> {
+    Box::pin(async move {
+        match AssertUnwindSafe(work).catch_unwind().await {
+            Ok(result) => result,
+            Err(_) => {
+                log::error!("a {what} panicked; restarting its reader");
+                reader.do_send(Restart);
+                Err(restarted())
+            }
+        }
+    })
 }
 
 impl Actor for Reader {
@@ -257,30 +272,7 @@ impl<R: PageRows> Handler<ReadPage<R>> for Reader {
             let head = known_head.map(|known| known.max(read_up_to));
             Ok(PageRead { events, head })
         };
-        Box::pin(async move {
-            match AssertUnwindSafe(work).catch_unwind().await {
-                Ok(result) => result,
-                Err(_) => {
-                    log::error!("a read panicked; restarting its reader");
-                    reader.do_send(Restart);
-                    Err(restarted())
-                }
-            }
-        })
-    }
-}
-
-impl Handler<ClearStore> for Reader {
-    type Result = ResponseFuture<Result<(), EventStoreError>>;
-
-    fn handle(&mut self, _: ClearStore, _ctx: &mut Context<Self>) -> Self::Result {
-        let (pool, states) = (self.pools.plain.clone(), self.states.clone());
-        Box::pin(async move {
-            let conn = store::checkout(&pool).await?;
-            let cleared = store::clear(&conn).await.map_err(EventStoreError::Store);
-            states.forget_all();
-            cleared
-        })
+        supervised("read", reader, work)
     }
 }
 
@@ -305,15 +297,6 @@ impl Handler<Project> for Reader {
             head.saw(projection.position);
             Ok(projection)
         };
-        Box::pin(async move {
-            match AssertUnwindSafe(work).catch_unwind().await {
-                Ok(result) => result,
-                Err(_) => {
-                    log::error!("a projection panicked; restarting its reader");
-                    reader.do_send(Restart);
-                    Err(restarted())
-                }
-            }
-        })
+        supervised("projection", reader, work)
     }
 }

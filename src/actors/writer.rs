@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::{
-    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, Supervised,
-    WrapFuture,
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, ResponseFuture,
+    Supervised, WrapFuture,
 };
 use futures_util::FutureExt;
 use tokio::sync::oneshot;
@@ -142,6 +142,26 @@ struct Pending {
     enqueued: Instant,
 }
 
+/// A lane's series of `append_conditions_total`: conditional appends
+/// written, and refused by their condition.
+struct ConditionCounters {
+    accepted: prometheus::IntCounter,
+    rejected: prometheus::IntCounter,
+}
+
+/// Delete every event (go-crablet's `/cleanup`); see [`store::clear()`].
+///
+/// A write, so a lane serves it, but beside its batches rather than in
+/// them: on a connection of its own from the writer pool (the spare one),
+/// in a task of its own. Its `TRUNCATE` waits for the batches in flight
+/// (it locks both tables exclusively); the projector states this process
+/// remembers are forgotten once it is done.
+pub struct ClearStore;
+
+impl Message for ClearStore {
+    type Result = Result<(), EventStoreError>;
+}
+
 pub struct WriterLane {
     /// This lane's number, the label of its metrics.
     lane: usize,
@@ -157,9 +177,9 @@ pub struct WriterLane {
     in_flight: bool,
     /// This lane's series of `writer_pending_appends`.
     pending_gauge: prometheus::IntGauge,
-    /// This lane's series of `append_conditions_total`, accepted and
-    /// rejected, resolved once so a batch does no label lookups.
-    conditions: [prometheus::IntCounter; 2],
+    /// This lane's series of `append_conditions_total`, resolved once so a
+    /// batch does no label lookups.
+    conditions: ConditionCounters,
     /// Up/down, read by the facade; cleared on a panic, on restart and when
     /// the lane is dropped (its supervisor gone for good).
     health: Arc<LaneHealth>,
@@ -184,11 +204,15 @@ impl WriterLane {
         let pending_gauge = metrics
             .writer_pending_appends
             .with_label_values(&[&lane.to_string()]);
-        let conditions = ["accepted", "rejected"].map(|outcome| {
+        let condition_counter = |outcome: &str| {
             metrics
                 .append_conditions_total
                 .with_label_values(&[&lane.to_string(), outcome])
-        });
+        };
+        let conditions = ConditionCounters {
+            accepted: condition_counter("accepted"),
+            rejected: condition_counter("rejected"),
+        };
         WriterLane {
             pending_gauge,
             conditions,
@@ -371,8 +395,8 @@ impl WriterLane {
                 for (pending, outcome) in batch.into_iter().zip(outcomes) {
                     if pending.append.request.condition.is_some() {
                         match outcome {
-                            AppendOutcome::Appended { .. } => self.conditions[0].inc(),
-                            AppendOutcome::ConditionFailed => self.conditions[1].inc(),
+                            AppendOutcome::Appended { .. } => self.conditions.accepted.inc(),
+                            AppendOutcome::ConditionFailed => self.conditions.rejected.inc(),
                             _ => {}
                         }
                     }
@@ -526,5 +550,19 @@ impl Handler<Append> for WriterLane {
         if handled.is_err() {
             self.stop_after_panic(ctx, "its handler");
         }
+    }
+}
+
+impl Handler<ClearStore> for WriterLane {
+    type Result = ResponseFuture<Result<(), EventStoreError>>;
+
+    fn handle(&mut self, _: ClearStore, _ctx: &mut Context<Self>) -> Self::Result {
+        let (pool, states) = (self.pool.clone(), self.states.clone());
+        Box::pin(async move {
+            let conn = store::checkout(&pool).await?;
+            let cleared = store::clear(&conn).await.map_err(EventStoreError::Store);
+            states.forget_all();
+            cleared
+        })
     }
 }

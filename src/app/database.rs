@@ -186,7 +186,7 @@ async fn connect_at_startup(
         };
         let cause = cause_chain(&error);
         let elapsed = started.elapsed();
-        if !may_pass(&error) || elapsed + delay > timeout {
+        if !store::connect_may_pass(&error) || elapsed + delay > timeout {
             return Err(AppError::Connect {
                 address,
                 cause,
@@ -202,22 +202,6 @@ async fn connect_at_startup(
         delay = (delay * 2).min(STARTUP_RETRY_MAX_DELAY);
     }
     unreachable!("the attempts never run out")
-}
-
-/// Whether a connection failure may pass by waiting: no answer at all (refused,
-/// no socket, timed out, closed) or the server saying it is not ready yet.
-fn may_pass(error: &tokio_postgres::Error) -> bool {
-    use tokio_postgres::error::SqlState;
-    match error.code() {
-        None => true,
-        Some(code) => {
-            *code == SqlState::CANNOT_CONNECT_NOW
-                || *code == SqlState::TOO_MANY_CONNECTIONS
-                || *code == SqlState::ADMIN_SHUTDOWN
-                || *code == SqlState::CRASH_SHUTDOWN
-                || code.code().starts_with("08")
-        }
-    }
 }
 
 /// `host=... port=... dbname=... user=...` of a configuration; never its password.

@@ -198,7 +198,7 @@ impl Footprint {
         Self::with_event_keys(request, &keys, &ids)
     }
 
-    /// As [`Footprint::of_append`], given the [`event_keys`] of each of the
+    /// As `Footprint::of_append` (the tests' shortcut), given the [`event_keys`] of each of the
     /// append's events and the [`id_key`] of each of its ids, computed once
     /// by the caller.
     pub fn with_event_keys(

@@ -1,6 +1,9 @@
-//! DCB types as they appear on the wire and in memory, and query matching.
+//! DCB types as they appear on the wire and in memory (events, queries,
+//! conditions, read options, projectors and requirements), and query
+//! matching. Depends on no other module of [`crate::dcb`].
 
 use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
 
 /// Reads an explicit JSON `null` as the field's default, the way an absent
 /// field is read: clients built on JavaScript often send `null` for "none".
@@ -167,7 +170,7 @@ pub struct AppendRequest {
         deserialize_with = "null_as_default",
         skip_serializing_if = "Vec::is_empty"
     )]
-    pub require: Vec<super::projection::Requirement>,
+    pub require: Vec<Requirement>,
 }
 
 /// Options of a read. `from` is inclusive (the inclusive upper bound when
@@ -184,6 +187,112 @@ pub struct ReadOptions {
     pub limit: Option<u64>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub backwards: bool,
+}
+
+// Projectors and requirements, as clients send them; validated and
+// described for the store by `super::projection`.
+
+/// A built-in reducer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reducer {
+    Exists,
+    Count,
+    Last,
+    Sum,
+    Latest,
+    Distinct,
+    Status,
+}
+
+impl Reducer {
+    /// The name on the wire, which is also what the SQL reducer takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reducer::Exists => "exists",
+            Reducer::Count => "count",
+            Reducer::Last => "last",
+            Reducer::Sum => "sum",
+            Reducer::Latest => "latest",
+            Reducer::Distinct => "distinct",
+            Reducer::Status => "status",
+        }
+    }
+
+    /// Whether the reducer reads a value at a JSON pointer into `data`.
+    pub fn needs_path(self) -> bool {
+        matches!(self, Reducer::Sum | Reducer::Latest | Reducer::Distinct)
+    }
+}
+
+/// One projector as a client sends it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Projector {
+    /// Names the state in the answer of `/project` (required there,
+    /// optional in a requirement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The events the reducer folds (as in `/read`).
+    pub query: Query,
+    pub reduce: Reducer,
+    /// JSON pointer (RFC 6901) into `data`: `sum`, `latest`, `distinct`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Most values `distinct` returns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// Event type -> state, for `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<Map<String, Value>>,
+}
+
+/// The body of `POST /project`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectRequest {
+    pub projectors: Vec<Projector>,
+}
+
+/// How a requirement compares the state with its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompareOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl CompareOp {
+    /// The name on the wire, which is also what `crablet_compare` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            CompareOp::Eq => "eq",
+            CompareOp::Ne => "ne",
+            CompareOp::Lt => "lt",
+            CompareOp::Le => "le",
+            CompareOp::Gt => "gt",
+            CompareOp::Ge => "ge",
+        }
+    }
+
+    /// Whether the op orders values (as opposed to testing equality).
+    pub fn ordering(self) -> bool {
+        !matches!(self, CompareOp::Eq | CompareOp::Ne)
+    }
+}
+
+/// One entry of `require` on an append: the append is written only if
+/// `state(projector) op value` holds.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requirement {
+    pub projector: Projector,
+    pub op: CompareOp,
+    pub value: Value,
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 //! requirements: a projector's state compared with a value, checked inside an
 //! append's batch (`require` on `POST /append`).
 //!
-//! Pure: this module parses, validates and describes projectors; it runs
-//! nothing. The store turns a [`ProjectorSpec`] into one call of the SQL
+//! Pure: this module validates and describes projectors; it runs nothing.
+//! Their wire types ([`Projector`], [`Requirement`], ...) live in
+//! [`super::model`] and are re-exported here. The store turns a [`ProjectorSpec`] into one call of the SQL
 //! reducer (`sql/migrations/007_reduce.sql`), the HTTP layer renders states.
 //!
 //! Reducers, over the events matching the query (the store's snapshot):
@@ -23,112 +24,14 @@
 //! character anywhere), or that has nothing at `path`; `sum` also skips a
 //! value that is not a number.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::footprint::{self, Key};
 use super::model::{Position, Query, SequencedEvent};
 use super::validate::{validate_query, Limits, ValidationError};
 
-/// A built-in reducer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Reducer {
-    Exists,
-    Count,
-    Last,
-    Sum,
-    Latest,
-    Distinct,
-    Status,
-}
-
-impl Reducer {
-    fn name(self) -> &'static str {
-        match self {
-            Reducer::Exists => "exists",
-            Reducer::Count => "count",
-            Reducer::Last => "last",
-            Reducer::Sum => "sum",
-            Reducer::Latest => "latest",
-            Reducer::Distinct => "distinct",
-            Reducer::Status => "status",
-        }
-    }
-
-    fn needs_path(self) -> bool {
-        matches!(self, Reducer::Sum | Reducer::Latest | Reducer::Distinct)
-    }
-}
-
-/// One projector as a client sends it.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Projector {
-    /// Names the state in the answer of `/project` (required there,
-    /// optional in a requirement).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    /// The events the reducer folds (as in `/read`).
-    pub query: Query,
-    pub reduce: Reducer,
-    /// JSON pointer (RFC 6901) into `data`: `sum`, `latest`, `distinct`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    /// Most values `distinct` returns.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<u32>,
-    /// Event type -> state, for `status`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub map: Option<Map<String, Value>>,
-}
-
-/// The body of `POST /project`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProjectRequest {
-    pub projectors: Vec<Projector>,
-}
-
-/// How a requirement compares the state with its value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CompareOp {
-    Eq,
-    Ne,
-    Lt,
-    Le,
-    Gt,
-    Ge,
-}
-
-impl CompareOp {
-    /// The name on the wire, which is also what `crablet_compare` takes.
-    pub fn name(self) -> &'static str {
-        match self {
-            CompareOp::Eq => "eq",
-            CompareOp::Ne => "ne",
-            CompareOp::Lt => "lt",
-            CompareOp::Le => "le",
-            CompareOp::Gt => "gt",
-            CompareOp::Ge => "ge",
-        }
-    }
-
-    fn ordering(self) -> bool {
-        !matches!(self, CompareOp::Eq | CompareOp::Ne)
-    }
-}
-
-/// One entry of `require` on an append: the append is written only if
-/// `state(projector) op value` holds.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Requirement {
-    pub projector: Projector,
-    pub op: CompareOp,
-    pub value: Value,
-}
+pub use super::model::{CompareOp, ProjectRequest, Projector, Reducer, Requirement};
 
 /// `distinct` returns this many values unless `limit` says otherwise.
 pub const DEFAULT_DISTINCT_LIMIT: u32 = 100;

@@ -33,64 +33,43 @@ pub struct Migration {
     pub repeatable: bool,
 }
 
+/// A row of [`MIGRATIONS`]: version, name, file under `sql/migrations/`,
+/// and whether it is `schema` (applied once) or `repeatable`.
+macro_rules! migration {
+    ($version:literal, $name:literal, $file:literal, $kind:ident) => {
+        Migration {
+            version: $version,
+            name: $name,
+            sql: include_str!(concat!("../../sql/migrations/", $file)),
+            repeatable: migration!(@repeatable $kind),
+        }
+    };
+    (@repeatable schema) => {
+        false
+    };
+    (@repeatable repeatable) => {
+        true
+    };
+}
+
 /// Every migration, in the order it is applied. Schema migrations are append
 /// only: never edit or reorder a released one, add a new one instead.
 /// Repeatable ones may be edited; their new text is applied at the next start.
 pub const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "events",
-        sql: include_str!("../../sql/migrations/001_events.sql"),
-        repeatable: false,
-    },
-    Migration {
-        version: 2,
-        name: "event_keys",
-        sql: include_str!("../../sql/migrations/002_event_keys.sql"),
-        repeatable: false,
-    },
-    Migration {
-        version: 3,
-        name: "events_position_seq",
-        sql: include_str!("../../sql/migrations/003_events_position_seq.sql"),
-        repeatable: false,
-    },
-    Migration {
-        version: 4,
-        name: "append_batch",
-        sql: include_str!("../../sql/migrations/004_append_batch.sql"),
-        repeatable: true,
-    },
-    Migration {
-        version: 5,
-        name: "event_ids",
-        sql: include_str!("../../sql/migrations/005_event_ids.sql"),
-        repeatable: false,
-    },
-    Migration {
-        version: 6,
-        name: "data_object",
-        sql: include_str!("../../sql/migrations/006_data_object.sql"),
-        repeatable: true,
-    },
-    Migration {
-        version: 7,
-        name: "reduce",
-        sql: include_str!("../../sql/migrations/007_reduce.sql"),
-        repeatable: true,
-    },
-    Migration {
-        version: 8,
-        name: "project",
-        sql: include_str!("../../sql/migrations/008_project.sql"),
-        repeatable: true,
-    },
-    Migration {
-        version: 9,
-        name: "compare",
-        sql: include_str!("../../sql/migrations/009_compare.sql"),
-        repeatable: true,
-    },
+    migration!(1, "events", "001_events.sql", schema),
+    migration!(2, "event_keys", "002_event_keys.sql", schema),
+    migration!(
+        3,
+        "events_position_seq",
+        "003_events_position_seq.sql",
+        schema
+    ),
+    migration!(4, "append_batch", "004_append_batch.sql", repeatable),
+    migration!(5, "event_ids", "005_event_ids.sql", schema),
+    migration!(6, "data_object", "006_data_object.sql", repeatable),
+    migration!(7, "reduce", "007_reduce.sql", repeatable),
+    migration!(8, "project", "008_project.sql", repeatable),
+    migration!(9, "compare", "009_compare.sql", repeatable),
 ];
 
 /// Advisory lock key held while migrating ("CRABLETM").

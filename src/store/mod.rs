@@ -3,12 +3,16 @@
 //! It owns the schema (`sql/migrations`, applied by [`migrate`]), the pooled
 //! connections with their prepared statements ([`connection`]), the batch
 //! append with its advisory locks and condition checks ([`append`]), the
-//! paged reads ([`read`]), the
-//! projections ([`project`]) with the projector states a process remembers
-//! ([`states`]), clearing the store ([`clear`]), and TLS to
-//! PostgreSQL as the database URL asks ([`tls`]). It knows nothing of HTTP
-//! or actors: the writer and reader actors call its functions with a
-//! connection they own.
+//! paged reads ([`read`]), the projections ([`project`](mod@project)) with
+//! the projector states a process remembers ([`states`]), clearing the store
+//! ([`clear`](mod@clear)), and TLS to PostgreSQL as the database URL asks
+//! ([`tls`]). It also owns the reading of PostgreSQL's errors: what a failed
+//! statement may have done ([`StoreError::failure`]) and whether a failed
+//! connection attempt may pass by waiting ([`connect_may_pass`]).
+//!
+//! It knows nothing of HTTP or actors: the writer and reader actors call its
+//! functions with a connection they own; the HTTP layer uses its types (the
+//! page bodies of [`read`], [`Page`], [`Failure`]) but never a connection.
 
 pub mod append;
 pub mod clear;
@@ -19,8 +23,10 @@ pub mod read;
 pub mod states;
 pub mod tls;
 
-/// The outcome and page types live in [`crate::dcb`] (the HTTP layer uses
-/// them without depending on the store); re-exported for the store's callers.
+/// The outcome and page types live in [`crate::dcb`], beside the requests
+/// they answer; re-exported here for the store's callers, the HTTP layer
+/// among them (it also takes [`Failure`] and the page bodies of
+/// [`read`] from this module).
 pub use crate::dcb::{AppendOutcome, Page};
 pub use append::append_batch;
 pub use clear::clear;
@@ -128,6 +134,27 @@ fn is_transient(code: &SqlState) -> bool {
         || *code == SqlState::READ_ONLY_SQL_TRANSACTION
 }
 
+/// Whether a failed connection attempt may pass by waiting: no answer at
+/// all (refused, no socket, timed out, closed), or the server saying it is
+/// not ready yet: starting up or shutting down, out of connection slots,
+/// or a connection exception (SQLSTATE class 08).
+pub fn connect_may_pass(error: &tokio_postgres::Error) -> bool {
+    error.code().is_none_or(not_ready_yet)
+}
+
+/// SQLSTATEs of a server refusing a connection for now: starting up or
+/// shutting down, out of connection slots, or a connection exception.
+fn not_ready_yet(code: &SqlState) -> bool {
+    [
+        SqlState::CANNOT_CONNECT_NOW,
+        SqlState::TOO_MANY_CONNECTIONS,
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::CRASH_SHUTDOWN,
+    ]
+    .contains(code)
+        || code.code().starts_with("08")
+}
+
 impl From<bb8::RunError<tokio_postgres::Error>> for StoreError {
     fn from(err: bb8::RunError<tokio_postgres::Error>) -> Self {
         match err {
@@ -146,21 +173,39 @@ mod tests {
     #[test]
     fn an_error_severity_refusal_wrote_nothing() {
         let error = |code| classify(false, Some((Some(Severity::Error), code)));
-        assert_eq!(error(SqlState::QUERY_CANCELED), Failure::Unavailable);
-        assert_eq!(
-            error(SqlState::T_R_SERIALIZATION_FAILURE),
-            Failure::Unavailable
-        );
-        assert_eq!(error(SqlState::T_R_DEADLOCK_DETECTED), Failure::Unavailable);
-        assert_eq!(error(SqlState::DISK_FULL), Failure::Unavailable);
-        assert_eq!(error(SqlState::LOCK_NOT_AVAILABLE), Failure::Unavailable);
-        assert_eq!(
-            error(SqlState::READ_ONLY_SQL_TRANSACTION),
-            Failure::Unavailable
-        );
-        assert_eq!(error(SqlState::DIVISION_BY_ZERO), Failure::Refused);
-        assert_eq!(error(SqlState::UNIQUE_VIOLATION), Failure::Refused);
-        assert_eq!(error(SqlState::RAISE_EXCEPTION), Failure::Refused);
+        for code in [
+            SqlState::QUERY_CANCELED,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::DISK_FULL,
+            SqlState::LOCK_NOT_AVAILABLE,
+            SqlState::READ_ONLY_SQL_TRANSACTION,
+        ] {
+            assert_eq!(error(code.clone()), Failure::Unavailable, "{code:?}");
+        }
+        for code in [
+            SqlState::DIVISION_BY_ZERO,
+            SqlState::UNIQUE_VIOLATION,
+            SqlState::RAISE_EXCEPTION,
+        ] {
+            assert_eq!(error(code.clone()), Failure::Refused, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn a_server_not_ready_yet_may_let_a_connection_in_later() {
+        for code in [
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CONNECTION_FAILURE,
+        ] {
+            assert!(not_ready_yet(&code), "{code:?}");
+        }
+        for code in [SqlState::INVALID_PASSWORD, SqlState::INVALID_CATALOG_NAME] {
+            assert!(!not_ready_yet(&code), "{code:?}");
+        }
     }
 
     #[test]

@@ -120,11 +120,9 @@ pub fn client_config(
     sslrootcert: Option<&str>,
 ) -> Result<rustls::ClientConfig, DbTlsError> {
     let provider = Arc::new(default_provider());
-    let verifier: Arc<dyn ServerCertVerifier> = match mode {
-        DbTlsMode::Plain | DbTlsMode::Require => Arc::new(EncryptOnly {
-            provider: provider.clone(),
-        }),
-        _ => {
+    let chain = match mode {
+        DbTlsMode::Plain | DbTlsMode::Require => None,
+        DbTlsMode::VerifyCa | DbTlsMode::VerifyFull => {
             let path =
                 sslrootcert.ok_or(DbTlsError::NoRootCert(if mode == DbTlsMode::VerifyCa {
                     "verify-ca"
@@ -139,12 +137,15 @@ pub fn client_config(
                         path: path.into(),
                         problem: e.to_string(),
                     })?;
-            if mode == DbTlsMode::VerifyFull {
-                webpki
-            } else {
-                Arc::new(ChainOnly { inner: webpki })
-            }
+            Some(webpki)
         }
+    };
+    let verifier: Arc<dyn ServerCertVerifier> = match (mode, chain) {
+        (DbTlsMode::VerifyFull, Some(webpki)) => webpki,
+        (_, chain) => Arc::new(LenientVerifier {
+            chain,
+            provider: provider.clone(),
+        }),
     };
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -214,7 +215,7 @@ pub fn split_tls_options(
         }
     } else {
         let mut kept = Vec::new();
-        for (key, value) in key_values(url)? {
+        for (key, value) in libpq_key_value_pairs(url)? {
             if !take(&key, value.clone())? {
                 kept.push(format!("{key}={}", quote(&value)));
             }
@@ -233,7 +234,12 @@ fn quote(value: &str) -> String {
 }
 
 /// The pairs of a libpq key-value string (`key=value`, `key = 'quoted \' value'`).
-fn key_values(text: &str) -> Result<Vec<(String, String)>, DbTlsError> {
+///
+/// tokio-postgres parses this form too, but refuses what crablet must read
+/// first (`sslmode=verify-ca`/`verify-full`, `sslrootcert`: "unknown option")
+/// and gives no access to the pairs; so [`split_tls_options`] reads them
+/// here, takes those out and hands the rest, re-quoted, to tokio-postgres.
+fn libpq_key_value_pairs(text: &str) -> Result<Vec<(String, String)>, DbTlsError> {
     let mut pairs = Vec::new();
     let mut chars = text.chars().peekable();
     loop {
@@ -279,23 +285,36 @@ fn key_values(text: &str) -> Result<Vec<(String, String)>, DbTlsError> {
     }
 }
 
-/// `require`: encryption without checking who answers (libpq's meaning);
-/// the handshake's signatures are still verified.
+/// The certificate check of `require` and `verify-ca`, libpq's meanings
+/// (`verify-full` is rustls's own [`WebPkiServerVerifier`], unchanged). The
+/// handshake's signatures are verified in both.
 #[derive(Debug)]
-struct EncryptOnly {
+struct LenientVerifier {
+    /// `verify-ca`: the chain must lead to a trusted root, whatever name the
+    /// certificate gives. `None` for `require`: encryption without checking
+    /// who answers.
+    chain: Option<Arc<WebPkiServerVerifier>>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for EncryptOnly {
+impl ServerCertVerifier for LenientVerifier {
     fn verify_server_cert(
         &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
     }
 
     fn verify_tls12_signature(
@@ -330,55 +349,6 @@ impl ServerCertVerifier for EncryptOnly {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
-    }
-}
-
-/// `verify-ca`: the chain must lead to a trusted root; the name is not checked.
-#[derive(Debug)]
-struct ChainOnly {
-    inner: Arc<WebPkiServerVerifier>,
-}
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
     }
 }
 

@@ -1,258 +1,22 @@
-//! The batch append: many appends decided in order and committed together,
-//! in one round trip.
-//!
-//! crablet prepares everything that needs no database ([`BatchArgs`]): the
-//! batch's advisory locks (its merged [`Footprint`], sorted), the probes of
-//! every condition, where an append overlaps an earlier one of the batch
-//! (an event its condition matches, an id it reuses), the batch events each
-//! requirement's projector matches, and the event columns. Then it sends one
-//! call of `crablet_append_batch` (see `sql/migrations/004_append_batch.sql`)
-//! as its own transaction. The function locks, then decides the appends in
-//! batch order, each against the store and the earlier accepted appends of
-//! the batch, exactly as if each had committed alone before the next: any
-//! number of decisions on one key share one commit, each seeing its
-//! predecessors. Then it inserts the accepted events under the sequencing
-//! lock, so commit order equals position order.
-//!
-//! An append any of whose ids is already stored, or written by an earlier
-//! accepted append of the batch, is not written: [`AppendOutcome::of_stored`]
-//! tells a retry of the same append from a reuse of ids. Appends without ids
-//! send no ids and pay for no lookup.
-//!
-//! Requirements (`require`) are decided on their projectors' states: each
-//! distinct projector of the batch is reduced once, continued from the state
-//! this process remembers for it ([`ProjectionStates`]), and folded with the
-//! batch's accepted events in order; its final state comes back and is
-//! remembered for the next batch.
+//! The request side of the batch append: the arguments of one
+//! `crablet_append_batch` call ([`BatchArgs`]), computed without the
+//! database: the merged locks, the conditions' probes, where appends of the
+//! batch overlap, the requirements' projectors and the event columns, each
+//! flattened into the arrays the function takes.
 
 use std::collections::HashMap;
 
 use tokio_postgres::types::ToSql;
-use tokio_postgres::Row;
 
-use super::states::ProjectionStates;
-use super::{Connection, StoreError};
 use crate::dcb::footprint::{self, Key, LockMode, SEQUENCE_KEY};
 use crate::dcb::projection::ProjectorSpec;
-use crate::dcb::{AppendOutcome, CheckedAppend, Footprint, OverBudget, Position, StoredEvent};
-
-/// Appends a batch in one transaction and returns each append's outcome, in
-/// batch order. On `Err` nothing of the batch was written, unless the error
-/// came from the commit itself, in which case the outcome is unknown.
-///
-/// `known_head` is a position this process has seen committed (see
-/// [`crate::head`]): a condition whose `after` is not beyond it is
-/// certainly broken by a matching event of an earlier append of the batch.
-///
-/// `budget` is the most index entries one append's decision may visit
-/// (`writer.decision_budget_entries`): shared by the probes of its condition
-/// that are not exact, and given whole to each of its requirements. An append
-/// over it is refused ([`AppendOutcome::OverBudget`]) and the rest of the
-/// batch decided as if it had not been there.
-pub async fn append_batch(
-    conn: &mut Connection,
-    batch: &[&CheckedAppend],
-    states: &ProjectionStates,
-    known_head: Position,
-    budget: i64,
-) -> Result<Vec<AppendOutcome>, StoreError> {
-    let args = BatchArgs::of(batch, states, known_head, budget);
-    // One statement in an implicit transaction: PostgreSQL commits it at the
-    // protocol's Sync and answers ReadyForQuery only after the commit, and
-    // the rows are handed over only then, so nothing is acknowledged before
-    // it is durable. A failure rolls the whole batch back.
-    let rows = conn
-        .client
-        .query(&conn.statements.append_batch, &args.params())
-        .await?;
-    let outcomes = decide(batch, &rows, &args)?;
-    for row in rows
-        .iter()
-        .filter(|row| matches!(kind(row), Ok(RowKind::State)))
-    {
-        let projector: i32 = row.try_get("projector")?;
-        let Some(spec) = args.projectors.get(projector as usize) else {
-            continue;
-        };
-        let state: String = row.try_get("state")?;
-        let through: Position = row.try_get("first_position")?;
-        states.remember(spec, state, through);
-    }
-    Ok(outcomes)
-}
-
-/// What a row of `crablet_append_batch` reports (its `kind` column).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RowKind {
-    Written,
-    StoredId,
-    BatchId,
-    Condition,
-    Requirement,
-    Budget,
-    State,
-}
-
-fn kind(row: &Row) -> Result<RowKind, StoreError> {
-    let kind: &str = row.try_get("kind")?;
-    Ok(match kind {
-        "written" => RowKind::Written,
-        "stored_id" => RowKind::StoredId,
-        "batch_id" => RowKind::BatchId,
-        "condition" => RowKind::Condition,
-        "requirement" => RowKind::Requirement,
-        "budget" => RowKind::Budget,
-        "state" => RowKind::State,
-        other => {
-            return Err(StoreError::Corrupt {
-                position: 0,
-                reason: format!("the batch function reported an unknown row kind {other:?}"),
-            })
-        }
-    })
-}
-
-/// Each append's outcome from the function's rows: every append without a
-/// row of its own was accepted, and the accepted appends' events have
-/// consecutive positions from the first one written, in batch order.
-fn decide(
-    batch: &[&CheckedAppend],
-    rows: &[Row],
-    args: &BatchArgs,
-) -> Result<Vec<AppendOutcome>, StoreError> {
-    let mut outcomes: Vec<Option<AppendOutcome>> = vec![None; batch.len()];
-    let mut stored: Vec<Vec<StoredEvent>> = Vec::new();
-    let mut reused: Vec<(usize, usize)> = Vec::new();
-    let mut first_written: Option<Position> = None;
-    let append_of = |row: &Row| -> Result<usize, StoreError> {
-        let index: i32 = row.try_get("append_index")?;
-        usize::try_from(index)
-            .ok()
-            .filter(|&i| i < batch.len())
-            .ok_or_else(|| StoreError::Corrupt {
-                position: 0,
-                reason: format!("the batch function named append {index} of {}", batch.len()),
-            })
-    };
-    for row in rows {
-        match kind(row)? {
-            RowKind::Written => first_written = Some(row.try_get("first_position")?),
-            RowKind::State => {}
-            RowKind::Condition => outcomes[append_of(row)?] = Some(AppendOutcome::ConditionFailed),
-            RowKind::Requirement => {
-                let index: i32 = row.try_get("requirement")?;
-                outcomes[append_of(row)?] = Some(AppendOutcome::RequirementFailed {
-                    index: index as usize,
-                });
-            }
-            RowKind::Budget => {
-                let requirement: Option<i32> = row.try_get("requirement")?;
-                let probe: Option<i32> = row.try_get("probe")?;
-                let over = match (requirement, probe) {
-                    (Some(index), _) => OverBudget::Requirement {
-                        index: index as usize,
-                    },
-                    (None, Some(probe)) => OverBudget::ConditionItem {
-                        index: args.probes.item_of(probe)?,
-                    },
-                    (None, None) => {
-                        return Err(StoreError::Corrupt {
-                            position: 0,
-                            reason: "a budget row names neither a probe nor a requirement".into(),
-                        })
-                    }
-                };
-                outcomes[append_of(row)?] = Some(AppendOutcome::OverBudget {
-                    over,
-                    budget: args.budget,
-                });
-            }
-            RowKind::BatchId => {
-                let earlier: i32 = row.try_get("earlier")?;
-                reused.push((append_of(row)?, earlier as usize));
-            }
-            RowKind::StoredId => {
-                if stored.is_empty() {
-                    stored.resize_with(batch.len(), Vec::new);
-                }
-                stored[append_of(row)?].push(StoredEvent {
-                    position: row.try_get("first_position")?,
-                    id: row.try_get("stored_id")?,
-                    event_type: row.try_get("stored_type")?,
-                    tags: row.try_get("stored_tags")?,
-                    data: row.try_get("stored_data")?,
-                    metadata: row.try_get("stored_metadata")?,
-                });
-            }
-        }
-    }
-    for ((outcome, append), found) in outcomes.iter_mut().zip(batch).zip(&stored) {
-        if !found.is_empty() {
-            *outcome = Some(AppendOutcome::of_stored(&append.request.events, found));
-        }
-    }
-    // An id reused from an earlier append of the batch: a placeholder until
-    // the earlier append's positions are counted out below.
-    for &(later, _) in &reused {
-        outcomes[later] = Some(AppendOutcome::ConditionFailed);
-    }
-    let mut next = first_written;
-    let mut decided: Vec<AppendOutcome> = outcomes
-        .into_iter()
-        .zip(batch)
-        .map(|(outcome, append)| match outcome {
-            Some(decided) => Ok(decided),
-            None => {
-                let first = next.ok_or_else(|| StoreError::Corrupt {
-                    position: 0,
-                    reason: "the batch accepted an append but wrote no position".into(),
-                })?;
-                let last = first + append.request.events.len() as Position - 1;
-                next = Some(last + 1);
-                Ok(AppendOutcome::Appended { first, last })
-            }
-        })
-        .collect::<Result<_, StoreError>>()?;
-    let mut found_in_batch: HashMap<usize, Vec<StoredEvent>> = HashMap::new();
-    for &(later, earlier) in &reused {
-        let (Some(AppendOutcome::Appended { first, .. }), Some(earlier_append)) =
-            (decided.get(earlier), batch.get(earlier))
-        else {
-            return Err(StoreError::Corrupt {
-                position: 0,
-                reason: format!("append {later} reuses ids of append {earlier}, not written"),
-            });
-        };
-        let ids: Vec<&str> = batch[later]
-            .request
-            .events
-            .iter()
-            .filter_map(|e| e.id.as_deref())
-            .collect();
-        let events = found_in_batch.entry(later).or_default();
-        for (k, event) in earlier_append.request.events.iter().enumerate() {
-            let Some(id) = event.id.as_deref().filter(|id| ids.contains(id)) else {
-                continue;
-            };
-            events.push(StoredEvent {
-                position: first + k as Position,
-                id: id.to_string(),
-                event_type: event.event_type.clone(),
-                tags: event.tags.clone(),
-                data: event.data.clone().into_bytes(),
-                metadata: event.metadata.clone().map(String::into_bytes),
-            });
-        }
-    }
-    for (later, found) in found_in_batch {
-        decided[later] = AppendOutcome::of_stored(&batch[later].request.events, &found);
-    }
-    Ok(decided)
-}
+use crate::dcb::{CheckedAppend, Footprint, Position};
+use crate::store::states::ProjectionStates;
+use crate::store::StoreError;
 
 /// The arguments of one `crablet_append_batch` call, built in one place and
 /// in the function's order ([`BatchArgs::params`]).
-struct BatchArgs<'a> {
+pub(super) struct BatchArgs<'a> {
     lock_keys: Vec<Key>,
     lock_exclusive: Vec<bool>,
     appends: i32,
@@ -260,24 +24,24 @@ struct BatchArgs<'a> {
     append_events: Vec<i32>,
     /// Per append: its condition's `after` (0 when it has none).
     after: Vec<Position>,
-    probes: ProbeColumns,
+    pub(super) probes: ProbeColumns,
     overlaps: Overlaps,
     /// Whether an in-batch match needs positions: its later append's
     /// `after` lies beyond `known_head`.
     pairs_exact: bool,
     /// The batch's distinct projectors, in the order of `projectors_json`.
-    projectors: Vec<&'a ProjectorSpec>,
+    pub(super) projectors: Vec<&'a ProjectorSpec>,
     /// `None` (SQL NULL: no requirement work at all) without projectors.
     projectors_json: Option<String>,
     requirements: RequirementColumns<'a>,
     events: EventColumns<'a>,
     known_head: Position,
     /// Index entries one append's decision may visit.
-    budget: i64,
+    pub(super) budget: i64,
 }
 
 impl<'a> BatchArgs<'a> {
-    fn of(
+    pub(super) fn of(
         batch: &[&'a CheckedAppend],
         states: &ProjectionStates,
         known_head: Position,
@@ -327,7 +91,7 @@ impl<'a> BatchArgs<'a> {
     }
 
     /// In the order of the function's parameters.
-    fn params(&self) -> [&(dyn ToSql + Sync); 35] {
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 35] {
         [
             &self.lock_keys,
             &self.lock_exclusive,
@@ -396,15 +160,15 @@ impl<'a> RequirementColumns<'a> {
             return cols;
         }
         let mut index: HashMap<&str, usize> = HashMap::new();
-        for (i, append) in batch.iter().enumerate() {
-            for (n, requirement) in append.requirements.iter().enumerate() {
+        for (append_index, append) in batch.iter().enumerate() {
+            for (requirement_index, requirement) in append.requirements.iter().enumerate() {
                 let spec = &requirement.q;
                 let projector = *index.entry(spec.canonical()).or_insert_with(|| {
                     cols.projectors.push(spec);
                     cols.projectors.len() - 1
                 });
-                cols.appends.push(i as i32);
-                cols.indexes.push(n as i32);
+                cols.appends.push(append_index as i32);
+                cols.indexes.push(requirement_index as i32);
                 cols.projector_of.push(projector as i32);
                 cols.ops.push(requirement.op.name());
                 cols.values.push(requirement.v.to_string());
@@ -426,7 +190,7 @@ impl<'a> RequirementColumns<'a> {
 /// The probes of the batch's conditions, flattened for
 /// `crablet_append_batch`: empty when no append has a condition.
 #[derive(Default)]
-struct ProbeColumns {
+pub(super) struct ProbeColumns {
     /// Per probe: the index of its append.
     appends: Vec<i32>,
     /// Per probe: the key to scan; `None` scans all events.
@@ -449,7 +213,7 @@ struct ProbeColumns {
 impl ProbeColumns {
     fn of(batch: &[&CheckedAppend], budget: i64) -> Self {
         let mut cols = ProbeColumns::default();
-        for (i, append) in batch.iter().enumerate() {
+        for (append_index, append) in batch.iter().enumerate() {
             let Some(condition) = &append.request.condition else {
                 continue;
             };
@@ -457,7 +221,7 @@ impl ProbeColumns {
             let inexact = probes.iter().filter(|p| !p.is_exact()).count().max(1);
             let share = (budget / inexact as i64).max(1);
             for probe in probes {
-                cols.appends.push(i as i32);
+                cols.appends.push(append_index as i32);
                 cols.keys.push(probe.key);
                 cols.tags.push(array_literal(probe.tags));
                 cols.types.push(array_literal(probe.types));
@@ -479,7 +243,7 @@ impl ProbeColumns {
     }
 
     /// The condition item of probe number `probe` (as the function names it).
-    fn item_of(&self, probe: i32) -> Result<usize, StoreError> {
+    pub(super) fn item_of(&self, probe: i32) -> Result<usize, StoreError> {
         usize::try_from(probe)
             .ok()
             .and_then(|p| self.items.get(p).copied())
@@ -538,9 +302,9 @@ impl Overlaps {
         let mut by_key: HashMap<Key, Vec<usize>> = HashMap::new();
         let with_ids = batch.iter().any(|a| !a.id_keys.is_empty());
         let mut by_id: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (j, append) in batch.iter().enumerate() {
+        for (later, append) in batch.iter().enumerate() {
             if with_ids {
-                let mut earlier: Vec<usize> = append
+                let mut owners_of_ids: Vec<usize> = append
                     .request
                     .events
                     .iter()
@@ -549,23 +313,23 @@ impl Overlaps {
                     .flatten()
                     .copied()
                     .collect();
-                earlier.sort_unstable();
-                earlier.dedup();
-                for i in earlier {
-                    overlaps.id_later.push(j as i32);
-                    overlaps.id_earlier.push(i as i32);
+                owners_of_ids.sort_unstable();
+                owners_of_ids.dedup();
+                for earlier in owners_of_ids {
+                    overlaps.id_later.push(later as i32);
+                    overlaps.id_earlier.push(earlier as i32);
                 }
                 for id in append.request.events.iter().filter_map(|e| e.id.as_deref()) {
                     let owners = by_id.entry(id).or_default();
-                    if owners.last() != Some(&j) {
-                        owners.push(j);
+                    if owners.last() != Some(&later) {
+                        owners.push(later);
                     }
                 }
             }
             if let Some(condition) = &append.request.condition {
                 let query = &condition.fail_if_events_match;
                 let mut candidates: Vec<usize> = if query.is_all() {
-                    (0..j).collect()
+                    (0..later).collect()
                 } else {
                     footprint::probes(query)
                         .iter()
@@ -576,23 +340,23 @@ impl Overlaps {
                 };
                 candidates.sort_unstable();
                 candidates.dedup();
-                for i in candidates {
-                    let last_match = batch[i]
+                for earlier in candidates {
+                    let last_match = batch[earlier]
                         .request
                         .events
                         .iter()
                         .rposition(|e| query.matches(&e.event_type, &e.tags));
                     if let Some(offset) = last_match {
-                        overlaps.match_later.push(j as i32);
-                        overlaps.match_earlier.push(i as i32);
+                        overlaps.match_later.push(later as i32);
+                        overlaps.match_earlier.push(earlier as i32);
                         overlaps.match_offset.push(offset as i32);
                     }
                 }
             }
             for &key in append.event_keys.iter().flatten() {
                 let owners = by_key.entry(key).or_default();
-                if owners.last() != Some(&j) {
-                    owners.push(j);
+                if owners.last() != Some(&later) {
+                    owners.push(later);
                 }
             }
         }
@@ -643,13 +407,13 @@ impl<'a> EventColumns<'a> {
             key_events: Vec::new(),
             keys: Vec::new(),
         };
-        let events = batch.iter().enumerate().flat_map(|(i, append)| {
+        let events = batch.iter().enumerate().flat_map(|(append_index, append)| {
             append
                 .request
                 .events
                 .iter()
                 .zip(&append.event_keys)
-                .map(move |(e, keys)| (i, e, keys))
+                .map(move |(e, keys)| (append_index, e, keys))
         });
         for (ordinal, (append, event, keys)) in (1_i32..).zip(events) {
             cols.appends.push(append as i32);
@@ -752,20 +516,14 @@ mod tests {
     #[test]
     fn a_match_records_the_last_matching_event_of_the_earlier_append() {
         let mut request = append("user:a", None).request;
-        request.events.push(NewEvent {
+        let other = |tag: &str| NewEvent {
             event_type: "Other".into(),
-            tags: vec!["user:a".into()],
+            tags: vec![tag.into()],
             data: "{}".into(),
             id: None,
             metadata: None,
-        });
-        request.events.push(NewEvent {
-            event_type: "Other".into(),
-            tags: vec!["user:b".into()],
-            data: "{}".into(),
-            id: None,
-            metadata: None,
-        });
+        };
+        request.events.extend([other("user:a"), other("user:b")]);
         let three = CheckedAppend::new(request, &Limits::default()).unwrap();
         let cond = append("user:z", tagged("user:a"));
         let overlaps = Overlaps::of(&[&three, &cond]);
