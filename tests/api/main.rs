@@ -12,6 +12,7 @@ mod concurrency;
 mod crash;
 mod decisions;
 mod deploy;
+mod docs;
 mod embedded;
 mod failures;
 mod gocrablet;

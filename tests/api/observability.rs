@@ -1,4 +1,4 @@
-//! `/metrics`: the README's metric table against what is exported, the
+//! `/metrics`: the metric table of `docs/operations.md` against what is exported, the
 //! values of the append, pool and head metrics, and gzip on request.
 
 use std::collections::BTreeSet;
@@ -8,21 +8,21 @@ use serde_json::json;
 
 use crate::helpers::{event, fresh_database, spawn_app, spawn_app_on, unless_tagged, TestApp};
 
-/// Metrics the README documents that subscriptions (`GET /subscribe`)
+/// Metrics the documentation lists that subscriptions (`GET /subscribe`)
 /// export once they are in. A documented metric missing from `/metrics`
 /// fails the table test unless it is listed here.
 const EXPECTED_FROM_SUBSCRIPTIONS: &[&str] = &[];
 
-/// The README, as the repository ships it.
-const README: &str = include_str!("../../README.md");
+/// The operations page, as the repository ships it.
+const OPERATIONS: &str = include_str!("../../docs/operations.md");
 
-/// The metric names in the README's table under "### Metrics": the first
+/// The metric names in the table under "## Metrics" of `docs/operations.md`: the first
 /// cell of each row, in backquotes.
 pub fn documented_metrics() -> BTreeSet<String> {
-    let section = README
-        .split("\n### Metrics\n")
+    let section = OPERATIONS
+        .split("\n## Metrics\n")
         .nth(1)
-        .expect("README has a ### Metrics section");
+        .expect("docs/operations.md has a ## Metrics section");
     // Up to the next heading of any level.
     let section = section.split("\n#").next().unwrap_or(section);
     section
@@ -75,20 +75,20 @@ async fn exercise(app: &TestApp) {
 }
 
 #[actix_rt::test]
-async fn every_exported_metric_is_in_the_readme_table_and_every_documented_one_is_exported() {
+async fn every_exported_metric_is_in_the_documented_table_and_every_documented_one_is_exported() {
     let app = spawn_app().await;
     exercise(&app).await;
     let exported = exported_families(&scrape(&app).await);
     let documented = documented_metrics();
     assert!(
         documented.len() > 20,
-        "the README table was not found: {documented:?}"
+        "the metric table of docs/operations.md was not found: {documented:?}"
     );
 
     let undocumented: Vec<_> = exported.difference(&documented).collect();
     assert!(
         undocumented.is_empty(),
-        "exported by /metrics but missing from the README's metric table: {undocumented:?}"
+        "exported by /metrics but missing from the metric table of docs/operations.md: {undocumented:?}"
     );
     let missing: Vec<_> = documented
         .difference(&exported)
@@ -96,7 +96,7 @@ async fn every_exported_metric_is_in_the_readme_table_and_every_documented_one_i
         .collect();
     assert!(
         missing.is_empty(),
-        "documented in the README but not exported by /metrics: {missing:?}"
+        "documented in docs/operations.md but not exported by /metrics: {missing:?}"
     );
 }
 

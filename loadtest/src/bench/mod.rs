@@ -116,8 +116,8 @@ const DB_HISTORY: &str = "crablet_bench_history";
 /// crablet's soak store.
 const DB_SOAK: &str = "crablet_bench_soak";
 
-/// The performance goals the benchmark measures (P1-P12; the README's Performance
-/// section states each one with its target).
+/// The performance goals the benchmark measures (P1-P12; docs/performance.md
+/// states each one with its target).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
 pub enum Goal {
     /// Conditional appends, disjoint keys, 64 clients, vs raw INSERT.

@@ -19,7 +19,7 @@ pub struct Row {
     pub baseline: String,
     /// crablet / baseline (P2: latency ratio), when both exist.
     pub ratio: Option<f64>,
-    /// The goal, as the README states it.
+    /// The goal, as docs/performance.md states it.
     pub goal: String,
     /// Whether the goal was met (None: not measured, or the phase failed).
     pub met: Option<bool>,
