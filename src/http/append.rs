@@ -2,10 +2,10 @@
 
 use std::time::Instant;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use serde::Serialize;
 
-use super::{parse, read_json_body, ApiError, AppState};
+use super::{parse, ApiError, AppState, JsonBody};
 use crate::dcb::{AppendOutcome, AppendRequest, CheckedAppend, Position};
 
 /// The response of an append: the contract's two fields, plus the position
@@ -28,12 +28,10 @@ pub struct AppendResponse {
 }
 
 pub async fn append(
-    req: HttpRequest,
-    payload: web::Payload,
     state: web::Data<AppState>,
+    JsonBody(body): JsonBody,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    let body = read_json_body(&req, payload, &state).await?;
     let limits = state.limits.clone();
     let append = parse::off_worker(body, move |body| {
         let request: AppendRequest = parse::json("body", body)?;

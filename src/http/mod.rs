@@ -59,6 +59,25 @@ pub struct AppState {
 /// The OpenAPI 3.1 document of this API, served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("../../openapi/crablet.json");
 
+/// A JSON request body, read whole before the handler runs (see
+/// [`read_json_body`] for what refuses it). Handlers take it as an argument.
+pub struct JsonBody(pub web::BytesMut);
+
+impl actix_web::FromRequest for JsonBody {
+    type Error = ApiError;
+    type Future = futures_util::future::LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        let (req, payload) = (req.clone(), payload.take());
+        Box::pin(async move {
+            let state = req
+                .app_data::<web::Data<AppState>>()
+                .ok_or_else(|| ApiError::Internal("the application state is missing".into()))?;
+            read_json_body(&req, payload, state).await.map(JsonBody)
+        })
+    }
+}
+
 /// The most a body buffer is sized up front, whatever `Content-Length` says:
 /// a client cannot make crablet allocate memory it has not sent.
 const INITIAL_BODY_CAPACITY: usize = 16 * 1024;
@@ -67,9 +86,9 @@ const INITIAL_BODY_CAPACITY: usize = 16 * 1024;
 /// declared JSON, 413 beyond the limit (checked against `Content-Length`
 /// first, so an oversized body is not read at all), 408 when the body has not
 /// arrived by the request's deadline.
-pub async fn read_json_body(
+async fn read_json_body(
     req: &HttpRequest,
-    mut payload: web::Payload,
+    mut payload: actix_web::dev::Payload,
     state: &AppState,
 ) -> Result<web::BytesMut, ApiError> {
     parse::require_json(req.headers())?;

@@ -7,18 +7,16 @@
 
 use std::sync::Arc;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use serde_json::{json, Map, Value};
 
-use super::{parse, read_json_body, ApiError, AppState};
+use super::{parse, ApiError, AppState, JsonBody};
 use crate::dcb::projection::{check_project, union_query, ProjectRequest, State};
 
 pub async fn project(
-    req: HttpRequest,
-    payload: web::Payload,
     state: web::Data<AppState>,
+    JsonBody(body): JsonBody,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_json_body(&req, payload, &state).await?;
     let request: ProjectRequest = parse::json("body", &body)?;
     let specs = check_project(&request, &state.limits)?;
     let condition = union_query(&specs);

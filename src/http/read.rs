@@ -14,7 +14,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::stream;
 use serde::Deserialize;
 
-use super::{parse, read_json_body, ApiError, AppState};
+use super::{parse, ApiError, AppState, JsonBody};
 use crate::actors::EventStore;
 use crate::dcb::validate::{validate_query, validate_read_options};
 use crate::dcb::{Page, Position, Query, ReadOptions};
@@ -55,11 +55,9 @@ pub async fn read_get(
 }
 
 pub async fn read_post(
-    req: HttpRequest,
-    payload: web::Payload,
     state: web::Data<AppState>,
+    JsonBody(body): JsonBody,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_json_body(&req, payload, &state).await?;
     let body: ReadBody = if body.is_empty() {
         ReadBody {
             query: Query::all(),

@@ -20,7 +20,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{parse, read_json_body, ApiError, AppState};
+use super::{parse, ApiError, AppState, JsonBody};
 use crate::dcb::validate::validate_query;
 use crate::dcb::{Position, Query};
 use crate::subscriptions::{Item, Subscription};
@@ -58,10 +58,9 @@ pub async fn subscribe_get(
 
 pub async fn subscribe_post(
     req: HttpRequest,
-    payload: web::Payload,
     state: web::Data<AppState>,
+    JsonBody(body): JsonBody,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_json_body(&req, payload, &state).await?;
     let body: SubscribeBody = if body.is_empty() {
         SubscribeBody {
             query: Query::all(),

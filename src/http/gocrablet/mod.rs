@@ -43,7 +43,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::read::{Cursor, HEAD_HEADER};
-use super::{parse, read_json_body, ApiError, AppState};
+use super::{parse, ApiError, AppState, JsonBody};
 use crate::dcb::projection::{
     check_project, union_query, ProjectRequest, Projector, Reducer, State,
 };
@@ -98,12 +98,10 @@ async fn append_native(state: &AppState, request: AppendRequest) -> Result<bool,
 }
 
 pub async fn append(
-    req: HttpRequest,
-    payload: web::Payload,
     state: web::Data<AppState>,
+    JsonBody(body): JsonBody,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    let body = read_json_body(&req, payload, &state).await?;
     let request = parse::json::<wire::GoAppendBody>("body", &body)?.native()?;
     let failed = append_native(&state, request).await?;
     Ok(HttpResponse::Ok()
@@ -127,12 +125,10 @@ pub struct GoReadResponse {
 }
 
 pub async fn read(
-    req: HttpRequest,
-    payload: web::Payload,
     state: web::Data<AppState>,
+    JsonBody(body): JsonBody,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    let body = read_json_body(&req, payload, &state).await?;
     let (query, options) = parse::json::<wire::GoReadBody>("body", &body)?.native()?;
     validate_query("query", &query, &state.limits)?;
     validate_read_options(&options)?;
@@ -233,12 +229,10 @@ pub async fn cleanup(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
 /// union of the queries after the position the counts saw (go-crablet sent
 /// a placeholder with no items), so a decision on these states can use it.
 pub async fn project(
-    req: HttpRequest,
-    payload: web::Payload,
     state: web::Data<AppState>,
+    JsonBody(body): JsonBody,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    let body = read_json_body(&req, payload, &state).await?;
     let (projectors, after) = parse::json::<wire::GoProjectBody>("body", &body)?.native()?;
     let native: Vec<Projector> = projectors
         .iter()
