@@ -8,30 +8,12 @@
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 
-use crate::helpers::{client, event, fresh_database, post_append, spawn_app_on, spawn_process};
-
-/// A counter or histogram figure from `/metrics` text (summed over labels).
-fn metric(text: &str, name: &str, labels: &str) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter(|line| {
-            line.starts_with(name)
-                && line[name.len()..].starts_with(['{', ' '])
-                && line.contains(labels)
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+use crate::helpers::{
+    client, event, fresh_database, metric, metrics_text, post_append, spawn_app_on, spawn_process,
+};
 
 async fn metrics_of(address: &str) -> String {
-    client()
-        .get(format!("{address}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text")
+    metrics_text(&client(), address).await
 }
 
 fn seats(course: usize) -> Value {

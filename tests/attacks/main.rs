@@ -13,7 +13,7 @@
 //! no other suite's load disturbs the throughput measured here, and the tests
 //! below take a lock so that only one attack runs at a time.
 
-#[path = "../api/helpers.rs"]
+#[path = "../api/helpers/mod.rs"]
 #[allow(dead_code)]
 mod helpers;
 

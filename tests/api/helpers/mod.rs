@@ -21,6 +21,8 @@ use crablet::dcb::SequencedEvent;
 use crablet::embedded::EmbeddedPostgres;
 use serde_json::{json, Value};
 
+pub mod subscription;
+
 /// The PostgreSQL the tests create their databases in.
 struct Cluster {
     /// crablet's connection string without `dbname`.
@@ -391,18 +393,23 @@ pub async fn spawn_embedded_process(data_dir: &std::path::Path) -> ServerProcess
     .await
 }
 
-/// Runs `crablet serve` on a free port, with arguments and environment
-/// completed by `configure`, and waits up to `ready` for `/health`.
-async fn start_process(configure: impl FnOnce(&mut Command), ready: Duration) -> ServerProcess {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-        listener.local_addr().expect("addr").port()
-    };
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    listener.local_addr().expect("addr").port()
+}
+
+/// Runs `crablet serve` on a free port, logging warnings, with arguments,
+/// environment and output completed by `configure`, and waits up to `ready`
+/// for `/health`.
+pub async fn start_process(configure: impl FnOnce(&mut Command), ready: Duration) -> ServerProcess {
+    let port = free_port();
     let mut command = Command::new(env!("CARGO_BIN_EXE_crablet"));
-    command.args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
+    command
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn");
     configure(&mut command);
     let mut child = command
-        .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .spawn()
         .expect("spawn crablet serve");
@@ -538,4 +545,30 @@ pub async fn db_client(database_url: &str) -> tokio_postgres::Client {
         .expect("connect to the test database");
     actix_rt::spawn(connection);
     client
+}
+
+/// The text of `/metrics`.
+pub async fn metrics_text(http: &reqwest::Client, address: &str) -> String {
+    http.get(format!("{address}/metrics"))
+        .send()
+        .await
+        .expect("metrics request")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// A counter, gauge or histogram figure of `/metrics` text: the sum of the
+/// series of `name` whose labels contain `labels` (every series when it is
+/// empty), 0 when there is none.
+pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            line.starts_with(name)
+                && line[name.len()..].starts_with(['{', ' '])
+                && line.contains(labels)
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
