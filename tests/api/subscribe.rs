@@ -13,16 +13,17 @@ use crate::helpers::subscription::{
     find, json_lines, positions, positions_in, read_until, unread_subscription, violations, Item,
     Subscription,
 };
+use crablet::dcb::SequencedEvent;
+
 use crate::helpers::{
-    client, event, fresh_database, get_read, metric, metrics_text, post_append, spawn_app,
-    spawn_app_with, spawn_process, spawn_process_with_env, ServerProcess,
+    client, event, eventually, fresh_database, get_read, metric, metrics_text, post_append,
+    spawn_app, spawn_app_with, spawn_process, spawn_process_with_env, two_processes, ServerProcess,
+    TestApp,
 };
 
 #[actix_rt::test]
 async fn four_subscribers_on_two_processes_get_every_matching_event_once_in_order() {
-    let database = fresh_database().await;
-    let first = spawn_process(&database).await;
-    let second = spawn_process(&database).await;
+    let (_database, first, second) = two_processes().await;
     let http = client();
     let queries = [
         json!({"items": []}),
@@ -143,12 +144,7 @@ async fn a_subscriber_dropped_mid_stream_resumes_with_last_event_id_or_after_and
     )
     .await;
     let rest = resumed.events(160, Duration::from_secs(10)).await;
-    let mut got = positions(&first);
-    got.extend(positions(&rest));
-    let expected = positions(&app.read_all().await);
-    let (missing, duplicated, unordered) = violations(&expected, &got);
-    println!("SSE resume: {missing} missing, {duplicated} duplicated, {unordered} out of order");
-    assert_eq!(got, expected);
+    assert_resumed(&app, &first, &rest, "SSE").await;
 
     // NDJSON: the same with `after`, while appends continue live.
     let mut nd = Subscription::open(&app.http, &app.address, &all, None, false, None).await;
@@ -162,11 +158,24 @@ async fn a_subscriber_dropped_mid_stream_resumes_with_last_event_id_or_after_and
     let mut resumed =
         Subscription::open(&app.http, &app.address, &all, Some(after), false, None).await;
     let rest = resumed.events(100, Duration::from_secs(10)).await;
-    let mut got = positions(&first);
-    got.extend(positions(&rest));
+    assert_resumed(&app, &first, &rest, "NDJSON").await;
+}
+
+/// Asserts that the events read before a subscription was dropped, `first`,
+/// and after it resumed, `rest`, are the whole store, once and in order.
+async fn assert_resumed(
+    app: &TestApp,
+    first: &[SequencedEvent],
+    rest: &[SequencedEvent],
+    format: &str,
+) {
+    let mut got = positions(first);
+    got.extend(positions(rest));
     let expected = positions(&app.read_all().await);
     let (missing, duplicated, unordered) = violations(&expected, &got);
-    println!("NDJSON resume: {missing} missing, {duplicated} duplicated, {unordered} out of order");
+    println!(
+        "{format} resume: {missing} missing, {duplicated} duplicated, {unordered} out of order"
+    );
     assert_eq!(got, expected);
 }
 
@@ -413,12 +422,7 @@ async fn over_the_subscriber_limit_the_answer_is_503_json_until_a_place_frees() 
     let all = json!({"items": []});
     let a = Subscription::open(&app.http, &app.address, &all, None, false, None).await;
     let _b = Subscription::open(&app.http, &app.address, &all, None, true, None).await;
-    let third = app
-        .http
-        .get(format!("{}/subscribe", app.address))
-        .send()
-        .await
-        .expect("subscribe request");
+    let third = app.get("/subscribe").await;
     let status = third.status().as_u16();
     let body = third.text().await.unwrap_or_default();
     println!("third subscriber: {status} {body}");
@@ -428,20 +432,11 @@ async fn over_the_subscriber_limit_the_answer_is_503_json_until_a_place_frees() 
     drop(a);
     // The server reads the end of the closed connection: the place frees
     // without anything written to it.
-    let mut freed = false;
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let response = app
-            .http
-            .get(format!("{}/subscribe", app.address))
-            .send()
-            .await
-            .expect("subscribe request");
-        if response.status() == 200 {
-            freed = true;
-            break;
-        }
-    }
+    let app = &app;
+    let freed = eventually(20, Duration::from_millis(50), move || async move {
+        app.get("/subscribe").await.status() == 200
+    })
+    .await;
     assert!(freed, "the place of a closed subscription was never freed");
 }
 
