@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{tokens_file, TempDir, ADMIN};
-use crate::helpers::{client, event, fresh_database, start_process};
+use super::{status_with, tokens_file, TempDir, ADMIN};
+use crate::helpers::{client, event, eventually, fresh_database, start_process};
 
 #[actix_rt::test]
 async fn an_append_is_audited_with_the_token_name_and_positions_and_sighup_revokes_a_token() {
@@ -52,52 +52,37 @@ async fn an_append_is_audited_with_the_token_name_and_positions_and_sighup_revok
     .await;
     let address = &server.address;
     let http = client();
-    let appended = http
-        .post(format!("{address}/append"))
-        .bearer_auth(&secret)
-        .header("x-request-id", "audit-me-1")
-        .json(
-            &json!({"events": [event("Audited", &["t:1"], "a"), event("Audited", &["t:1"], "b")]}),
-        )
-        .send()
-        .await
-        .expect("append");
-    assert_eq!(appended.status(), 200);
-    let refused = http
-        .post(format!("{address}/append"))
-        .bearer_auth("crablet_wrong")
-        .header("x-request-id", "audit-me-2")
-        .json(&json!({"events": [event("Audited", &["t:1"], "c")]}))
-        .send()
-        .await
-        .expect("append");
-    assert_eq!(refused.status(), 401);
+    // The status of an append of events with `data`, by `token`, with
+    // `request_id`.
+    let append = |token: &str, request_id: &str, data: &[&str]| {
+        let events: Vec<_> = data.iter().map(|d| event("Audited", &["t:1"], d)).collect();
+        http.post(format!("{address}/append"))
+            .bearer_auth(token)
+            .header("x-request-id", request_id)
+            .json(&json!({ "events": events }))
+            .send()
+    };
+    let appended = append(&secret, "audit-me-1", &["a", "b"]).await;
+    assert_eq!(appended.expect("append").status(), 200);
+    let refused = append("crablet_wrong", "audit-me-2", &["c"]).await;
+    assert_eq!(refused.expect("append").status(), 401);
 
     // SIGHUP: the token, dropped from the file, is refused from then on.
     std::fs::write(&file, tokens_file(&[("other", ADMIN, "\"admin\"")])).expect("rewrite");
     server.signal("HUP");
-    let mut revoked = false;
-    for _ in 0..100 {
-        let head = http
-            .get(format!("{address}/head"))
-            .bearer_auth(&secret)
-            .send()
-            .await
-            .expect("head");
-        if head.status() == 401 {
-            revoked = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (http, secret) = (&http, &secret);
+    let head = format!("{address}/head");
+    let head = &head;
+    let revoked = eventually(100, Duration::from_millis(50), move || async move {
+        status_with(http, head, secret).await == 401
+    })
+    .await;
     assert!(revoked, "SIGHUP did not revoke the token");
-    let other = http
-        .get(format!("{address}/head"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .expect("head");
-    assert_eq!(other.status(), 200, "the new token works after SIGHUP");
+    assert_eq!(
+        status_with(http, head, ADMIN).await,
+        200,
+        "the new token works after SIGHUP"
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(server);
     let text = std::fs::read_to_string(&log).expect("log");
@@ -112,5 +97,5 @@ async fn an_append_is_audited_with_the_token_name_and_positions_and_sighup_revok
             .any(|l| l.contains("audit-me-2") && l.contains("refused")),
         "no audit line for the refused append:\n{text}"
     );
-    assert!(!text.contains(&secret), "the log shows the token");
+    assert!(!text.contains(secret.as_str()), "the log shows the token");
 }

@@ -18,18 +18,13 @@ async fn cors_headers_are_sent_only_to_the_configured_origins() {
                 "authorization, content-type",
             )
     };
-    let get =
-        |address: &str, origin: &str| http.get(format!("{address}/head")).header("Origin", origin);
-    for response in [
-        get(&plain.address, "https://app.example")
-            .send()
-            .await
-            .unwrap(),
-        preflight(&plain.address, "https://app.example")
-            .send()
-            .await
-            .unwrap(),
-    ] {
+    // The answers to a simple request and to a preflight from `origin`.
+    let answers = |address: &str, origin: &str| {
+        let get = http.get(format!("{address}/head")).header("Origin", origin);
+        let preflight = preflight(address, origin);
+        async move { [get.send().await.unwrap(), preflight.send().await.unwrap()] }
+    };
+    for response in answers(&plain.address, "https://app.example").await {
         assert!(
             !response
                 .headers()
@@ -41,19 +36,13 @@ async fn cors_headers_are_sent_only_to_the_configured_origins() {
     }
 
     let cors = start(|s| s.http.cors_origins = vec!["https://app.example".into()]).await;
-    let allowed = get(&cors.address, "https://app.example")
-        .send()
-        .await
-        .unwrap();
+    let [allowed, preflighted] = answers(&cors.address, "https://app.example").await;
     assert_eq!(allowed.status(), 200);
     assert_eq!(
         allowed.headers()["access-control-allow-origin"],
         "https://app.example"
     );
-    let allowed = preflight(&cors.address, "https://app.example")
-        .send()
-        .await
-        .unwrap();
+    let allowed = preflighted;
     assert!(allowed.status().is_success(), "{}", allowed.status());
     assert_eq!(
         allowed.headers()["access-control-allow-origin"],
@@ -69,16 +58,7 @@ async fn cors_headers_are_sent_only_to_the_configured_origins() {
         .unwrap()
         .to_ascii_lowercase();
     assert!(headers.contains("authorization"), "{headers}");
-    for response in [
-        get(&cors.address, "https://evil.example")
-            .send()
-            .await
-            .unwrap(),
-        preflight(&cors.address, "https://evil.example")
-            .send()
-            .await
-            .unwrap(),
-    ] {
+    for response in answers(&cors.address, "https://evil.example").await {
         assert!(
             response
                 .headers()

@@ -1,13 +1,12 @@
 //! HTTPS with a certificate made by the test: served to clients that trust
 //! it, checked by `crablet health`, and reloaded on SIGHUP.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use crablet::auth::Scope;
 
-use super::{self_signed, start, token, TempDir, READER};
+use super::{self_signed, start, status_with, token, TempDir, READER};
 use crate::helpers::client;
 
 fn trusting(pem: &str, port: u16) -> reqwest::Client {
@@ -35,13 +34,8 @@ async fn https_serves_with_a_self_signed_certificate_and_sighup_reloads_it() {
     let first = trusting(&first_pem, port);
     let health = first.get(format!("{https}/health")).send().await;
     assert_eq!(health.expect("HTTPS").status(), 200);
-    let head = first
-        .get(format!("{https}/head"))
-        .bearer_auth(READER)
-        .send()
-        .await
-        .expect("head over HTTPS");
-    assert_eq!(head.status(), 200);
+    let head = status_with(&first, &format!("{https}/head"), READER).await;
+    assert_eq!(head, 200, "head over HTTPS");
     // Plain HTTP on the HTTPS port gets no answer.
     assert!(client()
         .get(format!("http://127.0.0.1:{port}/health"))
@@ -55,51 +49,46 @@ async fn https_serves_with_a_self_signed_certificate_and_sighup_reloads_it() {
     let stranger = TempDir::new("stranger");
     let (stranger_cert, _, _) = self_signed(&stranger.0, "stranger");
     let base = format!("https://127.0.0.1:{port}");
-    let health = |args: Vec<String>| async move {
-        tokio::task::spawn_blocking(move || {
-            let out = Command::new(env!("CARGO_BIN_EXE_crablet"))
-                .arg("health")
+    // (what, the option after `--url`, whether it succeeds, what its error
+    // must mention)
+    let cases: [(&str, Option<(&str, String)>, bool, &str); 4] = [
+        ("health over HTTPS", None, true, ""),
+        (
+            "health over HTTPS, certificate checked",
+            Some(("--ca-cert", cert.display().to_string())),
+            true,
+            "",
+        ),
+        (
+            "health trusting a certificate its CA did not sign",
+            Some(("--ca-cert", stranger_cert.display().to_string())),
+            false,
+            "",
+        ),
+        (
+            "a token sent to an unchecked server",
+            Some(("--token", READER.to_owned())),
+            false,
+            "--ca-cert",
+        ),
+    ];
+    for (what, option, succeeds, mentions) in cases {
+        let mut args = vec!["health".to_owned(), "--url".to_owned(), base.clone()];
+        if let Some((name, value)) = option {
+            args.extend([name.to_owned(), value]);
+        }
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_crablet"))
                 .args(&args)
                 .output()
-                .expect("crablet health");
-            (
-                out.status.success(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )
+                .expect("crablet health")
         })
         .await
-        .expect("join")
-    };
-    let path = |p: &Path| p.display().to_string();
-    let (ok, err) = health(vec!["--url".into(), base.clone()]).await;
-    assert!(ok, "health over HTTPS: {err}");
-    let (ok, err) = health(vec![
-        "--url".into(),
-        base.clone(),
-        "--ca-cert".into(),
-        path(&cert),
-    ])
-    .await;
-    assert!(ok, "health over HTTPS, certificate checked: {err}");
-    let (ok, _) = health(vec![
-        "--url".into(),
-        base.clone(),
-        "--ca-cert".into(),
-        path(&stranger_cert),
-    ])
-    .await;
-    assert!(!ok, "health trusted a certificate its CA did not sign");
-    let (ok, err) = health(vec![
-        "--url".into(),
-        base.clone(),
-        "--token".into(),
-        READER.into(),
-    ])
-    .await;
-    assert!(
-        !ok && err.contains("--ca-cert"),
-        "a token sent to an unchecked server: {err}"
-    );
+        .expect("join");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), succeeds, "{what}: {err}");
+        assert!(err.contains(mentions), "{what}: {err}");
+    }
 
     // A new certificate in the same files, then a reload: new connections
     // get it, and a client trusting only the old one is refused.

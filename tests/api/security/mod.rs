@@ -103,3 +103,9 @@ fn self_signed(dir: &Path, stem: &str) -> (PathBuf, PathBuf, String) {
     std::fs::write(&key, certified.key_pair.serialize_pem()).expect("key");
     (cert, key, pem)
 }
+
+/// The status of `GET url` with `token` as its bearer.
+async fn status_with(http: &reqwest::Client, url: &str, token: &str) -> reqwest::StatusCode {
+    let response = http.get(url).bearer_auth(token).send().await;
+    response.expect("request").status()
+}

@@ -11,7 +11,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use super::{
-    start, token, tokens_file, TempDir, ADMIN, APPENDER, EXPIRED, READER, REMOVED, SCRAPER,
+    start, status_with, token, tokens_file, TempDir, ADMIN, APPENDER, EXPIRED, READER, REMOVED,
+    SCRAPER,
 };
 use crate::helpers::{client, event};
 
@@ -270,13 +271,8 @@ async fn every_route_refuses_missing_wrong_unscoped_expired_and_removed_tokens_a
         faults.is_empty(),
         "an unknown route without a token: {faults:?}"
     );
-    let unknown = http
-        .get(format!("{address}/no-such-route"))
-        .bearer_auth(READER)
-        .send()
-        .await
-        .expect("unknown");
-    assert_eq!(unknown.status(), 404);
+    let unknown = status_with(&http, &format!("{address}/no-such-route"), READER).await;
+    assert_eq!(unknown, 404);
 }
 
 #[test]
@@ -300,13 +296,7 @@ async fn metrics_needs_the_metrics_scope_unless_configured_open() {
     let http = client();
     let metrics = format!("{}/metrics", closed.address);
     assert_eq!(http.get(&metrics).send().await.unwrap().status(), 401);
-    let scraped = http
-        .get(&metrics)
-        .bearer_auth(SCRAPER)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(scraped.status(), 200);
+    assert_eq!(status_with(&http, &metrics, SCRAPER).await, 200);
 
     let open = start(|s| {
         s.auth.tokens = tokens.clone();
