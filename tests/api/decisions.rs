@@ -8,9 +8,10 @@
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 
+use crate::helpers::subscription::positions;
 use crate::helpers::{
-    append_all, client, event, fresh_database, metric, metrics_text, post_append, spawn_app_on,
-    spawn_process, two_processes,
+    append_all, client, event, fresh_database, get_read, metric, metrics_text, post_append,
+    spawn_app_on, spawn_process, two_processes,
 };
 
 async fn metrics_of(address: &str) -> String {
@@ -215,17 +216,8 @@ async fn conditions_past_every_head_are_decided_exactly_in_busy_batches_across_t
 }
 
 async fn get_positions(http: &reqwest::Client, address: &str, tag: &str) -> Vec<i64> {
-    http.get(format!("{address}/read"))
-        .query(&[("query", json!({"items": [{"tags": [tag]}]}).to_string())])
-        .send()
-        .await
-        .expect("read")
-        .json::<Vec<Value>>()
-        .await
-        .expect("events")
-        .iter()
-        .map(|e| e["position"].as_i64().expect("position"))
-        .collect()
+    let query = json!({"items": [{"tags": [tag]}]});
+    positions(&get_read(http, address, &query, &json!({})).await)
 }
 
 async fn project_count(http: &reqwest::Client, address: &str, course: usize) -> i64 {

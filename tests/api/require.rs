@@ -9,7 +9,7 @@ use futures_util::future::join_all;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    append_all, client, event, fresh_database, spawn_app, spawn_app_on, two_processes,
+    append_all, client, event, fresh_database, get_read, spawn_app, spawn_app_on, two_processes,
     unless_tagged, TestApp,
 };
 
@@ -38,15 +38,8 @@ async fn seat_race(addresses: &[String]) -> usize {
     let accepted = answers.iter().filter(|a| a.appended()).count();
     let refused = answers.iter().filter(|a| a.failed_requirement(0)).count();
     let other = CLIENTS - accepted - refused;
-    let stored = http
-        .get(format!("{}/read", addresses[0]))
-        .query(&[("query", seats_taken()["query"].to_string())])
-        .send()
+    let stored = get_read(&http, &addresses[0], &seats_taken()["query"], &json!({}))
         .await
-        .expect("read")
-        .json::<Vec<Value>>()
-        .await
-        .expect("events")
         .len();
     let violations = accepted.abs_diff(SEATS as usize) + stored.abs_diff(accepted) + other;
     if violations > 0 {

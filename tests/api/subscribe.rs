@@ -10,15 +10,15 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use crate::helpers::subscription::{
-    find, json_lines, positions, positions_in, read_until, unread_subscription, violations, Item,
-    Subscription,
+    counted_violations, find, json_lines, positions, positions_in, read_until, unread_subscription,
+    violations, Item, Subscription,
 };
 use crablet::dcb::SequencedEvent;
 
 use crate::helpers::{
-    client, event, eventually, fresh_database, get_read, metric, metrics_text, post_append,
-    spawn_app, spawn_app_with, spawn_process, spawn_process_with_env, two_processes, ServerProcess,
-    TestApp,
+    append_events, client, event, eventually, fresh_database, get_read, metric, metrics_text,
+    post_append, spawn_app, spawn_app_with, spawn_process, spawn_process_with_env, two_processes,
+    ServerProcess, TestApp,
 };
 
 #[actix_rt::test]
@@ -75,8 +75,7 @@ async fn four_subscribers_on_two_processes_get_every_matching_event_once_in_orde
                             (0..30).map(|j| event("Ordered", &[color, "big"], &format!("{j}"))),
                         );
                     }
-                    let answer = post_append(&http, &address, &json!({"events": events})).await;
-                    assert!(answer.appended(), "{answer:?}");
+                    append_events(&http, &address, &events).await;
                 }
             })
         })
@@ -172,10 +171,7 @@ async fn assert_resumed(
     let mut got = positions(first);
     got.extend(positions(rest));
     let expected = positions(&app.read_all().await);
-    let (missing, duplicated, unordered) = violations(&expected, &got);
-    println!(
-        "{format} resume: {missing} missing, {duplicated} duplicated, {unordered} out of order"
-    );
+    counted_violations(&format!("{format} resume"), &expected, &got);
     assert_eq!(got, expected);
 }
 
@@ -210,8 +206,7 @@ async fn a_slow_subscriber_neither_delays_the_others_nor_grows_memory_without_bo
             .map(|_| event("E", &[&format!("a:{i}")], &data))
             .collect();
         let started = Instant::now();
-        let answer = post_append(&http, &server.address, &json!({"events": events})).await;
-        assert!(answer.appended(), "{answer:?}");
+        append_events(&http, &server.address, &events).await;
         let got = fast.events(per_append, Duration::from_secs(10)).await;
         latencies.push(started.elapsed());
         let short = got.len() < per_append;
@@ -253,12 +248,10 @@ async fn a_slow_subscriber_neither_delays_the_others_nor_grows_memory_without_bo
     })
     .await;
     let slow_positions = positions_in(&received);
-    let (missing, duplicated, unordered) = violations(&expected, &slow_positions);
-    println!(
-        "slow subscriber: {} events, {missing} missing, {duplicated} duplicated, {unordered} out of order",
-        slow_positions.len()
+    assert_eq!(
+        counted_violations("slow subscriber", &expected, &slow_positions),
+        (0, 0, 0)
     );
-    assert_eq!((missing, duplicated, unordered), (0, 0, 0));
     let _ = server_kill(&mut server);
 }
 
@@ -290,8 +283,7 @@ async fn a_subscriber_that_falls_too_far_behind_is_ended_saying_where_to_resume_
         let events: Vec<Value> = (0..per_append)
             .map(|_| event("E", &[&format!("a:{i}")], &data))
             .collect();
-        let answer = post_append(&http, &server.address, &json!({"events": events})).await;
-        assert!(answer.appended(), "{answer:?}");
+        append_events(&http, &server.address, &events).await;
     }
     let total = (appends * per_append) as i64;
 
@@ -619,8 +611,7 @@ async fn subscribers_that_never_read_hold_no_more_than_their_byte_budget_of_larg
         let events: Vec<Value> = (0..quarters)
             .map(|q| event("Big", &[&format!("q:{q}")], &data))
             .collect();
-        let answer = post_append(&http, &server.address, &json!({"events": events})).await;
-        assert!(answer.appended(), "{answer:?}");
+        append_events(&http, &server.address, &events).await;
     }
     // Let the tailer pass everything on.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -660,11 +651,7 @@ async fn subscribers_that_never_read_hold_no_more_than_their_byte_budget_of_larg
     })
     .await;
     let got = positions_in(&received);
-    let (missing, duplicated, unordered) = violations(&expected, &got);
-    println!(
-        "the reader: {} events, {missing} missing, {duplicated} duplicated, {unordered} out of order",
-        got.len()
-    );
+    counted_violations("the reader", &expected, &got);
     assert_eq!(got, expected);
     let _ = server_kill(&mut server);
 }

@@ -532,26 +532,18 @@ async fn the_leniency_stays_inside_the_prefix() {
         json!({"events": [{"type": "E", "data": ""}],
                "condition": {"failIfEventsMatch": {"items": [{"tags": ["t"]}]}, "after": "1"}}),
     ];
-    for body in &lenient_appends {
-        let (status, text) = app
-            .raw(Method::POST, "/append", Some(&body.to_string()))
-            .await;
-        assert_eq!(status, 400, "native /append accepted {body}: {text}");
-        let (status, _, answer) = go_post(&app, "/append", body).await;
-        assert_eq!(status, 200, "the prefix refused {body}: {answer}");
-    }
     let lenient_reads = [
         json!({"query": {"items": [{"types": [], "tags": []}]}}),
         json!({"query": {"items": []}, "options": {"from": "1"}}),
         json!({"query": {"items": []}, "extra": true}),
     ];
-    for body in &lenient_reads {
-        let (status, text) = app
-            .raw(Method::POST, "/read", Some(&body.to_string()))
-            .await;
-        assert_eq!(status, 400, "native /read accepted {body}: {text}");
-        let (status, _, answer) = go_post(&app, "/read", body).await;
-        assert_eq!(status, 200, "the prefix refused {body}: {answer}");
+    for (route, bodies) in [("/append", &lenient_appends[..]), ("/read", &lenient_reads)] {
+        for body in bodies {
+            let (status, text) = app.raw(Method::POST, route, Some(&body.to_string())).await;
+            assert_eq!(status, 400, "native {route} accepted {body}: {text}");
+            let (status, _, answer) = go_post(&app, route, body).await;
+            assert_eq!(status, 200, "the prefix refused {body}: {answer}");
+        }
     }
 }
 

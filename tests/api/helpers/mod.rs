@@ -348,6 +348,14 @@ pub async fn post_append(http: &reqwest::Client, address: &str, body: &Value) ->
     }
 }
 
+/// Appends `events` unconditionally through `address`; panics unless they
+/// were appended.
+pub async fn append_events(http: &reqwest::Client, address: &str, events: &[Value]) -> Answer {
+    let answer = post_append(http, address, &json!({ "events": events })).await;
+    assert!(answer.appended(), "{answer:?}");
+    answer
+}
+
 /// Sends every `(address, body)` append at once; the answers in order.
 pub async fn append_all(
     http: &reqwest::Client,
@@ -397,9 +405,7 @@ impl TestApp {
 
     /// Appends one event unconditionally; panics unless it was appended.
     pub async fn append_event(&self, event: Value) -> Answer {
-        let answer = self.append(json!({ "events": [event] })).await;
-        assert!(answer.appended(), "{answer:?}");
-        answer
+        append_events(&self.http, &self.address, &[event]).await
     }
 
     /// Every event in the store, in order.

@@ -225,6 +225,16 @@ pub fn violations(expected: &[i64], got: &[i64]) -> (usize, usize, usize) {
     (missing, duplicated, unordered)
 }
 
+/// [`violations`] of `got` against `expected`, printed as what `who` got.
+pub fn counted_violations(who: &str, expected: &[i64], got: &[i64]) -> (usize, usize, usize) {
+    let counts @ (missing, duplicated, unordered) = violations(expected, got);
+    println!(
+        "{who}: {} events, {missing} missing, {duplicated} duplicated, {unordered} out of order",
+        got.len()
+    );
+    counts
+}
+
 pub fn positions(events: &[SequencedEvent]) -> Vec<i64> {
     events.iter().map(|e| e.position).collect()
 }
