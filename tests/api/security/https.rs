@@ -51,7 +51,7 @@ async fn https_serves_with_a_self_signed_certificate_and_sighup_reloads_it() {
     let base = format!("https://127.0.0.1:{port}");
     // (what, the option after `--url`, whether it succeeds, what its error
     // must mention)
-    let cases: [(&str, Option<(&str, String)>, bool, &str); 4] = [
+    let cases = [
         ("health over HTTPS", None, true, ""),
         (
             "health over HTTPS, certificate checked",
