@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -42,10 +42,7 @@ fn is_error_body(body: &Option<Value>) -> bool {
 async fn misspelled_fields_and_wrong_types_are_400s_naming_the_field_and_write_nothing() {
     let app = spawn_app().await;
     // An event the intended conditions would have matched.
-    assert!(app
-        .append(json!({"events": [event("E", &["k:1"], "")]}))
-        .await
-        .appended());
+    app.append_event(event("E", &["k:1"], "")).await;
 
     let e = r#"{"type":"E","tags":["k:1"],"data":""}"#;
     let bodies: Vec<(String, &str)> = vec![
@@ -294,12 +291,7 @@ async fn a_body_that_stops_arriving_gets_408_within_the_deadline() {
 #[actix_rt::test]
 async fn every_response_carries_a_request_id_and_errors_name_it() {
     let app = spawn_app().await;
-    let ok = app
-        .http
-        .get(format!("{}/health/live", app.address))
-        .send()
-        .await
-        .unwrap();
+    let ok = app.get("/health/live").await;
     let generated = ok.headers()["x-request-id"].to_str().unwrap().to_string();
     assert!(!generated.is_empty());
 
@@ -316,12 +308,7 @@ async fn every_response_carries_a_request_id_and_errors_name_it() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["requestId"], "client-chosen-42");
 
-    let second = app
-        .http
-        .get(format!("{}/health/live", app.address))
-        .send()
-        .await
-        .unwrap();
+    let second = app.get("/health/live").await;
     assert_ne!(
         second.headers()["x-request-id"].to_str().unwrap(),
         generated

@@ -10,7 +10,7 @@ use rand::Rng;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    client, event, fresh_database, get_read, post_append, spawn_app, spawn_app_with, spawn_process,
+    client, event, fresh_database, get_read, post_append, spawn_app, spawn_app_with, two_processes,
     unless_tagged,
 };
 
@@ -81,10 +81,7 @@ async fn exactly_one_client_registers_each_username() {
 
 #[actix_rt::test]
 async fn exactly_one_client_registers_each_username_across_two_server_processes() {
-    let database = fresh_database().await;
-    // The first server applies the schema; the second finds it applied.
-    let first = spawn_process(&database).await;
-    let second = spawn_process(&database).await;
+    let (_database, first, second) = two_processes().await;
     let violations = unique_key_race(&[first.address.clone(), second.address.clone()]).await;
     assert_eq!(violations, 0);
 }

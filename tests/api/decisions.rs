@@ -8,30 +8,14 @@
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 
-use crate::helpers::{client, event, fresh_database, post_append, spawn_app_on, spawn_process};
-
-/// A counter or histogram figure from `/metrics` text (summed over labels).
-fn metric(text: &str, name: &str, labels: &str) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter(|line| {
-            line.starts_with(name)
-                && line[name.len()..].starts_with(['{', ' '])
-                && line.contains(labels)
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+use crate::helpers::subscription::positions;
+use crate::helpers::{
+    append_all, client, event, fresh_database, get_read, metric, metrics_text, post_append,
+    spawn_app_on, spawn_process, two_processes,
+};
 
 async fn metrics_of(address: &str) -> String {
-    client()
-        .get(format!("{address}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text")
+    metrics_text(&client(), address).await
 }
 
 fn seats(course: usize) -> Value {
@@ -56,16 +40,11 @@ async fn decisions_on_hot_keys_share_batches_and_never_exceed_the_cap() {
     let app = spawn_app_on(&database, |s| s.writer.lanes = 1).await;
     let http = client();
     let before = metrics_of(&app.address).await;
-    let answers = join_all((0..REQUESTS).map(|r| {
-        let (http, address) = (http.clone(), app.address.clone());
-        async move { post_append(&http, &address, &reservation(r % COURSES, r, CAP)).await }
-    }))
-    .await;
+    let reservations =
+        (0..REQUESTS).map(|r| (app.address.clone(), reservation(r % COURSES, r, CAP)));
+    let answers = append_all(&http, reservations).await;
     let accepted = answers.iter().filter(|a| a.appended()).count();
-    let refused = answers
-        .iter()
-        .filter(|a| a.rejected() && a.body["failedRequirement"] == json!(0))
-        .count();
+    let refused = answers.iter().filter(|a| a.failed_requirement(0)).count();
     let mut violations = REQUESTS - accepted - refused;
     for course in 0..COURSES {
         let stored = app
@@ -102,10 +81,8 @@ async fn a_closing_event_in_a_batch_refuses_the_reservations_after_it_and_only_t
                         "map": {"CourseOpened": "open", "CourseClosed": "closed"}});
     let budget = json!({"query": {"items": [{"types": ["SeatPaid"], "tags": ["course:9"]}]},
                         "reduce": "sum", "path": "/amount"});
-    assert!(app
-        .append(json!({"events": [event("CourseOpened", &["course:9"], "{}")]}))
-        .await
-        .appended());
+    app.append_event(event("CourseOpened", &["course:9"], "{}"))
+        .await;
     let mut violations = 0;
     for round in 0..5 {
         let requests: Vec<Value> = (0..40)
@@ -154,19 +131,15 @@ async fn a_closing_event_in_a_batch_refuses_the_reservations_after_it_and_only_t
             log.len()
         );
         // Open the course again for the next round.
-        assert!(app
-            .append(json!({"events": [event("CourseOpened", &["course:9"], "{}")]}))
-            .await
-            .appended());
+        app.append_event(event("CourseOpened", &["course:9"], "{}"))
+            .await;
     }
     assert_eq!(violations, 0);
 }
 
 #[actix_rt::test]
 async fn conditions_past_every_head_are_decided_exactly_in_busy_batches_across_two_processes() {
-    let database = fresh_database().await;
-    let first = spawn_process(&database).await;
-    let second = spawn_process(&database).await;
+    let (_database, first, second) = two_processes().await;
     let http = client();
     let mut refused_beyond = 0;
     let mut violations = 0;
@@ -243,17 +216,8 @@ async fn conditions_past_every_head_are_decided_exactly_in_busy_batches_across_t
 }
 
 async fn get_positions(http: &reqwest::Client, address: &str, tag: &str) -> Vec<i64> {
-    http.get(format!("{address}/read"))
-        .query(&[("query", json!({"items": [{"tags": [tag]}]}).to_string())])
-        .send()
-        .await
-        .expect("read")
-        .json::<Vec<Value>>()
-        .await
-        .expect("events")
-        .iter()
-        .map(|e| e["position"].as_i64().expect("position"))
-        .collect()
+    let query = json!({"items": [{"tags": [tag]}]});
+    positions(&get_read(http, address, &query, &json!({})).await)
 }
 
 async fn project_count(http: &reqwest::Client, address: &str, course: usize) -> i64 {
@@ -311,11 +275,8 @@ async fn with_remembered_states_turned_off_decisions_are_the_same_and_nothing_is
     let database = fresh_database().await;
     let app = spawn_app_on(&database, |s| s.projections.state_cache_bytes = 0).await;
     let http = client();
-    let answers = join_all((0..120).map(|r| {
-        let (http, address) = (http.clone(), app.address.clone());
-        async move { post_append(&http, &address, &reservation(r % 2, r, 7)).await }
-    }))
-    .await;
+    let reservations = (0..120).map(|r| (app.address.clone(), reservation(r % 2, r, 7)));
+    let answers = append_all(&http, reservations).await;
     let accepted = answers.iter().filter(|a| a.appended()).count();
     assert_eq!(accepted, 14);
     assert_eq!(project_count(&http, &app.address, 0).await, 7);

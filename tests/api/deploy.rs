@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{event, spawn_app, TestApp};
+use crate::helpers::{event, free_port, spawn_app, TestApp};
 use crate::observability::{exported_families, scrape};
 
 /// Metrics that dashboards and alerts use before the code that exports them
@@ -98,13 +98,6 @@ impl Drop for Running {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 async fn query(http: &reqwest::Client, prometheus: &str, promql: &str) -> Option<Value> {

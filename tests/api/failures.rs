@@ -7,23 +7,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crablet::store::{Failure, StoreError};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixStream};
 use tokio_postgres::config::Host;
-use tokio_postgres::NoTls;
 
-use crate::helpers::{event, fresh_database, spawn_app_on};
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .expect("connect to the test database");
-    actix_rt::spawn(async move {
-        let _ = connection.await;
-    });
-    client
-}
+use crate::helpers::{db_client as connect, event, fresh_database, spawn_app_on, Answer};
 
 fn failure(error: tokio_postgres::Error) -> Failure {
     StoreError::Database(error).failure()
@@ -33,37 +22,33 @@ fn failure(error: tokio_postgres::Error) -> Failure {
 async fn database_errors_are_classed_by_what_the_database_may_have_done() {
     let url = fresh_database().await;
     let client = connect(&url).await;
-    let refused = client.query("SELECT 1 / 0", &[]).await.expect_err("ERROR");
-    assert_eq!(failure(refused), Failure::Refused, "ERROR: rolled back");
-
     client
         .batch_execute("SET statement_timeout = 50")
         .await
         .expect("set");
-    let timed_out = client
-        .query("SELECT pg_sleep(5)", &[])
-        .await
-        .expect_err("statement timeout");
-    assert_eq!(
-        failure(timed_out),
-        Failure::Unavailable,
-        "ERROR 57014: rolled back, worth a retry"
-    );
-
-    let terminated = client
-        .query("SELECT pg_terminate_backend(pg_backend_pid())", &[])
-        .await
-        .expect_err("FATAL");
-    assert_eq!(
-        failure(terminated),
-        Failure::OutcomeUnknown,
-        "FATAL: the session ended, possibly after a commit"
-    );
-    let closed = client
-        .query("SELECT 1", &[])
-        .await
-        .expect_err("connection closed");
-    assert_eq!(failure(closed), Failure::OutcomeUnknown);
+    // In order, on one session: the last two end it.
+    let cases = [
+        ("SELECT 1 / 0", Failure::Refused, "ERROR: rolled back"),
+        (
+            "SELECT pg_sleep(5)",
+            Failure::Unavailable,
+            "ERROR 57014 (statement timeout): rolled back, worth a retry",
+        ),
+        (
+            "SELECT pg_terminate_backend(pg_backend_pid())",
+            Failure::OutcomeUnknown,
+            "FATAL: the session ended, possibly after a commit",
+        ),
+        (
+            "SELECT 1",
+            Failure::OutcomeUnknown,
+            "the connection is closed",
+        ),
+    ];
+    for (sql, class, what) in cases {
+        let error = client.query(sql, &[]).await.expect_err(what);
+        assert_eq!(failure(error), class, "{sql}: {what}");
+    }
 }
 
 /// A TCP proxy to the test cluster's unix socket. Armed, it forwards the
@@ -207,16 +192,11 @@ async fn an_append_whose_answer_is_lost_after_the_commit_is_outcome_unknown_and_
         "events": [{"type": "Cut", "tags": ["t", "cut"], "data": "2", "id": "cut-1"}],
         "condition": {"failIfEventsMatch": {"items": [{"tags": ["cut"]}]}}
     });
-    let response = app
-        .http
-        .post(format!("{}/append", app.address))
-        .json(&cut)
-        .send()
-        .await
-        .expect("append request");
-    let status = response.status().as_u16();
-    let retry_after = response.headers().contains_key("retry-after");
-    let body: Value = response.json().await.expect("error body");
+    let Answer {
+        status,
+        body,
+        retry_after,
+    } = app.append(cut.clone()).await;
     assert_eq!(
         proxy.cuts.load(Ordering::SeqCst),
         1,
@@ -280,10 +260,7 @@ async fn a_batch_of_many_appends_cut_after_its_commit_is_not_retried_one_by_one(
     let (socket, rewrite) = through_proxy(&url);
     let proxy = CuttingProxy::start(socket).await;
     let app = spawn_app_on(&rewrite(proxy.port), |_| {}).await;
-    assert!(app
-        .append(json!({"events": [event("Warm", &["t"], "warm")]}))
-        .await
-        .appended());
+    app.append_event(event("Warm", &["t"], "warm")).await;
 
     // The first batch of the burst goes through; the second, made of the
     // appends that queued behind it, is cut after its commit.

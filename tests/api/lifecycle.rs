@@ -90,10 +90,7 @@ async fn while_postgresql_is_down_appends_and_reads_answer_503_within_the_bound_
         "defaults wait {configured:?}"
     );
     let bound = configured + Duration::from_millis(500);
-    assert!(app
-        .append(json!({"events": [event("Before", &[], "")]}))
-        .await
-        .appended());
+    app.append_event(event("Before", &[], "")).await;
     assert_eq!(app.read_all().await.len(), 1);
 
     cluster.stop().await;

@@ -1,29 +1,16 @@
 //! Reads checked against a tiny in-memory reference model: random events,
 //! random queries and options, and the answer must equal the model's.
 
-use crablet::dcb::{Query, QueryItem, SequencedEvent};
+use crablet::dcb::{Query, SequencedEvent};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use crate::helpers::{event, spawn_app_with};
+use crate::helpers::{event, random_item, spawn_app_with};
 
 const TAGS: &[&str] = &["a", "b", "c", "d", "x:1", "x:\"2\"", "ü,{}"];
 const TYPES: &[&str] = &["A", "B", "C"];
-
-fn random_item(rng: &mut StdRng) -> QueryItem {
-    let mut item = QueryItem::default();
-    while item.tags.is_empty() && item.types.is_empty() {
-        for _ in 0..rng.gen_range(0..=2) {
-            item.tags.push(TAGS.choose(rng).unwrap().to_string());
-        }
-        for _ in 0..rng.gen_range(0..=2) {
-            item.types.push(TYPES.choose(rng).unwrap().to_string());
-        }
-    }
-    item
-}
 
 /// What a read must answer, computed from the full log.
 fn model_read(log: &[SequencedEvent], query: &Query, options: &Value) -> Vec<i64> {
@@ -74,7 +61,7 @@ async fn reads_answer_what_the_reference_model_answers() {
         } else {
             Query {
                 items: (0..rng.gen_range(1..=3))
-                    .map(|_| random_item(&mut rng))
+                    .map(|_| random_item(&mut rng, TAGS, TYPES, 2))
                     .collect(),
             }
         };

@@ -96,7 +96,7 @@ async fn every_registered_route_answers_its_methods_and_refuses_others() {
             if methods.contains(&method) {
                 assert!(
                     status != 404 && status != 405,
-                    "{method} {path} is listed in ROUTES but answered {status}: {text}"
+                    "{method} {path} is in the route table but answered {status}: {text}"
                 );
             } else {
                 assert_eq!(status, 405, "{method} {path}: {text}");

@@ -3,13 +3,13 @@
 //! field or has a non-numeric one), with several queries; the head and the
 //! condition of the answer; bad input.
 
-use crablet::dcb::{Query, QueryItem, SequencedEvent};
+use crablet::dcb::{Query, SequencedEvent};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
 
-use crate::helpers::{event, spawn_app, TestApp};
+use crate::helpers::{event, random_item, spawn_app, TestApp};
 
 const TAGS: &[&str] = &["a", "b", "c", "x:1", "ü,{}"];
 const TYPES: &[&str] = &["A", "B", "C"];
@@ -57,18 +57,7 @@ fn random_query(rng: &mut StdRng) -> Query {
         return Query::all();
     }
     let items = (0..rng.gen_range(1..=2))
-        .map(|_| {
-            let mut item = QueryItem::default();
-            while item.tags.is_empty() && item.types.is_empty() {
-                for _ in 0..rng.gen_range(0..=1) {
-                    item.tags.push(TAGS.choose(rng).unwrap().to_string());
-                }
-                for _ in 0..rng.gen_range(0..=2) {
-                    item.types.push(TYPES.choose(rng).unwrap().to_string());
-                }
-            }
-            item
-        })
+        .map(|_| random_item(rng, TAGS, TYPES, 1))
         .collect();
     Query { items }
 }
@@ -257,10 +246,7 @@ async fn the_answer_carries_the_head_and_the_union_condition() {
                "condition": {"failIfEventsMatch": {"items": [{"tags": ["a"]}]}, "after": 0}})
     );
     for tag in ["a", "b", "a"] {
-        assert!(app
-            .append(json!({"events": [event("E", &[tag], "{}")]}))
-            .await
-            .appended());
+        app.append_event(event("E", &[tag], "{}")).await;
     }
     let (_, answer) = project(
         &app,

@@ -12,10 +12,8 @@ async fn after_a_postgresql_restart_the_next_requests_succeed_and_nothing_is_los
     let url = cluster.url();
     let app = spawn_app_on(&url, |_| {}).await;
     for i in 0..5 {
-        assert!(app
-            .append(json!({"events": [event("Before", &["t"], &i.to_string())]}))
-            .await
-            .appended());
+        app.append_event(event("Before", &["t"], &i.to_string()))
+            .await;
     }
     assert_eq!(
         app.read_all().await.len(),

@@ -9,7 +9,7 @@ use futures_util::future::join_all;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    client, event, fresh_database, post_append, spawn_app, spawn_app_on, spawn_process,
+    append_all, client, event, fresh_database, get_read, spawn_app, spawn_app_on, two_processes,
     unless_tagged, TestApp,
 };
 
@@ -32,26 +32,14 @@ fn reservation(client: usize) -> Value {
 /// that disagree with the store, and answers that are neither.
 async fn seat_race(addresses: &[String]) -> usize {
     let http = client();
-    let answers = join_all((0..CLIENTS).map(|c| {
-        let (http, address) = (http.clone(), addresses[c % addresses.len()].clone());
-        async move { post_append(&http, &address, &reservation(c)).await }
-    }))
-    .await;
+    let reservations =
+        (0..CLIENTS).map(|c| (addresses[c % addresses.len()].clone(), reservation(c)));
+    let answers = append_all(&http, reservations).await;
     let accepted = answers.iter().filter(|a| a.appended()).count();
-    let refused = answers
-        .iter()
-        .filter(|a| a.rejected() && a.body["failedRequirement"] == json!(0))
-        .count();
+    let refused = answers.iter().filter(|a| a.failed_requirement(0)).count();
     let other = CLIENTS - accepted - refused;
-    let stored = http
-        .get(format!("{}/read", addresses[0]))
-        .query(&[("query", seats_taken()["query"].to_string())])
-        .send()
+    let stored = get_read(&http, &addresses[0], &seats_taken()["query"], &json!({}))
         .await
-        .expect("read")
-        .json::<Vec<Value>>()
-        .await
-        .expect("events")
         .len();
     let violations = accepted.abs_diff(SEATS as usize) + stored.abs_diff(accepted) + other;
     if violations > 0 {
@@ -60,41 +48,37 @@ async fn seat_race(addresses: &[String]) -> usize {
     violations
 }
 
+/// Three rounds of the seat race on an emptied store; their violations.
+async fn seat_races(database: &str, addresses: &[String]) -> usize {
+    let mut violations = 0;
+    for round in 0..3 {
+        crate::helpers::db_client(database)
+            .await
+            .batch_execute("TRUNCATE events, event_keys")
+            .await
+            .expect("empty the store");
+        let found = seat_race(addresses).await;
+        eprintln!("round {round}: {found} violations");
+        violations += found;
+    }
+    violations
+}
+
 #[actix_rt::test]
 async fn racing_clients_reserve_exactly_the_seats_there_are_through_one_server() {
     let database = fresh_database().await;
     let app = spawn_app_on(&database, |s| s.writer.lanes = 4).await;
-    let mut violations = 0;
-    for round in 0..3 {
-        let mut db = crate::helpers::db_client(&database).await;
-        db.batch_execute("TRUNCATE events, event_keys")
-            .await
-            .expect("empty the store");
-        let _ = &mut db;
-        let found = seat_race(std::slice::from_ref(&app.address)).await;
-        eprintln!("round {round}: {found} violations");
-        violations += found;
-    }
-    assert_eq!(violations, 0);
+    assert_eq!(
+        seat_races(&database, std::slice::from_ref(&app.address)).await,
+        0
+    );
 }
 
 #[actix_rt::test]
 async fn racing_clients_reserve_exactly_the_seats_there_are_through_two_processes() {
-    let database = fresh_database().await;
-    let first = spawn_process(&database).await;
-    let second = spawn_process(&database).await;
+    let (database, first, second) = two_processes().await;
     let addresses = [first.address.clone(), second.address.clone()];
-    let mut violations = 0;
-    for round in 0..3 {
-        let db = crate::helpers::db_client(&database).await;
-        db.batch_execute("TRUNCATE events, event_keys")
-            .await
-            .expect("empty the store");
-        let found = seat_race(&addresses).await;
-        eprintln!("round {round}: {found} violations");
-        violations += found;
-    }
-    assert_eq!(violations, 0);
+    assert_eq!(seat_races(&database, &addresses).await, 0);
 }
 
 async fn append(app: &TestApp, body: Value) -> Value {

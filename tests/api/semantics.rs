@@ -1,12 +1,15 @@
-//! The DCB semantics of dcb-contract.md, one behaviour per test.
+//! The DCB semantics of appends and reads, one behaviour per test: an event
+//! reads back byte for byte, tags that need quoting survive, the events of
+//! one append get consecutive positions, query items are ORed (types any of,
+//! tags all of), read options (`from`, `limit`, `backwards`, `after`), an
+//! append condition fails only on a matching event after its position, a
+//! POST read answers like a GET read, a read longer than a page streams every
+//! event once, and health and metrics answer.
 
 use serde_json::json;
 
+use crate::helpers::subscription::positions;
 use crate::helpers::{event, spawn_app, spawn_app_with, unless_tagged};
-
-fn positions(events: &[crablet::dcb::SequencedEvent]) -> Vec<i64> {
-    events.iter().map(|e| e.position).collect()
-}
 
 #[actix_rt::test]
 async fn an_appended_event_reads_back_byte_for_byte() {

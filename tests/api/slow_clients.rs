@@ -142,12 +142,7 @@ async fn thousands_of_idle_connections_never_lock_out_a_normal_client() {
     }
     let started = Instant::now();
     let (p50, max) = append_latencies(&app, 20, "beside-idle").await;
-    let health = app
-        .http
-        .get(format!("{}/health/live", app.address))
-        .send()
-        .await
-        .expect("health");
+    let health = app.get("/health/live").await;
     println!(
         "{} idle connections held: 20 appends in {:?} (p50 {p50:?}, max {max:?})",
         held.len(),

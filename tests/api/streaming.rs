@@ -108,17 +108,6 @@ async fn many_slow_readers_of_large_events_stay_within_the_page_budget() {
 }
 
 async fn metric(app: &crate::helpers::TestApp, name: &str) -> u64 {
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0) as u64
+    let text = crate::helpers::metrics_text(&app.http, &app.address).await;
+    crate::helpers::metric(&text, name, "") as u64
 }

@@ -4,243 +4,26 @@
 //! memory subscribers that never read may hold, the end of a subscriber that
 //! lags too far and the final message on shutdown.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 
+use crate::helpers::subscription::{
+    counted_violations, find, json_lines, positions, positions_in, read_until, unread_subscription,
+    violations, Item, Subscription,
+};
 use crablet::dcb::SequencedEvent;
 
 use crate::helpers::{
-    client, event, fresh_database, get_read, post_append, spawn_app, spawn_app_with, spawn_process,
-    spawn_process_with_env,
+    append_events, client, event, eventually, fresh_database, get_read, metric, metrics_text,
+    post_append, spawn_app, spawn_app_with, spawn_process, spawn_process_with_env, two_processes,
+    ServerProcess, TestApp,
 };
-
-/// One item of a subscription stream, in either wire format.
-#[derive(Debug)]
-pub enum Item {
-    Event(SequencedEvent),
-    Heartbeat(i64),
-    End(Value),
-}
-
-/// A subscription read by a task of its own into a channel.
-pub struct Subscription {
-    pub items: mpsc::UnboundedReceiver<Item>,
-    /// Events whose SSE `id:` differed from their position.
-    pub bad_ids: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    reader: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
-}
-
-impl Subscription {
-    /// Opens `GET /subscribe`; `sse` picks the format, `last_event_id` sets
-    /// the header. Panics unless the answer is 200.
-    pub async fn open(
-        http: &reqwest::Client,
-        address: &str,
-        query: &Value,
-        after: Option<i64>,
-        sse: bool,
-        last_event_id: Option<i64>,
-    ) -> Subscription {
-        let mut params = vec![("query", query.to_string())];
-        if let Some(after) = after {
-            params.push(("after", after.to_string()));
-        }
-        let mut request = http
-            .get(format!("{address}/subscribe"))
-            .query(&params)
-            .timeout(Duration::from_secs(3600));
-        if sse {
-            request = request.header("accept", "text/event-stream");
-        }
-        if let Some(id) = last_event_id {
-            request = request.header("last-event-id", id.to_string());
-        }
-        let response = request.send().await.expect("subscribe request");
-        assert_eq!(
-            response.status(),
-            200,
-            "subscribe answered {}",
-            response.status()
-        );
-        let content_type = response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .to_string();
-        assert_eq!(
-            content_type,
-            if sse {
-                "text/event-stream"
-            } else {
-                "application/x-ndjson"
-            }
-        );
-        let (tx, items) = mpsc::unbounded_channel();
-        let bad_ids = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let bad = bad_ids.clone();
-        let reader = tokio::spawn(async move {
-            let mut body = response.bytes_stream();
-            let mut buffer: Vec<u8> = Vec::new();
-            while let Some(Ok(chunk)) = body.next().await {
-                buffer.extend_from_slice(&chunk);
-                let separator: &[u8] = if sse { b"\n\n" } else { b"\n" };
-                while let Some(at) = find(&buffer, separator) {
-                    let record: Vec<u8> = buffer.drain(..at + separator.len()).collect();
-                    let text = String::from_utf8(record).expect("UTF-8 stream");
-                    let item = if sse {
-                        parse_sse(&text, &bad)
-                    } else {
-                        parse_ndjson(&text)
-                    };
-                    if tx.send(item).is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        Subscription {
-            items,
-            bad_ids,
-            reader,
-        }
-    }
-
-    /// The next item, or `None` after `timeout` or at the end of the stream.
-    pub async fn next(&mut self, timeout: Duration) -> Option<Item> {
-        tokio::time::timeout(timeout, self.items.recv())
-            .await
-            .ok()
-            .flatten()
-    }
-
-    /// Collects events until `n` have arrived or `timeout` passes.
-    pub async fn events(&mut self, n: usize, timeout: Duration) -> Vec<SequencedEvent> {
-        let deadline = Instant::now() + timeout;
-        let mut events = Vec::new();
-        while events.len() < n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.next(left).await {
-                Some(Item::Event(e)) => events.push(e),
-                Some(_) => {}
-                None => break,
-            }
-        }
-        events
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-fn parse_ndjson(line: &str) -> Item {
-    let value: Value = serde_json::from_str(line.trim()).expect("each line is JSON");
-    if let Some(head) = value.get("heartbeat") {
-        return Item::Heartbeat(head["head"].as_i64().expect("heartbeat head"));
-    }
-    if value.get("end").is_some() {
-        return Item::End(value);
-    }
-    Item::Event(serde_json::from_value(value).expect("an event"))
-}
-
-fn parse_sse(block: &str, bad_ids: &std::sync::atomic::AtomicUsize) -> Item {
-    let (mut id, mut data, mut kind, mut comment) = (None, None, None, None);
-    for line in block.lines() {
-        if let Some(v) = line.strip_prefix("id: ") {
-            id = Some(v.parse::<i64>().expect("numeric id"));
-        } else if let Some(v) = line.strip_prefix("data: ") {
-            data = Some(v.to_string());
-        } else if let Some(v) = line.strip_prefix("event: ") {
-            kind = Some(v.to_string());
-        } else if let Some(v) = line.strip_prefix(": ") {
-            comment = Some(v.to_string());
-        }
-    }
-    if let Some(c) = comment {
-        let head = c
-            .strip_prefix("heartbeat ")
-            .and_then(|h| h.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected comment {c:?}"));
-        return Item::Heartbeat(head);
-    }
-    let data = data.unwrap_or_else(|| panic!("SSE block without data: {block:?}"));
-    if kind.as_deref() == Some("end") {
-        return Item::End(serde_json::from_str(&data).expect("end JSON"));
-    }
-    let event: SequencedEvent = serde_json::from_str(&data).expect("event JSON");
-    if id != Some(event.position) {
-        bad_ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-    Item::Event(event)
-}
-
-/// A subscription to `query` (`POST /subscribe`) on a raw connection that
-/// the test reads only when it chooses to (a slow consumer).
-async fn unread_subscription(address: &str, query: &Value) -> tokio::net::TcpStream {
-    let host = address.trim_start_matches("http://").to_string();
-    let mut stream = tokio::net::TcpStream::connect(&host)
-        .await
-        .expect("connect");
-    let body = json!({ "query": query }).to_string();
-    stream
-        .write_all(
-            format!(
-                "POST /subscribe HTTP/1.1\r\nHost: {host}\r\nAccept: application/x-ndjson\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        )
-        .await
-        .expect("request");
-    stream
-}
-
-/// The JSON lines of a raw HTTP/1.1 NDJSON response (chunk-size lines and
-/// headers are skipped).
-fn json_lines(received: &[u8]) -> Vec<Value> {
-    String::from_utf8_lossy(received)
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            l.starts_with('{')
-                .then(|| serde_json::from_str::<Value>(l).ok())
-                .flatten()
-        })
-        .collect()
-}
-
-/// Missing, duplicated and out-of-order events of `got` against `expected`.
-fn violations(expected: &[i64], got: &[i64]) -> (usize, usize, usize) {
-    let mut seen: HashMap<i64, usize> = HashMap::new();
-    for p in got {
-        *seen.entry(*p).or_default() += 1;
-    }
-    let missing = expected.iter().filter(|p| !seen.contains_key(p)).count();
-    let duplicated = seen.values().filter(|n| **n > 1).count();
-    let unordered = got.windows(2).filter(|w| w[0] >= w[1]).count();
-    (missing, duplicated, unordered)
-}
-
-fn positions(events: &[SequencedEvent]) -> Vec<i64> {
-    events.iter().map(|e| e.position).collect()
-}
 
 #[actix_rt::test]
 async fn four_subscribers_on_two_processes_get_every_matching_event_once_in_order() {
-    let database = fresh_database().await;
-    let first = spawn_process(&database).await;
-    let second = spawn_process(&database).await;
+    let (_database, first, second) = two_processes().await;
     let http = client();
     let queries = [
         json!({"items": []}),
@@ -292,8 +75,7 @@ async fn four_subscribers_on_two_processes_get_every_matching_event_once_in_orde
                             (0..30).map(|j| event("Ordered", &[color, "big"], &format!("{j}"))),
                         );
                     }
-                    let answer = post_append(&http, &address, &json!({"events": events})).await;
-                    assert!(answer.appended(), "{answer:?}");
+                    append_events(&http, &address, &events).await;
                 }
             })
         })
@@ -361,12 +143,7 @@ async fn a_subscriber_dropped_mid_stream_resumes_with_last_event_id_or_after_and
     )
     .await;
     let rest = resumed.events(160, Duration::from_secs(10)).await;
-    let mut got = positions(&first);
-    got.extend(positions(&rest));
-    let expected = positions(&app.read_all().await);
-    let (missing, duplicated, unordered) = violations(&expected, &got);
-    println!("SSE resume: {missing} missing, {duplicated} duplicated, {unordered} out of order");
-    assert_eq!(got, expected);
+    assert_resumed(&app, &first, &rest, "SSE").await;
 
     // NDJSON: the same with `after`, while appends continue live.
     let mut nd = Subscription::open(&app.http, &app.address, &all, None, false, None).await;
@@ -380,11 +157,21 @@ async fn a_subscriber_dropped_mid_stream_resumes_with_last_event_id_or_after_and
     let mut resumed =
         Subscription::open(&app.http, &app.address, &all, Some(after), false, None).await;
     let rest = resumed.events(100, Duration::from_secs(10)).await;
-    let mut got = positions(&first);
-    got.extend(positions(&rest));
+    assert_resumed(&app, &first, &rest, "NDJSON").await;
+}
+
+/// Asserts that the events read before a subscription was dropped, `first`,
+/// and after it resumed, `rest`, are the whole store, once and in order.
+async fn assert_resumed(
+    app: &TestApp,
+    first: &[SequencedEvent],
+    rest: &[SequencedEvent],
+    format: &str,
+) {
+    let mut got = positions(first);
+    got.extend(positions(rest));
     let expected = positions(&app.read_all().await);
-    let (missing, duplicated, unordered) = violations(&expected, &got);
-    println!("NDJSON resume: {missing} missing, {duplicated} duplicated, {unordered} out of order");
+    counted_violations(&format!("{format} resume"), &expected, &got);
     assert_eq!(got, expected);
 }
 
@@ -394,14 +181,6 @@ fn rss_bytes(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[actix_rt::test]
@@ -427,8 +206,7 @@ async fn a_slow_subscriber_neither_delays_the_others_nor_grows_memory_without_bo
             .map(|_| event("E", &[&format!("a:{i}")], &data))
             .collect();
         let started = Instant::now();
-        let answer = post_append(&http, &server.address, &json!({"events": events})).await;
-        assert!(answer.appended(), "{answer:?}");
+        append_events(&http, &server.address, &events).await;
         let got = fast.events(per_append, Duration::from_secs(10)).await;
         latencies.push(started.elapsed());
         let short = got.len() < per_append;
@@ -439,15 +217,8 @@ async fn a_slow_subscriber_neither_delays_the_others_nor_grows_memory_without_bo
     }
     latencies.sort();
     let rss_after = rss_bytes(server.pid()).unwrap_or(0);
-    let metrics = http
-        .get(format!("{}/metrics", server.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let detached = metric(&metrics, "crablet_subscription_detached_total");
+    let metrics = metrics_text(&http, &server.address).await;
+    let detached = metric(&metrics, "crablet_subscription_detached_total", "");
     let expected: Vec<i64> = (1..=(appends * per_append) as i64).collect();
     let (missing, duplicated, unordered) = violations(&expected, &positions(&fast_events));
     println!(
@@ -470,34 +241,17 @@ async fn a_slow_subscriber_neither_delays_the_others_nor_grows_memory_without_bo
     );
 
     // Now the slow subscriber reads: it gets everything, once, in order.
-    let mut received = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let deadline = Instant::now() + Duration::from_secs(60);
     let needle = format!("\"position\":{}}}", appends * per_append);
-    while Instant::now() < deadline {
-        match tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => received.extend_from_slice(&buf[..n]),
-            _ => break,
-        }
-        if find(
-            &received[received.len().saturating_sub(64 << 10)..],
-            needle.as_bytes(),
-        )
-        .is_some()
-        {
-            break;
-        }
-    }
-    let slow_positions: Vec<i64> = json_lines(&received)
-        .iter()
-        .filter_map(|v| v.get("position").and_then(Value::as_i64))
-        .collect();
-    let (missing, duplicated, unordered) = violations(&expected, &slow_positions);
-    println!(
-        "slow subscriber: {} events, {missing} missing, {duplicated} duplicated, {unordered} out of order",
-        slow_positions.len()
+    let received = read_until(&mut slow, |received| {
+        let tail = &received[received.len().saturating_sub(64 << 10)..];
+        find(tail, needle.as_bytes()).is_some()
+    })
+    .await;
+    let slow_positions = positions_in(&received);
+    assert_eq!(
+        counted_violations("slow subscriber", &expected, &slow_positions),
+        (0, 0, 0)
     );
-    assert_eq!((missing, duplicated, unordered), (0, 0, 0));
     let _ = server_kill(&mut server);
 }
 
@@ -529,30 +283,18 @@ async fn a_subscriber_that_falls_too_far_behind_is_ended_saying_where_to_resume_
         let events: Vec<Value> = (0..per_append)
             .map(|_| event("E", &[&format!("a:{i}")], &data))
             .collect();
-        let answer = post_append(&http, &server.address, &json!({"events": events})).await;
-        assert!(answer.appended(), "{answer:?}");
+        append_events(&http, &server.address, &events).await;
     }
     let total = (appends * per_append) as i64;
 
     // Now it reads: what was already on its way, then the final message.
-    let mut received = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        match tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => received.extend_from_slice(&buf[..n]),
-            _ => break,
-        }
+    let received = read_until(&mut slow, |received| {
         let tail = &received[received.len().saturating_sub(4096)..];
-        if find(tail, b"{\"end\"").is_some() && find(tail, b"}}\n").is_some() {
-            break;
-        }
-    }
+        find(tail, b"{\"end\"").is_some() && find(tail, b"}}\n").is_some()
+    })
+    .await;
+    let got = positions_in(&received);
     let lines = json_lines(&received);
-    let got: Vec<i64> = lines
-        .iter()
-        .filter_map(|v| v.get("position").and_then(Value::as_i64))
-        .collect();
     let end = lines
         .iter()
         .find(|v| v.get("end").is_some())
@@ -587,10 +329,9 @@ async fn a_subscriber_that_falls_too_far_behind_is_ended_saying_where_to_resume_
     let _ = server_kill(&mut server);
 }
 
-fn server_kill(server: &mut crate::helpers::ServerProcess) -> Option<std::process::ExitStatus> {
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &server.pid().to_string()])
-        .status();
+/// Stops `server` with SIGTERM; its exit status, if it exits within 15 s.
+fn server_kill(server: &mut ServerProcess) -> Option<std::process::ExitStatus> {
+    server.signal("TERM");
     server.wait_for_exit(Duration::from_secs(15))
 }
 
@@ -673,12 +414,7 @@ async fn over_the_subscriber_limit_the_answer_is_503_json_until_a_place_frees() 
     let all = json!({"items": []});
     let a = Subscription::open(&app.http, &app.address, &all, None, false, None).await;
     let _b = Subscription::open(&app.http, &app.address, &all, None, true, None).await;
-    let third = app
-        .http
-        .get(format!("{}/subscribe", app.address))
-        .send()
-        .await
-        .expect("subscribe request");
+    let third = app.get("/subscribe").await;
     let status = third.status().as_u16();
     let body = third.text().await.unwrap_or_default();
     println!("third subscriber: {status} {body}");
@@ -688,20 +424,11 @@ async fn over_the_subscriber_limit_the_answer_is_503_json_until_a_place_frees() 
     drop(a);
     // The server reads the end of the closed connection: the place frees
     // without anything written to it.
-    let mut freed = false;
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let response = app
-            .http
-            .get(format!("{}/subscribe", app.address))
-            .send()
-            .await
-            .expect("subscribe request");
-        if response.status() == 200 {
-            freed = true;
-            break;
-        }
-    }
+    let app = &app;
+    let freed = eventually(20, Duration::from_millis(50), move || async move {
+        app.get("/subscribe").await.status() == 200
+    })
+    .await;
     assert!(freed, "the place of a closed subscription was never freed");
 }
 
@@ -814,17 +541,6 @@ async fn on_shutdown_every_subscription_ends_at_once_saying_where_to_resume() {
     );
 }
 
-/// The text of `/metrics`.
-async fn metrics_text(http: &reqwest::Client, address: &str) -> String {
-    http.get(format!("{address}/metrics"))
-        .send()
-        .await
-        .expect("metrics request")
-        .text()
-        .await
-        .expect("metrics text")
-}
-
 #[actix_rt::test]
 async fn subscribers_that_read_and_close_free_their_places_at_once() {
     // Heartbeats far apart: a closed subscriber is not noticed by a write.
@@ -853,6 +569,7 @@ async fn subscribers_that_read_and_close_free_their_places_at_once() {
     let active = metric(
         &metrics_text(&app.http, &app.address).await,
         "crablet_subscriptions_active",
+        "",
     );
     println!("{cycles} subscribe-read-close cycles in {cycled:?}; 2 s later {active} subscriptions active");
     assert!(
@@ -894,15 +611,14 @@ async fn subscribers_that_never_read_hold_no_more_than_their_byte_budget_of_larg
         let events: Vec<Value> = (0..quarters)
             .map(|q| event("Big", &[&format!("q:{q}")], &data))
             .collect();
-        let answer = post_append(&http, &server.address, &json!({"events": events})).await;
-        assert!(answer.appended(), "{answer:?}");
+        append_events(&http, &server.address, &events).await;
     }
     // Let the tailer pass everything on.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_after = rss_bytes(server.pid()).unwrap_or(0);
     let metrics = metrics_text(&http, &server.address).await;
-    let buffered = metric(&metrics, "crablet_subscription_buffered_bytes") as usize;
-    let detached = metric(&metrics, "crablet_subscription_detached_total");
+    let buffered = metric(&metrics, "crablet_subscription_buffered_bytes", "") as usize;
+    let detached = metric(&metrics, "crablet_subscription_detached_total", "");
     let appended = appends * quarters * data.len();
     println!(
         "{} MiB appended; buffered {} KiB in live buffers, {detached} detachments; server RSS {} MiB before, {} MiB after",
@@ -929,29 +645,13 @@ async fn subscribers_that_never_read_hold_no_more_than_their_byte_budget_of_larg
         .map(|i| i * quarters as i64 + 1)
         .collect();
     let last = format!("\"position\":{}", expected[expected.len() - 1]);
-    let reader = &mut silent[0];
-    let mut received = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        match tokio::time::timeout(Duration::from_secs(5), reader.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => received.extend_from_slice(&buf[..n]),
-            _ => break,
-        }
+    let received = read_until(&mut silent[0], |received| {
         let tail = &received[received.len().saturating_sub(1 << 20)..];
-        if find(tail, last.as_bytes()).is_some() && tail.ends_with(b"\n") {
-            break;
-        }
-    }
-    let got: Vec<i64> = json_lines(&received)
-        .iter()
-        .filter_map(|v| v.get("position").and_then(Value::as_i64))
-        .collect();
-    let (missing, duplicated, unordered) = violations(&expected, &got);
-    println!(
-        "the reader: {} events, {missing} missing, {duplicated} duplicated, {unordered} out of order",
-        got.len()
-    );
+        find(tail, last.as_bytes()).is_some() && tail.ends_with(b"\n")
+    })
+    .await;
+    let got = positions_in(&received);
+    counted_violations("the reader", &expected, &got);
     assert_eq!(got, expected);
     let _ = server_kill(&mut server);
 }

@@ -53,21 +53,13 @@ struct Reply {
 }
 
 async fn append_tagged(app: &TestApp, data: &str) -> Reply {
-    let body = json!({"events": [event("Supervised", &["sup"], data)]});
-    let response = app
-        .http
-        .post(format!("{}/append", app.address))
-        .json(&body)
-        .send()
-        .await
-        .expect("append request");
-    let status = response.status().as_u16();
-    let retry_after = response.headers().contains_key("retry-after");
-    let body: Value = response.json().await.unwrap_or(Value::Null);
+    let answer = app
+        .append(json!({"events": [event("Supervised", &["sup"], data)]}))
+        .await;
     Reply {
-        status,
-        code: body["error"]["code"].as_str().map(str::to_owned),
-        retry_after,
+        status: answer.status,
+        code: answer.body["error"]["code"].as_str().map(str::to_owned),
+        retry_after: answer.retry_after,
     }
 }
 
@@ -252,12 +244,7 @@ async fn a_panic_in_a_reader_answers_503_and_the_reader_restarts() {
         .enumerate()
     {
         faults.arm(point, 1);
-        let response = app
-            .http
-            .get(format!("{}/read", app.address))
-            .send()
-            .await
-            .expect("read request");
+        let response = app.get("/read").await;
         assert_eq!(response.status(), 503, "a panic at {point:?}");
         assert!(response.headers().contains_key("retry-after"));
         let body: Value = response.json().await.expect("error body");

@@ -13,8 +13,8 @@
 //! no other suite's load disturbs the throughput measured here, and the tests
 //! below take a lock so that only one attack runs at a time.
 
-#[path = "../api/helpers.rs"]
-#[allow(dead_code)]
+#[path = "../api/helpers/mod.rs"]
+#[allow(dead_code, unused_imports)]
 mod helpers;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -339,6 +339,14 @@ fn conditional_attempt(n: usize, items: Vec<Value>) -> (&'static str, Body) {
     )
 }
 
+/// An attacker's append of one event with the requirements `require`.
+fn required_attempt(n: usize, require: Value) -> (&'static str, Body) {
+    (
+        "/append",
+        json!({"events": one_event(n), "require": require}).into(),
+    )
+}
+
 fn one_event(n: usize) -> Value {
     json!([{"type": "Attempted", "tags": [format!("attacker:{n}")], "data": "{}"}])
 }
@@ -357,10 +365,7 @@ async fn a_requirement_over_the_common_tag_does_not_stall_other_appends() {
                        "op": "lt", "value": 1e12})
             })
             .collect();
-        (
-            "/append",
-            json!({"events": one_event(n), "require": require}).into(),
-        )
+        required_attempt(n, Value::Array(require))
     })
     .await;
     for (status, body) in &answers {
@@ -379,10 +384,7 @@ async fn without_remembered_states_a_requirement_over_the_common_tag_is_over_bud
         let require = json!([{"projector": {"query": {"items": [{"tags": [COMMON]}]},
                                             "reduce": "count"},
                               "op": "lt", "value": 1e12}]);
-        (
-            "/append",
-            json!({"events": one_event(n), "require": require}).into(),
-        )
+        required_attempt(n, require)
     })
     .await;
     assert_refused(&answers, 422, &["require[0]", "5000"]);

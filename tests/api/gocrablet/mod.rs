@@ -1,7 +1,10 @@
 //! The go-crablet compatibility prefix (`/go-crablet`): every kind of
 //! request go-crablet's k6 scripts send, answered in go-crablet's shapes;
 //! the leniency staying inside the prefix; `/cleanup` only when enabled;
-//! and the `X-Crablet-Head` header of reads under concurrent appends.
+//! and the `X-Crablet-Head` header of reads under concurrent appends
+//! (`head`).
+
+mod head;
 
 use std::collections::BTreeSet;
 
@@ -387,10 +390,7 @@ async fn load_test_data_appends_the_named_data_set_through_the_writer() {
 #[actix_rt::test]
 async fn cleanup_is_forbidden_unless_the_configuration_allows_it() {
     let app = spawn_app().await;
-    assert!(app
-        .append(json!({"events": [event("E", &["t"], "")]}))
-        .await
-        .appended());
+    app.append_event(event("E", &["t"], "")).await;
     // The scripts post it with no body and no content type.
     let (status, text) = app.raw(Method::POST, "/go-crablet/cleanup", None).await;
     assert_eq!(status, 403, "{text}");
@@ -404,10 +404,7 @@ async fn cleanup_is_forbidden_unless_the_configuration_allows_it() {
 
     let app = spawn_app_with(|s| s.compat.allow_cleanup = true).await;
     for _ in 0..3 {
-        assert!(app
-            .append(json!({"events": [event("E", &["t"], "")]}))
-            .await
-            .appended());
+        app.append_event(event("E", &["t"], "")).await;
     }
     let (status, text) = app.raw(Method::POST, "/go-crablet/cleanup", None).await;
     assert_eq!(status, 200, "{text}");
@@ -505,20 +502,13 @@ async fn project_counts_matching_events_in_go_crablets_shape_for_every_kind_the_
         json!({"projectors": [projector("users", &["UserCreated"], &["user:u1"], json!(0))]});
     let (_, _, answer) = go_post(&app, "/project", &body).await;
     let condition = answer["appendCondition"].clone();
-    let (status, _, appended) = go_post(
-        &app,
-        "/append",
-        &json!({"events": {"type": "UserCreated", "tags": ["user:u1"], "data": "{}"}, "condition": condition}),
-    )
-    .await;
-    assert_append_answer(status, &appended, false);
-    let (status, _, refused) = go_post(
-        &app,
-        "/append",
-        &json!({"events": {"type": "UserCreated", "tags": ["user:u1"], "data": "{}"}, "condition": condition}),
-    )
-    .await;
-    assert_append_answer(status, &refused, true);
+    let append = json!({"events": {"type": "UserCreated", "tags": ["user:u1"], "data": "{}"},
+                        "condition": condition});
+    // The first appends; the second fails on the first's event.
+    for failed in [false, true] {
+        let (status, _, answer) = go_post(&app, "/append", &append).await;
+        assert_append_answer(status, &answer, failed);
+    }
 
     // go-crablet's refusals: an empty id, a query without items, a cursor
     // that is not a number.
@@ -542,26 +532,18 @@ async fn the_leniency_stays_inside_the_prefix() {
         json!({"events": [{"type": "E", "data": ""}],
                "condition": {"failIfEventsMatch": {"items": [{"tags": ["t"]}]}, "after": "1"}}),
     ];
-    for body in &lenient_appends {
-        let (status, text) = app
-            .raw(Method::POST, "/append", Some(&body.to_string()))
-            .await;
-        assert_eq!(status, 400, "native /append accepted {body}: {text}");
-        let (status, _, answer) = go_post(&app, "/append", body).await;
-        assert_eq!(status, 200, "the prefix refused {body}: {answer}");
-    }
     let lenient_reads = [
         json!({"query": {"items": [{"types": [], "tags": []}]}}),
         json!({"query": {"items": []}, "options": {"from": "1"}}),
         json!({"query": {"items": []}, "extra": true}),
     ];
-    for body in &lenient_reads {
-        let (status, text) = app
-            .raw(Method::POST, "/read", Some(&body.to_string()))
-            .await;
-        assert_eq!(status, 400, "native /read accepted {body}: {text}");
-        let (status, _, answer) = go_post(&app, "/read", body).await;
-        assert_eq!(status, 200, "the prefix refused {body}: {answer}");
+    for (route, bodies) in [("/append", &lenient_appends[..]), ("/read", &lenient_reads)] {
+        for body in bodies {
+            let (status, text) = app.raw(Method::POST, route, Some(&body.to_string())).await;
+            assert_eq!(status, 400, "native {route} accepted {body}: {text}");
+            let (status, _, answer) = go_post(&app, route, body).await;
+            assert_eq!(status, 200, "the prefix refused {body}: {answer}");
+        }
     }
 }
 
@@ -574,162 +556,4 @@ async fn the_prefix_answers_404_when_disabled() {
     let (status, _, _) = go_post(&app, "/append", &body).await;
     assert_eq!(status, 404);
     assert!(app.read_all().await.is_empty());
-}
-
-/// One decision of the head test: a read of `key` that matched nothing,
-/// then an append conditioned on `key` after the read's head.
-struct Decision {
-    key: String,
-    head: i64,
-    /// The position written, or `None` when the condition failed.
-    written: Option<i64>,
-}
-
-/// Reads `key` through the native route or the prefix; `None` when it
-/// matched something, else the `X-Crablet-Head` of the read.
-async fn empty_read_head(app: &TestApp, key: &str, through_prefix: bool) -> Option<i64> {
-    let query = json!({"items": [{"tags": [key]}]});
-    let response = if through_prefix {
-        app.http
-            .post(format!("{}/go-crablet/read", app.address))
-            .json(&json!({ "query": query }))
-            .send()
-            .await
-    } else {
-        app.http
-            .get(format!("{}/read", app.address))
-            .query(&[("query", query.to_string())])
-            .send()
-            .await
-    }
-    .expect("read");
-    assert_eq!(response.status(), 200);
-    let head: i64 = response.headers()["x-crablet-head"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .expect("the head is an integer");
-    let body: Value = response.json().await.unwrap();
-    let matched = if through_prefix {
-        body["numberOfMatchingEvents"].as_u64().unwrap() > 0
-    } else {
-        !body.as_array().unwrap().is_empty()
-    };
-    (!matched).then_some(head)
-}
-
-#[actix_rt::test]
-async fn an_append_after_the_head_of_an_empty_read_fails_only_if_a_matching_event_came_between() {
-    const CLIENTS: usize = 8;
-    const ROUNDS: usize = 40;
-    let app = std::sync::Arc::new(spawn_app_with(|s| s.writer.lanes = 2).await);
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // Unrelated appends keep the head moving between reads and appends.
-    let mut load = Vec::new();
-    for n in 0..3 {
-        let (app, done) = (app.clone(), done.clone());
-        load.push(actix_rt::spawn(async move {
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                let answer = app
-                    .append(json!({"events": [event("Noise", &[&format!("noise:{n}")], "")]}))
-                    .await;
-                assert!(answer.appended(), "{answer:?}");
-            }
-        }));
-    }
-    let mut clients = Vec::new();
-    for c in 0..CLIENTS {
-        let app = app.clone();
-        clients.push(actix_rt::spawn(async move {
-            let mut decisions = Vec::new();
-            for r in 0..ROUNDS {
-                let key = format!("head:{c}:{r}");
-                // A rival appends a matching event at a random moment around
-                // the read and the decision.
-                let rival = {
-                    let (app, key) = (app.clone(), key.clone());
-                    let delay = rand::random::<u64>() % 1_500;
-                    async move {
-                        actix_rt::time::sleep(std::time::Duration::from_micros(delay)).await;
-                        let answer = app.append(json!({"events": [event("Rival", &[&key], "")]})).await;
-                        assert!(answer.appended(), "{answer:?}");
-                    }
-                };
-                let decide = async {
-                    let head = empty_read_head(&app, &key, c % 2 == 1).await?;
-                    let answer = app
-                        .append(json!({
-                            "events": [event("Decision", &[&key], "")],
-                            "condition": {"failIfEventsMatch": {"items": [{"tags": [key]}]}, "after": head}
-                        }))
-                        .await;
-                    assert_eq!(answer.status, 200, "{answer:?}");
-                    Some(Decision {
-                        key: key.clone(),
-                        head,
-                        written: answer.body["lastPosition"].as_i64(),
-                    })
-                };
-                let (_, decision) = futures_util::join!(rival, decide);
-                decisions.extend(decision);
-            }
-            decisions
-        }));
-    }
-    let mut decisions = Vec::new();
-    for client in clients {
-        decisions.extend(client.await.expect("client"));
-    }
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    for task in load {
-        task.await.expect("load");
-    }
-
-    let stored = app.read_all().await;
-    let (mut missed, mut false_conflicts, mut accepted) = (0, 0, 0);
-    for d in &decisions {
-        let matching: Vec<i64> = stored
-            .iter()
-            .filter(|e| e.tags.contains(&d.key) && Some(e.position) != d.written)
-            .map(|e| e.position)
-            .collect();
-        match d.written {
-            Some(own) => {
-                accepted += 1;
-                // The read matched nothing, so every matching event before
-                // the decision (commits are in position order) was appended
-                // between the read and the decision: the condition had to
-                // catch it.
-                if matching.iter().any(|&p| p < own) {
-                    missed += 1;
-                }
-            }
-            None => {
-                if !matching.iter().any(|&p| p > d.head) {
-                    false_conflicts += 1;
-                }
-            }
-        }
-    }
-    eprintln!(
-        "head test: {} empty reads, {accepted} appends accepted, {} rejected",
-        decisions.len(),
-        decisions.len() - accepted
-    );
-    assert!(
-        decisions.len() >= CLIENTS * ROUNDS / 4,
-        "too few empty reads to test anything: {}",
-        decisions.len()
-    );
-    assert!(
-        accepted > 0 && accepted < decisions.len(),
-        "no race happened: {accepted} of {} accepted",
-        decisions.len()
-    );
-    assert_eq!(
-        (missed, false_conflicts),
-        (0, 0),
-        "{} decisions: {missed} accepted past a matching event, {false_conflicts} rejected without one",
-        decisions.len()
-    );
 }

@@ -8,6 +8,10 @@
 //! exits the pipe closes, the cluster stops and its directory is removed.
 //! Each test's database is dropped when its guard ([`TestDatabase`], held by
 //! [`TestApp`]) drops.
+//!
+//! Also here: appends, reads and `/metrics` figures over HTTP; `process`,
+//! crablet as a separate `crablet serve` process; `subscription`, the
+//! `/subscribe` test client.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -20,6 +24,14 @@ use crablet::config::{Overrides, Settings};
 use crablet::dcb::SequencedEvent;
 use crablet::embedded::EmbeddedPostgres;
 use serde_json::{json, Value};
+
+mod process;
+pub mod subscription;
+
+pub use process::{
+    free_port, send_signal, spawn_embedded_process, spawn_process, spawn_process_with_env,
+    start_process, two_processes, ServerProcess,
+};
 
 /// The PostgreSQL the tests create their databases in.
 struct Cluster {
@@ -295,141 +307,13 @@ impl OwnCluster {
     }
 }
 
-/// A server running as a separate `crablet serve` process.
-pub struct ServerProcess {
-    pub address: String,
-    child: Child,
-}
-
-impl ServerProcess {
-    /// Sends `signal` (a name such as `INT`, `TERM`, `KILL`) with kill(1).
-    pub fn signal(&self, signal: &str) {
-        send_signal(self.child.id(), signal);
-    }
-
-    /// Waits up to `bound` for the process to exit.
-    pub async fn wait_exit(&mut self, bound: Duration) -> Option<std::process::ExitStatus> {
-        let started = std::time::Instant::now();
-        while started.elapsed() < bound {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        None
-    }
-}
-
-/// Sends `signal` (`INT`, `TERM`, `KILL`...) to process `pid` with kill(1).
-pub fn send_signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{signal} {pid} failed");
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl ServerProcess {
-    /// The process id, to signal it or read its memory use.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits up to `timeout` for the process to exit; its status if it did.
-    pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-/// Starts `crablet serve` as a child process on `database_url`.
-pub async fn spawn_process(database_url: &str) -> ServerProcess {
-    spawn_process_with_env(database_url, &[]).await
-}
-
-/// Starts `crablet serve` with extra environment variables (`CRABLET_*`
-/// settings).
-pub async fn spawn_process_with_env(database_url: &str, env: &[(&str, &str)]) -> ServerProcess {
-    start_process(
-        |command| {
-            command
-                .env("DATABASE_URL", database_url)
-                .envs(env.iter().copied());
-        },
-        Duration::from_secs(10),
-    )
-    .await
-}
-
-/// Starts `crablet serve --data-dir <data_dir>`: the embedded cluster.
-pub async fn spawn_embedded_process(data_dir: &std::path::Path) -> ServerProcess {
-    start_process(
-        |command| {
-            command
-                .env_remove("DATABASE_URL")
-                .env_remove("CRABLET_DATABASE_URL")
-                .arg("--data-dir")
-                .arg(data_dir);
-        },
-        // initdb on first use takes seconds.
-        Duration::from_secs(60),
-    )
-    .await
-}
-
-/// Runs `crablet serve` on a free port, with arguments and environment
-/// completed by `configure`, and waits up to `ready` for `/health`.
-async fn start_process(configure: impl FnOnce(&mut Command), ready: Duration) -> ServerProcess {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-        listener.local_addr().expect("addr").port()
-    };
-    let mut command = Command::new(env!("CARGO_BIN_EXE_crablet"));
-    command.args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
-    configure(&mut command);
-    let mut child = command
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn crablet serve");
-    let address = format!("http://127.0.0.1:{port}");
-    let http = client();
-    let started = std::time::Instant::now();
-    while started.elapsed() < ready {
-        if let Ok(r) = http.get(format!("{address}/health")).send().await {
-            if r.status().is_success() {
-                return ServerProcess { address, child };
-            }
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("crablet serve on port {port} exited with {status}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("crablet serve on port {port} did not become healthy");
-}
-
 /// What an append answered.
 #[derive(Debug)]
 pub struct Answer {
     pub status: u16,
     pub body: Value,
+    /// Whether it carried a `Retry-After` header.
+    pub retry_after: bool,
 }
 
 impl Answer {
@@ -439,6 +323,11 @@ impl Answer {
 
     pub fn rejected(&self) -> bool {
         self.status == 200 && self.body["appendConditionFailed"] == json!(true)
+    }
+
+    /// Refused because its requirement number `index` did not hold.
+    pub fn failed_requirement(&self, index: usize) -> bool {
+        self.rejected() && self.body["failedRequirement"] == json!(index)
     }
 }
 
@@ -450,8 +339,32 @@ pub async fn post_append(http: &reqwest::Client, address: &str, body: &Value) ->
         .await
         .expect("append request");
     let status = response.status().as_u16();
+    let retry_after = response.headers().contains_key("retry-after");
     let body = response.json().await.unwrap_or(Value::Null);
-    Answer { status, body }
+    Answer {
+        status,
+        body,
+        retry_after,
+    }
+}
+
+/// Appends `events` unconditionally through `address`; panics unless they
+/// were appended.
+pub async fn append_events(http: &reqwest::Client, address: &str, events: &[Value]) -> Answer {
+    let answer = post_append(http, address, &json!({ "events": events })).await;
+    assert!(answer.appended(), "{answer:?}");
+    answer
+}
+
+/// Sends every `(address, body)` append at once; the answers in order.
+pub async fn append_all(
+    http: &reqwest::Client,
+    appends: impl IntoIterator<Item = (String, Value)>,
+) -> Vec<Answer> {
+    let sends = appends
+        .into_iter()
+        .map(|(address, body)| async move { post_append(http, &address, &body).await });
+    futures_util::future::join_all(sends).await
 }
 
 pub async fn get_read(
@@ -490,9 +403,23 @@ impl TestApp {
         get_read(&self.http, &self.address, &query, &options).await
     }
 
+    /// Appends one event unconditionally; panics unless it was appended.
+    pub async fn append_event(&self, event: Value) -> Answer {
+        append_events(&self.http, &self.address, &[event]).await
+    }
+
     /// Every event in the store, in order.
     pub async fn read_all(&self) -> Vec<SequencedEvent> {
         self.read(json!({"items": []}), json!({})).await
+    }
+
+    /// `GET path`, answered as it may be.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("GET request")
     }
 
     /// Sends a raw request and returns status and body text.
@@ -538,4 +465,66 @@ pub async fn db_client(database_url: &str) -> tokio_postgres::Client {
         .expect("connect to the test database");
     actix_rt::spawn(connection);
     client
+}
+
+/// The text of `/metrics`.
+pub async fn metrics_text(http: &reqwest::Client, address: &str) -> String {
+    http.get(format!("{address}/metrics"))
+        .send()
+        .await
+        .expect("metrics request")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// A counter, gauge or histogram figure of `/metrics` text: the sum of the
+/// series of `name` whose labels contain `labels` (every series when it is
+/// empty), 0 when there is none.
+pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            line.starts_with(name)
+                && line[name.len()..].starts_with(['{', ' '])
+                && line.contains(labels)
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Whether `check` holds within `attempts` tries, `pause` apart.
+pub async fn eventually<F: std::future::Future<Output = bool>>(
+    attempts: usize,
+    pause: Duration,
+    mut check: impl FnMut() -> F,
+) -> bool {
+    for _ in 0..attempts {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(pause).await;
+    }
+    false
+}
+
+/// A random query item of up to `max_tags` tags from `tags` and up to two
+/// types from `types`, never empty.
+pub fn random_item(
+    rng: &mut impl rand::Rng,
+    tags: &[&str],
+    types: &[&str],
+    max_tags: usize,
+) -> crablet::dcb::QueryItem {
+    use rand::seq::SliceRandom;
+    let mut item = crablet::dcb::QueryItem::default();
+    while item.tags.is_empty() && item.types.is_empty() {
+        for _ in 0..rng.gen_range(0..=max_tags) {
+            item.tags.push(tags.choose(rng).unwrap().to_string());
+        }
+        for _ in 0..rng.gen_range(0..=2) {
+            item.types.push(types.choose(rng).unwrap().to_string());
+        }
+    }
+    item
 }
