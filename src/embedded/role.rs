@@ -1,0 +1,101 @@
+//! crablet's role and database inside the cluster: which superuser administers
+//! it, the role `crablet` (not a superuser), and the database it owns.
+
+use std::process::Command;
+
+use super::process::{run, run_with_stdin};
+use super::{EmbeddedError, EmbeddedPostgres, ADMIN_USER, CRABLET_ROLE};
+
+impl EmbeddedPostgres {
+    /// Picks the superuser to administer with, and creates crablet's role.
+    pub(super) fn ensure_role(&mut self) -> Result<(), EmbeddedError> {
+        if !self.role_can_connect(ADMIN_USER) {
+            // A cluster made by an older version: `crablet` is its superuser.
+            self.admin_user = CRABLET_ROLE;
+            log::info!(
+                "the cluster in {} was made by an older crablet: crablet connects as its \
+                 bootstrap superuser `{CRABLET_ROLE}` (a new cluster uses a role that is \
+                 not a superuser)",
+                self.pgdata.display()
+            );
+            return Ok(());
+        }
+        let mut cmd = self.tool("psql");
+        self.connection_args(&mut cmd);
+        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres"]);
+        // Concurrent starts may race to create it: either error means it exists.
+        run_with_stdin(
+            cmd,
+            &format!(
+                "DO $$ BEGIN CREATE ROLE {CRABLET_ROLE} LOGIN NOSUPERUSER NOCREATEROLE; \
+                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;\n"
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// Whether `role` can log in to database `postgres`.
+    fn role_can_connect(&self, role: &str) -> bool {
+        let mut cmd = self.tool("psql");
+        cmd.arg("-h")
+            .arg(&self.socket_dir)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args([
+                "-U", role, "-X", "-q", "-t", "-d", "postgres", "-c", "SELECT 1",
+            ]);
+        run(cmd).is_ok()
+    }
+
+    /// Creates `dbname` unless it exists.
+    pub(super) fn ensure_database(&self, dbname: &str) -> Result<(), EmbeddedError> {
+        if self.database_exists(dbname)? {
+            return Ok(());
+        }
+        let mut cmd = self.tool("createdb");
+        self.connection_args(&mut cmd);
+        cmd.args(["-O", CRABLET_ROLE]).arg(dbname);
+        match run(cmd) {
+            Ok(_) => {
+                log::info!("created database {dbname}");
+                Ok(())
+            }
+            // Created concurrently by another crablet on the same cluster.
+            Err(EmbeddedError::CommandFailed { .. }) if self.database_exists(dbname)? => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn database_exists(&self, dbname: &str) -> Result<bool, EmbeddedError> {
+        let mut cmd = self.tool("psql");
+        self.connection_args(&mut cmd);
+        // The name travels as a psql variable, quoted by psql (`:'dbname'`); psql
+        // interpolates variables in scripts, not in `-c`, hence stdin.
+        cmd.args([
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            "postgres",
+            "-v",
+        ])
+        .arg(format!("dbname={dbname}"));
+        let output = run_with_stdin(
+            cmd,
+            "SELECT 1 FROM pg_database WHERE datname = :'dbname';\n",
+        )?;
+        Ok(String::from_utf8_lossy(&output.stdout).trim() == "1")
+    }
+
+    /// `-h <socket dir> -p <port> -U <admin user>`.
+    fn connection_args(&self, cmd: &mut Command) {
+        cmd.arg("-h")
+            .arg(&self.socket_dir)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-U", self.admin_user]);
+    }
+}
