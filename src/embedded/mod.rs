@@ -40,7 +40,11 @@
 //! exclusive without waiting; only the last holder gets it, and it stops the
 //! server. The kernel drops the lock of a process killed with SIGKILL, so a killed
 //! holder never keeps the server running nor blocks the others; the server itself
-//! daemonizes and survives it, and the next start adopts it.
+//! daemonizes and survives it, and the next start adopts it once it accepts
+//! connections. A server killed too (or a power cut) leaves a stale
+//! `postmaster.pid`: the next start sees that no live PostgreSQL process has
+//! that pid (pg_ctl alone would take a zombie for a server) and starts the
+//! server, which recovers from the crash.
 //!
 //! The parts:
 //!
@@ -142,6 +146,19 @@ pub enum EmbeddedError {
     /// The data or socket directory cannot be used safely.
     #[error("cannot use {path}: {reason}")]
     UnusablePath { path: PathBuf, reason: String },
+
+    /// A server runs on the cluster but does not accept connections.
+    #[error(
+        "PostgreSQL (pid {pid}) runs on {pgdata} but did not accept connections on \
+         {socket_dir} within {seconds} seconds; see {log}"
+    )]
+    NotAnswering {
+        pid: u32,
+        pgdata: PathBuf,
+        socket_dir: PathBuf,
+        seconds: u32,
+        log: PathBuf,
+    },
 }
 
 /// A running private PostgreSQL cluster, stopped on drop if this value started it.
@@ -227,11 +244,7 @@ impl EmbeddedPostgres {
             pg.initdb()?;
         }
         pg.write_hardening()?;
-        if pg.is_running()? {
-            pg.adopt();
-        } else {
-            pg.start_server()?;
-        }
+        pg.start_or_adopt()?;
         pg.ensure_role()?;
         pg.ensure_database(DATABASE)?;
         Ok(pg)

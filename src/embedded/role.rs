@@ -1,16 +1,22 @@
 //! crablet's role and database inside the cluster: which superuser administers
 //! it, the role `crablet` (not a superuser), and the database it owns.
 
-use std::process::Command;
+use std::process::{Command, Output};
 
 use super::process::{run, run_with_stdin};
 use super::{EmbeddedError, EmbeddedPostgres, ADMIN_USER, CRABLET_ROLE};
 
 impl EmbeddedPostgres {
     /// Picks the superuser to administer with, and creates crablet's role.
+    ///
+    /// The cluster counts as made by an older version only when the database
+    /// says so (`crablet` logs in, is a superuser, and there is no
+    /// [`ADMIN_USER`]); a server that cannot be reached is reported as such.
     pub(super) fn ensure_role(&mut self) -> Result<(), EmbeddedError> {
-        if !self.role_can_connect(ADMIN_USER) {
-            // A cluster made by an older version: `crablet` is its superuser.
+        if let Err(as_admin) = self.psql_as(ADMIN_USER, "SELECT 1") {
+            if !self.made_by_an_older_crablet() {
+                return Err(as_admin);
+            }
             self.admin_user = CRABLET_ROLE;
             log::info!(
                 "the cluster in {} was made by an older crablet: crablet connects as its \
@@ -34,17 +40,29 @@ impl EmbeddedPostgres {
         Ok(())
     }
 
-    /// Whether `role` can log in to database `postgres`.
-    fn role_can_connect(&self, role: &str) -> bool {
+    /// Whether the cluster is one made by an older version: [`CRABLET_ROLE`]
+    /// is its bootstrap superuser and [`ADMIN_USER`] does not exist.
+    fn made_by_an_older_crablet(&self) -> bool {
+        let sql = format!(
+            "SELECT rolsuper AND NOT EXISTS \
+             (SELECT 1 FROM pg_roles WHERE rolname = '{ADMIN_USER}') \
+             FROM pg_roles WHERE rolname = current_user"
+        );
+        self.psql_as(CRABLET_ROLE, &sql)
+            .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).trim() == "t")
+    }
+
+    /// Runs `sql` in database `postgres` as `role`; its output.
+    fn psql_as(&self, role: &str, sql: &str) -> Result<Output, EmbeddedError> {
         let mut cmd = self.tool("psql");
         cmd.arg("-h")
             .arg(&self.socket_dir)
             .arg("-p")
             .arg(self.port.to_string())
             .args([
-                "-U", role, "-X", "-q", "-t", "-d", "postgres", "-c", "SELECT 1",
+                "-U", role, "-X", "-q", "-t", "-A", "-d", "postgres", "-c", sql,
             ]);
-        run(cmd).is_ok()
+        run(cmd)
     }
 
     /// Creates `dbname` unless it exists.
