@@ -117,3 +117,54 @@ impl EmbeddedPostgres {
             .args(["-U", self.admin_user]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+    use crate::embedded::testing::{as_crablet, TempDir};
+
+    #[test]
+    fn a_cluster_whose_superuser_is_crablet_is_taken_for_an_older_one() {
+        let root = TempDir::new("older");
+        let data_dir = root.0.join("data");
+        let mut pg = EmbeddedPostgres::start(&data_dir).expect("start");
+        assert_eq!(pg.admin_user, ADMIN_USER);
+        assert!(pg.stop().expect("stop"));
+        // No server to ask: an error, not an older cluster.
+        match pg.ensure_role() {
+            Err(EmbeddedError::CommandFailed { command, .. }) => {
+                assert!(command.contains("-U crablet_admin"), "{command}");
+            }
+            other => panic!("expected psql's connection failure, got {other:?}"),
+        }
+        assert_eq!(pg.admin_user, ADMIN_USER);
+
+        // The cluster as older versions made it: `crablet` is the bootstrap
+        // superuser, and there is no crablet_admin.
+        fs::remove_dir_all(&pg.pgdata).expect("remove the cluster");
+        let mut initdb = pg.tool("initdb");
+        initdb.arg("-D").arg(&pg.pgdata).args([
+            "-U",
+            CRABLET_ROLE,
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ]);
+        run(initdb).expect("initdb as an older crablet ran it");
+        drop(pg);
+
+        let mut older = EmbeddedPostgres::start(&data_dir).expect("start the older cluster");
+        assert_eq!(older.admin_user, CRABLET_ROLE);
+        assert_eq!(
+            as_crablet(
+                &older,
+                "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+            ),
+            "t"
+        );
+        assert!(older.stop().expect("stop"));
+    }
+}
