@@ -54,6 +54,18 @@ impl EmbeddedPostgres {
         }
         cmd
     }
+
+    /// A client tool connecting to this cluster's socket as `role`:
+    /// `-h <socket dir> -p <port> -U <role>`.
+    pub(super) fn client_tool(&self, name: &str, role: &str) -> Command {
+        let mut cmd = self.tool(name);
+        cmd.arg("-h")
+            .arg(&self.socket_dir)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-U", role]);
+        cmd
+    }
 }
 
 /// Whether this process is root, judged by the owner of `/proc/self` (or, where

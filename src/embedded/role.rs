@@ -1,7 +1,7 @@
 //! crablet's role and database inside the cluster: which superuser administers
 //! it, the role `crablet` (not a superuser), and the database it owns.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use super::process::{run, run_with_stdin};
 use super::{EmbeddedError, EmbeddedPostgres, ADMIN_USER, CRABLET_ROLE};
@@ -26,8 +26,7 @@ impl EmbeddedPostgres {
             );
             return Ok(());
         }
-        let mut cmd = self.tool("psql");
-        self.connection_args(&mut cmd);
+        let mut cmd = self.client_tool("psql", self.admin_user);
         cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres"]);
         // Concurrent starts may race to create it: either error means it exists.
         run_with_stdin(
@@ -54,14 +53,8 @@ impl EmbeddedPostgres {
 
     /// Runs `sql` in database `postgres` as `role`; its output.
     fn psql_as(&self, role: &str, sql: &str) -> Result<Output, EmbeddedError> {
-        let mut cmd = self.tool("psql");
-        cmd.arg("-h")
-            .arg(&self.socket_dir)
-            .arg("-p")
-            .arg(self.port.to_string())
-            .args([
-                "-U", role, "-X", "-q", "-t", "-A", "-d", "postgres", "-c", sql,
-            ]);
+        let mut cmd = self.client_tool("psql", role);
+        cmd.args(["-X", "-q", "-t", "-A", "-d", "postgres", "-c", sql]);
         run(cmd)
     }
 
@@ -70,8 +63,7 @@ impl EmbeddedPostgres {
         if self.database_exists(dbname)? {
             return Ok(());
         }
-        let mut cmd = self.tool("createdb");
-        self.connection_args(&mut cmd);
+        let mut cmd = self.client_tool("createdb", self.admin_user);
         cmd.args(["-O", CRABLET_ROLE]).arg(dbname);
         match run(cmd) {
             Ok(_) => {
@@ -85,8 +77,7 @@ impl EmbeddedPostgres {
     }
 
     fn database_exists(&self, dbname: &str) -> Result<bool, EmbeddedError> {
-        let mut cmd = self.tool("psql");
-        self.connection_args(&mut cmd);
+        let mut cmd = self.client_tool("psql", self.admin_user);
         // The name travels as a psql variable, quoted by psql (`:'dbname'`); psql
         // interpolates variables in scripts, not in `-c`, hence stdin.
         cmd.args([
@@ -106,15 +97,6 @@ impl EmbeddedPostgres {
             "SELECT 1 FROM pg_database WHERE datname = :'dbname';\n",
         )?;
         Ok(String::from_utf8_lossy(&output.stdout).trim() == "1")
-    }
-
-    /// `-h <socket dir> -p <port> -U <admin user>`.
-    fn connection_args(&self, cmd: &mut Command) {
-        cmd.arg("-h")
-            .arg(&self.socket_dir)
-            .arg("-p")
-            .arg(self.port.to_string())
-            .args(["-U", self.admin_user]);
     }
 }
 

@@ -130,12 +130,9 @@ impl EmbeddedPostgres {
                 self.port = port;
                 self.socket_dir = socket_dir;
             }
-            let mut ping = self.tool("pg_isready");
-            ping.arg("-h")
-                .arg(&self.socket_dir)
-                .arg("-p")
-                .arg(self.port.to_string())
-                .args(["-d", "postgres", "-t", "2", "-q"]);
+            // Any role will do: the server answers the ping before logging in.
+            let mut ping = self.client_tool("pg_isready", self.admin_user);
+            ping.args(["-d", "postgres", "-t", "2", "-q"]);
             if run(ping).is_ok() {
                 return Ok(true);
             }
