@@ -130,6 +130,12 @@ pub fn checksum(sql: &str) -> String {
 
 /// Brings the schema up to date under the migration lock.
 pub async fn run(client: &mut Client) -> Result<MigrationReport, MigrateError> {
+    // The migrations' `IF EXISTS`/`IF NOT EXISTS` clauses make the server send
+    // NOTICEs ("... does not exist, skipping") at every start; they are
+    // expected, and logged they would read as errors. Warnings still come.
+    client
+        .batch_execute("SET client_min_messages = warning")
+        .await?;
     // The lock comes first: nothing, not even the bookkeeping table, is
     // created outside it.
     client

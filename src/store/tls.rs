@@ -233,6 +233,28 @@ fn quote(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
+/// What a database URL that cannot be parsed should look like; the error is
+/// shown after "invalid database URL: ".
+const EXPECTED_URL: &str =
+    "expected postgres://user@host:port/db or key=value pairs (host=… dbname=…)";
+
+/// `text` with the password of a `scheme://user:password@host` URL hidden,
+/// for an error message.
+fn without_password(text: &str) -> String {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return text.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((userinfo, _)) if userinfo.contains(':') => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            let host_on = &rest[userinfo.len()..];
+            format!("{scheme}://{user}:***{host_on}")
+        }
+        _ => text.to_owned(),
+    }
+}
+
 /// The pairs of a libpq key-value string (`key=value`, `key = 'quoted \' value'`).
 ///
 /// tokio-postgres parses this form too, but refuses what crablet must read
@@ -254,7 +276,8 @@ fn libpq_key_value_pairs(text: &str) -> Result<Vec<(String, String)>, DbTlsError
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         if chars.next() != Some('=') {
             return Err(DbTlsError::Syntax(format!(
-                "invalid connection string: {key:?} has no value"
+                "{:?}: {EXPECTED_URL}",
+                without_password(&key)
             )));
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
@@ -264,7 +287,7 @@ fn libpq_key_value_pairs(text: &str) -> Result<Vec<(String, String)>, DbTlsError
                 match chars.next() {
                     None => {
                         return Err(DbTlsError::Syntax(format!(
-                            "invalid connection string: unterminated quote after {key}="
+                            "unterminated quote after {key}=; {EXPECTED_URL}"
                         )))
                     }
                     Some('\'') => break,
@@ -427,6 +450,34 @@ mod tests {
         assert_eq!(root.as_deref(), Some("/a b/ca.pem"));
         let parsed: tokio_postgres::Config = rest.parse().unwrap();
         assert_eq!(parsed.get_password(), Some(&b"x y"[..]));
+    }
+
+    #[test]
+    fn a_mistyped_database_url_says_what_was_expected() {
+        for (url, shown) in [
+            ("localhost:5432", "\"localhost:5432\""),
+            (
+                "postgress://crablet:secret@db:5432/crablet",
+                "\"postgress://crablet:***@db:5432/crablet\"",
+            ),
+            ("host=db crablet", "\"crablet\""),
+        ] {
+            let Err(DbTlsError::Syntax(message)) = parse_database_url(url) else {
+                panic!("{url} was accepted");
+            };
+            assert_eq!(
+                message,
+                format!(
+                    "{shown}: expected postgres://user@host:port/db \
+                     or key=value pairs (host=… dbname=…)"
+                )
+            );
+        }
+        assert_eq!(without_password("postgres://u@h/x"), "postgres://u@h/x");
+        assert_eq!(
+            without_password("postgres://u:p@h/x?a=@"),
+            "postgres://u:***@h/x?a=@"
+        );
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::time::Duration;
 use crablet::embedded::EmbeddedPostgres;
 use serde_json::json;
 
-use crate::helpers::{client, event, post_append, spawn_embedded_process, ServerProcess};
+use crate::helpers::{
+    client, event, get_read, post_append, send_signal, spawn_embedded_process, ServerProcess,
+};
 
 /// A data directory of the test's own; on drop, a server left running in it
 /// is stopped and the directory removed.
@@ -108,6 +110,56 @@ async fn a_holder_killed_with_sigkill_blocks_no_other_and_its_server_is_adopted(
     assert!(
         status.is_some_and(|s| s.success()),
         "fourth exited {status:?}"
+    );
+    assert!(!dir.server_running());
+}
+
+/// The pid of the postmaster running on `dir`, from its `postmaster.pid`.
+fn postmaster_pid(dir: &Path) -> u32 {
+    let text = std::fs::read_to_string(dir.join("pgdata/postmaster.pid"))
+        .expect("a running server has a postmaster.pid");
+    text.lines()
+        .next()
+        .and_then(|line| line.trim().parse().ok())
+        .expect("postmaster.pid starts with the pid")
+}
+
+#[actix_rt::test]
+async fn after_crablet_and_its_postgres_are_killed_one_restart_recovers_every_event() {
+    let dir = DataDir::new();
+    let mut crashed = spawn_embedded_process(&dir.0).await;
+    let body = json!({"events": [event("BeforeCrash", &["crash"], "kept")]});
+    assert!(post_append(&client(), &crashed.address, &body)
+        .await
+        .appended());
+
+    // A power cut, as far as the data directory can tell: nobody stops
+    // anything, and a stale postmaster.pid is left behind.
+    let postmaster = postmaster_pid(&dir.0);
+    crashed.signal("KILL");
+    send_signal(postmaster, "KILL");
+    assert!(crashed.wait_exit(Duration::from_secs(10)).await.is_some());
+    assert!(dir.server_running(), "postmaster.pid is left behind");
+
+    // One restart: the stale pid file is not taken for a running server.
+    let restarted = spawn_embedded_process(&dir.0).await;
+    let events = get_read(
+        &client(),
+        &restarted.address,
+        &json!({"items": [{"tags": ["crash"]}]}),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(
+        events.len(),
+        1,
+        "the acknowledged append survived: {events:?}"
+    );
+    assert!(appends(&restarted).await);
+    let status = stop(restarted, "TERM").await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "restarted exited {status:?}"
     );
     assert!(!dir.server_running());
 }
