@@ -3,7 +3,8 @@
 //! # Layout
 //!
 //! - [`wire`]: the JSON shapes of crablet's HTTP API (requests we send, replies we
-//!   parse) and the URL encoding of `GET /read`. Pure, no I/O.
+//!   parse), the URL encoding of `GET /read` and the events' data ([`wire::payload`]).
+//!   Pure, no I/O.
 //! - [`http`]: one keep-alive HTTP/1.1 connection per virtual client and the typed
 //!   `append`/`read` calls on it, with timeouts and error classification.
 //! - [`stats`]: per-client latency histograms and outcome counters, merged at the end.
