@@ -6,8 +6,10 @@
 
 use std::sync::Arc;
 
+use super::plan::Phase;
+use super::runner::primary;
 use super::table::{thousands, Row};
-use super::{primary, Bench, Phase};
+use super::Bench;
 use crate::driver;
 use crate::report::ms;
 use crate::scenario::{ScenarioKind, COLD_PROJECTORS};

@@ -4,8 +4,9 @@
 
 use anyhow::Context as _;
 
+use super::plan::{DATA_BYTES, DB_EMPTY, DB_VOLUME};
 use super::table::Row;
-use super::{Bench, DATA_BYTES, DB_EMPTY, DB_VOLUME};
+use super::Bench;
 use crate::http::Conn;
 use crate::wire::{Query, ReadOptions};
 

@@ -44,6 +44,21 @@ impl Row {
             baseline_value: None,
         }
     }
+
+    /// A row that shows only a baseline (`--baselines-only`).
+    pub fn baseline_only(id: &str, workload: &str, value: f64, unit: &str) -> Self {
+        Self {
+            id: id.into(),
+            workload: workload.into(),
+            crablet: "-".into(),
+            baseline: format!("{value:.3} {unit}"),
+            ratio: None,
+            goal: "-".into(),
+            met: None,
+            crablet_value: None,
+            baseline_value: Some(value),
+        }
+    }
 }
 
 fn first_line(s: &str) -> String {
