@@ -11,7 +11,7 @@ use super::plan::{DATA_BYTES, DB_RAW};
 use super::postgres;
 use super::runner::primary;
 use super::server;
-use super::table::{thousands, Row};
+use super::table::{thousands, Figure, Row};
 use super::{Bench, Goal, SoakReport};
 use crate::report::ms;
 use crate::wire::payload;
@@ -100,24 +100,23 @@ impl Bench {
         if !self.wants(Goal::P1) {
             return Ok(None);
         }
-        let ratio = rate / base;
         self.report.notes.push(format!(
             "P1: crablet p50 {:.2} ms, p99 {:.2} ms; raw INSERT at 64 clients {:.0} tx/s",
             ms(p.latency_us.p50_us),
             ms(p.latency_us.p99_us),
             base
         ));
-        Ok(Some(Row {
-            id: "P1".into(),
-            workload: "append-if, disjoint keys, 64 clients".into(),
-            crablet: format!("{} events/s", thousands(rate)),
-            baseline: format!("{} tx/s (INSERT)", thousands(base)),
-            ratio: Some(ratio),
-            goal: format!(">= {P1_GOAL}x"),
-            met: Some(ratio >= P1_GOAL && p.conflicts == 0),
-            crablet_value: Some(rate),
-            baseline_value: Some(base),
-        }))
+        let crablet = Figure::rate(rate, "events/s");
+        let baseline = Figure::rate(base, "tx/s (INSERT)");
+        Ok(Some(
+            Row::compared(
+                "P1",
+                "append-if, disjoint keys, 64 clients",
+                crablet,
+                baseline,
+            )
+            .ratio_at_least(P1_GOAL, format!(">= {P1_GOAL}x"), p.conflicts == 0),
+        ))
     }
 
     pub(super) async fn goal_p2(&mut self) -> anyhow::Result<Option<Row>> {
@@ -187,7 +186,6 @@ impl Bench {
         let (_, run) = self.run_phase(&self.plan.p5()).await?;
         let p = primary(&run)?;
         let rate = p.ok_per_s;
-        let ratio = rate / empty;
         if p.conflicts > 0 {
             self.report
                 .notes
@@ -203,20 +201,17 @@ impl Bench {
                 ));
             }
         }
-        Ok(Some(Row {
-            id: "P5".into(),
-            workload: format!(
-                "P1 with {} events stored vs empty",
-                thousands(self.plan.volume_events as f64)
+        let volume = thousands(self.plan.volume_events as f64);
+        let workload = format!("P1 with {volume} events stored vs empty");
+        let crablet = Figure::rate(rate, "events/s");
+        let baseline = Figure::rate(empty, "events/s (empty)");
+        Ok(Some(
+            Row::compared("P5", workload, crablet, baseline).ratio_at_least(
+                P5_GOAL,
+                format!(">= {P5_GOAL}"),
+                p.conflicts == 0,
             ),
-            crablet: format!("{} events/s", thousands(rate)),
-            baseline: format!("{} events/s (empty)", thousands(empty)),
-            ratio: Some(ratio),
-            goal: format!(">= {P5_GOAL}"),
-            met: Some(ratio >= P5_GOAL && p.conflicts == 0),
-            crablet_value: Some(rate),
-            baseline_value: Some(empty),
-        }))
+        ))
     }
 
     pub(super) async fn soak(&mut self) -> anyhow::Result<()> {
@@ -281,16 +276,10 @@ impl Bench {
                 format!("<= {P6_GOAL_MIB:.0} MiB"),
             ),
         };
-        Row {
-            id: "P6".into(),
-            workload: "server RSS under the P1 load".into(),
-            crablet,
-            baseline: "-".into(),
-            ratio: None,
-            goal,
-            met: Some(met),
-            crablet_value: Some(max),
-            baseline_value: None,
-        }
+        let crablet = Figure {
+            text: crablet,
+            value: max,
+        };
+        Row::alone("P6", "server RSS under the P1 load", crablet).goal(goal, met)
     }
 }

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use super::plan::{Phase, DB_HISTORY, HOT_KEYS};
 use super::postgres;
 use super::runner::primary;
-use super::table::{thousands, Row};
+use super::table::{thousands, Figure, Row};
 use super::Bench;
 use crate::report::ms;
 
@@ -37,7 +37,6 @@ impl Bench {
             .clone()
             .context("hot-keys run was not verified")?;
         let rate = p.decisions_per_s;
-        let ratio = rate / base;
         self.report.notes.push(format!(
             "{id}: {:.0} accepted + {:.0} rejected decisions/s, p50 {:.2} ms, p99 {:.2} ms; verification: {} events on {} keys, {} violations, {} unparsable, {} of {} acknowledged missing",
             p.ok_per_s,
@@ -54,24 +53,20 @@ impl Bench {
         for d in &v.details {
             self.report.notes.push(format!("{id} violation: {d}"));
         }
-        Ok(Some(Row {
-            id: id.into(),
-            workload: format!(
-                "hot keys (100, Zipf 1.0), 64 clients, {}",
-                phase.decision.name()
+        let workload = format!(
+            "hot keys (100, Zipf 1.0), 64 clients, {}",
+            phase.decision.name()
+        );
+        let crablet = Figure::rate(rate, &format!("decisions/s, {} violations", v.violations));
+        let baseline = Figure::rate(base, "tx/s (INSERT)");
+        let goal = format!(">= {P3_GOAL}x, 0 violations");
+        Ok(Some(
+            Row::compared(id, workload, crablet, baseline).ratio_at_least(
+                P3_GOAL,
+                goal,
+                v.passed(),
             ),
-            crablet: format!(
-                "{} decisions/s, {} violations",
-                thousands(rate),
-                v.violations
-            ),
-            baseline: format!("{} tx/s (INSERT)", thousands(base)),
-            ratio: Some(ratio),
-            goal: format!(">= {P3_GOAL}x, 0 violations"),
-            met: Some(ratio >= P3_GOAL && v.passed()),
-            crablet_value: Some(rate),
-            baseline_value: Some(base),
-        }))
+        ))
     }
 
     /// P10: the one-request decisions of P3 on keys that already hold
@@ -107,7 +102,6 @@ impl Bench {
             .await?;
         let p = primary(&run)?;
         let rate = p.decisions_per_s;
-        let ratio = rate / fresh;
         self.report.notes.push(format!(
             "P10: {:.0} decisions/s on keys holding {HISTORY_EVENTS_PER_KEY} events each (preloaded in {:.1} s), p50 {:.2} ms, p99 {:.2} ms; {fresh:.0}/s on fresh keys",
             rate,
@@ -115,19 +109,16 @@ impl Bench {
             ms(p.latency_us.p50_us),
             ms(p.latency_us.p99_us),
         ));
-        Ok(Some(Row {
-            id: "P10".into(),
-            workload: format!(
-                "require, 100 hot keys holding {} events each, 64 clients",
-                thousands(HISTORY_EVENTS_PER_KEY as f64)
+        let history = thousands(HISTORY_EVENTS_PER_KEY as f64);
+        let workload = format!("require, 100 hot keys holding {history} events each, 64 clients");
+        let crablet = Figure::rate(rate, "decisions/s");
+        let baseline = Figure::rate(fresh, "decisions/s (fresh keys)");
+        Ok(Some(
+            Row::compared("P10", workload, crablet, baseline).ratio_at_least(
+                P10_GOAL,
+                format!(">= {P10_GOAL}"),
+                true,
             ),
-            crablet: format!("{} decisions/s", thousands(rate)),
-            baseline: format!("{} decisions/s (fresh keys)", thousands(fresh)),
-            ratio: Some(ratio),
-            goal: format!(">= {P10_GOAL}"),
-            met: Some(ratio >= P10_GOAL),
-            crablet_value: Some(rate),
-            baseline_value: Some(fresh),
-        }))
+        ))
     }
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::plan::{DATA_BYTES, DB_RAW, DB_VOLUME, PRELOAD_BATCH, PRELOAD_CONCURRENCY};
 use super::postgres;
 use super::runner::primary;
-use super::table::{thousands, Row};
+use super::table::{thousands, Figure, Row};
 use super::{Bench, Goal};
 use crate::preload::EVENTS_PER_TAG;
 use crate::report::ms;
@@ -102,27 +102,26 @@ impl Bench {
         }
         let rate = p.ok_per_s;
         self.p4_reads = Some(rate);
-        let ratio = rate / base.tps;
         self.report.notes.push(format!(
             "P4: crablet p50 {:.2} ms, p99 {:.2} ms; pgbench latency avg {:.2} ms",
             ms(p.latency_us.p50_us),
             ms(p.latency_us.p99_us),
             base.latency_avg_ms
         ));
-        Ok(Some(Row {
-            id: "P4".into(),
-            workload: format!(
-                "read one tag (10 events), {} stored, 16 clients",
-                thousands(volume as f64)
+        let workload = format!(
+            "read one tag (10 events), {} stored, 16 clients",
+            thousands(volume as f64)
+        );
+        let crablet = Figure::rate(rate, "reads/s");
+        let baseline = Figure::rate(base.tps, "tx/s (GIN)");
+        let goal = format!(">= {P4_GOAL}x");
+        Ok(Some(
+            Row::compared("P4", workload, crablet, baseline).ratio_at_least(
+                P4_GOAL,
+                goal,
+                off_by < f64::EPSILON,
             ),
-            crablet: format!("{} reads/s", thousands(rate)),
-            baseline: format!("{} tx/s (GIN)", thousands(base.tps)),
-            ratio: Some(ratio),
-            goal: format!(">= {P4_GOAL}x"),
-            met: Some(ratio >= P4_GOAL && off_by < f64::EPSILON),
-            crablet_value: Some(rate),
-            baseline_value: Some(base.tps),
-        }))
+        ))
     }
 
     /// P11: `POST /project` of a count over every stored event, appends
@@ -138,7 +137,6 @@ impl Bench {
         let (_, run) = self.run_phase(&self.plan.p11()).await?;
         let p = primary(&run)?;
         let rate = p.ok_per_s;
-        let ratio = rate / reads;
         let appended = run
             .labels
             .iter()
@@ -150,19 +148,16 @@ impl Bench {
             ms(p.latency_us.p50_us),
             ms(p.latency_us.p99_us),
         ));
-        Ok(Some(Row {
-            id: "P11".into(),
-            workload: format!(
-                "POST /project count over {} events, 16 clients",
-                thousands(self.plan.volume_events as f64)
+        let volume = thousands(self.plan.volume_events as f64);
+        let workload = format!("POST /project count over {volume} events, 16 clients");
+        let crablet = Figure::rate(rate, "projections/s");
+        let baseline = Figure::rate(reads, "reads/s (P4)");
+        Ok(Some(
+            Row::compared("P11", workload, crablet, baseline).ratio_at_least(
+                P11_GOAL,
+                format!(">= {P11_GOAL}x"),
+                true,
             ),
-            crablet: format!("{} projections/s", thousands(rate)),
-            baseline: format!("{} reads/s (P4)", thousands(reads)),
-            ratio: Some(ratio),
-            goal: format!(">= {P11_GOAL}x"),
-            met: Some(ratio >= P11_GOAL),
-            crablet_value: Some(rate),
-            baseline_value: Some(reads),
-        }))
+        ))
     }
 }
