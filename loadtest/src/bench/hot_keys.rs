@@ -60,13 +60,8 @@ impl Bench {
         let crablet = Figure::rate(rate, &format!("decisions/s, {} violations", v.violations));
         let baseline = Figure::rate(base, "tx/s (INSERT)");
         let goal = format!(">= {P3_GOAL}x, 0 violations");
-        Ok(Some(
-            Row::compared(id, workload, crablet, baseline).ratio_at_least(
-                P3_GOAL,
-                goal,
-                v.passed(),
-            ),
-        ))
+        let row = Row::compared(id, workload, crablet, baseline);
+        Ok(Some(row.ratio_at_least(P3_GOAL, goal, v.passed())))
     }
 
     /// P10: the one-request decisions of P3 on keys that already hold
@@ -113,12 +108,11 @@ impl Bench {
         let workload = format!("require, 100 hot keys holding {history} events each, 64 clients");
         let crablet = Figure::rate(rate, "decisions/s");
         let baseline = Figure::rate(fresh, "decisions/s (fresh keys)");
-        Ok(Some(
-            Row::compared("P10", workload, crablet, baseline).ratio_at_least(
-                P10_GOAL,
-                format!(">= {P10_GOAL}"),
-                true,
-            ),
-        ))
+        let row = Row::compared("P10", workload, crablet, baseline);
+        Ok(Some(row.ratio_at_least(
+            P10_GOAL,
+            format!(">= {P10_GOAL}"),
+            true,
+        )))
     }
 }
