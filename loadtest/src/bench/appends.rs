@@ -69,6 +69,8 @@ impl Bench {
         Ok(rate)
     }
 
+    /// P1: conditional appends on disjoint keys against the raw INSERT
+    /// baseline; the server's RSS is sampled throughout for P6.
     pub(super) async fn goal_p1(&mut self) -> anyhow::Result<Option<Row>> {
         let base = self.p1_baseline().await?;
         if self.cfg.baselines_only {
@@ -117,6 +119,8 @@ impl Bench {
         )))
     }
 
+    /// P2: the p50 latency of one client's conditional appends against one
+    /// client's raw INSERTs (from pgbench's per-transaction log).
     pub(super) async fn goal_p2(&mut self) -> anyhow::Result<Option<Row>> {
         let phase = self.plan.p2();
         self.tools
@@ -176,6 +180,7 @@ impl Bench {
         }))
     }
 
+    /// P5: P1's load on the volume store against P1 on the empty store.
     pub(super) async fn goal_p5(&mut self) -> anyhow::Result<Option<Row>> {
         if self.cfg.baselines_only {
             return Ok(None);
@@ -211,6 +216,7 @@ impl Bench {
         )))
     }
 
+    /// The soak: P1's load for `--soak-s` on a store of its own, RSS sampled.
     pub(super) async fn soak(&mut self) -> anyhow::Result<()> {
         let phase = self.plan.soak(self.cfg.soak_duration);
         postgres::recreate_database(&self.tools, &self.admin, phase.db).await?;
@@ -238,6 +244,7 @@ impl Bench {
         Ok(())
     }
 
+    /// P6: the server's largest RSS under P1 (and over the soak, flat).
     pub(super) fn p6_row(&self) -> Row {
         let max = self
             .report

@@ -145,10 +145,13 @@ fn crablet_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 }
 
 impl Bench {
+    /// Whether `goal` was asked for (`--only`; all by default).
     pub(super) fn wants(&self, goal: Goal) -> bool {
         self.cfg.goals.is_empty() || self.cfg.goals.contains(&goal)
     }
 
+    /// Records the row a goal measured, or, when it failed, a failed row with
+    /// `id`, `workload` and `goal` and a note.
     pub(super) fn row_or_failure(
         &mut self,
         r: anyhow::Result<Option<Row>>,
@@ -168,10 +171,12 @@ impl Bench {
         }
     }
 
+    /// Connection to database `name` of the same server.
     pub(super) fn db(&self, name: &str) -> ConnInfo {
         self.admin.with_dbname(name)
     }
 
+    /// A run id for `phase`, distinct per invocation.
     pub(super) fn run_id(&self, phase: &str) -> String {
         // Distinct per invocation and phase, short enough for tags.
         let nanos = std::time::SystemTime::now()
@@ -400,6 +405,8 @@ impl Bench {
         Ok(report)
     }
 
+    /// Runs `script` with pgbench against `db` (per-transaction log with `log`)
+    /// and records the result under `name`.
     pub(super) async fn pgbench(
         &mut self,
         name: &str,

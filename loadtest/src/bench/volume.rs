@@ -58,6 +58,7 @@ impl Bench {
         Ok(())
     }
 
+    /// P4: reads of one stored tag at volume against pgbench on the GIN table.
     pub(super) async fn goal_p4(&mut self) -> anyhow::Result<Option<Row>> {
         let phase = self.plan.p4();
         let clients = phase.clients;
