@@ -3,7 +3,8 @@
 //! # Layout
 //!
 //! - [`wire`]: the JSON shapes of crablet's HTTP API (requests we send, replies we
-//!   parse) and the URL encoding of `GET /read`. Pure, no I/O.
+//!   parse), the URL encoding of `GET /read` and the events' data ([`wire::payload`]).
+//!   Pure, no I/O.
 //! - [`http`]: one keep-alive HTTP/1.1 connection per virtual client and the typed
 //!   `append`/`read` calls on it, with timeouts and error classification.
 //! - [`stats`]: per-client latency histograms and outcome counters, merged at the end.
@@ -21,7 +22,7 @@
 //!   cores were full).
 //! - [`preload`]: fast bulk loading of N events with large batched appends.
 //! - [`bench`](mod@bench): the one-command benchmark: PostgreSQL, crablet server, baselines
-//!   (pgbench/psql), the goal table (P1-P9, defined in `bench`).
+//!   (pgbench/psql), the goal table (P1-P12, listed in [`bench::Goal`]).
 //!
 //! Traffic goes to loopback addresses only ([`http::Target`] refuses anything else),
 //! and every loop is bounded by a deadline or a count.

@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use crate::http::{Conn, Target};
-use crate::scenario::payload;
-use crate::wire::{AppendRequest, NewEvent};
+use crate::wire::{payload, AppendRequest, NewEvent};
 
 /// Events per preloaded tag.
 pub const EVENTS_PER_TAG: u64 = 10;

@@ -18,7 +18,9 @@ use crate::preload::{self, PreloadConfig, EVENTS_PER_TAG};
 use crate::report::Verification;
 use crate::stats::{Outcome, Stats};
 use crate::verify::{self, ChainLink, LoggedEvent, RecordedCondition};
-use crate::wire::{AppendCondition, AppendRequest, NewEvent, Query, QueryItem, ReadOptions};
+use crate::wire::{
+    payload, AppendCondition, AppendRequest, NewEvent, Query, QueryItem, ReadOptions,
+};
 use crate::zipf::Zipf;
 
 /// Label of a read of one tag.
@@ -198,12 +200,6 @@ pub struct Scenario {
     cons_tags: Vec<String>,
     /// Tag every consistency event carries, to read the run's log back.
     cons_run_tag: String,
-}
-
-/// A data string of `bytes` bytes (at least the JSON braces).
-pub fn payload(bytes: usize) -> String {
-    let filler = bytes.saturating_sub(r#"{"p":""}"#.len());
-    format!(r#"{{"p":"{}"}}"#, "x".repeat(filler))
 }
 
 impl Scenario {
@@ -800,12 +796,6 @@ mod tests {
             seed_reads: true,
         })
         .unwrap()
-    }
-
-    #[test]
-    fn payload_has_the_requested_size() {
-        assert_eq!(payload(64).len(), 64);
-        assert_eq!(payload(0), r#"{"p":""}"#);
     }
 
     #[test]

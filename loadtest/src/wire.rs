@@ -67,6 +67,13 @@ pub struct NewEvent {
     pub data: String,
 }
 
+/// The data of an event, `{"p":"xx..."}`, `bytes` bytes long (at least the JSON
+/// braces): what every scenario, the preload and the baselines store.
+pub fn payload(bytes: usize) -> String {
+    let filler = bytes.saturating_sub(r#"{"p":""}"#.len());
+    format!(r#"{{"p":"{}"}}"#, "x".repeat(filler))
+}
+
 /// The condition of a conditional append.
 #[derive(Debug, Clone, Serialize)]
 pub struct AppendCondition {
@@ -175,6 +182,12 @@ pub fn percent_encode_into(s: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payload_has_the_requested_size() {
+        assert_eq!(payload(64).len(), 64);
+        assert_eq!(payload(0), r#"{"p":""}"#);
+    }
 
     #[test]
     fn percent_encoding_keeps_unreserved_and_escapes_the_rest() {

@@ -6,8 +6,10 @@
 
 use std::sync::Arc;
 
-use super::table::{thousands, Row};
-use super::{primary, Bench, Phase};
+use super::plan::Phase;
+use super::runner::primary;
+use super::table::{thousands, Figure, Row};
+use super::Bench;
 use crate::driver;
 use crate::report::ms;
 use crate::scenario::{ScenarioKind, COLD_PROJECTORS};
@@ -54,7 +56,6 @@ impl Bench {
         let other = expensive.error_count() - over_budget - busy;
         let failed = innocent.error_count() + innocent.conflicts;
         let (rate, base) = (innocent.ok_per_s, alone.ok_per_s);
-        let ratio = rate / base;
         let volume = thousands(self.plan.volume_events as f64);
         self.report.notes.push(format!(
             "P12: append-if x{} on {volume} stored events: {base:.0} appends/s alone (p50 {:.2} ms, p99 {:.2} ms), \
@@ -70,18 +71,13 @@ impl Bench {
             expensive.ok,
             ms(expensive.latency_us.p50_us),
         ));
-        Ok(Some(Row {
-            id: "P12".into(),
-            workload: format!(
-                "P1 with {volume} events stored, beside 1 client of cold projections ({COLD_PROJECTORS} sums over all)"
-            ),
-            crablet: format!("{} events/s, {failed} failed", thousands(rate)),
-            baseline: format!("{} events/s (alone)", thousands(base)),
-            ratio: Some(ratio),
-            goal: P12_GOAL_TEXT.into(),
-            met: Some(ratio >= P12_GOAL && failed == 0 && expensive.requests > 0),
-            crablet_value: Some(rate),
-            baseline_value: Some(base),
-        }))
+        let workload = format!(
+            "P1 with {volume} events stored, beside 1 client of cold projections ({COLD_PROJECTORS} sums over all)"
+        );
+        let crablet = Figure::rate(rate, &format!("events/s, {failed} failed"));
+        let baseline = Figure::rate(base, "events/s (alone)");
+        let also = failed == 0 && expensive.requests > 0;
+        let row = Row::compared("P12", workload, crablet, baseline);
+        Ok(Some(row.ratio_at_least(P12_GOAL, P12_GOAL_TEXT, also)))
     }
 }

@@ -4,8 +4,9 @@
 
 use anyhow::Context as _;
 
-use super::table::Row;
-use super::{Bench, DATA_BYTES, DB_EMPTY, DB_VOLUME};
+use super::plan::{DATA_BYTES, DB_EMPTY, DB_VOLUME};
+use super::table::{thousands, Figure, Row};
+use super::Bench;
 use crate::http::Conn;
 use crate::wire::{Query, ReadOptions};
 
@@ -48,22 +49,21 @@ impl Bench {
             report.duplicated,
             report.out_of_order
         ));
-        Ok(Some(Row {
-            id: "P7".into(),
-            workload: "subscriptions: 100 own-tag + 10 all, 2,000 appends/s".into(),
-            crablet: format!(
+        let crablet = Figure {
+            text: format!(
                 "p99 {:.2} ms, {:.0} events/s delivered, {} gaps/dups/reorders",
                 report.latency_p99_ms,
                 report.delivered_per_s,
                 report.missing + report.duplicated + report.out_of_order
             ),
-            baseline: "-".into(),
-            ratio: None,
-            goal: format!("p99 <= {P7_GOAL_MS:.0} ms, no gaps"),
-            met: Some(report.latency_p99_ms <= P7_GOAL_MS && report.passed()),
-            crablet_value: Some(report.latency_p99_ms),
-            baseline_value: None,
-        }))
+            value: report.latency_p99_ms,
+        };
+        let met = report.latency_p99_ms <= P7_GOAL_MS && report.passed();
+        let workload = "subscriptions: 100 own-tag + 10 all, 2,000 appends/s";
+        Ok(Some(
+            Row::alone("P7", workload, crablet)
+                .goal(format!("p99 <= {P7_GOAL_MS:.0} ms, no gaps"), met),
+        ))
     }
 
     /// P8: the server's RSS before and after opening 1,000 subscriptions
@@ -84,20 +84,15 @@ impl Bench {
         self.report.notes.push(format!(
             "P8: {held} idle subscriptions; server RSS {before:.1} MiB before, {after:.1} MiB with them open (+{added:.1} MiB)"
         ));
-        Ok(Some(Row {
-            id: "P8".into(),
-            workload: format!(
-                "{} idle subscriptions",
-                super::table::thousands(held as f64)
-            ),
-            crablet: format!("+{added:.1} MiB RSS ({before:.1} -> {after:.1} MiB)"),
-            baseline: "-".into(),
-            ratio: None,
-            goal: format!("<= {P8_GOAL_MIB:.0} MiB"),
-            met: Some(held == P8_SUBSCRIBERS && added <= P8_GOAL_MIB),
-            crablet_value: Some(added),
-            baseline_value: None,
-        }))
+        let workload = format!("{} idle subscriptions", thousands(held as f64));
+        let crablet = Figure {
+            text: format!("+{added:.1} MiB RSS ({before:.1} -> {after:.1} MiB)"),
+            value: added,
+        };
+        let met = held == P8_SUBSCRIBERS && added <= P8_GOAL_MIB;
+        Ok(Some(
+            Row::alone("P8", workload, crablet).goal(format!("<= {P8_GOAL_MIB:.0} MiB"), met),
+        ))
     }
 
     /// P9: one subscriber to every event, from position 0 of the volume
@@ -116,22 +111,13 @@ impl Bench {
             "P9: caught up through {} events (head {head}) in {:.2} s = {:.0} events/s",
             run.events, run.seconds, run.events_per_s
         ));
-        Ok(Some(Row {
-            id: "P9".into(),
-            workload: format!(
-                "new subscriber catching up through {} events",
-                super::table::thousands(run.events as f64)
-            ),
-            crablet: format!("{} events/s", super::table::thousands(run.events_per_s)),
-            baseline: "-".into(),
-            ratio: None,
-            goal: format!(
-                ">= {} events/s",
-                super::table::thousands(P9_GOAL_EVENTS_PER_S)
-            ),
-            met: Some(run.events_per_s >= P9_GOAL_EVENTS_PER_S && run.events >= head.min(1)),
-            crablet_value: Some(run.events_per_s),
-            baseline_value: None,
-        }))
+        let workload = format!(
+            "new subscriber catching up through {} events",
+            thousands(run.events as f64)
+        );
+        let crablet = Figure::rate(run.events_per_s, "events/s");
+        let goal = format!(">= {} events/s", thousands(P9_GOAL_EVENTS_PER_S));
+        let met = run.events_per_s >= P9_GOAL_EVENTS_PER_S && run.events >= head.min(1);
+        Ok(Some(Row::alone("P9", workload, crablet).goal(goal, met)))
     }
 }

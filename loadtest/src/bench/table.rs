@@ -29,7 +29,74 @@ pub struct Row {
     pub baseline_value: Option<f64>,
 }
 
+/// One figure of a row: as the table shows it, and its raw value (the JSON's
+/// `crablet_value` or `baseline_value`).
+#[derive(Debug, Clone)]
+pub struct Figure {
+    /// As shown.
+    pub text: String,
+    /// The raw value.
+    pub value: f64,
+}
+
+impl Figure {
+    /// `value` rounded, with thousands separators, then `unit`: `12,345 events/s`.
+    pub fn rate(value: f64, unit: &str) -> Self {
+        Self {
+            text: format!("{} {unit}", thousands(value)),
+            value,
+        }
+    }
+}
+
 impl Row {
+    /// crablet's figure beside a baseline's, and their ratio (crablet's value over
+    /// the baseline's); the goal is stated with [`Row::ratio_at_least`].
+    pub fn compared(
+        id: &str,
+        workload: impl Into<String>,
+        crablet: Figure,
+        baseline: Figure,
+    ) -> Self {
+        Self {
+            ratio: Some(crablet.value / baseline.value),
+            baseline: baseline.text,
+            baseline_value: Some(baseline.value),
+            ..Self::alone(id, workload, crablet)
+        }
+    }
+
+    /// crablet's figure with no baseline beside it; the goal is stated with
+    /// [`Row::goal`].
+    pub fn alone(id: &str, workload: impl Into<String>, crablet: Figure) -> Self {
+        Self {
+            id: id.into(),
+            workload: workload.into(),
+            crablet: crablet.text,
+            baseline: "-".into(),
+            ratio: None,
+            goal: String::new(),
+            met: None,
+            crablet_value: Some(crablet.value),
+            baseline_value: None,
+        }
+    }
+
+    /// The goal as stated, and whether it was met.
+    pub fn goal(self, goal: impl Into<String>, met: bool) -> Self {
+        Self {
+            goal: goal.into(),
+            met: Some(met),
+            ..self
+        }
+    }
+
+    /// A goal on the ratio: met when it is at least `min` and `also` holds.
+    pub fn ratio_at_least(self, min: f64, goal: impl Into<String>, also: bool) -> Self {
+        let met = self.ratio.is_some_and(|r| r >= min) && also;
+        self.goal(goal, met)
+    }
+
     /// A row for a goal whose phase failed.
     pub fn failed(id: &str, workload: &str, goal: &str, error: &str) -> Self {
         Self {
@@ -42,6 +109,21 @@ impl Row {
             met: None,
             crablet_value: None,
             baseline_value: None,
+        }
+    }
+
+    /// A row that shows only a baseline (`--baselines-only`).
+    pub fn baseline_only(id: &str, workload: &str, value: f64, unit: &str) -> Self {
+        Self {
+            id: id.into(),
+            workload: workload.into(),
+            crablet: "-".into(),
+            baseline: format!("{value:.3} {unit}"),
+            ratio: None,
+            goal: "-".into(),
+            met: None,
+            crablet_value: None,
+            baseline_value: Some(value),
         }
     }
 }
@@ -130,6 +212,40 @@ mod tests {
         assert_eq!(thousands(16084.6), "16,085");
         assert_eq!(thousands(1_234_567.0), "1,234,567");
         assert_eq!(thousands(-1234.0), "-1,234");
+    }
+
+    #[test]
+    fn compared_rows_carry_both_figures_and_their_ratio() {
+        let row = Row::compared(
+            "P1",
+            "w",
+            Figure::rate(24_000.4, "events/s"),
+            Figure::rate(16_000.0, "tx/s"),
+        )
+        .ratio_at_least(1.5, ">= 1.5x", true);
+        assert_eq!(
+            (row.crablet.as_str(), row.baseline.as_str()),
+            ("24,000 events/s", "16,000 tx/s")
+        );
+        assert_eq!(row.ratio, Some(24_000.4 / 16_000.0));
+        assert_eq!(
+            (row.crablet_value, row.baseline_value),
+            (Some(24_000.4), Some(16_000.0))
+        );
+        assert_eq!((row.goal.as_str(), row.met), (">= 1.5x", Some(true)));
+        let row = Row::compared(
+            "P4",
+            "w",
+            Figure::rate(2.0, "r/s"),
+            Figure::rate(1.0, "tx/s"),
+        );
+        assert_eq!(row.ratio_at_least(1.0, ">= 1x", false).met, Some(false));
+        let alone = Row::alone("P9", "w", Figure::rate(5.0, "events/s")).goal(">= 1", true);
+        assert_eq!(
+            (alone.baseline.as_str(), alone.ratio, alone.baseline_value),
+            ("-", None, None)
+        );
+        assert_eq!(alone.met, Some(true));
     }
 
     #[test]
