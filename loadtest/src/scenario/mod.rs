@@ -23,6 +23,8 @@ use crate::wire::{
 };
 use crate::zipf::Zipf;
 
+mod checks;
+
 /// Label of a read of one tag.
 pub const LABEL_READ: &str = "read";
 /// Label of an unconditional append.
@@ -568,127 +570,11 @@ impl Scenario {
             Err(e) => error(&e),
         }
     }
-
-    /// Verifies the run's log after the load stopped (hot-keys, consistency).
-    pub async fn verify(
-        &self,
-        target: &Target,
-        acknowledged: &[u64],
-    ) -> anyhow::Result<Option<Verification>> {
-        let mut conn = Conn::new(target.clone(), VERIFY_READ_TIMEOUT);
-        match self.cfg.kind {
-            ScenarioKind::HotKeys => {
-                let invariant = match self.cfg.decision {
-                    Decision::ReadAppend => "each event's after = previous event of its key",
-                    Decision::Require => "no key holds more events than its required cap",
-                };
-                let mut v = Verification {
-                    invariant: invariant.into(),
-                    ..Verification::default()
-                };
-                let mut positions = Vec::new();
-                for k in 0..self.cfg.hot_keys {
-                    let key = self.hot_key(k);
-                    let events = conn
-                        .read(&Query::single(QueryItem::tag(key.clone())), None)
-                        .await?;
-                    if self.cfg.decision == Decision::Require {
-                        positions.extend(events.iter().map(|e| e.position));
-                        v.keys_checked += 1;
-                        v.events_checked += events.len() as u64;
-                        if events.len() as u64 > HOT_KEY_CAP {
-                            v.violations += 1;
-                            v.details.push(format!(
-                                "key {key}: {} events, over the cap of {HOT_KEY_CAP}",
-                                events.len()
-                            ));
-                        }
-                        continue;
-                    }
-                    let links: Vec<ChainLink> = events
-                        .iter()
-                        .map(|e| ChainLink {
-                            position: e.position,
-                            after: verify::parse_hot_key_data(&e.data),
-                        })
-                        .collect();
-                    positions.extend(events.iter().map(|e| e.position));
-                    let check = verify::check_chain(&links);
-                    v.keys_checked += 1;
-                    v.events_checked += events.len() as u64;
-                    v.unparsable += check.unparsable;
-                    add_violations(&mut v, &check.violations, |bad| {
-                        format!(
-                            "key {key}: event at {} was appended with after={} but the key's previous event is at {}",
-                            bad.position, bad.after, bad.previous
-                        )
-                    });
-                }
-                add_missing(&mut v, acknowledged, &positions);
-                Ok(Some(v))
-            }
-            ScenarioKind::Consistency => {
-                let events = conn
-                    .read(
-                        &Query::single(QueryItem::tag(self.cons_run_tag.clone())),
-                        None,
-                    )
-                    .await?;
-                let mut v = Verification {
-                    invariant: "no event matching a condition lies in (after, own position)".into(),
-                    events_checked: events.len() as u64,
-                    ..Verification::default()
-                };
-                let positions: Vec<u64> = events.iter().map(|e| e.position).collect();
-                let logged: Vec<LoggedEvent> = events
-                    .into_iter()
-                    .map(|e| {
-                        let condition = RecordedCondition::decode(&e.data);
-                        if condition.is_none() {
-                            v.unparsable += 1;
-                        }
-                        LoggedEvent {
-                            position: e.position,
-                            event_type: e.event_type,
-                            tags: e.tags,
-                            condition,
-                        }
-                    })
-                    .collect();
-                add_violations(&mut v, &verify::check_conditions(&logged), |bad| {
-                    format!(
-                        "event at {} (condition after {}) was accepted although matching event {} precedes it",
-                        bad.position, bad.after, bad.conflicting_position
-                    )
-                });
-                add_missing(&mut v, acknowledged, &positions);
-                Ok(Some(v))
-            }
-            _ => Ok(None),
-        }
-    }
 }
 
 /// One element of `from`, uniformly.
 fn pick(rng: &mut SmallRng, from: &[String]) -> String {
     from[rng.gen_range(0..from.len())].clone()
-}
-
-/// Violations described in a report, at most.
-const MAX_DETAILS: usize = 20;
-
-fn push_detail(v: &mut Verification, detail: String) {
-    if v.details.len() < MAX_DETAILS {
-        v.details.push(detail);
-    }
-}
-
-/// Counts `violations` into `v` and describes the first of them.
-fn add_violations<T>(v: &mut Verification, violations: &[T], describe: impl Fn(&T) -> String) {
-    v.violations += violations.len() as u64;
-    for bad in violations.iter().take(MAX_DETAILS) {
-        push_detail(v, describe(bad));
-    }
 }
 
 /// One event tagged `tag`, on the condition that no `event_type` event carries that
@@ -708,21 +594,6 @@ fn append_once(event_type: &str, tag: String, data: String) -> AppendRequest {
             }),
             after: None,
         }),
-    }
-}
-
-fn add_missing(v: &mut Verification, acknowledged: &[u64], log: &[u64]) {
-    let missing = verify::missing_positions(acknowledged, log);
-    v.acknowledged_checked = acknowledged.len() as u64;
-    v.lost_acknowledged = missing.len() as u64;
-    if let Some(first) = missing.first() {
-        push_detail(
-            v,
-            format!(
-                "{} acknowledged positions are missing from the log, e.g. {first}",
-                missing.len()
-            ),
-        );
     }
 }
 
@@ -779,93 +650,4 @@ fn append_outcome(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use rand::SeedableRng;
-
-    fn scenario(kind: ScenarioKind) -> Scenario {
-        Scenario::new(ScenarioConfig {
-            kind,
-            run_id: "r1".into(),
-            read_tags: 10,
-            tag_prefix: "t".into(),
-            hot_keys: 100,
-            zipf_exponent: 1.0,
-            decision: Decision::ReadAppend,
-            data_bytes: 64,
-            seed_reads: true,
-        })
-        .unwrap()
-    }
-
-    #[test]
-    fn consistency_queries_are_valid_and_stay_in_the_run_space() {
-        let s = scenario(ScenarioKind::Consistency);
-        let mut rng = SmallRng::seed_from_u64(1);
-        for _ in 0..1000 {
-            let q = s.random_consistency_query(&mut rng);
-            assert!((1..=CONSISTENCY_MAX_ITEMS).contains(&q.items.len()));
-            for item in &q.items {
-                assert!(!item.types.is_empty() || !item.tags.is_empty());
-                assert!(item.tags.iter().all(|t| t.starts_with("cr1:")));
-                assert!(item.types.iter().all(|t| t.starts_with("Consr1T")));
-            }
-        }
-    }
-
-    #[test]
-    fn append_outcomes_record_acknowledged_positions() {
-        let mut acked = Vec::new();
-        let ok = append_outcome(
-            Ok(AppendOutcome::Appended {
-                last_position: Some(9),
-            }),
-            1,
-            Some(&mut acked),
-        );
-        assert_eq!(ok, Outcome::Ok { items: 1 });
-        assert_eq!(acked, vec![9]);
-        assert_eq!(
-            append_outcome(Ok(AppendOutcome::ConditionFailed), 1, None),
-            Outcome::Conflict
-        );
-        let err = append_outcome(Err(RequestError::Timeout), 1, None);
-        assert!(matches!(err, Outcome::Error { label, .. } if label == "timeout"));
-    }
-
-    #[test]
-    fn cold_projections_never_repeat_a_projector() {
-        let s = scenario(ScenarioKind::ProjectCold);
-        let paths = |client, seq| -> Vec<String> {
-            s.cold_sums(client, seq)
-                .iter()
-                .map(|p| {
-                    assert_eq!(p["reduce"], "sum");
-                    assert_eq!(p["query"], serde_json::json!({"items": []}));
-                    p["path"].as_str().unwrap().to_owned()
-                })
-                .collect()
-        };
-        let mut seen = std::collections::HashSet::new();
-        for (client, seq) in [(0, 1), (0, 2), (1, 1)] {
-            let request = paths(client, seq);
-            assert_eq!(request.len(), COLD_PROJECTORS);
-            assert!(request.into_iter().all(|p| seen.insert(p)));
-        }
-        assert!(seen.iter().all(|p| p.starts_with("/amount/r1/")));
-    }
-
-    #[test]
-    fn primary_labels() {
-        assert_eq!(
-            scenario(ScenarioKind::HotKeys).primary_label(),
-            LABEL_DECISION
-        );
-        assert_eq!(
-            scenario(ScenarioKind::ParallelWrites).primary_label(),
-            LABEL_APPEND_IF
-        );
-        assert!(scenario(ScenarioKind::Consistency).verifies());
-        assert!(!scenario(ScenarioKind::Read).verifies());
-    }
-}
+mod tests;
