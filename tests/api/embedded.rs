@@ -52,6 +52,15 @@ async fn stop(mut server: ServerProcess, signal: &str) -> Option<std::process::E
     server.wait_exit(Duration::from_secs(30)).await
 }
 
+/// Stops `server` with SIGTERM and asserts that it exits successfully.
+async fn stop_cleanly(server: ServerProcess, name: &str) {
+    let status = stop(server, "TERM").await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{name} exited {status:?}"
+    );
+}
+
 async fn start_two(dir: &Path) -> (ServerProcess, ServerProcess) {
     let first = spawn_embedded_process(dir).await;
     let second = spawn_embedded_process(dir).await;
@@ -64,22 +73,14 @@ async fn two_servers_on_one_data_dir_the_first_exits_and_the_second_keeps_servin
     let (first, second) = start_two(&dir.0).await;
     assert!(appends(&first).await && appends(&second).await);
 
-    let status = stop(first, "TERM").await;
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "first exited {status:?}"
-    );
+    stop_cleanly(first, "first").await;
     assert!(
         dir.server_running(),
         "the cluster outlives the first holder"
     );
     assert!(appends(&second).await, "the second serves on");
 
-    let status = stop(second, "TERM").await;
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "second exited {status:?}"
-    );
+    stop_cleanly(second, "second").await;
     assert!(!dir.server_running(), "the last holder stops the cluster");
 }
 
@@ -89,11 +90,7 @@ async fn a_holder_killed_with_sigkill_blocks_no_other_and_its_server_is_adopted(
     let (first, second) = start_two(&dir.0).await;
     let _ = stop(first, "KILL").await;
     assert!(appends(&second).await);
-    let status = stop(second, "TERM").await;
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "second exited {status:?}"
-    );
+    stop_cleanly(second, "second").await;
     assert!(
         !dir.server_running(),
         "the killed holder's lock went with it: the last live holder stopped the cluster"
@@ -106,11 +103,7 @@ async fn a_holder_killed_with_sigkill_blocks_no_other_and_its_server_is_adopted(
     assert!(dir.server_running());
     let fourth = spawn_embedded_process(&dir.0).await;
     assert!(appends(&fourth).await);
-    let status = stop(fourth, "TERM").await;
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "fourth exited {status:?}"
-    );
+    stop_cleanly(fourth, "fourth").await;
     assert!(!dir.server_running());
 }
 
@@ -156,10 +149,6 @@ async fn after_crablet_and_its_postgres_are_killed_one_restart_recovers_every_ev
         "the acknowledged append survived: {events:?}"
     );
     assert!(appends(&restarted).await);
-    let status = stop(restarted, "TERM").await;
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "restarted exited {status:?}"
-    );
+    stop_cleanly(restarted, "restarted").await;
     assert!(!dir.server_running());
 }

@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{event, fresh_database, spawn_app, spawn_app_on, unless_tagged, TestApp};
+use crate::helpers::{
+    assert_same_set, event, fresh_database, spawn_app, spawn_app_on, unless_tagged, TestApp,
+};
 
 /// Metrics the documentation lists that subscriptions (`GET /subscribe`)
 /// export once they are in. A documented metric missing from `/metrics`
@@ -85,18 +87,12 @@ async fn every_exported_metric_is_in_the_documented_table_and_every_documented_o
         "the metric table of docs/operations.md was not found: {documented:?}"
     );
 
-    let undocumented: Vec<_> = exported.difference(&documented).collect();
-    assert!(
-        undocumented.is_empty(),
-        "exported by /metrics but missing from the metric table of docs/operations.md: {undocumented:?}"
-    );
-    let missing: Vec<_> = documented
-        .difference(&exported)
-        .filter(|name| !EXPECTED_FROM_SUBSCRIPTIONS.contains(&name.as_str()))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "documented in docs/operations.md but not exported by /metrics: {missing:?}"
+    assert_same_set(
+        &exported,
+        &documented,
+        |name| EXPECTED_FROM_SUBSCRIPTIONS.contains(&name.as_str()),
+        "exported by /metrics but missing from the metric table of docs/operations.md",
+        "documented in docs/operations.md but not exported by /metrics",
     );
 }
 

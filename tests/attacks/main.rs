@@ -61,8 +61,12 @@ impl Innocents {
 }
 
 /// A store of [`EVENTS`] events, every one under [`COMMON`], a tag of its own
-/// (`u:<n>`) and one of two halves (`half:a`, `half:b`: no event has both).
-async fn victim(tune: impl FnOnce(&mut crablet::config::Settings)) -> TestApp {
+/// (`u:<n>`) and one of two halves (`half:a`, `half:b`: no event has both),
+/// with the guard that keeps other attacks off while it is held.
+async fn victim(
+    tune: impl FnOnce(&mut crablet::config::Settings),
+) -> (tokio::sync::MutexGuard<'static, ()>, TestApp) {
+    let one = ONE_AT_A_TIME.lock().await;
     let app = spawn_app_with(tune).await;
     for chunk in 0..EVENTS / 1000 {
         let events: Vec<Value> = (0..1000)
@@ -76,7 +80,7 @@ async fn victim(tune: impl FnOnce(&mut crablet::config::Settings)) -> TestApp {
         let answer = app.append(json!({"events": events})).await;
         assert_eq!(answer.status, 200, "loading the store: {:?}", answer.body);
     }
-    app
+    (one, app)
 }
 
 /// Counted, or why not.
@@ -347,14 +351,18 @@ fn required_attempt(n: usize, require: Value) -> (&'static str, Body) {
     )
 }
 
+/// `count` condition items over both halves, tags no event carries together.
+fn both_halves(count: usize) -> Vec<Value> {
+    vec![json!({"tags": ["half:a", "half:b"]}); count]
+}
+
 fn one_event(n: usize) -> Value {
     json!([{"type": "Attempted", "tags": [format!("attacker:{n}")], "data": "{}"}])
 }
 
 #[actix_rt::test]
 async fn a_requirement_over_the_common_tag_does_not_stall_other_appends() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let app = victim(|_| {}).await;
+    let (_one, app) = victim(|_| {}).await;
     // A new projector every time (its path differs), so no state is ever
     // remembered for it: every one is a first evaluation over the store.
     let answers = under_attack(&app, 4, |n| {
@@ -378,8 +386,7 @@ async fn a_requirement_over_the_common_tag_does_not_stall_other_appends() {
 
 #[actix_rt::test]
 async fn without_remembered_states_a_requirement_over_the_common_tag_is_over_budget() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let app = victim(|s| s.projections.state_cache_bytes = 0).await;
+    let (_one, app) = victim(|s| s.projections.state_cache_bytes = 0).await;
     let answers = under_attack(&app, 4, |n| {
         let require = json!([{"projector": {"query": {"items": [{"tags": [COMMON]}]},
                                             "reduce": "count"},
@@ -395,8 +402,7 @@ async fn without_remembered_states_a_requirement_over_the_common_tag_is_over_bud
 
 #[actix_rt::test]
 async fn a_condition_over_the_common_tag_costs_its_rarest_tag_or_is_over_budget() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let app = victim(|_| {}).await;
+    let (_one, app) = victim(|_| {}).await;
     // 64 items [common, rare]: each costs its rare tag.
     let answers = under_attack(&app, 4, |n| {
         let items: Vec<Value> = (0..64)
@@ -410,13 +416,7 @@ async fn a_condition_over_the_common_tag_costs_its_rarest_tag_or_is_over_budget(
         .iter()
         .all(|(_, body)| body["appendConditionFailed"] == false));
     // Two common tags no event carries together: no rare tag to drive it.
-    let answers = under_attack(&app, 4, |n| {
-        let items: Vec<Value> = (0..64)
-            .map(|_| json!({"tags": ["half:a", "half:b"]}))
-            .collect();
-        conditional_attempt(n, items)
-    })
-    .await;
+    let answers = under_attack(&app, 4, |n| conditional_attempt(n, both_halves(64))).await;
     assert_refused(
         &answers,
         422,
@@ -426,17 +426,10 @@ async fn a_condition_over_the_common_tag_costs_its_rarest_tag_or_is_over_budget(
 
 #[actix_rt::test]
 async fn a_slow_decision_runs_in_the_decision_lane_beside_plain_appends() {
-    let _one = ONE_AT_A_TIME.lock().await;
     // An operator raised the budget: a decision may now take seconds. It
     // takes them in the decision lane, not in the plain appends' batches.
-    let app = victim(|s| s.writer.decision_budget_entries = 1_000_000).await;
-    let answers = under_attack(&app, 2, |n| {
-        let items: Vec<Value> = (0..8)
-            .map(|_| json!({"tags": ["half:a", "half:b"]}))
-            .collect();
-        conditional_attempt(n, items)
-    })
-    .await;
+    let (_one, app) = victim(|s| s.writer.decision_budget_entries = 1_000_000).await;
+    let answers = under_attack(&app, 2, |n| conditional_attempt(n, both_halves(8))).await;
     for (status, body) in &answers {
         assert_eq!(*status, 200, "{body}");
     }
@@ -444,8 +437,7 @@ async fn a_slow_decision_runs_in_the_decision_lane_beside_plain_appends() {
 
 #[actix_rt::test]
 async fn wide_reads_and_cold_projections_do_not_starve_reads_or_health() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let app = victim(|_| {}).await;
+    let (_one, app) = victim(|_| {}).await;
     // Ten counts over the common tag, new projectors every time (cold).
     let answers = under_attack(&app, 8, |n| {
         let projectors: Vec<Value> = (0..10)
@@ -474,7 +466,7 @@ async fn wide_reads_and_cold_projections_do_not_starve_reads_or_health() {
         let mut items: Vec<Value> = (0..63)
             .map(|i| json!({"tags": [COMMON, format!("u:{}", (n * 64 + i) % EVENTS)]}))
             .collect();
-        items.push(json!({"tags": ["half:a", "half:b"]}));
+        items.extend(both_halves(1));
         ("/read", json!({"query": {"items": items}}).into())
     })
     .await;
@@ -490,8 +482,7 @@ async fn wide_reads_and_cold_projections_do_not_starve_reads_or_health() {
 
 #[actix_rt::test]
 async fn an_append_with_too_many_index_entries_is_refused_before_it_costs_anything() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let app = victim(|_| {}).await;
+    let (_one, app) = victim(|_| {}).await;
     // Made once: the attacker's own CPU is not what is measured.
     let events: Vec<Value> = (0..1000)
         .map(|e| {
@@ -508,8 +499,7 @@ async fn an_append_with_too_many_index_entries_is_refused_before_it_costs_anythi
 /// item of a common and a rare tag costs what the rare tag costs.
 #[actix_rt::test]
 async fn an_item_costs_its_rarest_tag_in_reads_conditions_and_requirements() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let app = victim(|_| {}).await;
+    let (_one, app) = victim(|_| {}).await;
     let time = |body: Value, path: &'static str| {
         let (http, address) = (app.http.clone(), app.address.clone());
         async move {

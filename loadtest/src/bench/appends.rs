@@ -108,10 +108,8 @@ impl Bench {
             ms(p.latency_us.p99_us),
             base
         ));
-        let crablet = Figure::rate(rate, "events/s");
-        let baseline = Figure::rate(base, "tx/s (INSERT)");
         let workload = "append-if, disjoint keys, 64 clients";
-        let row = Row::compared("P1", workload, crablet, baseline);
+        let row = Row::compared("P1", workload, (rate, "events/s"), (base, "tx/s (INSERT)"));
         Ok(Some(row.ratio_at_least(
             P1_GOAL,
             format!(">= {P1_GOAL}x"),
@@ -206,9 +204,12 @@ impl Bench {
         }
         let volume = thousands(self.plan.volume_events as f64);
         let workload = format!("P1 with {volume} events stored vs empty");
-        let crablet = Figure::rate(rate, "events/s");
-        let baseline = Figure::rate(empty, "events/s (empty)");
-        let row = Row::compared("P5", workload, crablet, baseline);
+        let row = Row::compared(
+            "P5",
+            workload,
+            (rate, "events/s"),
+            (empty, "events/s (empty)"),
+        );
         Ok(Some(row.ratio_at_least(
             P5_GOAL,
             format!(">= {P5_GOAL}"),

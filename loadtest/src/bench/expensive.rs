@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::plan::Phase;
 use super::runner::primary;
-use super::table::{thousands, Figure, Row};
+use super::table::{thousands, Row};
 use super::Bench;
 use crate::driver;
 use crate::report::ms;
@@ -74,10 +74,13 @@ impl Bench {
         let workload = format!(
             "P1 with {volume} events stored, beside 1 client of cold projections ({COLD_PROJECTORS} sums over all)"
         );
-        let crablet = Figure::rate(rate, &format!("events/s, {failed} failed"));
-        let baseline = Figure::rate(base, "events/s (alone)");
         let also = failed == 0 && expensive.requests > 0;
-        let row = Row::compared("P12", workload, crablet, baseline);
+        let row = Row::compared(
+            "P12",
+            workload,
+            (rate, &format!("events/s, {failed} failed")),
+            (base, "events/s (alone)"),
+        );
         Ok(Some(row.ratio_at_least(P12_GOAL, P12_GOAL_TEXT, also)))
     }
 }

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use super::plan::{Phase, DB_HISTORY, HOT_KEYS};
 use super::postgres;
 use super::runner::primary;
-use super::table::{thousands, Figure, Row};
+use super::table::{thousands, Row};
 use super::Bench;
 use crate::report::ms;
 
@@ -57,10 +57,13 @@ impl Bench {
             "hot keys (100, Zipf 1.0), 64 clients, {}",
             phase.decision.name()
         );
-        let crablet = Figure::rate(rate, &format!("decisions/s, {} violations", v.violations));
-        let baseline = Figure::rate(base, "tx/s (INSERT)");
         let goal = format!(">= {P3_GOAL}x, 0 violations");
-        let row = Row::compared(id, workload, crablet, baseline);
+        let row = Row::compared(
+            id,
+            workload,
+            (rate, &format!("decisions/s, {} violations", v.violations)),
+            (base, "tx/s (INSERT)"),
+        );
         Ok(Some(row.ratio_at_least(P3_GOAL, goal, v.passed())))
     }
 
@@ -106,9 +109,12 @@ impl Bench {
         ));
         let history = thousands(HISTORY_EVENTS_PER_KEY as f64);
         let workload = format!("require, 100 hot keys holding {history} events each, 64 clients");
-        let crablet = Figure::rate(rate, "decisions/s");
-        let baseline = Figure::rate(fresh, "decisions/s (fresh keys)");
-        let row = Row::compared("P10", workload, crablet, baseline);
+        let row = Row::compared(
+            "P10",
+            workload,
+            (rate, "decisions/s"),
+            (fresh, "decisions/s (fresh keys)"),
+        );
         Ok(Some(row.ratio_at_least(
             P10_GOAL,
             format!(">= {P10_GOAL}"),

@@ -50,14 +50,17 @@ impl Figure {
 }
 
 impl Row {
-    /// crablet's figure beside a baseline's, and their ratio (crablet's value over
-    /// the baseline's); the goal is stated with [`Row::ratio_at_least`].
+    /// crablet's rate beside a baseline's, each a value and its unit (shown as
+    /// [`Figure::rate`] shows them), and their ratio (crablet's value over the
+    /// baseline's); the goal is stated with [`Row::ratio_at_least`].
     pub fn compared(
         id: &str,
         workload: impl Into<String>,
-        crablet: Figure,
-        baseline: Figure,
+        (crablet, crablet_unit): (f64, &str),
+        (baseline, baseline_unit): (f64, &str),
     ) -> Self {
+        let crablet = Figure::rate(crablet, crablet_unit);
+        let baseline = Figure::rate(baseline, baseline_unit);
         Self {
             ratio: Some(crablet.value / baseline.value),
             baseline: baseline.text,
@@ -216,13 +219,8 @@ mod tests {
 
     #[test]
     fn compared_rows_carry_both_figures_and_their_ratio() {
-        let row = Row::compared(
-            "P1",
-            "w",
-            Figure::rate(24_000.4, "events/s"),
-            Figure::rate(16_000.0, "tx/s"),
-        )
-        .ratio_at_least(1.5, ">= 1.5x", true);
+        let row = Row::compared("P1", "w", (24_000.4, "events/s"), (16_000.0, "tx/s"))
+            .ratio_at_least(1.5, ">= 1.5x", true);
         assert_eq!(
             (row.crablet.as_str(), row.baseline.as_str()),
             ("24,000 events/s", "16,000 tx/s")
@@ -233,12 +231,7 @@ mod tests {
             (Some(24_000.4), Some(16_000.0))
         );
         assert_eq!((row.goal.as_str(), row.met), (">= 1.5x", Some(true)));
-        let row = Row::compared(
-            "P4",
-            "w",
-            Figure::rate(2.0, "r/s"),
-            Figure::rate(1.0, "tx/s"),
-        );
+        let row = Row::compared("P4", "w", (2.0, "r/s"), (1.0, "tx/s"));
         assert_eq!(row.ratio_at_least(1.0, ">= 1x", false).met, Some(false));
         let alone = Row::alone("P9", "w", Figure::rate(5.0, "events/s")).goal(">= 1", true);
         assert_eq!(

@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::plan::{DATA_BYTES, DB_RAW, DB_VOLUME, PRELOAD_BATCH, PRELOAD_CONCURRENCY};
 use super::postgres;
 use super::runner::primary;
-use super::table::{thousands, Figure, Row};
+use super::table::{thousands, Row};
 use super::{Bench, Goal};
 use crate::preload::EVENTS_PER_TAG;
 use crate::report::ms;
@@ -113,10 +113,8 @@ impl Bench {
             "read one tag (10 events), {} stored, 16 clients",
             thousands(volume as f64)
         );
-        let crablet = Figure::rate(rate, "reads/s");
-        let baseline = Figure::rate(base.tps, "tx/s (GIN)");
         let goal = format!(">= {P4_GOAL}x");
-        let row = Row::compared("P4", workload, crablet, baseline);
+        let row = Row::compared("P4", workload, (rate, "reads/s"), (base.tps, "tx/s (GIN)"));
         Ok(Some(row.ratio_at_least(
             P4_GOAL,
             goal,
@@ -150,9 +148,12 @@ impl Bench {
         ));
         let volume = thousands(self.plan.volume_events as f64);
         let workload = format!("POST /project count over {volume} events, 16 clients");
-        let crablet = Figure::rate(rate, "projections/s");
-        let baseline = Figure::rate(reads, "reads/s (P4)");
-        let row = Row::compared("P11", workload, crablet, baseline);
+        let row = Row::compared(
+            "P11",
+            workload,
+            (rate, "projections/s"),
+            (reads, "reads/s (P4)"),
+        );
         Ok(Some(row.ratio_at_least(
             P11_GOAL,
             format!(">= {P11_GOAL}x"),

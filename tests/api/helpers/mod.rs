@@ -443,6 +443,25 @@ impl TestApp {
     }
 }
 
+/// Asserts that `left` and `right` hold the same items, but for those only in
+/// `right` that `may_lack` lets `left` lack. `only_left` and `only_right`
+/// open the messages that name the items found on one side alone.
+pub fn assert_same_set<T: Ord + std::fmt::Debug>(
+    left: &std::collections::BTreeSet<T>,
+    right: &std::collections::BTreeSet<T>,
+    may_lack: impl Fn(&T) -> bool,
+    only_left: &str,
+    only_right: &str,
+) {
+    let left_only: Vec<_> = left.difference(right).collect();
+    assert!(left_only.is_empty(), "{only_left}: {left_only:?}");
+    let right_only: Vec<_> = right
+        .difference(left)
+        .filter(|item| !may_lack(item))
+        .collect();
+    assert!(right_only.is_empty(), "{only_right}: {right_only:?}");
+}
+
 /// An event for an append body.
 pub fn event(event_type: &str, tags: &[&str], data: &str) -> Value {
     json!({"type": event_type, "tags": tags, "data": data})
