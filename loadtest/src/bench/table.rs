@@ -94,6 +94,16 @@ impl Row {
         }
     }
 
+    /// The goal `>= min` on the ratio (see [`Row::ratio_at_least`]).
+    pub fn at_least(self, min: f64, also: bool) -> Self {
+        self.ratio_at_least(min, format!(">= {min}"), also)
+    }
+
+    /// The goal `>= min x` (a multiple of the baseline) on the ratio.
+    pub fn times_at_least(self, min: f64, also: bool) -> Self {
+        self.ratio_at_least(min, format!(">= {min}x"), also)
+    }
+
     /// A goal on the ratio: met when it is at least `min` and `also` holds.
     pub fn ratio_at_least(self, min: f64, goal: impl Into<String>, also: bool) -> Self {
         let met = self.ratio.is_some_and(|r| r >= min) && also;
