@@ -30,6 +30,8 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use crate::embedded::conninfo_value;
+
 /// How crablet secures its database connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DbTlsMode {
@@ -217,20 +219,12 @@ pub fn split_tls_options(
         let mut kept = Vec::new();
         for (key, value) in libpq_key_value_pairs(url)? {
             if !take(&key, value.clone())? {
-                kept.push(format!("{key}={}", quote(&value)));
+                kept.push(format!("{key}={}", conninfo_value(&value)));
             }
         }
         kept.join(" ")
     };
     Ok((rest, sslmode, sslrootcert))
-}
-
-/// A key-value string value, quoted when it needs to be.
-fn quote(value: &str) -> String {
-    if !value.is_empty() && !value.contains([' ', '\'', '\\', '\t', '\n']) {
-        return value.to_owned();
-    }
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 /// What a database URL that cannot be parsed should look like; the error is
