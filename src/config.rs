@@ -17,6 +17,20 @@ use crate::faults::Faults;
 /// The built-in defaults, documented key by key.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
+/// `impl $settings` with one accessor per listed duration setting, turning
+/// the `_ms` or `_s` number it names into a [`Duration`].
+macro_rules! durations {
+    ($settings:ty { $($name:ident = $unit:ident($field:ident)),* $(,)? }) => {
+        impl $settings {
+            $(
+                pub fn $name(&self) -> Duration {
+                    Duration::$unit(self.$field)
+                }
+            )*
+        }
+    };
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
     pub listen: String,
@@ -68,15 +82,10 @@ pub struct HttpSettings {
     pub cors_origins: Vec<String>,
 }
 
-impl HttpSettings {
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
-    }
-
-    pub fn keep_alive(&self) -> Duration {
-        Duration::from_secs(self.keep_alive_s)
-    }
-}
+durations!(HttpSettings {
+    request_timeout = from_millis(request_timeout_ms),
+    keep_alive = from_secs(keep_alive_s),
+});
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct WriterSettings {
@@ -97,15 +106,10 @@ pub struct WriterSettings {
     pub faults: Faults,
 }
 
-impl WriterSettings {
-    pub fn connect_timeout(&self) -> Duration {
-        Duration::from_millis(self.connect_timeout_ms)
-    }
-
-    pub fn restart_backoff(&self) -> Duration {
-        Duration::from_millis(self.restart_backoff_ms)
-    }
-}
+durations!(WriterSettings {
+    connect_timeout = from_millis(connect_timeout_ms),
+    restart_backoff = from_millis(restart_backoff_ms),
+});
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ReaderSettings {
@@ -123,15 +127,10 @@ pub struct ReaderSettings {
     pub faults: Faults,
 }
 
-impl ReaderSettings {
-    pub fn pool_timeout(&self) -> Duration {
-        Duration::from_millis(self.pool_timeout_ms)
-    }
-
-    pub fn costly_statement_timeout(&self) -> Duration {
-        Duration::from_millis(self.costly_statement_timeout_ms)
-    }
-}
+durations!(ReaderSettings {
+    pool_timeout = from_millis(pool_timeout_ms),
+    costly_statement_timeout = from_millis(costly_statement_timeout_ms),
+});
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct DatabaseSettings {
@@ -142,19 +141,11 @@ pub struct DatabaseSettings {
     pub connect_timeout_ms: u64,
 }
 
-impl DatabaseSettings {
-    pub fn statement_timeout(&self) -> Duration {
-        Duration::from_millis(self.statement_timeout_ms)
-    }
-
-    pub fn startup_timeout(&self) -> Duration {
-        Duration::from_secs(self.startup_timeout_s)
-    }
-
-    pub fn connect_timeout(&self) -> Duration {
-        Duration::from_millis(self.connect_timeout_ms)
-    }
-}
+durations!(DatabaseSettings {
+    statement_timeout = from_millis(statement_timeout_ms),
+    startup_timeout = from_secs(startup_timeout_s),
+    connect_timeout = from_millis(connect_timeout_ms),
+});
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct SubscriptionSettings {
@@ -171,15 +162,10 @@ pub struct SubscriptionSettings {
     pub page_size: i64,
 }
 
-impl SubscriptionSettings {
-    pub fn heartbeat_interval(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_interval_ms)
-    }
-
-    pub fn poll_interval(&self) -> Duration {
-        Duration::from_millis(self.poll_interval_ms)
-    }
-}
+durations!(SubscriptionSettings {
+    heartbeat_interval = from_millis(heartbeat_interval_ms),
+    poll_interval = from_millis(poll_interval_ms),
+});
 
 /// Values given on the command line; each, when present, wins over every
 /// other source.

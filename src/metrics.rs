@@ -171,154 +171,111 @@ pub struct MetricHandles {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("crablet".into()), None).expect("valid prefix");
-        let http_requests_total = IntCounterVec::new(
-            Opts::new(
-                "http_requests_total",
-                "HTTP requests by route, method and status",
-            ),
+        let http_requests_total = counter_vec(
+            "http_requests_total",
+            "HTTP requests by route, method and status",
             &["route", "method", "status"],
-        )
-        .expect("valid metric");
-        let http_request_duration_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "http_request_duration_seconds",
-                "HTTP request latency by route",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+        );
+        let http_request_duration_seconds = histogram_vec(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            LATENCY_BUCKETS,
             &["route"],
-        )
-        .expect("valid metric");
-        let appends_total = IntCounterVec::new(
-            Opts::new("appends_total", "Appends by outcome"),
-            &["outcome"],
-        )
-        .expect("valid metric");
-        let events_appended_total =
-            IntCounter::new("events_appended_total", "Events written").expect("valid metric");
-        let writer_batch_appends = Histogram::with_opts(
-            HistogramOpts::new(
-                "writer_batch_appends",
-                "Appends committed in one transaction",
-            )
-            .buckets(BATCH_SIZE_BUCKETS.to_vec()),
-        )
-        .expect("valid metric");
-        let writer_batch_duration_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "writer_batch_duration_seconds",
-                "Time of one writer batch, from its start (connection checkout included) to the answer after its commit",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        )
-        .expect("valid metric");
-        let writer_pending_appends = IntGaugeVec::new(
-            Opts::new("writer_pending_appends", "Appends waiting in a writer lane"),
+        );
+        let appends_total = counter_vec("appends_total", "Appends by outcome", &["outcome"]);
+        let events_appended_total = counter("events_appended_total", "Events written");
+        let writer_batch_appends = histogram(
+            "writer_batch_appends",
+            "Appends committed in one transaction",
+            BATCH_SIZE_BUCKETS,
+        );
+        let writer_batch_duration_seconds = histogram(
+            "writer_batch_duration_seconds",
+            "Time of one writer batch, from its start (connection checkout included) to the answer after its commit",
+            LATENCY_BUCKETS,
+        );
+        let writer_pending_appends = gauge_vec(
+            "writer_pending_appends",
+            "Appends waiting in a writer lane",
             &["lane"],
-        )
-        .expect("valid metric");
-        let writer_lanes = IntGauge::new(
+        );
+        let writer_lanes = gauge(
             "writer_lanes",
             "Writer lanes (the configured ones and the decision lane)",
-        )
-        .expect("valid metric");
-        let writer_max_batch_appends = IntGauge::new(
+        );
+        let writer_max_batch_appends = gauge(
             "writer_max_batch_appends",
             "Configured maximum appends per batch",
-        )
-        .expect("valid metric");
-        let writer_max_pending_appends = IntGauge::new(
+        );
+        let writer_max_pending_appends = gauge(
             "writer_max_pending_appends",
             "Configured maximum appends waiting in one lane before 503",
-        )
-        .expect("valid metric");
-        let actor_restarts_total = IntCounterVec::new(
-            Opts::new("actor_restarts_total", "Supervised actor restarts by actor"),
+        );
+        let actor_restarts_total = counter_vec(
+            "actor_restarts_total",
+            "Supervised actor restarts by actor",
             &["actor"],
-        )
-        .expect("valid metric");
-        let budget_refusals_total = IntCounterVec::new(
-            Opts::new(
-                "budget_refusals_total",
-                "Requests refused for going over a cost budget, by what went over",
-            ),
+        );
+        let budget_refusals_total = counter_vec(
+            "budget_refusals_total",
+            "Requests refused for going over a cost budget, by what went over",
             &["what"],
-        )
-        .expect("valid metric");
+        );
         for what in ["condition", "requirement", "read", "projection"] {
             budget_refusals_total.with_label_values(&[what]);
         }
-        let writer_lane_up = IntGaugeVec::new(
-            Opts::new(
-                "writer_lane_up",
-                "1 while a writer lane runs, 0 while it restarts or is gone",
-            ),
+        let writer_lane_up = gauge_vec(
+            "writer_lane_up",
+            "1 while a writer lane runs, 0 while it restarts or is gone",
             &["lane"],
-        )
-        .expect("valid metric");
+        );
         // A labelled series is exported only once touched: make both kinds
         // show 0 restarts from start-up.
         for actor in ["writer", "reader"] {
             actor_restarts_total.with_label_values(&[actor]);
         }
-        let read_events_total =
-            IntCounter::new("read_events_total", "Events returned by reads").expect("valid metric");
-        let read_pages_total =
-            IntCounter::new("read_pages_total", "Queries run by reads").expect("valid metric");
+        let read_events_total = counter("read_events_total", "Events returned by reads");
+        let read_pages_total = counter("read_pages_total", "Queries run by reads");
 
-        let subscriptions_active =
-            IntGauge::new("subscriptions_active", "Open subscriptions").expect("valid metric");
-        let subscription_events_delivered_total = IntCounter::new(
+        let subscriptions_active = gauge("subscriptions_active", "Open subscriptions");
+        let subscription_events_delivered_total = counter(
             "subscription_events_delivered_total",
             "Events sent to subscribers",
-        )
-        .expect("valid metric");
-        let subscription_lag_events = Histogram::with_opts(
-            HistogramOpts::new(
-                "subscription_lag_events",
-                "Positions between the head and a subscriber when it is sent events",
-            )
-            .buckets(LAG_BUCKETS.to_vec()),
-        )
-        .expect("valid metric");
-        let subscription_detached_total = IntCounter::new(
+        );
+        let subscription_lag_events = histogram(
+            "subscription_lag_events",
+            "Positions between the head and a subscriber when it is sent events",
+            LAG_BUCKETS,
+        );
+        let subscription_detached_total = counter(
             "subscription_detached_total",
             "Subscribers detached from the live feed with a full buffer",
-        )
-        .expect("valid metric");
-        let subscription_buffered_bytes = IntGauge::new(
+        );
+        let subscription_buffered_bytes = gauge(
             "subscription_buffered_bytes",
             "Bytes of events waiting in the live buffers of subscribers",
-        )
-        .expect("valid metric");
-        let subscription_ended_total = IntCounterVec::new(
-            Opts::new(
-                "subscription_ended_total",
-                "Subscriptions ended by crablet, by reason",
-            ),
+        );
+        let subscription_ended_total = counter_vec(
+            "subscription_ended_total",
+            "Subscriptions ended by crablet, by reason",
             &["reason"],
-        )
-        .expect("valid metric");
+        );
         // Exported at 0 from start-up, like the restart counters.
         for reason in ["shutdown", "lagging", "unavailable"] {
             subscription_ended_total.with_label_values(&[reason]);
         }
-        let subscription_tailer_reads_total = IntCounter::new(
+        let subscription_tailer_reads_total = counter(
             "subscription_tailer_reads_total",
             "Store queries run by the subscription tailer",
-        )
-        .expect("valid metric");
-        let build_info = IntGaugeVec::new(
-            Opts::new("build_info", "Always 1; the version label names the build"),
+        );
+        let build_info = gauge_vec(
+            "build_info",
+            "Always 1; the version label names the build",
             &["version"],
-        )
-        .expect("valid metric");
+        );
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        let histogram = |name: &str, help: &str, buckets: &[f64]| {
-            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
-                .expect("valid metric")
-        };
         let append_duration_seconds = histogram(
             "append_duration_seconds",
             "Whole append, from handing it to its writer lane to its answer",
@@ -339,53 +296,40 @@ impl Metrics {
             "Events committed in one transaction",
             BATCH_EVENTS_BUCKETS,
         );
-        let append_conditions_total = IntCounterVec::new(
-            Opts::new(
-                "append_conditions_total",
-                "Conditional appends decided, by lane and outcome (accepted, rejected)",
-            ),
+        let append_conditions_total = counter_vec(
+            "append_conditions_total",
+            "Conditional appends decided, by lane and outcome (accepted, rejected)",
             &["lane", "outcome"],
-        )
-        .expect("valid metric");
-        let projection_states_total = IntCounterVec::new(
-            Opts::new(
-                "projection_states_total",
-                "Remembered projector states by result: hit, miss (looked up), evicted",
-            ),
+        );
+        let projection_states_total = counter_vec(
+            "projection_states_total",
+            "Remembered projector states by result: hit, miss (looked up), evicted",
             &["result"],
-        )
-        .expect("valid metric");
-        let pool_connections = IntGaugeVec::new(
-            Opts::new(
-                "pool_connections",
-                "Database connections by pool and state (in_use, idle)",
-            ),
+        );
+        let pool_connections = gauge_vec(
+            "pool_connections",
+            "Database connections by pool and state (in_use, idle)",
             &["pool", "state"],
-        )
-        .expect("valid metric");
-        let pool_max_connections = IntGaugeVec::new(
-            Opts::new("pool_max_connections", "Configured size of each pool"),
+        );
+        let pool_max_connections = gauge_vec(
+            "pool_max_connections",
+            "Configured size of each pool",
             &["pool"],
-        )
-        .expect("valid metric");
-        let pool_waiting = IntGaugeVec::new(
-            Opts::new("pool_waiting", "Callers waiting for a pooled connection"),
+        );
+        let pool_waiting = gauge_vec(
+            "pool_waiting",
+            "Callers waiting for a pooled connection",
             &["pool"],
-        )
-        .expect("valid metric");
-        let pool_wait_timeouts_total = IntCounterVec::new(
-            Opts::new(
-                "pool_wait_timeouts_total",
-                "Waits for a pooled connection that timed out",
-            ),
+        );
+        let pool_wait_timeouts_total = counter_vec(
+            "pool_wait_timeouts_total",
+            "Waits for a pooled connection that timed out",
             &["pool"],
-        )
-        .expect("valid metric");
-        let head_position = IntGauge::new(
+        );
+        let head_position = gauge(
             "head_position",
             "Highest event position this process has written or read",
-        )
-        .expect("valid metric");
+        );
         let process_registry = Registry::new();
         process_registry
             .register(Box::new(
@@ -544,4 +488,37 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+// One constructor per metric kind, so each metric above is one call. Names,
+// help texts, labels and buckets are constants: a bad one is a bug, hence
+// the `expect`.
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help).expect("valid metric")
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).expect("valid metric")
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+        .expect("valid metric")
+}
+
+fn histogram_vec(name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect("valid metric")
 }

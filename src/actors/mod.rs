@@ -470,8 +470,15 @@ mod tests {
         )
     }
 
-    async fn wait_for(mut ready: impl FnMut() -> bool) -> bool {
-        for _ in 0..200 {
+    /// Whether `ready` holds within a second.
+    async fn wait_for(ready: impl FnMut() -> bool) -> bool {
+        wait_within(Duration::from_secs(1), ready).await
+    }
+
+    /// Whether `ready` holds within `limit`, asked every 5 ms.
+    async fn wait_within(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
+        let polls = limit.as_millis() / 5;
+        for _ in 0..polls {
             if ready() {
                 return true;
             }
@@ -480,13 +487,28 @@ mod tests {
         false
     }
 
+    /// A store (lanes restarted after `backoff_ms`) whose lanes are all up,
+    /// and the error of its next append, which panics in its lane's handler
+    /// (with `also` armed too, after the lanes came up).
+    async fn a_panicked_append(
+        faults: &Faults,
+        backoff_ms: u64,
+        also: Option<FaultPoint>,
+    ) -> (EventStore, EventStoreError) {
+        let store = store_with_faults(faults, backoff_ms);
+        assert!(wait_for(|| store.lanes_down().is_empty()).await);
+        if let Some(point) = also {
+            faults.arm(point, 1);
+        }
+        faults.arm(FaultPoint::Handle, 1);
+        let error = store.append(one_event()).await.expect_err("injected panic");
+        (store, error)
+    }
+
     #[actix_rt::test]
     async fn a_lane_is_reported_down_while_it_restarts_and_up_again_after() {
         let faults = Faults::default();
-        let store = store_with_faults(&faults, 2000);
-        assert!(wait_for(|| store.lanes_down().is_empty()).await);
-        faults.arm(FaultPoint::Handle, 1);
-        let error = store.append(one_event()).await.expect_err("injected panic");
+        let (store, error) = a_panicked_append(&faults, 2000, None).await;
         assert!(
             matches!(error, EventStoreError::Unavailable(_)),
             "nothing was written: {error:?}"
@@ -497,28 +519,19 @@ mod tests {
             wait_for(|| store.lanes_down().len() == 1).await,
             "the panicked lane is down"
         );
-        let mut up_again = false;
-        for _ in 0..60 {
-            up_again = store.lanes_down().is_empty();
-            if up_again {
-                break;
-            }
-            actix_rt::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(up_again, "and up again after the backoff");
+        assert!(
+            wait_within(Duration::from_secs(6), || store.lanes_down().is_empty()).await,
+            "and up again after the backoff"
+        );
     }
 
     #[actix_rt::test]
     async fn a_lane_whose_supervisor_is_gone_is_reported_down_for_good() {
         let faults = Faults::default();
-        let store = store_with_faults(&faults, 0);
-        assert!(wait_for(|| store.lanes_down().is_empty()).await);
         // A panic in the handler makes the supervisor restart the lane, and
         // the panic armed in `restarting` escapes supervision: the lane is
         // gone for good.
-        faults.arm(FaultPoint::Restarting, 1);
-        faults.arm(FaultPoint::Handle, 1);
-        let error = store.append(one_event()).await.expect_err("injected panic");
+        let (store, error) = a_panicked_append(&faults, 0, Some(FaultPoint::Restarting)).await;
         assert_eq!(error.failure(), Failure::Unavailable, "{error:?}");
         assert!(wait_for(|| faults.fired() == 2).await);
         let down = store.lanes_down();

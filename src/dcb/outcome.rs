@@ -178,25 +178,22 @@ mod tests {
     }
 
     #[test]
-    fn the_same_append_stored_in_order_is_a_duplicate() {
+    fn the_same_append_stored_in_order_is_a_duplicate_other_content_a_conflict() {
         let events = [event(Some("a"), "1"), event(Some("b"), "2")];
-        let found = [stored(8, "b", "2"), stored(7, "a", "1")];
-        assert_eq!(
-            AppendOutcome::of_stored(&events, &found),
-            AppendOutcome::Duplicate { first: 7, last: 8 }
-        );
-    }
-
-    #[test]
-    fn other_content_under_a_stored_id_is_a_conflict() {
-        let events = [event(Some("a"), "1"), event(Some("b"), "2")];
-        let found = [stored(7, "a", "1"), stored(8, "b", "other")];
-        assert_eq!(
-            AppendOutcome::of_stored(&events, &found),
-            AppendOutcome::IdConflict {
-                ids: vec![clash(0, "a"), clash(1, "b")]
-            }
-        );
+        for (found, outcome) in [
+            (
+                [stored(8, "b", "2"), stored(7, "a", "1")],
+                AppendOutcome::Duplicate { first: 7, last: 8 },
+            ),
+            (
+                [stored(7, "a", "1"), stored(8, "b", "other")],
+                AppendOutcome::IdConflict {
+                    ids: vec![clash(0, "a"), clash(1, "b")],
+                },
+            ),
+        ] {
+            assert_eq!(AppendOutcome::of_stored(&events, &found), outcome);
+        }
         let mut no_metadata = stored(7, "a", "1");
         no_metadata.metadata = None;
         assert!(matches!(

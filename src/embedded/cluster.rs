@@ -7,6 +7,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use super::process::{chown, current_uid, run};
 use super::{io_error, EmbeddedError, EmbeddedPostgres, ADMIN_USER};
@@ -140,10 +141,21 @@ impl EmbeddedPostgres {
         if let Some(user) = &self.server_user {
             chown(&self.pgdata, user)?;
         }
+        run(self.initdb_command(ADMIN_USER))?;
+        log::info!(
+            "initialized PostgreSQL cluster in {}",
+            self.pgdata.display()
+        );
+        Ok(())
+    }
+
+    /// `initdb` for the cluster's directory, with `superuser` as the
+    /// bootstrap superuser.
+    pub(super) fn initdb_command(&self, superuser: &str) -> Command {
         let mut cmd = self.tool("initdb");
         cmd.arg("-D").arg(&self.pgdata).args([
             "-U",
-            ADMIN_USER,
+            superuser,
             // `trust` is acceptable only because the server listens on no TCP
             // address and its socket directory is private (0700, owned by the
             // server's user): only that user and root can connect at all.
@@ -152,12 +164,7 @@ impl EmbeddedPostgres {
             "UTF8",
             "--locale=C",
         ]);
-        run(cmd)?;
-        log::info!(
-            "initialized PostgreSQL cluster in {}",
-            self.pgdata.display()
-        );
-        Ok(())
+        cmd
     }
 }
 

@@ -326,14 +326,7 @@ pub fn conninfo_value(value: &str) -> String {
         return value.to_owned();
     }
     let mut quoted = String::with_capacity(value.len() + 2);
-    quoted.push('\'');
-    for c in value.chars() {
-        if c == '\'' || c == '\\' {
-            quoted.push('\\');
-        }
-        quoted.push(c);
-    }
-    quoted.push('\'');
+    crate::store::quote::push_quoted(&mut quoted, value, '\'');
     quoted
 }
 

@@ -126,16 +126,7 @@ mod tests {
         // The cluster as older versions made it: `crablet` is the bootstrap
         // superuser, and there is no crablet_admin.
         fs::remove_dir_all(&pg.pgdata).expect("remove the cluster");
-        let mut initdb = pg.tool("initdb");
-        initdb.arg("-D").arg(&pg.pgdata).args([
-            "-U",
-            CRABLET_ROLE,
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-        ]);
-        run(initdb).expect("initdb as an older crablet ran it");
+        run(pg.initdb_command(CRABLET_ROLE)).expect("initdb as an older crablet ran it");
         drop(pg);
 
         let mut older = EmbeddedPostgres::start(&data_dir).expect("start the older cluster");

@@ -53,6 +53,20 @@ pub fn json<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, ApiError
     Ok(value)
 }
 
+/// As [`json`], but an empty document is `T::default()`: the bodies whose
+/// every field is optional (`POST /read`, `POST /subscribe`), where an empty
+/// body asks for everything.
+pub fn json_or_default<T: DeserializeOwned + Default>(
+    what: &str,
+    bytes: &[u8],
+) -> Result<T, ApiError> {
+    if bytes.is_empty() {
+        Ok(T::default())
+    } else {
+        json(what, bytes)
+    }
+}
+
 /// `path: message` for a parse error, the path joined to `what`. The path of
 /// an unknown field is its parent's, since the message names the field.
 fn describe(what: &str, error: serde_path_to_error::Error<serde_json::Error>) -> String {

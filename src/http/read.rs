@@ -31,7 +31,7 @@ pub const HEAD_HEADER: &str = "X-Crablet-Head";
 const READ_PARAMETERS: [&str; 2] = ["query", "options"];
 
 /// Body of `POST /read`.
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ReadBody {
     #[serde(default, deserialize_with = "crate::dcb::model::null_as_default")]
@@ -58,14 +58,7 @@ pub async fn read_post(
     state: web::Data<AppState>,
     JsonBody(body): JsonBody,
 ) -> Result<HttpResponse, ApiError> {
-    let body: ReadBody = if body.is_empty() {
-        ReadBody {
-            query: Query::all(),
-            options: ReadOptions::default(),
-        }
-    } else {
-        parse::json("body", &body)?
-    };
+    let body: ReadBody = parse::json_or_default("body", &body)?;
     respond(&state, body.query, body.options).await
 }
 

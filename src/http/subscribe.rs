@@ -33,7 +33,7 @@ const SUBSCRIBE_PARAMETERS: [&str; 2] = ["query", "after"];
 const LAST_EVENT_ID: &str = "last-event-id";
 
 /// Body of `POST /subscribe`.
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct SubscribeBody {
     #[serde(default, deserialize_with = "crate::dcb::model::null_as_default")]
@@ -61,14 +61,7 @@ pub async fn subscribe_post(
     state: web::Data<AppState>,
     JsonBody(body): JsonBody,
 ) -> Result<HttpResponse, ApiError> {
-    let body: SubscribeBody = if body.is_empty() {
-        SubscribeBody {
-            query: Query::all(),
-            after: None,
-        }
-    } else {
-        parse::json("body", &body)?
-    };
+    let body: SubscribeBody = parse::json_or_default("body", &body)?;
     start(&req, &state, body.query, body.after)
 }
 

@@ -19,6 +19,7 @@ pub mod clear;
 pub mod connection;
 pub mod migrate;
 pub mod project;
+pub(crate) mod quote;
 pub mod read;
 pub mod states;
 pub mod tls;

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::{ring::default_provider, CryptoProvider};
+use rustls::crypto::{ring::default_provider, CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -29,6 +29,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::embedded::conninfo_value;
 
 /// How crablet secures its database connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,20 +219,12 @@ pub fn split_tls_options(
         let mut kept = Vec::new();
         for (key, value) in libpq_key_value_pairs(url)? {
             if !take(&key, value.clone())? {
-                kept.push(format!("{key}={}", quote(&value)));
+                kept.push(format!("{key}={}", conninfo_value(&value)));
             }
         }
         kept.join(" ")
     };
     Ok((rest, sslmode, sslrootcert))
-}
-
-/// A key-value string value, quoted when it needs to be.
-fn quote(value: &str) -> String {
-    if !value.is_empty() && !value.contains([' ', '\'', '\\', '\t', '\n']) {
-        return value.to_owned();
-    }
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 /// What a database URL that cannot be parsed should look like; the error is
@@ -255,13 +249,21 @@ fn without_password(text: &str) -> String {
     }
 }
 
-/// The pairs of a libpq key-value string (`key=value`, `key = 'quoted \' value'`).
+/// The pairs of a libpq key-value connection string (`key=value`,
+/// `key = 'quoted \' value'`), in their order, unquoted and unescaped.
 ///
 /// tokio-postgres parses this form too, but refuses what crablet must read
 /// first (`sslmode=verify-ca`/`verify-full`, `sslrootcert`: "unknown option")
 /// and gives no access to the pairs; so [`split_tls_options`] reads them
 /// here, takes those out and hands the rest, re-quoted, to tokio-postgres.
-fn libpq_key_value_pairs(text: &str) -> Result<Vec<(String, String)>, DbTlsError> {
+/// Public for the other readers of connection strings (the load tester
+/// hands psql and pgbench the same string with another `dbname`).
+///
+/// # Errors
+///
+/// [`DbTlsError::Syntax`] for a key without `=` or an unterminated quote;
+/// the message never repeats a password.
+pub fn libpq_key_value_pairs(text: &str) -> Result<Vec<(String, String)>, DbTlsError> {
     let mut pairs = Vec::new();
     let mut chars = text.chars().peekable();
     loop {
@@ -320,6 +322,14 @@ struct LenientVerifier {
     provider: Arc<CryptoProvider>,
 }
 
+impl LenientVerifier {
+    /// The provider's signature algorithms, which check the handshake's
+    /// signatures in TLS 1.2 and 1.3 alike.
+    fn algorithms(&self) -> &WebPkiSupportedAlgorithms {
+        &self.provider.signature_verification_algorithms
+    }
+}
+
 impl ServerCertVerifier for LenientVerifier {
     fn verify_server_cert(
         &self,
@@ -346,12 +356,7 @@ impl ServerCertVerifier for LenientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, self.algorithms())
     }
 
     fn verify_tls13_signature(
@@ -360,18 +365,11 @@ impl ServerCertVerifier for LenientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, self.algorithms())
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.algorithms().supported_schemes()
     }
 }
 
@@ -427,28 +425,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tls_options_are_taken_out_of_a_url() {
-        let (rest, mode, root) = split_tls_options(
-            "postgres://u:p@db:5432/x?sslmode=verify-full&application_name=a&sslrootcert=%2Fca.pem",
-        )
-        .unwrap();
-        assert_eq!(rest, "postgres://u:p@db:5432/x?application_name=a");
-        assert_eq!(mode.as_deref(), Some("verify-full"));
-        assert_eq!(root.as_deref(), Some("/ca.pem"));
-        let (rest, mode, _) = split_tls_options("postgres://db/x").unwrap();
-        assert_eq!((rest.as_str(), mode), ("postgres://db/x", None));
-    }
-
-    #[test]
-    fn tls_options_are_taken_out_of_a_key_value_string() {
-        let (rest, mode, root) = split_tls_options(
-            "host=db port=5432 sslmode = verify-ca sslrootcert='/a b/ca.pem' password='x y'",
-        )
-        .unwrap();
-        assert_eq!(rest, "host=db port=5432 password='x y'");
-        assert_eq!(mode.as_deref(), Some("verify-ca"));
-        assert_eq!(root.as_deref(), Some("/a b/ca.pem"));
-        let parsed: tokio_postgres::Config = rest.parse().unwrap();
+    fn tls_options_are_taken_out_of_urls_and_key_value_strings() {
+        for (text, rest, mode, root) in [
+            (
+                "postgres://u:p@db:5432/x?sslmode=verify-full&application_name=a&sslrootcert=%2Fca.pem",
+                "postgres://u:p@db:5432/x?application_name=a",
+                Some("verify-full"),
+                Some("/ca.pem"),
+            ),
+            ("postgres://db/x", "postgres://db/x", None, None),
+            (
+                "host=db port=5432 sslmode = verify-ca sslrootcert='/a b/ca.pem' password='x y'",
+                "host=db port=5432 password='x y'",
+                Some("verify-ca"),
+                Some("/a b/ca.pem"),
+            ),
+        ] {
+            let split = split_tls_options(text).unwrap();
+            assert_eq!(
+                (split.0.as_str(), split.1.as_deref(), split.2.as_deref()),
+                (rest, mode, root),
+                "{text}"
+            );
+        }
+        // The key-value rest is re-quoted so that tokio-postgres reads the
+        // same values.
+        let parsed: tokio_postgres::Config = "host=db port=5432 password='x y'".parse().unwrap();
         assert_eq!(parsed.get_password(), Some(&b"x y"[..]));
     }
 

@@ -11,6 +11,7 @@ use tokio_postgres::types::ToSql;
 use crate::dcb::footprint::{self, Key, LockMode, SEQUENCE_KEY};
 use crate::dcb::projection::ProjectorSpec;
 use crate::dcb::{CheckedAppend, Footprint, Position};
+use crate::store::quote::push_quoted;
 use crate::store::states::ProjectionStates;
 use crate::store::StoreError;
 
@@ -264,14 +265,7 @@ fn array_literal(items: &[String]) -> String {
         if n > 0 {
             literal.push(',');
         }
-        literal.push('"');
-        for c in item.chars() {
-            if c == '"' || c == '\\' {
-                literal.push('\\');
-            }
-            literal.push(c);
-        }
-        literal.push('"');
+        push_quoted(&mut literal, item, '"');
     }
     literal.push('}');
     literal
