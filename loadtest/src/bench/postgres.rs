@@ -41,8 +41,14 @@ impl ConnInfo {
         if s.starts_with("postgres://") || s.starts_with("postgresql://") {
             return Ok(Self::Url(s.to_string()));
         }
-        let pairs = key_value_pairs(s)?;
+        // The pairs themselves (tokio_postgres::Config keeps no text to write
+        // back), to hand psql and pgbench the same string with another dbname.
+        let pairs = crablet::store::tls::libpq_key_value_pairs(s)?;
         anyhow::ensure!(!pairs.is_empty(), "empty connection string");
+        anyhow::ensure!(
+            pairs.iter().all(|(k, _)| !k.is_empty()),
+            "connection string: empty key"
+        );
         Ok(Self::KeyValue(pairs))
     }
 
@@ -95,51 +101,6 @@ impl ConnInfo {
                 .collect::<Vec<_>>()
                 .join(" "),
         }
-    }
-}
-
-/// The pairs of a libpq key-value connection string (`key=value`, `key = 'a \' b'`),
-/// in their order, unquoted and unescaped.
-///
-/// `tokio_postgres::Config` parses the same strings, but the bench needs the pairs
-/// themselves, to hand psql and pgbench the same string with another `dbname`.
-fn key_value_pairs(s: &str) -> anyhow::Result<Vec<(String, String)>> {
-    let mut pairs = Vec::new();
-    let mut chars = s.chars().peekable();
-    loop {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.peek().is_none() {
-            return Ok(pairs);
-        }
-        let key: String =
-            std::iter::from_fn(|| chars.next_if(|&c| c != '=' && !c.is_whitespace())).collect();
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        anyhow::ensure!(
-            chars.next() == Some('='),
-            "connection string: missing '=' after {key:?}"
-        );
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let mut value = String::new();
-        if chars.next_if_eq(&'\'').is_some() {
-            loop {
-                match chars.next() {
-                    Some('\\') => value.extend(chars.next()),
-                    Some('\'') => break,
-                    Some(c) => value.push(c),
-                    None => anyhow::bail!("connection string: unterminated quote"),
-                }
-            }
-        } else {
-            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
-                if c == '\\' {
-                    value.extend(chars.next());
-                } else {
-                    value.push(c);
-                }
-            }
-        }
-        anyhow::ensure!(!key.is_empty(), "connection string: empty key");
-        pairs.push((key, value));
     }
 }
 
