@@ -7,6 +7,7 @@ use serde_json::Value;
 use crate::helpers::{spawn_app, spawn_app_with};
 
 /// (method, path, body, expected status)
+#[rustfmt::skip]
 const CASES: &[(&str, &str, Option<&str>, u16)] = &[
     ("POST", "/append", Some("not json"), 400),
     ("POST", "/append", Some(""), 400),
@@ -14,152 +15,33 @@ const CASES: &[(&str, &str, Option<&str>, u16)] = &[
     ("POST", "/append", Some("{}"), 400),
     ("POST", "/append", Some(r#"{"events": []}"#), 400),
     ("POST", "/append", Some(r#"{"events": {}}"#), 400),
-    (
-        "POST",
-        "/append",
-        Some(r#"{"events": [{"tags": [], "data": "x"}]}"#),
-        400,
-    ),
-    (
-        "POST",
-        "/append",
-        Some(r#"{"events": [{"type": "", "tags": [], "data": "x"}]}"#),
-        400,
-    ),
-    (
-        "POST",
-        "/append",
-        Some(r#"{"events": [{"type": 7, "tags": [], "data": "x"}]}"#),
-        400,
-    ),
-    (
-        "POST",
-        "/append",
-        Some(r#"{"events": [{"type": "E", "tags": "t", "data": "x"}]}"#),
-        400,
-    ),
-    (
-        "POST",
-        "/append",
-        Some(r#"{"events": [{"type": "E", "tags": [1], "data": "x"}]}"#),
-        400,
-    ),
-    (
-        "POST",
-        "/append",
-        Some(r#"{"events": [{"type": "E", "tags": [""], "data": "x"}]}"#),
-        400,
-    ),
-    (
-        "POST",
-        "/append",
-        Some(r#"{"events": [{"type": "E", "tags": ["a\u0000b"], "data": "x"}]}"#),
-        400,
-    ),
-    (
-        "POST",
-        "/append",
-        Some(r#"{"events": [{"type": "E", "tags": [], "data": {"a": 1}}]}"#),
-        400,
-    ),
-    (
-        "POST",
-        "/append",
-        Some(r#"{"events": [{"type": "E", "tags": []}]}"#),
-        400,
-    ),
+    ("POST", "/append", Some(r#"{"events": [{"tags": [], "data": "x"}]}"#), 400),
+    ("POST", "/append", Some(r#"{"events": [{"type": "", "tags": [], "data": "x"}]}"#), 400),
+    ("POST", "/append", Some(r#"{"events": [{"type": 7, "tags": [], "data": "x"}]}"#), 400),
+    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": "t", "data": "x"}]}"#), 400),
+    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": [1], "data": "x"}]}"#), 400),
+    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": [""], "data": "x"}]}"#), 400),
+    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": ["a\u0000b"], "data": "x"}]}"#), 400),
+    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": [], "data": {"a": 1}}]}"#), 400),
+    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": []}]}"#), 400),
     // A valid event with an invalid condition: nothing may be written.
-    (
-        "POST",
-        "/append",
-        Some(r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {}}"#),
-        400,
-    ),
-    (
-        "POST",
-        "/append",
-        Some(
-            r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": [{}]}}}"#,
-        ),
-        400,
-    ),
-    (
-        "POST",
-        "/append",
-        Some(
-            r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": [{"types": [], "tags": []}]}}}"#,
-        ),
-        400,
-    ),
-    (
-        "POST",
-        "/append",
-        Some(
-            r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": []}, "after": -1}}"#,
-        ),
-        400,
-    ),
-    (
-        "POST",
-        "/append",
-        Some(
-            r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": []}, "after": 1e30}}"#,
-        ),
-        400,
-    ),
-    (
-        "POST",
-        "/append",
-        Some(
-            r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": []}, "after": 99999999999999999999}}"#,
-        ),
-        400,
-    ),
-    (
-        "POST",
-        "/append",
-        Some(
-            r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": [{"tags": [""]}]}}}"#,
-        ),
-        400,
-    ),
-    (
-        "POST",
-        "/append",
-        Some(
-            r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": "all"}}}"#,
-        ),
-        400,
-    ),
+    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {}}"#), 400),
+    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": [{}]}}}"#), 400),
+    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": [{"types": [], "tags": []}]}}}"#), 400),
+    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": []}, "after": -1}}"#), 400),
+    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": []}, "after": 1e30}}"#), 400),
+    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": []}, "after": 99999999999999999999}}"#), 400),
+    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": [{"tags": [""]}]}}}"#), 400),
+    ("POST", "/append", Some(r#"{"events": [{"type": "E", "tags": [], "data": "x"}], "condition": {"failIfEventsMatch": {"items": "all"}}}"#), 400),
     ("GET", "/read?query=nope", None, 400),
-    (
-        "GET",
-        "/read?query=%7B%22items%22%3A%5B%7B%7D%5D%7D",
-        None,
-        400,
-    ),
+    ("GET", "/read?query=%7B%22items%22%3A%5B%7B%7D%5D%7D", None, 400),
     ("GET", "/read?options=%7B%22from%22%3A-1%7D", None, 400),
-    (
-        "GET",
-        "/read?options=%7B%22from%22%3A1%2C%22after%22%3A1%7D",
-        None,
-        400,
-    ),
+    ("GET", "/read?options=%7B%22from%22%3A1%2C%22after%22%3A1%7D", None, 400),
     ("GET", "/read?options=%7B%22limit%22%3A-5%7D", None, 400),
-    (
-        "GET",
-        "/read?options=%7B%22backwards%22%3A%22yes%22%7D",
-        None,
-        400,
-    ),
+    ("GET", "/read?options=%7B%22backwards%22%3A%22yes%22%7D", None, 400),
     ("GET", "/read?query=%ZZ", None, 400),
     ("POST", "/read", Some("{"), 400),
-    (
-        "POST",
-        "/read",
-        Some(r#"{"query": {"items": [{"tags": [""]}]}}"#),
-        400,
-    ),
+    ("POST", "/read", Some(r#"{"query": {"items": [{"tags": [""]}]}}"#), 400),
     ("GET", "/append", None, 405),
     ("DELETE", "/read", None, 405),
     ("GET", "/nope", None, 404),

@@ -11,7 +11,7 @@ use super::plan::{DATA_BYTES, DB_RAW};
 use super::postgres;
 use super::runner::primary;
 use super::server;
-use super::table::{thousands, Figure, Row};
+use super::table::{Figure, Row};
 use super::{Bench, Goal, SoakReport};
 use crate::report::ms;
 use crate::wire::payload;
@@ -198,8 +198,7 @@ impl Bench {
                 ));
             }
         }
-        let volume = thousands(self.plan.volume_events as f64);
-        let workload = format!("P1 with {volume} events stored vs empty");
+        let workload = format!("P1 with {} events stored vs empty", self.plan.volume_text());
         let row = Row::compared(
             "P5",
             workload,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::plan::Phase;
 use super::runner::primary;
-use super::table::{thousands, Row};
+use super::table::Row;
 use super::Bench;
 use crate::driver;
 use crate::report::ms;
@@ -56,7 +56,7 @@ impl Bench {
         let other = expensive.error_count() - over_budget - busy;
         let failed = innocent.error_count() + innocent.conflicts;
         let (rate, base) = (innocent.ok_per_s, alone.ok_per_s);
-        let volume = thousands(self.plan.volume_events as f64);
+        let volume = self.plan.volume_text();
         self.report.notes.push(format!(
             "P12: append-if x{} on {volume} stored events: {base:.0} appends/s alone (p50 {:.2} ms, p99 {:.2} ms), \
              {rate:.0} beside the expensive client (p50 {:.2} ms, p99 {:.2} ms), {failed} of them failed; \

@@ -71,6 +71,11 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The number of events stored for P4/P5/P11/P12, as the table says it.
+    pub fn volume_text(&self) -> String {
+        super::table::thousands(self.volume_events as f64)
+    }
+
     pub(super) fn of(cfg: &BenchConfig) -> Self {
         let pick = |normal: Duration| {
             cfg.phase_duration

@@ -142,11 +142,11 @@ impl Bench {
             .map_or(0.0, |l| l.ok_per_s);
         self.report.notes.push(format!(
             "P11: {rate:.0} projections/s over {} events, p50 {:.2} ms, p99 {:.2} ms, with {appended:.0} appends/s trickling in; P4 {reads:.0} reads/s",
-            thousands(self.plan.volume_events as f64),
+            self.plan.volume_text(),
             ms(p.latency_us.p50_us),
             ms(p.latency_us.p99_us),
         ));
-        let volume = thousands(self.plan.volume_events as f64);
+        let volume = self.plan.volume_text();
         let workload = format!("POST /project count over {volume} events, 16 clients");
         let row = Row::compared(
             "P11",
