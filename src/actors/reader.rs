@@ -257,7 +257,8 @@ impl<R: PageRows> Handler<ReadPage<R>> for Reader {
             // later than its snapshot (see `crate::head`).
             let known_head = msg.with_head.then(|| head.known());
             let result = store::read_page::<R>(&conn, &msg.query, &msg.page, page_max_bytes).await;
-            conn.discard_on_return = false;
+            // A connection that answered a misordered page is not reused.
+            conn.discard_on_return = matches!(result, Err(StoreError::Misordered { .. }));
             let events = result.map_err(|e| pools.failure("read", cost, e, &metrics))?;
             metrics.read_pages_total.inc();
             metrics.read_events_total.inc_by(events.count() as u64);

@@ -145,9 +145,55 @@ pub struct Page {
     pub limit: i64,
 }
 
+impl Page {
+    /// Whether `position` may follow `previous` (the page's last event so
+    /// far, if any) in this page: within its bounds and strictly after the
+    /// previous one in the page's direction.
+    pub fn admits(&self, previous: Option<Position>, position: Position) -> bool {
+        let in_bounds = self.after < position && position < self.before;
+        let in_order = previous.is_none_or(|previous| {
+            if self.backwards {
+                position < previous
+            } else {
+                position > previous
+            }
+        });
+        in_bounds && in_order
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_admits_only_positions_in_its_bounds_and_its_order() {
+        let forward = Page {
+            after: 10,
+            before: 20,
+            backwards: false,
+            limit: 5,
+        };
+        assert!(forward.admits(None, 11) && forward.admits(Some(11), 19));
+        assert!(
+            !forward.admits(None, 10) && !forward.admits(None, 20),
+            "bounds"
+        );
+        assert!(
+            !forward.admits(Some(15), 14),
+            "a descending row in a forward page"
+        );
+        assert!(!forward.admits(Some(15), 15), "a repeated row");
+        let backwards = Page {
+            backwards: true,
+            ..forward
+        };
+        assert!(backwards.admits(Some(15), 14));
+        assert!(
+            !backwards.admits(Some(14), 15),
+            "an ascending row in a backward page"
+        );
+    }
 
     fn event(id: Option<&str>, data: &str) -> NewEvent {
         NewEvent {

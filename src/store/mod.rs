@@ -53,6 +53,21 @@ pub enum StoreError {
     /// A stored row could not be decoded (never expected).
     #[error("corrupt stored event at position {position}: {reason}")]
     Corrupt { position: i64, reason: String },
+    /// A page's rows came out of its bounds or its order: the statement the
+    /// database ran is not the one sent (a connection pooler in transaction
+    /// mode can hand a named statement to another session). Nothing of the
+    /// page is used, and the connection is not reused.
+    #[error(
+        "the database answered position {position} out of the page's order or bounds \
+         (after {after}, before {before}, backwards {backwards}); is a connection pooler \
+         in transaction mode in between? (see docs/operations.md)"
+    )]
+    Misordered {
+        position: i64,
+        after: i64,
+        before: i64,
+        backwards: bool,
+    },
 }
 
 /// What a failed statement may have done to the database: the one thing a
@@ -80,6 +95,8 @@ impl StoreError {
         match self {
             StoreError::Unavailable(_) => Failure::Unavailable,
             StoreError::Corrupt { .. } => Failure::Refused,
+            // Nothing was written; another connection may answer right.
+            StoreError::Misordered { .. } => Failure::Unavailable,
             StoreError::Database(e) => classify(
                 e.is_closed(),
                 e.as_db_error()

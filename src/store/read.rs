@@ -75,8 +75,21 @@ pub async fn read_page<R: PageRows>(
     futures_util::pin_mut!(rows);
     let mut taken = R::default();
     let mut bytes = 0;
+    let mut previous = None;
     while let Some(row) = rows.try_next().await? {
-        bytes += taken.push(EventRow::from_row(&row)?);
+        let event = EventRow::from_row(&row)?;
+        // Readers of a page (subscriptions above all) move their cursor to
+        // its last event: a row out of order must not be taken.
+        if !page.admits(previous, event.position) {
+            return Err(StoreError::Misordered {
+                position: event.position,
+                after: page.after,
+                before: page.before,
+                backwards: page.backwards,
+            });
+        }
+        previous = Some(event.position);
+        bytes += taken.push(event);
         if bytes >= max_bytes {
             break;
         }
