@@ -301,6 +301,21 @@ impl EventStore {
         Ok(self.send_read(query, page, false).await?.events)
     }
 
+    /// The position of the last event in the store, 0 when it is empty: a
+    /// backwards page of one event, read (and raising the head) like any
+    /// page. What `/head` answers and where the subscription tailer starts.
+    pub async fn last_position(&self) -> Result<Position, EventStoreError> {
+        let last = Page {
+            after: 0,
+            before: Position::MAX,
+            backwards: true,
+            limit: 1,
+        };
+        let events: Vec<crate::dcb::SequencedEvent> =
+            self.read_page(Arc::new(Query::all()), last).await?;
+        Ok(events.first().map_or(0, |e| e.position))
+    }
+
     /// Reads one page, with a head position no later than the page's
     /// snapshot (see [`crate::head`]): a client whose
     /// read matched nothing may append with `condition.after` set to it.

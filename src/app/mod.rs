@@ -27,7 +27,6 @@ use crate::head::Head;
 use crate::metrics::Metrics;
 use crate::store::{self, ProjectionStates};
 use crate::subscriptions::Subscriptions;
-pub use database::describe_address;
 use database::{Database, Pools};
 use door::Door;
 pub use door::Reload;

@@ -259,15 +259,7 @@ impl Encoder {
 
 /// `GET /head`: the position of the last event in the store, 0 when empty.
 pub async fn head(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let last = Page {
-        after: 0,
-        before: Position::MAX,
-        backwards: true,
-        limit: 1,
-    };
-    let events: Vec<crate::dcb::SequencedEvent> =
-        state.store.read_page(Arc::new(Query::all()), last).await?;
-    let position = events.first().map_or(0, |e| e.position);
+    let position = state.store.last_position().await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "position": position })))
 }
 

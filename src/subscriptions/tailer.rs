@@ -240,6 +240,8 @@ async fn tail(inner: Arc<Inner>, store: EventStore, mut head_advances: watch::Re
     let mut closing = inner.closing.subscribe();
     let poll = inner.settings.poll_interval();
     let page_size = inner.settings.page_size;
+    // The tailer reads every event: one query for all its pages.
+    let all = Arc::new(Query::all());
     let mut woken_by_head = true;
     let mut last_warning: Option<Instant> = None;
     loop {
@@ -258,7 +260,7 @@ async fn tail(inner: Arc<Inner>, store: EventStore, mut head_advances: watch::Re
         let more = match if idle {
             Ok(false)
         } else {
-            read_new(&inner, &store, page_size).await
+            read_new(&inner, &store, &all, page_size).await
         } {
             Ok(more) => more,
             Err(e) => {
@@ -293,25 +295,14 @@ async fn tail(inner: Arc<Inner>, store: EventStore, mut head_advances: watch::Re
 async fn read_new(
     inner: &Inner,
     store: &EventStore,
+    all: &Arc<Query>,
     page_size: i64,
 ) -> Result<bool, EventStoreError> {
     let cursor = inner.lock().cursor;
     inner.metrics.subscription_tailer_reads_total.inc();
-    let all = Arc::new(Query::all());
     let Some(cursor) = cursor else {
         // Start at the head: subscribers read the past from the store.
-        let last = crate::dcb::Page {
-            after: 0,
-            before: Position::MAX,
-            backwards: true,
-            limit: 1,
-        };
-        let head = store
-            .read_page::<Vec<SequencedEvent>>(all, last)
-            .await?
-            .first()
-            .map_or(0, |e| e.position);
-        inner.restart(Some(head));
+        inner.restart(Some(store.last_position().await?));
         return Ok(true);
     };
     let page = crate::dcb::Page {
@@ -320,7 +311,7 @@ async fn read_new(
         backwards: false,
         limit: page_size,
     };
-    let events: Vec<SequencedEvent> = store.read_page(all, page).await?;
+    let events: Vec<SequencedEvent> = store.read_page(all.clone(), page).await?;
     // Full, or cut short at the reader's byte budget: more may be waiting.
     let more = events.len() as i64 >= page_size || events.bytes() >= store.page_max_bytes();
     if let Some(last) = events.last().map(|e| e.position) {

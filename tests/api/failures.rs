@@ -353,8 +353,10 @@ async fn a_costly_read_waits_for_the_costly_statement_ahead_of_it_within_its_bud
     for (which, read) in [("first", first), ("second", second)] {
         let (status, body) = read.await.expect("read task");
         assert_eq!(status, 200, "the {which} costly read: {body}");
-        assert!(
-            body.contains("\"Seen\""),
+        let events: Vec<serde_json::Value> = serde_json::from_str(&body).expect("a JSON array");
+        assert_eq!(events.len(), 1, "the {which} read's events: {body}");
+        assert_eq!(
+            events[0]["position"], 1,
             "the {which} read's events: {body}"
         );
     }
