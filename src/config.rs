@@ -41,6 +41,7 @@ pub struct Settings {
     pub writer: WriterSettings,
     pub reader: ReaderSettings,
     pub database: DatabaseSettings,
+    pub replicas: ReplicaSettings,
     pub limits: Limits,
     pub subscriptions: SubscriptionSettings,
     pub projections: ProjectionSettings,
@@ -139,7 +140,60 @@ pub struct DatabaseSettings {
     pub startup_timeout_s: u64,
     /// Bound on opening one connection (TCP connect and start-up handshake).
     pub connect_timeout_ms: u64,
+    /// Hot standbys of the primary that serve reads (see [`ReplicaSettings`]).
+    #[serde(default)]
+    pub replica_urls: Vec<String>,
+    /// What sits between crablet and the primary.
+    #[serde(default)]
+    pub pooler: Pooler,
+    /// Direct URL of the connection that follows the log; empty: the primary's.
+    #[serde(default)]
+    pub listen_database_url: String,
 }
+
+/// A connection pooler in front of the primary (`database.pooler`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooler {
+    /// Direct connections: named prepared statements, settings per session.
+    #[default]
+    None,
+    /// A pooler in transaction mode (PgBouncer `pool_mode = transaction`):
+    /// no named statement, no session state, settings per transaction.
+    Transaction,
+}
+
+impl std::str::FromStr for Pooler {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Pooler::None),
+            "transaction" => Ok(Pooler::Transaction),
+            other => Err(format!(
+                "database.pooler is \"none\" or \"transaction\", not {other:?}"
+            )),
+        }
+    }
+}
+
+/// How replicas are used (`[replicas]`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReplicaSettings {
+    pub pool_size: u32,
+    pub costly_pool_size: u32,
+    pub check_interval_ms: u64,
+    pub check_timeout_ms: u64,
+    pub max_lag_ms: u64,
+    pub min_position_wait_ms: u64,
+}
+
+durations!(ReplicaSettings {
+    check_interval = from_millis(check_interval_ms),
+    check_timeout = from_millis(check_timeout_ms),
+    max_lag = from_millis(max_lag_ms),
+    min_position_wait = from_millis(min_position_wait_ms),
+});
 
 durations!(DatabaseSettings {
     statement_timeout = from_millis(statement_timeout_ms),
@@ -174,6 +228,10 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub database_url: Option<String>,
     pub data_dir: Option<PathBuf>,
+    /// Replaces `database.replica_urls` when not empty.
+    pub replica_urls: Vec<String>,
+    pub pooler: Option<Pooler>,
+    pub listen_database_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +267,19 @@ impl Settings {
         if let Some(dir) = overrides.data_dir {
             settings.data_dir = dir;
         }
+        if !overrides.replica_urls.is_empty() {
+            settings.database.replica_urls = overrides.replica_urls;
+        }
+        if let Some(pooler) = overrides.pooler {
+            settings.database.pooler = pooler;
+        }
+        if let Some(url) = overrides.listen_database_url {
+            settings.database.listen_database_url = url;
+        }
+        settings
+            .database
+            .replica_urls
+            .retain(|url| !url.trim().is_empty());
         settings.check()?;
         Ok(settings)
     }
@@ -269,6 +340,19 @@ impl Settings {
                 "subscriptions.page_size",
                 self.subscriptions.page_size.max(0) as usize,
             ),
+            ("replicas.pool_size", self.replicas.pool_size as usize),
+            (
+                "replicas.costly_pool_size",
+                self.replicas.costly_pool_size as usize,
+            ),
+            (
+                "replicas.check_interval_ms",
+                self.replicas.check_interval_ms as usize,
+            ),
+            (
+                "replicas.check_timeout_ms",
+                self.replicas.check_timeout_ms as usize,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -300,6 +384,7 @@ mod tests {
                 listen: Some("127.0.0.1:0".into()),
                 database_url: Some("host=/tmp".into()),
                 data_dir: None,
+                ..Default::default()
             },
         )
         .unwrap();

@@ -32,6 +32,21 @@ enum Command {
         /// its own private PostgreSQL under --data-dir.
         #[arg(long, env = "DATABASE_URL")]
         database_url: Option<String>,
+        /// A hot standby of the primary that serves reads (repeatable).
+        #[arg(
+            long = "replica-url",
+            env = "CRABLET_REPLICA_URLS",
+            value_delimiter = ','
+        )]
+        replica_urls: Vec<String>,
+        /// "transaction" when --database-url points at a pooler in transaction
+        /// mode (PgBouncer), "none" otherwise [default: none].
+        #[arg(long, env = "CRABLET_DATABASE_POOLER")]
+        database_pooler: Option<crablet::config::Pooler>,
+        /// A direct URL for the connection that follows the log for the
+        /// subscriptions [default: --database-url].
+        #[arg(long, env = "CRABLET_LISTEN_DATABASE_URL")]
+        listen_database_url: Option<String>,
         /// Where the embedded PostgreSQL keeps its data [default: ./data].
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -104,6 +119,9 @@ fn main() -> ExitCode {
             config,
             listen,
             database_url,
+            replica_urls,
+            database_pooler,
+            listen_database_url,
             data_dir,
         } => serve(
             config,
@@ -111,6 +129,9 @@ fn main() -> ExitCode {
                 listen,
                 database_url,
                 data_dir,
+                replica_urls,
+                pooler: database_pooler,
+                listen_database_url,
             },
         ),
         Command::Postgres {

@@ -296,6 +296,7 @@ impl LiveServer {
                 listen: Some("127.0.0.1:0".into()),
                 database_url: Some(cluster.connection_string()),
                 data_dir: None,
+                ..Default::default()
             },
         )
         .expect("settings");

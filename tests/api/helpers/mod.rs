@@ -213,6 +213,7 @@ pub fn settings_for(database_url: &str) -> Settings {
             listen: Some("127.0.0.1:0".into()),
             database_url: Some(database_url.to_string()),
             data_dir: None,
+            ..Default::default()
         },
     )
     .expect("settings")
