@@ -37,6 +37,7 @@ pub mod faults;
 pub mod head;
 pub mod http;
 pub mod metrics;
+pub mod replicas;
 pub mod store;
 pub mod subscriptions;
 pub mod tls;

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::head::Head;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -161,6 +161,21 @@ pub struct MetricHandles {
     /// The highest position this process has written or read; a gauge set
     /// at render from the process's [`Head`] (see [`Metrics::watch_head`]).
     pub head_position: IntGauge,
+    /// 1 while a replica is in rotation, 0 while it is out (down, lagging,
+    /// or not a standby of the primary), by replica (`host:port`).
+    pub replica_up: IntGaugeVec,
+    /// How far a replica is behind the primary, in positions and in seconds
+    /// (how long ago the primary first held an event the replica has not
+    /// replayed), by replica; set by its checks.
+    pub replica_lag_positions: IntGaugeVec,
+    pub replica_lag_seconds: GaugeVec,
+    /// Requests served by a replica, by replica.
+    pub replica_requests_total: IntCounterVec,
+    /// Requests that could go to a replica but were served by the primary,
+    /// by reason: down, lagging (no replica in rotation), min_position (no
+    /// replica replayed through it in time), failed (the replica failed the
+    /// request, which the primary then served).
+    pub replica_fallbacks_total: IntCounterVec,
     head: Arc<OnceLock<Head>>,
     /// The pools sampled at render.
     pools: Arc<Mutex<Vec<(&'static str, PoolSampler)>>>,
@@ -330,6 +345,34 @@ impl Metrics {
             "head_position",
             "Highest event position this process has written or read",
         );
+        let replica_up = gauge_vec(
+            "replica_up",
+            "1 while a replica is in rotation, 0 while it is out",
+            &["replica"],
+        );
+        let replica_lag_positions = gauge_vec(
+            "replica_lag_positions",
+            "Positions the primary holds that a replica has not replayed",
+            &["replica"],
+        );
+        let replica_lag_seconds = GaugeVec::new(
+            Opts::new(
+                "replica_lag_seconds",
+                "How long ago the primary first held an event a replica has not replayed",
+            ),
+            &["replica"],
+        )
+        .expect("valid metric");
+        let replica_requests_total = counter_vec(
+            "replica_requests_total",
+            "Requests served by a replica",
+            &["replica"],
+        );
+        let replica_fallbacks_total = counter_vec(
+            "replica_fallbacks_total",
+            "Requests a replica could have served that the primary served, by reason",
+            &["reason"],
+        );
         let process_registry = Registry::new();
         process_registry
             .register(Box::new(
@@ -373,6 +416,11 @@ impl Metrics {
             pool_waiting,
             pool_wait_timeouts_total,
             head_position,
+            replica_up,
+            replica_lag_positions,
+            replica_lag_seconds,
+            replica_requests_total,
+            replica_fallbacks_total,
             head: Arc::new(OnceLock::new()),
             pools: Arc::new(Mutex::new(Vec::new())),
             process_registry,
@@ -418,6 +466,11 @@ impl Metrics {
             Box::new(self.pool_waiting.clone()),
             Box::new(self.pool_wait_timeouts_total.clone()),
             Box::new(self.head_position.clone()),
+            Box::new(self.replica_up.clone()),
+            Box::new(self.replica_lag_positions.clone()),
+            Box::new(self.replica_lag_seconds.clone()),
+            Box::new(self.replica_requests_total.clone()),
+            Box::new(self.replica_fallbacks_total.clone()),
         ];
         for c in collectors {
             self.registry.register(c).expect("metric registered once");

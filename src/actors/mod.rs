@@ -45,6 +45,7 @@ use crate::dcb::projection::{Projection, ProjectorSpec};
 use crate::dcb::{AppendOutcome, CheckedAppend, OverBudget, Page, Position, Query};
 use crate::head::Head;
 use crate::metrics::Metrics;
+use crate::replicas::{Route, Source, Sources};
 use crate::store::{Failure, PageRows, Pool, ProjectionStates, StoreError};
 
 pub use reader::{Reader, ReaderPools};
@@ -186,7 +187,7 @@ impl EventStore {
     /// such as an HTTP worker thread.
     pub fn on_this_thread(
         writers: &Writers,
-        reader_pools: ReaderPools,
+        sources: Sources,
         reader: &ReaderSettings,
         metrics: &Metrics,
     ) -> Self {
@@ -197,7 +198,7 @@ impl EventStore {
         let reader = Supervisor::start(move |ctx: &mut actix::Context<Reader>| {
             ctx.set_mailbox_capacity(capacity);
             Reader::new(
-                reader_pools,
+                sources,
                 metrics,
                 faults,
                 page_max_bytes,
@@ -235,7 +236,8 @@ impl EventStore {
                 .filter(|spec| !states.remembers(spec))
                 .cloned()
                 .collect();
-            if let Err(error) = self.project_now(Arc::new(cold)).await {
+            // On the primary: a decision never consults a replica.
+            if let Err(error) = self.project_now(Arc::new(cold), Route::Primary).await {
                 log::debug!("projecting a requirement's state ahead of its append: {error}");
             }
         }
@@ -292,40 +294,46 @@ impl EventStore {
     }
 
     /// Reads one page of the events matching `query`, as decoded events or
-    /// as the JSON a response sends (see [`PageRows`]).
+    /// as the JSON a response sends (see [`PageRows`]), on a database
+    /// `route` allows (see [`crate::replicas`]).
     pub async fn read_page<R: PageRows>(
         &self,
         query: Arc<Query>,
         page: Page,
-    ) -> Result<R, EventStoreError> {
-        Ok(self.send_read(query, page, false).await?.events)
+        route: Route,
+    ) -> Result<(R, Source), EventStoreError> {
+        let read = self.send_read(query, page, false, route).await?;
+        Ok((read.events, read.source))
     }
 
-    /// The position of the last event in the store, 0 when it is empty: a
-    /// backwards page of one event, read (and raising the head) like any
-    /// page. What `/head` answers and where the subscription tailer starts.
-    pub async fn last_position(&self) -> Result<Position, EventStoreError> {
+    /// The position of the last event in the store, 0 when it is empty, as
+    /// the database `route` picks holds it: a backwards page of one event,
+    /// read (and raising the head) like any page. What `/head` answers and
+    /// where the subscription tailer starts.
+    pub async fn last_position(&self, route: Route) -> Result<(Position, Source), EventStoreError> {
         let last = Page {
             after: 0,
             before: Position::MAX,
             backwards: true,
             limit: 1,
         };
-        let events: Vec<crate::dcb::SequencedEvent> =
-            self.read_page(Arc::new(Query::all()), last).await?;
-        Ok(events.first().map_or(0, |e| e.position))
+        let (events, source): (Vec<crate::dcb::SequencedEvent>, _) =
+            self.read_page(Arc::new(Query::all()), last, route).await?;
+        Ok((events.first().map_or(0, |e| e.position), source))
     }
 
     /// Reads one page, with a head position no later than the page's
-    /// snapshot (see [`crate::head`]): a client whose
-    /// read matched nothing may append with `condition.after` set to it.
+    /// snapshot on the database that served it (see [`crate::head`]): a
+    /// client whose read matched nothing may append with `condition.after`
+    /// set to it.
     pub async fn read_page_with_head<R: PageRows>(
         &self,
         query: Arc<Query>,
         page: Page,
-    ) -> Result<(R, Position), EventStoreError> {
-        let read = self.send_read(query, page, true).await?;
-        Ok((read.events, read.head.unwrap_or(0)))
+        route: Route,
+    ) -> Result<(R, Position, Source), EventStoreError> {
+        let read = self.send_read(query, page, true, route).await?;
+        Ok((read.events, read.head.unwrap_or(0), read.source))
     }
 
     async fn send_read<R: PageRows>(
@@ -333,12 +341,14 @@ impl EventStore {
         query: Arc<Query>,
         page: Page,
         with_head: bool,
+        route: Route,
     ) -> Result<reader::PageRead<R>, EventStoreError> {
         self.reader
             .send(reader::ReadPage {
                 query,
                 page,
                 with_head,
+                route,
                 rows: std::marker::PhantomData,
             })
             .await
@@ -369,18 +379,20 @@ impl EventStore {
     pub async fn project(
         &self,
         specs: Arc<Vec<ProjectorSpec>>,
-    ) -> Result<Projection, EventStoreError> {
+        route: Route,
+    ) -> Result<(Projection, Source), EventStoreError> {
         let _first = self.writers.states.first_evaluations(specs.iter()).await;
-        self.project_now(Arc::clone(&specs)).await
+        self.project_now(Arc::clone(&specs), route).await
     }
 
     /// [`Self::project`] without waiting for first evaluations.
     async fn project_now(
         &self,
         specs: Arc<Vec<ProjectorSpec>>,
-    ) -> Result<Projection, EventStoreError> {
+        route: Route,
+    ) -> Result<(Projection, Source), EventStoreError> {
         self.reader
-            .send(reader::Project { specs })
+            .send(reader::Project { specs, route })
             .await
             .map_err(|_| {
                 EventStoreError::Unavailable("the reader stopped before answering; retry".into())
@@ -479,7 +491,10 @@ mod tests {
         );
         EventStore::on_this_thread(
             &writers,
-            reader_pools(unreachable_pool(Duration::from_millis(300))),
+            Sources::primary(
+                reader_pools(unreachable_pool(Duration::from_millis(300))),
+                writers.head().clone(),
+            ),
             &settings.reader,
             &metrics,
         )
@@ -577,7 +592,7 @@ mod tests {
         );
         let store = EventStore::on_this_thread(
             &writers,
-            reader_pools(reader_pool),
+            Sources::primary(reader_pools(reader_pool), writers.head().clone()),
             &settings.reader,
             &metrics,
         );
@@ -606,7 +621,7 @@ mod tests {
         };
         let started = Instant::now();
         let read = store
-            .read_page::<Vec<SequencedEvent>>(Arc::new(Query::all()), page)
+            .read_page::<Vec<SequencedEvent>>(Arc::new(Query::all()), page, Route::Primary)
             .await;
         let read_took = started.elapsed();
         assert!(read

@@ -38,6 +38,7 @@ use crate::dcb::{Position, Query};
 use crate::faults::{FaultPoint, Faults};
 use crate::head::Head;
 use crate::metrics::Metrics;
+use crate::replicas::{Route, Source, Sources, Target};
 use crate::store::{self, Failure, Page, PageRows, Pool, ProjectionStates, StoreError};
 
 /// The pools a reader takes connections from; see the module's header.
@@ -115,13 +116,17 @@ pub struct ReadPage<R> {
     /// Also answer a head position no later than the page's snapshot (the
     /// first page of a read does, for the `X-Crablet-Head` header).
     pub with_head: bool,
+    /// Which databases may serve it (see [`crate::replicas`]).
+    pub route: Route,
     pub rows: PhantomData<R>,
 }
 
-/// A page, with its head position when it was asked for.
+/// A page, with its head position when it was asked for, and the database
+/// that served it.
 pub struct PageRead<R> {
     pub events: R,
     pub head: Option<Position>,
+    pub source: Source,
 }
 
 impl<R: PageRows> Message for ReadPage<R> {
@@ -131,10 +136,11 @@ impl<R: PageRows> Message for ReadPage<R> {
 /// Compute the states of projectors, and the head they were computed at.
 pub struct Project {
     pub specs: Arc<Vec<ProjectorSpec>>,
+    pub route: Route,
 }
 
 impl Message for Project {
-    type Result = Result<Projection, EventStoreError>;
+    type Result = Result<(Projection, Source), EventStoreError>;
 }
 
 /// Sent by a read task that panicked: restart the reader.
@@ -145,7 +151,8 @@ impl Message for Restart {
 }
 
 pub struct Reader {
-    pools: ReaderPools,
+    /// The primary's pools and the replicas'.
+    sources: Sources,
     metrics: Metrics,
     /// Where a page is cut short (`reader.page_max_bytes`).
     page_max_bytes: usize,
@@ -153,14 +160,14 @@ pub struct Reader {
     faults: Faults,
     /// The projector states this process remembers (projections).
     states: Arc<ProjectionStates>,
-    /// The committed head: what a read answers as its head, raised by what
-    /// a read or projection sees.
+    /// The committed head: raised by what a read or projection sees, on
+    /// any source (a replica holds a prefix of the primary's log).
     head: Head,
 }
 
 impl Reader {
     pub fn new(
-        pools: ReaderPools,
+        sources: Sources,
         metrics: Metrics,
         faults: Faults,
         page_max_bytes: usize,
@@ -168,7 +175,7 @@ impl Reader {
         head: Head,
     ) -> Self {
         Reader {
-            pools,
+            sources,
             metrics,
             page_max_bytes,
             faults,
@@ -231,12 +238,12 @@ impl<R: PageRows> Handler<ReadPage<R>> for Reader {
         let taken = catch_unwind(AssertUnwindSafe(|| {
             self.faults.hit(FaultPoint::ReaderHandle);
             (
-                self.pools.clone(),
+                self.sources.clone(),
                 self.metrics.clone(),
                 self.faults.clone(),
             )
         }));
-        let Ok((pools, metrics, faults)) = taken else {
+        let Ok((sources, metrics, faults)) = taken else {
             log::error!("a reader panicked in its handler; restarting it");
             ctx.stop();
             return Box::pin(async { Err(restarted()) });
@@ -245,21 +252,27 @@ impl<R: PageRows> Handler<ReadPage<R>> for Reader {
         let page_max_bytes = self.page_max_bytes;
         let head = self.head.clone();
         let work = async move {
-            let (pool, cost) = pools.for_read(&msg.query);
-            let mut conn = store::checkout(pool)
-                .await
-                .map_err(|e| pools.failure("read", cost, e, &metrics))?;
-            // Discarded, not pooled, if the read is abandoned by a panic.
-            conn.discard_on_return = true;
-            faults.hit(FaultPoint::Read);
-            // The head a read answers with: the highest position this
-            // process knew committed before the statement was sent, so no
-            // later than its snapshot (see `crate::head`).
-            let known_head = msg.with_head.then(|| head.known());
-            let result = store::read_page::<R>(&conn, &msg.query, &msg.page, page_max_bytes).await;
-            // A connection that answered a misordered page is not reused.
-            conn.discard_on_return = matches!(result, Err(StoreError::Misordered { .. }));
-            let events = result.map_err(|e| pools.failure("read", cost, e, &metrics))?;
+            let target = sources.pick(msg.route).await;
+            let read = read_on::<R>(&target, &msg, page_max_bytes, &faults).await;
+            let (target, read) = match read {
+                Err(e) if sources.served(target.source, Some(&e)) => {
+                    // The replica failed it: the primary serves it.
+                    let primary = sources.pick(Route::Primary).await;
+                    let read = read_on::<R>(&primary, &msg, page_max_bytes, &faults).await;
+                    (primary, read)
+                }
+                read => {
+                    if read.is_ok() {
+                        sources.served(target.source, None);
+                    }
+                    (target, read)
+                }
+            };
+            let (events, known_head) = read.map_err(|e| {
+                target
+                    .pools
+                    .failure("read", target.cost(&msg.query), e, &metrics)
+            })?;
             metrics.read_pages_total.inc();
             metrics.read_events_total.inc_by(events.count() as u64);
             // Pages are in position order, one way or the other: the greatest
@@ -268,36 +281,96 @@ impl<R: PageRows> Handler<ReadPage<R>> for Reader {
                 .first_position()
                 .max(events.last_position())
                 .unwrap_or(0);
+            // Committed on the primary, whatever served it.
             head.saw(read_up_to);
+            target.head.saw(read_up_to);
             // What the page read is committed and in its snapshot too.
             let head = known_head.map(|known| known.max(read_up_to));
-            Ok(PageRead { events, head })
+            Ok(PageRead {
+                events,
+                head,
+                source: target.source,
+            })
         };
         supervised("read", reader, work)
     }
 }
 
+/// One page read on `target`, with the head of `target` known before the
+/// statement was sent when the message asks for one: no later than the
+/// statement's snapshot (see `crate::head`).
+async fn read_on<R: PageRows>(
+    target: &Target,
+    msg: &ReadPage<R>,
+    page_max_bytes: usize,
+    faults: &Faults,
+) -> Result<(R, Option<Position>), StoreError> {
+    let (pool, _) = target.pools.for_read(&msg.query);
+    let mut conn = store::checkout(pool).await?;
+    // Discarded, not pooled, if the read is abandoned by a panic.
+    conn.discard_on_return = true;
+    faults.hit(FaultPoint::Read);
+    let known_head = msg.with_head.then(|| target.head.known());
+    let result = store::read_page::<R>(&conn, &msg.query, &msg.page, page_max_bytes).await;
+    // A connection that answered a misordered page is not reused.
+    conn.discard_on_return = matches!(result, Err(StoreError::Misordered { .. }));
+    Ok((result?, known_head))
+}
+
+impl Target {
+    /// The cost class of a read of `query` on this target's pools.
+    fn cost(&self, query: &crate::dcb::Query) -> Cost {
+        self.pools.for_read(query).1
+    }
+}
+
 impl Handler<Project> for Reader {
-    type Result = ResponseFuture<Result<Projection, EventStoreError>>;
+    type Result = ResponseFuture<Result<(Projection, Source), EventStoreError>>;
 
     /// Like a page read: one statement on a pooled connection, in a task of
     /// its own; a panic restarts the reader and answers 503.
     fn handle(&mut self, msg: Project, ctx: &mut Context<Self>) -> Self::Result {
-        let (pools, metrics) = (self.pools.clone(), self.metrics.clone());
+        let (sources, metrics) = (self.sources.clone(), self.metrics.clone());
         let (states, head) = (self.states.clone(), self.head.clone());
         let reader = ctx.address();
         let work = async move {
-            let (pool, cost) = pools.for_projection(&msg.specs, &states);
-            let mut conn = store::checkout(pool)
-                .await
-                .map_err(|e| pools.failure("projection", cost, e, &metrics))?;
-            conn.discard_on_return = true;
-            let result = store::project(&conn, &msg.specs, &states).await;
-            conn.discard_on_return = false;
-            let projection = result.map_err(|e| pools.failure("projection", cost, e, &metrics))?;
+            let target = sources.pick(msg.route).await;
+            // The cost class as it was before the projection remembered anything.
+            let (_, cost) = target.pools.for_projection(&msg.specs, &states);
+            let result = project_on(&target, &msg.specs, &states).await;
+            let (target, result) = match result {
+                Err(e) if sources.served(target.source, Some(&e)) => {
+                    let primary = sources.pick(Route::Primary).await;
+                    let result = project_on(&primary, &msg.specs, &states).await;
+                    (primary, result)
+                }
+                result => {
+                    if result.is_ok() {
+                        sources.served(target.source, None);
+                    }
+                    (target, result)
+                }
+            };
+            let projection =
+                result.map_err(|e| target.pools.failure("projection", cost, e, &metrics))?;
             head.saw(projection.position);
-            Ok(projection)
+            target.head.saw(projection.position);
+            Ok((projection, target.source))
         };
         supervised("projection", reader, work)
     }
+}
+
+/// A projection on `target`'s pools.
+async fn project_on(
+    target: &Target,
+    specs: &[ProjectorSpec],
+    states: &ProjectionStates,
+) -> Result<Projection, StoreError> {
+    let (pool, _) = target.pools.for_projection(specs, states);
+    let mut conn = store::checkout(pool).await?;
+    conn.discard_on_return = true;
+    let result = store::project(&conn, specs, states).await;
+    conn.discard_on_return = false;
+    result
 }

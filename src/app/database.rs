@@ -124,7 +124,62 @@ impl Database {
                 costly,
                 costly_budget_ms: reader.costly_statement_timeout_ms,
             },
+            replicas: Vec::new(),
         }
+    }
+
+    /// The pools of each replica of `database.replica_urls`, named by
+    /// `host:port`: small (`replicas.pool_size`, `replicas.costly_pool_size`)
+    /// and quick to give up (`replicas.check_timeout_ms`), so a request
+    /// whose replica is gone falls back to the primary at once.
+    pub fn replica_pools(
+        settings: &Settings,
+        metrics: &Metrics,
+    ) -> Result<Vec<(String, ReaderPools)>, AppError> {
+        let replicas = &settings.replicas;
+        let wait = replicas.check_timeout();
+        let mut pools = Vec::new();
+        for (index, url) in settings.database.replica_urls.iter().enumerate() {
+            let (mut config, tls) =
+                store::tls::parse_database_url(url).map_err(AppError::DatabaseUrl)?;
+            if config.get_connect_timeout().is_none() {
+                config.connect_timeout(wait);
+            }
+            let name = replica_name(&config);
+            let pool = |kind: &str, max_size: u32, statement: Duration| {
+                let label: &'static str =
+                    Box::leak(format!("replica{index}-{kind}").into_boxed_str());
+                let pool = store::build_pool_with_tls(
+                    &config,
+                    &tls,
+                    &PoolSettings {
+                        max_size,
+                        connection_timeout: wait,
+                        statement_timeout: statement,
+                        application_name: format!("crablet-replica-{kind}"),
+                    },
+                );
+                watch_pool(metrics, label, &pool, max_size);
+                pool
+            };
+            let reader = &settings.reader;
+            let costly_statement = Some(reader.costly_statement_timeout())
+                .filter(|t| !t.is_zero())
+                .unwrap_or(settings.database.statement_timeout());
+            pools.push((
+                name,
+                ReaderPools {
+                    plain: pool(
+                        "reader",
+                        replicas.pool_size,
+                        settings.database.statement_timeout(),
+                    ),
+                    costly: pool("costly", replicas.costly_pool_size, costly_statement),
+                    costly_budget_ms: reader.costly_statement_timeout_ms,
+                },
+            ));
+        }
+        Ok(pools)
     }
 }
 
@@ -132,6 +187,21 @@ impl Database {
 pub struct Pools {
     pub writer: store::Pool,
     pub readers: ReaderPools,
+    /// Each replica's, with its name (see [`Database::replica_pools`]).
+    pub replicas: Vec<(String, ReaderPools)>,
+}
+
+/// `host:port` of a replica's URL (the socket directory for a unix socket):
+/// its name in metrics, logs and `/health`.
+fn replica_name(config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(name)) => name.clone(),
+        Some(Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}")
 }
 
 /// Exports `pool`'s usage, sampled whenever `/metrics` renders.

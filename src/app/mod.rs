@@ -19,12 +19,13 @@ use std::time::Duration;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::web;
 
-use crate::actors::{EventStore, ReaderPools, Writers};
+use crate::actors::{EventStore, Writers};
 use crate::auth::AuthError;
 use crate::config::Settings;
 use crate::embedded::{EmbeddedError, EmbeddedPostgres};
 use crate::head::Head;
 use crate::metrics::Metrics;
+use crate::replicas::{monitor, Replica, Replicas, Sources};
 use crate::store::{self, ProjectionStates};
 use crate::subscriptions::Subscriptions;
 use database::{Database, Pools};
@@ -60,6 +61,9 @@ pub enum AppError {
     Migrate(#[from] store::migrate::MigrateError),
     #[error("embedded PostgreSQL: {0}")]
     Embedded(#[from] EmbeddedError),
+    /// A replica URL names a database that is not a hot standby of the primary.
+    #[error("{0}")]
+    Replica(#[from] monitor::Refusal),
     #[error("cannot listen on {address}: {source}")]
     Listen {
         address: String,
@@ -68,20 +72,21 @@ pub enum AppError {
     },
 }
 
-/// What every worker's handlers share: the writer lanes, the readers'
-/// pools, the subscriptions and the metrics.
+/// What every worker's handlers share: the writer lanes, the databases
+/// readers read from, the subscriptions and the metrics.
 #[derive(Clone)]
 pub struct Core {
     pub writers: Writers,
-    pub reader_pools: ReaderPools,
+    pub sources: Sources,
     pub subscriptions: Subscriptions,
     pub metrics: Metrics,
 }
 
 impl Core {
-    /// Starts the writer lanes and the subscription tailer over `pools`,
-    /// around one committed head.
-    fn start(settings: &Settings, pools: Pools, metrics: Metrics) -> Self {
+    /// Starts the writer lanes, the replica checks (a replica that is not a
+    /// standby of the primary is refused here) and the subscription tailer
+    /// over `pools`, around one committed head.
+    async fn start(settings: &Settings, pools: Pools, metrics: Metrics) -> Result<Self, AppError> {
         let states = Arc::new(ProjectionStates::new(
             settings.projections.state_cache_bytes,
             &metrics,
@@ -89,21 +94,36 @@ impl Core {
         let head = Head::new();
         metrics.watch_head(&head);
         let writers = Writers::start(pools.writer, &settings.writer, &metrics, states, &head);
+        let replicas = pools
+            .replicas
+            .into_iter()
+            .map(|(name, pools)| Replica::new(name, pools))
+            .collect();
+        let sources = Sources {
+            primary: pools.readers,
+            head: head.clone(),
+            follow: None,
+            replicas: Replicas::new(replicas, &settings.replicas, &metrics),
+        };
+        if !sources.replicas.is_empty() {
+            monitor::first_check(&sources, &metrics).await?;
+            actix_rt::spawn(monitor::run(sources.clone(), metrics.clone()));
+        }
         // The tailer reads through a facade of this thread.
         let tailer_store =
-            EventStore::on_this_thread(&writers, pools.readers.clone(), &settings.reader, &metrics);
+            EventStore::on_this_thread(&writers, sources.clone(), &settings.reader, &metrics);
         let subscriptions = Subscriptions::start(
             tailer_store,
             head.advances(),
             &settings.subscriptions,
             &metrics,
         );
-        Core {
+        Ok(Core {
             writers,
-            reader_pools: pools.readers,
+            sources,
             subscriptions,
             metrics,
-        }
+        })
     }
 }
 
@@ -134,7 +154,9 @@ impl Application {
         let database = Database::locate(&settings).await?;
         database.migrate(&settings).await?;
         let metrics = Metrics::new();
-        let core = Core::start(&settings, database.pools(&settings, &metrics), metrics);
+        let mut pools = database.pools(&settings, &metrics);
+        pools.replicas = Database::replica_pools(&settings, &metrics)?;
+        let core = Core::start(&settings, pools, metrics).await?;
         server::raise_open_files_limit();
         let (listener, port) = server::bind(&settings.listen)?;
         let https = door.https.is_some();

@@ -35,7 +35,7 @@ pub fn start(
 ) -> Result<(Server, Option<crate::tls::CertificateReloader>), AppError> {
     let Core {
         writers,
-        reader_pools,
+        sources,
         subscriptions,
         metrics,
     } = core.clone();
@@ -51,7 +51,7 @@ pub fn start(
     let server = HttpServer::new(move || {
         // Runs once on each worker thread: its reader lives there.
         let store =
-            EventStore::on_this_thread(&writers, reader_pools.clone(), &reader_settings, &metrics);
+            EventStore::on_this_thread(&writers, sources.clone(), &reader_settings, &metrics);
         let state = web::Data::new(AppState {
             store,
             // This worker's subscribers are fanned out here.
@@ -63,6 +63,7 @@ pub fn start(
             page_max_bytes: reader_settings.page_max_bytes,
             request_timeout,
             compat: compat.clone(),
+            replicas: sources.replicas.clone(),
         });
         App::new()
             .app_data(state)

@@ -187,6 +187,10 @@ pub struct ReadOptions {
     pub limit: Option<u64>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub backwards: bool,
+    /// Read your writes: served only by a database that holds this
+    /// position (see `crate::replicas`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_position: Option<Position>,
 }
 
 // Projectors and requirements, as clients send them; validated and

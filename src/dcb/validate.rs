@@ -226,6 +226,7 @@ pub fn validate_append(
 pub fn validate_read_options(options: &ReadOptions) -> Result<(), ValidationError> {
     check_position("options.from", options.from)?;
     check_position("options.after", options.after)?;
+    check_position("options.minPosition", options.min_position)?;
     if options.from.is_some() && options.after.is_some() {
         return Err(ValidationError::FromAndAfter);
     }

@@ -24,6 +24,7 @@ const PG_HBA_CONF: &str = "\
 # whose directory is private (mode 0700) to the server's user. No TCP lines.
 # TYPE  DATABASE  USER  METHOD
 local   all       all   trust
+local   replication all  trust
 ";
 
 /// Longest unix socket path the kernel accepts: `sun_path` is 108 bytes on Linux,

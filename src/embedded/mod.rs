@@ -56,6 +56,7 @@
 //!   socket directory);
 //! - `server`: the server process (running or not, start, adopt, stop, log);
 //! - `role`: crablet's role and database inside the cluster;
+//! - `replica`: a hot standby of a cluster, in a data directory of its own;
 //! - `process`: running the tools, and the server's user when run as root.
 
 use std::fs;
@@ -67,6 +68,7 @@ mod binaries;
 mod cluster;
 mod foreground;
 mod process;
+mod replica;
 mod role;
 mod server;
 #[cfg(test)]
@@ -245,8 +247,12 @@ impl EmbeddedPostgres {
         }
         pg.write_hardening()?;
         pg.start_or_adopt()?;
-        pg.ensure_role()?;
-        pg.ensure_database(DATABASE)?;
+        // A replica is a copy of its primary, roles and databases included,
+        // and read-only.
+        if !pg.is_replica() {
+            pg.ensure_role()?;
+            pg.ensure_database(DATABASE)?;
+        }
         Ok(pg)
     }
 

@@ -22,6 +22,7 @@ pub mod parse;
 pub mod project;
 pub mod read;
 pub mod routes;
+pub mod source;
 pub mod subscribe;
 
 use std::time::Duration;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// Which compatibility front ends answer (`compat.*`).
     pub compat: crate::config::CompatSettings,
+    /// The replicas reads may be served by, for `/health`.
+    pub replicas: crate::replicas::Replicas,
 }
 
 /// The OpenAPI 3.1 document of this API, served at `/openapi.json`.

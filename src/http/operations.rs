@@ -4,7 +4,10 @@
 
 use actix_web::{web, HttpResponse};
 
+use serde_json::{json, Value};
+
 use super::{ApiError, AppState, OPENAPI};
+use crate::replicas::Route;
 
 pub async fn openapi() -> HttpResponse {
     HttpResponse::Ok()
@@ -19,7 +22,9 @@ pub async fn live() -> HttpResponse {
 }
 
 /// Readiness: 200 when every writer lane is up and a reader can reach the
-/// database, 503 naming what is not otherwise.
+/// primary, 503 naming what is not otherwise. With replicas, the body lists
+/// each one's state and lag; a replica out of rotation never makes crablet
+/// unready (the primary serves its reads).
 pub async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let down = state.store.lanes_down();
     if !down.is_empty() {
@@ -37,9 +42,31 @@ pub async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     };
     state
         .store
-        .read_page::<crate::store::JsonEvents>(std::sync::Arc::new(crate::dcb::Query::all()), page)
+        .read_page::<crate::store::JsonEvents>(
+            std::sync::Arc::new(crate::dcb::Query::all()),
+            page,
+            Route::Primary,
+        )
         .await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ok"})))
+    if state.replicas.is_empty() {
+        return Ok(HttpResponse::Ok().json(json!({"status": "ok"})));
+    }
+    let replicas: Vec<Value> = state
+        .replicas
+        .all()
+        .iter()
+        .map(|replica| {
+            let (positions, time) = replica.lag();
+            json!({
+                "replica": replica.name,
+                "state": replica.state().name(),
+                "head": replica.head.known(),
+                "lagPositions": positions,
+                "lagSeconds": time.as_secs_f64(),
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"status": "ok", "replicas": replicas})))
 }
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {

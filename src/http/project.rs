@@ -7,20 +7,23 @@
 
 use std::sync::Arc;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value};
 
+use super::source;
 use super::{parse, ApiError, AppState, JsonBody};
 use crate::dcb::projection::{check_project, union_query, ProjectRequest, State};
 
 pub async fn project(
+    req: HttpRequest,
     state: web::Data<AppState>,
     JsonBody(body): JsonBody,
 ) -> Result<HttpResponse, ApiError> {
+    let route = source::route_of_query(&req)?;
     let request: ProjectRequest = parse::json("body", &body)?;
     let specs = check_project(&request, &state.limits)?;
     let condition = union_query(&specs);
-    let projection = state.store.project(Arc::new(specs)).await?;
+    let (projection, source) = state.store.project(Arc::new(specs), route).await?;
     let mut states = Map::new();
     for (projector, projected) in request.projectors.iter().zip(projection.states) {
         let value = match projected {
@@ -32,9 +35,11 @@ pub async fn project(
         };
         states.insert(projector.id.clone().unwrap_or_default(), value);
     }
-    Ok(HttpResponse::Ok().json(json!({
-        "states": states,
-        "position": projection.position,
-        "condition": {"failIfEventsMatch": condition, "after": projection.position},
-    })))
+    Ok(HttpResponse::Ok()
+        .insert_header(source::header(source))
+        .json(json!({
+            "states": states,
+            "position": projection.position,
+            "condition": {"failIfEventsMatch": condition, "after": projection.position},
+        })))
 }

@@ -14,10 +14,12 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::stream;
 use serde::Deserialize;
 
+use super::source::{self, MIN_POSITION_PARAMETER};
 use super::{parse, ApiError, AppState, JsonBody};
 use crate::actors::EventStore;
 use crate::dcb::validate::{validate_query, validate_read_options};
 use crate::dcb::{Page, Position, Query, ReadOptions};
+use crate::replicas::{Route, Source};
 use crate::store::{JsonEvents, PageRows};
 
 /// The response header carrying the head position of a read: the highest
@@ -27,8 +29,9 @@ use crate::store::{JsonEvents, PageRows};
 /// events, the greater of it and the last position read).
 pub const HEAD_HEADER: &str = "X-Crablet-Head";
 
-/// The parameters of `GET /read`; both values are URL-encoded JSON.
-const READ_PARAMETERS: [&str; 2] = ["query", "options"];
+/// The parameters of `GET /read`: `query` and `options` are URL-encoded
+/// JSON, `minPosition` a position.
+const READ_PARAMETERS: [&str; 3] = ["query", "options", MIN_POSITION_PARAMETER];
 
 /// Body of `POST /read`.
 #[derive(Deserialize, Default)]
@@ -45,36 +48,43 @@ pub async fn read_get(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (mut query, mut options) = (Query::all(), ReadOptions::default());
+    let mut min_position = None;
     for (name, value) in parse::query_string(req.query_string(), &READ_PARAMETERS)? {
         match name {
             "query" => query = parse::json("query", value.as_bytes())?,
-            _ => options = parse::json("options", value.as_bytes())?,
+            "options" => options = parse::json("options", value.as_bytes())?,
+            _ => min_position = Some(source::parse_min_position(name, &value)?),
         }
     }
-    respond(&state, query, options).await
+    options.min_position = options.min_position.max(min_position);
+    respond(&req, &state, query, options).await
 }
 
 pub async fn read_post(
+    req: HttpRequest,
     state: web::Data<AppState>,
     JsonBody(body): JsonBody,
 ) -> Result<HttpResponse, ApiError> {
     let body: ReadBody = parse::json_or_default("body", &body)?;
-    respond(&state, body.query, body.options).await
+    respond(&req, &state, body.query, body.options).await
 }
 
 async fn respond(
+    req: &HttpRequest,
     state: &AppState,
     query: Query,
     options: ReadOptions,
 ) -> Result<HttpResponse, ApiError> {
     validate_query("query", &query, &state.limits)?;
     validate_read_options(&options)?;
+    let route = source::route(req, options.min_position)?;
     let mut cursor = Cursor::new(
         Arc::new(query),
         &options,
         state.page_size,
         state.page_max_bytes,
-    );
+    )
+    .routed(route);
     let store = state.store.clone();
     let first: JsonEvents = cursor.next_page(&store).await?.unwrap_or_default();
     let mut encoder = Encoder::default();
@@ -82,6 +92,7 @@ async fn respond(
     let mut response = HttpResponse::Ok();
     response.content_type("application/json");
     response.insert_header((HEAD_HEADER, cursor.head.unwrap_or(0).to_string()));
+    response.insert_header(source::header(cursor.source()));
     if cursor.done {
         return Ok(response.body(head));
     }
@@ -126,6 +137,9 @@ pub(crate) struct Cursor {
     /// read, so a client whose read matched nothing may append with
     /// `condition.after` set to it (see `crate::head`).
     head: Option<Position>,
+    /// Where the first page may be read; the later ones are read where the
+    /// first one was (a replica further behind would end the read early).
+    route: Route,
 }
 
 impl Cursor {
@@ -158,6 +172,23 @@ impl Cursor {
             page_max_bytes,
             done: false,
             head: None,
+            route: Route::Any {
+                min_position: options.min_position,
+            },
+        }
+    }
+
+    /// The same cursor, read from where `route` allows.
+    pub(crate) fn routed(mut self, route: Route) -> Self {
+        self.route = route;
+        self
+    }
+
+    /// The database the read is served by (the primary before any page).
+    pub(crate) fn source(&self) -> Source {
+        match self.route {
+            Route::Pinned(source) => source,
+            _ => Source::Primary,
         }
     }
 
@@ -198,11 +229,17 @@ impl Cursor {
         // The first page always runs, even when it cannot return anything:
         // it brings the head position the response carries.
         let events = if self.head.is_none() {
-            let (events, head) = store.read_page_with_head(self.query.clone(), page).await?;
+            let (events, head, source) = store
+                .read_page_with_head(self.query.clone(), page, self.route)
+                .await?;
             self.head = Some(head);
+            self.route = Route::Pinned(source);
             events
         } else {
-            store.read_page(self.query.clone(), page).await?
+            store
+                .read_page(self.query.clone(), page, self.route)
+                .await?
+                .0
         };
         if empty {
             self.done = true;
@@ -258,9 +295,12 @@ impl Encoder {
 }
 
 /// `GET /head`: the position of the last event in the store, 0 when empty.
-pub async fn head(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let position = state.store.last_position().await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "position": position })))
+pub async fn head(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let route = source::route_of_query(&req)?;
+    let (position, source) = state.store.last_position(route).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header(source::header(source))
+        .json(serde_json::json!({ "position": position })))
 }
 
 #[cfg(test)]

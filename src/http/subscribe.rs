@@ -20,6 +20,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::source::{self, MIN_POSITION_PARAMETER};
 use super::{parse, ApiError, AppState, JsonBody};
 use crate::dcb::validate::validate_query;
 use crate::dcb::{Position, Query};
@@ -27,7 +28,7 @@ use crate::subscriptions::{Item, Subscription};
 
 /// The parameters of `GET /subscribe`: `query` is URL-encoded JSON, `after`
 /// a position.
-const SUBSCRIBE_PARAMETERS: [&str; 2] = ["query", "after"];
+const SUBSCRIBE_PARAMETERS: [&str; 3] = ["query", "after", MIN_POSITION_PARAMETER];
 
 /// The header a browser's `EventSource` resumes with.
 const LAST_EVENT_ID: &str = "last-event-id";
@@ -46,14 +47,15 @@ pub async fn subscribe_get(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (mut query, mut after) = (Query::all(), None);
+    let (mut query, mut after, mut min_position) = (Query::all(), None, None);
     for (name, value) in parse::query_string(req.query_string(), &SUBSCRIBE_PARAMETERS)? {
         match name {
             "query" => query = parse::json("query", value.as_bytes())?,
-            _ => after = Some(parse::json("after", value.as_bytes())?),
+            "after" => after = Some(parse::json("after", value.as_bytes())?),
+            _ => min_position = Some(source::parse_min_position(name, &value)?),
         }
     }
-    start(&req, &state, query, after)
+    start(&req, &state, query, after, min_position)
 }
 
 pub async fn subscribe_post(
@@ -62,7 +64,11 @@ pub async fn subscribe_post(
     JsonBody(body): JsonBody,
 ) -> Result<HttpResponse, ApiError> {
     let body: SubscribeBody = parse::json_or_default("body", &body)?;
-    start(&req, &state, body.query, body.after)
+    let mut min_position = None;
+    for (name, value) in parse::query_string(req.query_string(), &[MIN_POSITION_PARAMETER])? {
+        min_position = Some(source::parse_min_position(name, &value)?);
+    }
+    start(&req, &state, body.query, body.after, min_position)
 }
 
 /// How the stream is written.
@@ -77,8 +83,10 @@ fn start(
     state: &AppState,
     query: Query,
     after: Option<Position>,
+    min_position: Option<Position>,
 ) -> Result<HttpResponse, ApiError> {
     validate_query("query", &query, &state.limits)?;
+    let min_position = source::min_position(req, min_position)?;
     let mut after = after.unwrap_or(0);
     if let Some(value) = req.headers().get(LAST_EVENT_ID) {
         after = value
@@ -103,6 +111,7 @@ fn start(
         state.metrics.clone(),
         query,
         after,
+        min_position,
     ) else {
         return Err(ApiError::Overloaded(format!(
             "too many subscriptions (subscriptions.max_subscribers = {}); retry later",
@@ -122,6 +131,7 @@ fn start(
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         // Reverse proxies must pass each chunk on at once.
         .insert_header(("X-Accel-Buffering", "no"))
+        .insert_header(source::header(state.replicas.follows()))
         .streaming(body))
 }
 

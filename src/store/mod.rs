@@ -21,6 +21,7 @@ pub mod migrate;
 pub mod project;
 pub(crate) mod quote;
 pub mod read;
+pub mod standby;
 pub mod states;
 pub mod tls;
 
@@ -36,6 +37,7 @@ pub use connection::{
 };
 pub use project::project;
 pub use read::{read_page, JsonEvents, PageRows};
+pub use standby::last_position_of;
 pub use states::ProjectionStates;
 
 use tokio_postgres::error::{Severity, SqlState};

@@ -26,6 +26,7 @@ use super::Subscriptions;
 use crate::actors::{EventStore, EventStoreError};
 use crate::dcb::{Page, Position, Query, SequencedEvent};
 use crate::metrics::Metrics;
+use crate::replicas::Route;
 
 /// Most events yielded at once from the live buffer.
 const LIVE_BATCH_EVENTS: usize = 256;
@@ -115,6 +116,9 @@ pub struct Subscription {
     fell_behind: bool,
     /// The end was yielded.
     finished: bool,
+    /// Read your writes: catching up reads only from a database that holds
+    /// this position (see `crate::replicas`).
+    min_position: Position,
     /// Frees the place when the subscription is dropped.
     _slot: Slot,
 }
@@ -128,6 +132,7 @@ impl Subscription {
         metrics: Metrics,
         query: Query,
         after: Position,
+        min_position: Option<Position>,
     ) -> Option<Self> {
         let slot = subscriptions.admit()?;
         let settings = subscriptions.settings();
@@ -146,6 +151,7 @@ impl Subscription {
             live: None,
             fell_behind: false,
             finished: false,
+            min_position: min_position.unwrap_or(0),
             subscriptions: subscriptions.clone(),
             _slot: slot,
         })
@@ -207,7 +213,15 @@ impl Subscription {
             backwards: false,
             limit: self.page_size,
         };
-        let events: Vec<SequencedEvent> = self.store.read_page(self.query.clone(), page).await?;
+        // Only from a database that holds every position up to the cursor:
+        // an empty page from one further behind would skip what it lacks.
+        let route = Route::Any {
+            min_position: Some(cursor.max(self.min_position)),
+        };
+        let (events, _): (Vec<SequencedEvent>, _) = self
+            .store
+            .read_page(self.query.clone(), page, route)
+            .await?;
         // A page may be short because the reader cut it at its byte budget,
         // not because the range is exhausted: only an empty page says so.
         self.scanned = events.last().map_or(cursor, |e| e.position);

@@ -29,6 +29,7 @@ use crate::actors::{EventStore, EventStoreError};
 use crate::config::SubscriptionSettings;
 use crate::dcb::{Position, Query, SequencedEvent};
 use crate::metrics::Metrics;
+use crate::replicas::Route;
 use crate::store::PageRows;
 
 /// The subscriptions of this process: admission, the live feed and shutdown.
@@ -234,6 +235,9 @@ impl Inner {
     }
 }
 
+/// The first pause of a tailer whose source is behind the process's head.
+const BEHIND_FIRST_PAUSE: Duration = Duration::from_millis(1);
+
 /// The tailer: reads what was committed after its cursor, passes it on, and
 /// waits for the head to advance, a poll tick or shutdown.
 async fn tail(inner: Arc<Inner>, store: EventStore, mut head_advances: watch::Receiver<Position>) {
@@ -244,6 +248,10 @@ async fn tail(inner: Arc<Inner>, store: EventStore, mut head_advances: watch::Re
     let all = Arc::new(Query::all());
     let mut woken_by_head = true;
     let mut last_warning: Option<Instant> = None;
+    // While the source it reads (a replica) has not replayed what this
+    // process knows committed, the tailer looks again soon: 1 ms, doubling
+    // up to the poll interval.
+    let mut behind_pause = BEHIND_FIRST_PAUSE;
     loop {
         if *closing.borrow() {
             break;
@@ -275,6 +283,16 @@ async fn tail(inner: Arc<Inner>, store: EventStore, mut head_advances: watch::Re
         if more {
             continue;
         }
+        let head = *head_advances.borrow();
+        if !idle && inner.lock().cursor.is_some_and(|cursor| cursor < head) {
+            tokio::select! {
+                _ = tokio::time::sleep(behind_pause) => {}
+                _ = closing.changed() => {}
+            }
+            behind_pause = (behind_pause * 2).min(poll);
+            continue;
+        }
+        behind_pause = BEHIND_FIRST_PAUSE;
         tokio::select! {
             // Idle, the tailer is not woken by each commit either: it looks
             // for new subscriptions once per poll interval.
@@ -302,7 +320,7 @@ async fn read_new(
     inner.metrics.subscription_tailer_reads_total.inc();
     let Some(cursor) = cursor else {
         // Start at the head: subscribers read the past from the store.
-        inner.restart(Some(store.last_position().await?));
+        inner.restart(Some(store.last_position(Route::Follow).await?.0));
         return Ok(true);
     };
     let page = crate::dcb::Page {
@@ -311,7 +329,8 @@ async fn read_new(
         backwards: false,
         limit: page_size,
     };
-    let events: Vec<SequencedEvent> = store.read_page(all.clone(), page).await?;
+    let (events, _): (Vec<SequencedEvent>, _) =
+        store.read_page(all.clone(), page, Route::Follow).await?;
     // Full, or cut short at the reader's byte budget: more may be waiting.
     let more = events.len() as i64 >= page_size || events.bytes() >= store.page_max_bytes();
     if let Some(last) = events.last().map(|e| e.position) {

@@ -25,6 +25,7 @@ mod openapi;
 mod plans;
 mod project;
 mod recovery;
+mod replicas;
 mod require;
 mod security;
 mod semantics;

@@ -49,6 +49,7 @@ use crate::dcb::projection::{
 };
 use crate::dcb::validate::{validate_query, validate_read_options};
 use crate::dcb::{AppendOutcome, AppendRequest, CheckedAppend, Position, Query, ReadOptions};
+use crate::replicas::Route;
 
 /// Response header saying what isolation an append got, whatever level the
 /// request asked for.
@@ -248,7 +249,7 @@ pub async fn project(
     let specs = check_project(&ProjectRequest { projectors: native }, &state.limits)?;
     let condition = union_query(&specs);
     let (counts, position) = if after == 0 {
-        let projection = state.store.project(Arc::new(specs)).await?;
+        let (projection, _) = state.store.project(Arc::new(specs), Route::Primary).await?;
         let counts = projection
             .states
             .iter()
@@ -303,7 +304,9 @@ async fn count_matches(
         options,
         state.page_size,
         state.page_max_bytes,
-    );
+    )
+    // go-crablet's contract knows nothing of replicas.
+    .routed(Route::Primary);
     let (mut count, mut last) = (0, None);
     while let Some(page) = cursor
         .next_page::<Vec<crate::dcb::SequencedEvent>>(&state.store)
@@ -334,6 +337,7 @@ async fn count_after(
         after: Some(after),
         limit: None,
         backwards: false,
+        min_position: None,
     };
     let (mut counts, mut head) = (Vec::with_capacity(projectors.len()), Position::MAX);
     for (_, query) in projectors {

@@ -202,6 +202,7 @@ impl GoReadBody {
                 .transpose()?,
             limit: o.limit,
             backwards: o.backwards,
+            min_position: None,
         };
         Ok((self.query.native(), options))
     }

@@ -26,6 +26,7 @@ use crablet::embedded::EmbeddedPostgres;
 use serde_json::{json, Value};
 
 mod process;
+pub mod replica;
 pub mod subscription;
 
 pub use process::{
