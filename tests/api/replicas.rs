@@ -171,6 +171,13 @@ async fn reads_head_and_projections_come_from_the_replica_and_appends_from_the_p
     let label = format!("replica=\"{name}\"");
     assert!(metric(&text, "crablet_replica_requests_total", &label) >= 4.0);
     assert_eq!(metric(&text, "crablet_replica_up", &label), 1.0);
+    let exported = crate::observability::exported_families(&text);
+    for name in crate::observability::EXPECTED_WITH_REPLICAS {
+        assert!(
+            exported.contains(*name),
+            "{name} is not exported with a replica"
+        );
+    }
 }
 
 #[actix_rt::test]
