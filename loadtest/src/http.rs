@@ -7,6 +7,8 @@
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +18,7 @@ use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use serde::de::IgnoredAny;
+use serde::Serialize;
 use tokio::net::TcpStream;
 
 use crate::wire::{self, AppendRequest, AppendResponse, Query, ReadEvent, ReadOptions};
@@ -35,6 +38,78 @@ pub struct Target {
     host_header: String,
     /// `Bearer <token>`, sent on every request when the server needs a token.
     authorization: Option<String>,
+    /// When set, every reply's `X-Crablet-Source` header is counted here.
+    sources: Option<Arc<SourceTally>>,
+}
+
+/// Name of the header saying which database served a read.
+pub const SOURCE_HEADER: &str = "x-crablet-source";
+
+/// How many replies named each database in their `X-Crablet-Source` header
+/// (`primary`, `replica`, any other value, or none).
+#[derive(Debug, Default)]
+pub struct SourceTally {
+    /// `X-Crablet-Source: primary`.
+    pub primary: AtomicU64,
+    /// `X-Crablet-Source: replica`.
+    pub replica: AtomicU64,
+    /// Any other value.
+    pub other: AtomicU64,
+    /// No such header.
+    pub absent: AtomicU64,
+}
+
+/// A [`SourceTally`] read out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SourceCounts {
+    /// `X-Crablet-Source: primary`.
+    pub primary: u64,
+    /// `X-Crablet-Source: replica`.
+    pub replica: u64,
+    /// Any other value.
+    pub other: u64,
+    /// No such header.
+    pub absent: u64,
+}
+
+impl SourceTally {
+    /// Counts one reply's header value.
+    pub fn record(&self, value: Option<&[u8]>) {
+        let counter = match value.map(<[u8]>::trim_ascii) {
+            Some(b"primary") => &self.primary,
+            Some(b"replica") => &self.replica,
+            Some(_) => &self.other,
+            None => &self.absent,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts so far.
+    pub fn counts(&self) -> SourceCounts {
+        SourceCounts {
+            primary: self.primary.load(Ordering::Relaxed),
+            replica: self.replica.load(Ordering::Relaxed),
+            other: self.other.load(Ordering::Relaxed),
+            absent: self.absent.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl SourceCounts {
+    /// Every reply counted.
+    pub fn total(&self) -> u64 {
+        self.primary + self.replica + self.other + self.absent
+    }
+}
+
+impl fmt::Display for SourceCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "replica {}, primary {}, other {}, no header {}",
+            self.replica, self.primary, self.other, self.absent
+        )
+    }
 }
 
 impl Target {
@@ -61,12 +136,19 @@ impl Target {
             addr,
             host_header: authority.to_string(),
             authorization: None,
+            sources: None,
         })
     }
 
     /// This target, with `token` sent as `Authorization: Bearer <token>`.
     pub fn with_token(mut self, token: Option<&str>) -> Self {
         self.authorization = token.map(|t| format!("Bearer {}", t.trim()));
+        self
+    }
+
+    /// This target, with every reply's `X-Crablet-Source` counted in `tally`.
+    pub fn with_sources(mut self, tally: Arc<SourceTally>) -> Self {
+        self.sources = Some(tally);
         self
     }
 
@@ -82,6 +164,7 @@ impl Target {
             addr,
             host_header: addr.to_string(),
             authorization: None,
+            sources: None,
         }
     }
 
@@ -242,6 +325,9 @@ impl Conn {
             .await
             .map_err(|e| RequestError::Io(e.to_string()))?;
         let status = response.status().as_u16();
+        if let Some(tally) = &self.target.sources {
+            tally.record(response.headers().get(SOURCE_HEADER).map(|v| v.as_bytes()));
+        }
         let body = response
             .into_body()
             .collect()
@@ -357,6 +443,35 @@ mod tests {
         assert!(Target::parse("http://[::1]:9000").is_ok());
         assert!(Target::parse("http://10.0.0.1:8080").is_err());
         assert!(Target::parse("https://127.0.0.1:8080").is_err());
+    }
+
+    #[test]
+    fn source_headers_are_counted_by_value() {
+        let tally = SourceTally::default();
+        for value in [
+            Some(&b"replica"[..]),
+            Some(b"replica "),
+            Some(b"primary"),
+            Some(b"elsewhere"),
+            None,
+        ] {
+            tally.record(value);
+        }
+        let counts = tally.counts();
+        assert_eq!(
+            counts,
+            SourceCounts {
+                primary: 1,
+                replica: 2,
+                other: 1,
+                absent: 1
+            }
+        );
+        assert_eq!(counts.total(), 5);
+        assert_eq!(
+            counts.to_string(),
+            "replica 2, primary 1, other 1, no header 1"
+        );
     }
 
     #[test]

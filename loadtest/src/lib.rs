@@ -22,7 +22,7 @@
 //!   cores were full).
 //! - [`preload`]: fast bulk loading of N events with large batched appends.
 //! - [`bench`](mod@bench): the one-command benchmark: PostgreSQL, crablet server, baselines
-//!   (pgbench/psql), the goal table (P1-P12, listed in [`bench::Goal`]).
+//!   (pgbench/psql), the goal table (P1-P14, listed in [`bench::Goal`]).
 //!
 //! Traffic goes to loopback addresses only ([`http::Target`] refuses anything else),
 //! and every loop is bounded by a deadline or a count.

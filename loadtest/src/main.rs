@@ -40,7 +40,7 @@ enum Command {
     Run(RunArgs),
     /// Load N events quickly with large batched appends (tag <prefix>:<i/10>).
     Preload(PreloadArgs),
-    /// Measure every goal (P1-P12), each beside its baseline where it has one.
+    /// Measure every goal (P1-P14), each beside its baseline where it has one.
     Bench(BenchArgs),
     /// Subscribers on /subscribe while writers append: delivery latency
     /// (acknowledged -> received), delivered events/s, gaps/duplicates/order.
@@ -373,13 +373,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bench_only_names_goals_up_to_p12() {
-        let cli = Cli::try_parse_from(["crablet-loadtest", "bench", "--only", "p1,p11,p12"])
-            .expect("parses");
+    fn bench_only_names_goals_up_to_p14() {
+        let cli =
+            Cli::try_parse_from(["crablet-loadtest", "bench", "--only", "p1,p11,p12,p13,p14"])
+                .expect("parses");
         let Command::Bench(args) = cli.command else {
             panic!("not the bench command");
         };
-        assert_eq!(args.only, vec![Goal::P1, Goal::P11, Goal::P12]);
-        assert!(Cli::try_parse_from(["crablet-loadtest", "bench", "--only", "p13"]).is_err());
+        assert_eq!(
+            args.only,
+            vec![Goal::P1, Goal::P11, Goal::P12, Goal::P13, Goal::P14]
+        );
+        assert!(Cli::try_parse_from(["crablet-loadtest", "bench", "--only", "p15"]).is_err());
     }
 }

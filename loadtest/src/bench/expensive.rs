@@ -1,4 +1,4 @@
-//! P12: what one client's expensive requests leave everyone else. P1's load
+//! P14: what one client's expensive requests leave everyone else. P1's load
 //! on the volume store, alone, then again while one more client loops on
 //! `POST /project` of [`COLD_PROJECTORS`] sums over every stored event, each a
 //! projector no server has seen (a first evaluation every time, which crablet
@@ -14,30 +14,30 @@ use crate::driver;
 use crate::report::ms;
 use crate::scenario::{ScenarioKind, COLD_PROJECTORS};
 
-/// P12: the innocent appends/s beside the expensive client over those alone,
+/// P14: the innocent appends/s beside the expensive client over those alone,
 /// at least ("others keep at least a third of their throughput").
-const P12_GOAL: f64 = 0.33;
-/// P12's goal as the table states it.
-pub(super) const P12_GOAL_TEXT: &str = ">= 0.33, 0 failed";
+const P14_GOAL: f64 = 0.33;
+/// P14's goal as the table states it.
+pub(super) const P14_GOAL_TEXT: &str = ">= 0.33, 0 failed";
 /// Clients sending the expensive requests.
 const EXPENSIVE_CLIENTS: usize = 1;
 
 impl Bench {
-    /// P12: [`super::Plan::p12`] alone, then the same load beside the
+    /// P14: [`super::Plan::p14`] alone, then the same load beside the
     /// expensive client, both on the volume store's server as it is.
-    pub(super) async fn goal_p12(&mut self) -> anyhow::Result<Option<Row>> {
-        let alone_phase = self.plan.p12();
+    pub(super) async fn goal_p14(&mut self) -> anyhow::Result<Option<Row>> {
+        let alone_phase = self.plan.p14();
         let (target, alone_run) = self.run_phase(&alone_phase).await?;
         let alone = primary(&alone_run)?;
         let beside_phase = Phase {
-            name: "p12-append-if-64-volume-beside-expensive",
-            tag: "p12b",
+            name: "p14-append-if-64-volume-beside-expensive",
+            tag: "p14b",
             ..alone_phase
         };
         let expensive_cfg = self.run_config(
             &target,
             ScenarioKind::ProjectCold,
-            "p12x",
+            "p14x",
             EXPENSIVE_CLIENTS,
             beside_phase.duration,
         );
@@ -48,7 +48,7 @@ impl Bench {
         let (beside_run, expensive_run) = (beside_run?, expensive_run?);
         self.report
             .runs
-            .insert("p12-expensive-project-cold-1".into(), expensive_run.clone());
+            .insert("p14-expensive-project-cold-1".into(), expensive_run.clone());
         let innocent = primary(&beside_run)?;
         let expensive = primary(&expensive_run)?;
         let status = |code: &str| expensive.errors.get(code).copied().unwrap_or(0);
@@ -58,7 +58,7 @@ impl Bench {
         let (rate, base) = (innocent.ok_per_s, alone.ok_per_s);
         let volume = self.plan.volume_text();
         self.report.notes.push(format!(
-            "P12: append-if x{} on {volume} stored events: {base:.0} appends/s alone (p50 {:.2} ms, p99 {:.2} ms), \
+            "P14: append-if x{} on {volume} stored events: {base:.0} appends/s alone (p50 {:.2} ms, p99 {:.2} ms), \
              {rate:.0} beside the expensive client (p50 {:.2} ms, p99 {:.2} ms), {failed} of them failed; \
              expensive requests (POST /project, {COLD_PROJECTORS} never-remembered sums over every event): \
              {} sent, {} answered 200, {over_budget} 422 over_budget, {busy} 503, {other} other, p50 {:.0} ms",
@@ -76,11 +76,11 @@ impl Bench {
         );
         let also = failed == 0 && expensive.requests > 0;
         let row = Row::compared(
-            "P12",
+            "P14",
             workload,
             (rate, &format!("events/s, {failed} failed")),
             (base, "events/s (alone)"),
         );
-        Ok(Some(row.ratio_at_least(P12_GOAL, P12_GOAL_TEXT, also)))
+        Ok(Some(row.ratio_at_least(P14_GOAL, P14_GOAL_TEXT, also)))
     }
 }

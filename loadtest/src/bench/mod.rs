@@ -1,4 +1,4 @@
-//! The one-command benchmark: every performance goal (P1–P12, listed in [`Goal`]) measured
+//! The one-command benchmark: every performance goal (P1–P14, listed in [`Goal`]) measured
 //! beside its baseline (raw PostgreSQL, or crablet itself in another setting), in one
 //! invocation, on one PostgreSQL.
 //!
@@ -10,7 +10,8 @@
 //!
 //! Databases (created fresh on each run): `crablet_bench_raw` (the baselines'
 //! plain tables), `crablet_bench_empty` (P1–P3, P6–P8), `crablet_bench_1m` (P4, P5,
-//! P9, P11, P12, preloaded), `crablet_bench_history` (P10: hot keys with long
+//! P9, P11-P14, preloaded; P12 and P13 also on a streaming replica of the
+//! cluster), `crablet_bench_history` (P10: hot keys with long
 //! histories), `crablet_bench_soak` (`--soak`).
 //!
 //! - `plan`: phase lengths and sizes, the databases, each goal's crablet load.
@@ -18,7 +19,7 @@
 //!   baselines and recording them.
 //! - The goals: `appends` (P1, P2, P5, P6 and the soak), `hot_keys` (P3, P10),
 //!   `volume` (the volume load, P4, P11), `subscriptions` (P7–P9), `expensive`
-//!   (P12).
+//!   (P14), `replica` (a streaming replica of the cluster: P12, P13).
 //! - [`postgres`]: connection strings, psql/pgbench, the baselines' SQL.
 //! - [`server`]: the cluster and server processes, RSS sampling.
 //! - [`table`]: the printed table.
@@ -28,6 +29,7 @@ mod expensive;
 mod hot_keys;
 mod plan;
 pub mod postgres;
+mod replica;
 mod runner;
 pub mod server;
 mod subscriptions;
@@ -53,7 +55,7 @@ use table::Row;
 /// Default soak length.
 pub const DEFAULT_SOAK: Duration = Duration::from_secs(600);
 
-/// The performance goals the benchmark measures (P1-P12; docs/performance.md
+/// The performance goals the benchmark measures (P1-P14; docs/performance.md
 /// states each one with its target).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
 pub enum Goal {
@@ -83,10 +85,17 @@ pub enum Goal {
     /// `POST /project` of a count over every stored event (the volume), 16
     /// clients, appends trickling in, vs P4's reads/s, at least 0.5.
     P11,
+    /// P4's reads served from a streaming replica (a second server with
+    /// `--replica-url`) vs the same reads served by the primary, at least 0.9.
+    P12,
+    /// Replica lag under P1's load: p99 of the time from an append's
+    /// acknowledgement to its visibility on the replica, at most 50 ms (and
+    /// the p99 of the lag in positions, reported).
+    P13,
     /// P1's load on the volume store beside one client looping on `POST
     /// /project` of 10 first-evaluated sums over the whole volume, vs the same
     /// load alone, at least 0.33, and none of its requests failed.
-    P12,
+    P14,
 }
 
 /// What `crablet-loadtest bench` was asked.
@@ -154,6 +163,10 @@ pub struct BenchReport {
     pub rss_p1: Vec<RssSample>,
     /// The soak, if run.
     pub soak: Option<SoakReport>,
+    /// `X-Crablet-Source` of the replies of P12's phases, by phase name.
+    pub replica_sources: BTreeMap<String, crate::http::SourceCounts>,
+    /// P13's lag figures.
+    pub replica_lag: Option<replica::ReplicaLag>,
     /// Remarks printed under the table (errors, conflicts, anomalies).
     pub notes: Vec<String>,
     /// Wall time of the whole bench, seconds.
@@ -182,6 +195,8 @@ struct Bench {
     p1_baseline: Option<f64>,
     /// crablet P1 events/s on the empty store (P5).
     p1_crablet: Option<f64>,
+    /// The streaming replica of the cluster (P12, P13), made when first needed.
+    replica: Option<replica::Replica>,
     /// P4 reads/s (P11's reference).
     p4_reads: Option<f64>,
     /// What has been measured.
@@ -204,6 +219,8 @@ enum Step {
     P9,
     P11,
     P12,
+    P13,
+    P14,
 }
 
 impl Step {
@@ -218,7 +235,15 @@ impl Step {
         Self::P8,
     ];
     /// The rows measured on the volume store, once it is loaded, in this order.
-    const ON_VOLUME: [Self; 5] = [Self::P4, Self::P5, Self::P9, Self::P11, Self::P12];
+    const ON_VOLUME: [Self; 7] = [
+        Self::P4,
+        Self::P5,
+        Self::P9,
+        Self::P11,
+        Self::P12,
+        Self::P13,
+        Self::P14,
+    ];
 
     /// The goals asking for the row (P1's run also gives P6 its figures).
     fn goals(self) -> &'static [Goal] {
@@ -234,6 +259,8 @@ impl Step {
             Self::P9 => &[Goal::P9],
             Self::P11 => &[Goal::P11],
             Self::P12 => &[Goal::P12],
+            Self::P13 => &[Goal::P13],
+            Self::P14 => &[Goal::P14],
         }
     }
 
@@ -242,7 +269,14 @@ impl Step {
     fn crablet_only(self) -> bool {
         matches!(
             self,
-            Self::P7 | Self::P8 | Self::P9 | Self::P10 | Self::P11 | Self::P12
+            Self::P7
+                | Self::P8
+                | Self::P9
+                | Self::P10
+                | Self::P11
+                | Self::P12
+                | Self::P13
+                | Self::P14
         )
     }
 
@@ -291,8 +325,14 @@ impl Step {
             ),
             Self::P12 => (
                 "P12",
+                "P4's reads from a streaming replica vs from the primary",
+                replica::P12_GOAL_TEXT,
+            ),
+            Self::P13 => ("P13", "replica lag under P1's load", replica::P13_GOAL_TEXT),
+            Self::P14 => (
+                "P14",
                 "P1 @volume beside one client's cold projections",
-                expensive::P12_GOAL_TEXT,
+                expensive::P14_GOAL_TEXT,
             ),
         }
     }
@@ -369,6 +409,8 @@ impl Bench {
             Step::P9 => self.goal_p9().await,
             Step::P11 => self.goal_p11().await,
             Step::P12 => self.goal_p12().await,
+            Step::P13 => self.goal_p13().await,
+            Step::P14 => self.goal_p14().await,
         };
         let (id, workload, goal) = step.failure();
         self.row_or_failure(r, id, workload, goal);

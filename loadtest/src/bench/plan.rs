@@ -71,7 +71,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The number of events stored for P4/P5/P11/P12, as the table says it.
+    /// The number of events stored for P4/P5/P11-P14, as the table says it.
     pub fn volume_text(&self) -> String {
         super::table::thousands(self.volume_events as f64)
     }
@@ -183,12 +183,40 @@ impl Plan {
         }
     }
 
-    /// P12's innocent load: P1 at volume, measured alone (then beside the
-    /// expensive client, under another name).
-    pub(super) fn p12(&self) -> Phase {
+    /// P12: P4's reads, served by the primary (the reference side).
+    pub(super) fn p12_primary(&self) -> Phase {
         Phase {
-            name: "p12-append-if-64-volume-alone",
-            tag: "p12",
+            name: "p12-read-16-primary",
+            tag: "p12p",
+            ..self.p4()
+        }
+    }
+
+    /// P12: P4's reads, served by a streaming replica (through a server
+    /// started with `--replica-url`).
+    pub(super) fn p12_replica(&self) -> Phase {
+        Phase {
+            name: "p12-read-16-replica",
+            tag: "p12r",
+            ..self.p4()
+        }
+    }
+
+    /// P13: P1's load on the volume store, while the replica's lag is sampled.
+    pub(super) fn p13(&self) -> Phase {
+        Phase {
+            name: "p13-append-if-64-replica-lag",
+            tag: "p13",
+            ..self.p5()
+        }
+    }
+
+    /// P14's innocent load: P1 at volume, measured alone (then beside the
+    /// expensive client, under another name).
+    pub(super) fn p14(&self) -> Phase {
+        Phase {
+            name: "p14-append-if-64-volume-alone",
+            tag: "p14",
             ..self.p5()
         }
     }

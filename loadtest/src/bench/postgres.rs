@@ -75,6 +75,21 @@ impl ConnInfo {
         }
     }
 
+    /// The same string with `key` set to `value` (replaced in place, or added);
+    /// key-value strings only (the bench's replica is reached by its socket
+    /// directory and port).
+    pub fn with_param(&self, key: &str, value: &str) -> anyhow::Result<Self> {
+        let Self::KeyValue(pairs) = self else {
+            anyhow::bail!("a key-value connection string is needed here, not a URL");
+        };
+        let mut pairs = pairs.clone();
+        match pairs.iter_mut().find(|(k, _)| k == key) {
+            Some(pair) => pair.1 = value.into(),
+            None => pairs.push((key.into(), value.into())),
+        }
+        Ok(Self::KeyValue(pairs))
+    }
+
     /// The database name, when the string says it.
     pub fn dbname(&self) -> Option<String> {
         match self {
@@ -407,6 +422,24 @@ mod tests {
             other.to_conn_string(),
             "host=/tmp/x port=5432 user=crablet dbname=bench_raw"
         );
+    }
+
+    #[test]
+    fn key_value_strings_take_another_host_and_port() {
+        let c = ConnInfo::parse("host=/tmp/x port=5432 user=crablet dbname=crablet").unwrap();
+        let replica = c
+            .with_param("host", "/tmp/r")
+            .and_then(|c| c.with_param("port", "5433"))
+            .and_then(|c| c.with_param("application_name", "lag"))
+            .unwrap();
+        assert_eq!(
+            replica.to_conn_string(),
+            "host=/tmp/r port=5433 user=crablet dbname=crablet application_name=lag"
+        );
+        assert!(ConnInfo::parse("postgres://u@h/db")
+            .unwrap()
+            .with_param("port", "1")
+            .is_err());
     }
 
     #[test]

@@ -88,6 +88,7 @@ pub async fn run(cfg: BenchConfig) -> anyhow::Result<BenchReport> {
         server_starts: 0,
         p1_baseline: None,
         p1_crablet: None,
+        replica: None,
         p4_reads: None,
         report: BenchReport::default(),
         cfg,
@@ -97,6 +98,11 @@ pub async fn run(cfg: BenchConfig) -> anyhow::Result<BenchReport> {
         bench.report.notes.push(format!("bench aborted: {e:#}"));
     }
     bench.stop_server().await;
+    if let Some(replica) = bench.replica.take() {
+        if let Err(e) = replica.stop().await {
+            eprintln!("bench: stopping the replica: {e:#}");
+        }
+    }
     if !bench.cfg.keep {
         for db in [DB_RAW, DB_EMPTY, DB_VOLUME, DB_SOAK] {
             if let Err(e) = postgres::drop_database(&bench.tools, &bench.admin, db).await {

@@ -129,6 +129,18 @@ impl CrabletServer {
         log: &Path,
         token: Option<&str>,
     ) -> anyhow::Result<Self> {
+        Self::start_with(crablet, database_url, log, token, &[]).await
+    }
+
+    /// [`Self::start`], with `extra` appended to `crablet serve`'s arguments
+    /// (`--replica-url URL`).
+    pub async fn start_with(
+        crablet: &Path,
+        database_url: &str,
+        log: &Path,
+        token: Option<&str>,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         let port = free_port()?;
         let log_file =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
@@ -139,6 +151,7 @@ impl CrabletServer {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--database-url")
             .arg(database_url)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log_file))
             .stderr(Stdio::from(log_err))

@@ -1,4 +1,4 @@
-//! The goal table the benchmark prints: one row per goal (P1-P12) with the
+//! The goal table the benchmark prints: one row per goal (P1-P14) with the
 //! crablet figure, the baseline figure measured beside it, their ratio, the goal and
 //! whether it was met.
 //!
@@ -9,7 +9,7 @@ use serde::Serialize;
 /// One row of the table.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
-    /// Goal id (`P1`..`P12`).
+    /// Goal id (`P1`..`P14`).
     pub id: String,
     /// What was measured.
     pub workload: String,

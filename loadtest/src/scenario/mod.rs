@@ -91,7 +91,7 @@ pub enum ScenarioKind {
     /// one operation in 20 appends one more.
     Project,
     /// `POST /project` of 10 `sum`s over every stored event, each at a path no
-    /// earlier request used: every projector is a first evaluation (P12's
+    /// earlier request used: every projector is a first evaluation (P14's
     /// expensive request).
     ProjectCold,
 }
