@@ -382,3 +382,80 @@ async fn a_replica_url_that_is_no_standby_is_refused_at_start() {
     };
     assert!(error.contains("not a hot standby"), "{error}");
 }
+
+#[actix_rt::test]
+async fn a_subscriber_never_catches_up_from_a_replica_behind_the_live_feed() {
+    // Two replicas; the second stops replaying (it stays in rotation: its
+    // lag bound is far), so reads alternate between a replica that keeps
+    // up and one that holds only the early events.
+    let set = ReplicaSet::with_replicas(2).await;
+    let writer = spawn_app_on(&set.primary_url(), |_| {}).await;
+    let urls = vec![set.replica_url_at(0), set.replica_url_at(1)];
+    let reader = spawn_app_on(&set.primary_url(), |s| {
+        s.database.replica_urls = urls;
+        s.replicas.max_lag_ms = 600_000;
+        s.replicas.min_position_wait_ms = 200;
+        s.reader.page_size = 10;
+        s.subscriptions.page_size = 10;
+    })
+    .await;
+    let http = client();
+    for i in 0..20 {
+        post_append(
+            &http,
+            &writer.address,
+            &json!({"events": [event("Early", &["k:1"], &format!("{i}"))]}),
+        )
+        .await;
+    }
+    // Both replicas hold the early events; then the second one pauses.
+    for i in 0..2 {
+        let (from, _) = read_at_least(&http, &reader.address, 20).await;
+        assert_eq!(from, "replica", "read {i}");
+    }
+    let paused = crate::helpers::db_client(&set.replica_admin_url_at(1)).await;
+    paused
+        .batch_execute("SELECT pg_wal_replay_pause()")
+        .await
+        .expect("pause the second replica's replay");
+    for i in 0..200 {
+        post_append(
+            &http,
+            &writer.address,
+            &json!({"events": [event("Late", &["k:1"], &format!("{i}"))]}),
+        )
+        .await;
+    }
+    let expected =
+        positions(&get_read(&http, &writer.address, &json!({"items": []}), &json!({})).await);
+    // The live feed's cursor comes from whichever replica it reads; a
+    // subscriber from the start catches up page by page, alternately
+    // offered both replicas.
+    let mut total = (0, 0, 0);
+    for round in 0..4 {
+        let mut subscription = Subscription::open(
+            &http,
+            &reader.address,
+            &json!({"items": []}),
+            None,
+            round % 2 == 0,
+            None,
+        )
+        .await;
+        let got = positions(
+            &subscription
+                .events(expected.len(), Duration::from_secs(30))
+                .await,
+        );
+        let (missing, duplicated, unordered) =
+            counted_violations(&format!("subscriber {round}"), &expected, &got);
+        total.0 += missing;
+        total.1 += duplicated;
+        total.2 += unordered;
+    }
+    paused
+        .batch_execute("SELECT pg_wal_replay_resume()")
+        .await
+        .expect("resume");
+    assert_eq!(total, (0, 0, 0), "missing, duplicated, out of order");
+}

@@ -1,5 +1,5 @@
-//! A primary and a streaming replica of it, both private clusters of one
-//! test's own (the replica made with `pg_basebackup -R`, see
+//! A primary and streaming replicas of it, all private clusters of one
+//! test's own (each replica made with `pg_basebackup -R`, see
 //! `crablet::embedded`), stopped and removed on drop.
 
 use std::path::PathBuf;
@@ -10,21 +10,30 @@ use super::OwnCluster;
 
 pub struct ReplicaSet {
     pub primary: OwnCluster,
-    replica: Option<EmbeddedPostgres>,
-    replica_dir: PathBuf,
+    replicas: Vec<Option<EmbeddedPostgres>>,
+    dirs: Vec<PathBuf>,
 }
 
 impl ReplicaSet {
     /// Starts a primary, then a hot standby of it.
     pub async fn start() -> Self {
+        Self::with_replicas(1).await
+    }
+
+    /// Starts a primary, then `n` hot standbys of it.
+    pub async fn with_replicas(n: usize) -> Self {
         let primary = OwnCluster::start().await;
-        let replica_dir = primary.dir.with_extension("replica");
+        let dirs = (0..n)
+            .map(|i| primary.dir.with_extension(format!("replica{i}")))
+            .collect();
         let mut set = ReplicaSet {
             primary,
-            replica: None,
-            replica_dir,
+            replicas: (0..n).map(|_| None).collect(),
+            dirs,
         };
-        set.start_replica_again().await;
+        for i in 0..n {
+            set.start_replica_again_at(i).await;
+        }
         set
     }
 
@@ -32,16 +41,27 @@ impl ReplicaSet {
         self.primary.url()
     }
 
+    /// The first replica's URL.
     pub fn replica_url(&self) -> String {
-        self.replica
-            .as_ref()
-            .expect("replica running")
-            .connection_string("crablet")
+        self.replica_url_at(0)
     }
 
-    /// Stops the replica (`pg_ctl stop -m fast`); its data stays.
+    pub fn replica_url_at(&self, i: usize) -> String {
+        self.running(i).connection_string("crablet")
+    }
+
+    /// A superuser's URL of replica `i` (to pause its replay).
+    pub fn replica_admin_url_at(&self, i: usize) -> String {
+        self.running(i).admin_connection_string("crablet")
+    }
+
+    fn running(&self, i: usize) -> &EmbeddedPostgres {
+        self.replicas[i].as_ref().expect("replica running")
+    }
+
+    /// Stops the first replica (`pg_ctl stop -m fast`); its data stays.
     pub async fn stop_replica(&mut self) {
-        if let Some(mut replica) = self.replica.take() {
+        if let Some(mut replica) = self.replicas[0].take() {
             tokio::task::spawn_blocking(move || replica.stop())
                 .await
                 .expect("join")
@@ -49,11 +69,16 @@ impl ReplicaSet {
         }
     }
 
-    /// Starts the replica (copying the primary the first time).
+    /// Starts the first replica again.
     pub async fn start_replica_again(&mut self) {
-        assert!(self.replica.is_none(), "the replica runs already");
+        self.start_replica_again_at(0).await;
+    }
+
+    /// Starts replica `i` (copying the primary the first time).
+    async fn start_replica_again_at(&mut self, i: usize) {
+        assert!(self.replicas[i].is_none(), "the replica runs already");
         let primary = self.primary.pg.as_ref().expect("primary running");
-        let dir = self.replica_dir.clone();
+        let dir = self.dirs[i].clone();
         // The copy is made through the primary's socket as its superuser.
         let started = std::thread::scope(|scope| {
             scope
@@ -61,15 +86,18 @@ impl ReplicaSet {
                 .join()
                 .expect("join")
         });
-        self.replica = Some(started.expect("start the replica"));
+        self.replicas[i] = Some(started.expect("start the replica"));
     }
 }
 
 impl Drop for ReplicaSet {
     fn drop(&mut self) {
-        if let Some(mut replica) = self.replica.take() {
+        for replica in self.replicas.iter_mut().filter_map(Option::take) {
+            let mut replica = replica;
             let _ = replica.stop();
         }
-        let _ = std::fs::remove_dir_all(&self.replica_dir);
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
