@@ -56,6 +56,12 @@ pub enum AppError {
         cause: String,
         waited_s: f64,
     },
+    /// The startup parameter `options` was refused (a pooler in between).
+    #[error("cannot connect to PostgreSQL at {address}: {cause}")]
+    OptionsRefused { address: String, cause: String },
+    /// What sits between crablet and PostgreSQL is not what the settings say.
+    #[error("{0}")]
+    Pooler(String),
     #[error("schema migration failed: {0}")]
     Migrate(#[from] store::migrate::MigrateError),
     #[error("embedded PostgreSQL: {0}")]
@@ -76,6 +82,9 @@ pub struct Core {
     pub reader_pools: ReaderPools,
     pub subscriptions: Subscriptions,
     pub metrics: Metrics,
+    /// One direct connection on `database.listen_database_url` (never
+    /// through a pooler), for the follower of the log; `None` when unset.
+    pub listen: Option<store::Pool>,
 }
 
 impl Core {
@@ -103,6 +112,7 @@ impl Core {
             reader_pools: pools.readers,
             subscriptions,
             metrics,
+            listen: pools.listen,
         }
     }
 }
@@ -125,13 +135,14 @@ pub struct Application {
 impl Application {
     /// Builds the server, step by step: the door (tokens, HTTPS), the
     /// database (the embedded cluster when no URL is set; waiting for it;
-    /// the schema; the pools), the core (the writer lanes, the readers'
+    /// the pooler or its absence checked; the schema; the pools), the core (the writer lanes, the readers'
     /// pools, subscriptions), then the listener and the HTTP server. Must
     /// run inside an actix system.
     pub async fn build(settings: Settings) -> Result<Self, AppError> {
         let door = Door::load(&settings)?;
         let reload = Reload::new(&settings.auth, &door.tokens);
         let database = Database::locate(&settings).await?;
+        database.check(&settings).await?;
         database.migrate(&settings).await?;
         let metrics = Metrics::new();
         let core = Core::start(&settings, database.pools(&settings, &metrics), metrics);

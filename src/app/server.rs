@@ -38,6 +38,7 @@ pub fn start(
         reader_pools,
         subscriptions,
         metrics,
+        listen: _,
     } = core.clone();
     let (limits, reader_settings) = (settings.limits.clone(), settings.reader.clone());
     let max_body_bytes = settings.http.max_body_bytes;
