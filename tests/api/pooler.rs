@@ -7,7 +7,7 @@
 //!   subscriber on each: no failed append, every event to every subscriber
 //!   once, in order (violations counted, asserted zero);
 //! - a costly read over its budget still answers 422 `over_budget`;
-//! - two processes started at once through PgBouncer both migrate and start;
+//! - processes started at once through PgBouncer all migrate and start;
 //! - a configuration that would break silently refuses to start, with one
 //!   line saying what to set: `database.pooler = "none"` through PgBouncer
 //!   (the startup parameter `options` refused, or dropped by
@@ -218,7 +218,9 @@ async fn the_parameter_types_of_each_statement_are_the_servers() {
 /// 8 concurrent writers spread over both, a subscriber on each.
 #[actix_rt::test]
 async fn two_processes_through_one_pgbouncer_lose_no_append_and_no_event() {
-    let bouncer = PgBouncer::start();
+    // Server connections handed out in turn: each transaction of a client
+    // lands on another server session than its previous one.
+    let bouncer = PgBouncer::start_with("server_round_robin = 1");
     let database = fresh_database().await;
     let url = bouncer.url(&database);
     let first = spawn_process_with_env(&url, &[POOLER_ENV]).await;
@@ -326,10 +328,15 @@ async fn through_pgbouncer_a_costly_read_over_its_budget_answers_over_budget() {
 }
 
 /// Two processes started at the same moment on an empty database through
-/// PgBouncer: both apply or find the schema, and both serve.
+/// PgBouncer, then a third: all apply or find the schema, and all serve.
+/// PgBouncer hands out its server connections in turn
+/// (`server_round_robin`), so consecutive transactions of one client land on
+/// different server sessions: a lock or a setting left in a session would
+/// be left behind.
 #[actix_rt::test]
-async fn two_processes_started_at_once_through_pgbouncer_both_start() {
-    let bouncer = PgBouncer::start();
+async fn processes_started_at_once_through_pgbouncer_all_start() {
+    let bouncer = PgBouncer::start_with("server_round_robin = 1");
+    let http = client();
     for _ in 0..2 {
         let database = fresh_database().await;
         let url = bouncer.url(&database);
@@ -337,14 +344,10 @@ async fn two_processes_started_at_once_through_pgbouncer_both_start() {
             spawn_process_with_env(&url, &[POOLER_ENV]),
             spawn_process_with_env(&url, &[POOLER_ENV]),
         );
-        let http = client();
-        for address in [&first.address, &second.address] {
-            let answer = post_append(
-                &http,
-                address,
-                &json!({"events": [event("Up", &["x"], "{}")]}),
-            )
-            .await;
+        let third = spawn_process_with_env(&url, &[POOLER_ENV]).await;
+        for address in [&first.address, &second.address, &third.address] {
+            let body = json!({"events": [event("Up", &["x"], "{}")]});
+            let answer = post_append(&http, address, &body).await;
             assert!(answer.appended(), "{answer:?}");
         }
     }
