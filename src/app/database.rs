@@ -313,7 +313,7 @@ async fn check_direct(
     let address = describe_address(config);
     let mut config = config.clone();
     config.application_name("crablet-check");
-    config.options(&format!(
+    config.options(format!(
         "{} -c {STARTUP_MARK}=on",
         session.startup_options()
     ));

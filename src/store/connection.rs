@@ -543,7 +543,7 @@ pub fn build_pool_with_tls(
         // each transaction instead.
         Pooler::Transaction => Some(Arc::from(session.begin())),
         Pooler::None => {
-            config.options(&session.startup_options());
+            config.options(session.startup_options());
             None
         }
     };
