@@ -79,30 +79,28 @@ impl Database {
         };
         match settings.database.pooler {
             Pooler::None => {
-                check_direct(&self.config, &self.tls, timeout, &session)
-                    .await
-                    .map_err(|found| {
-                        AppError::Pooler(format!(
-                            "{found}: database_url seems to point at a connection pooler; for \
+                if let Some(found) =
+                    check_direct(&self.config, &self.tls, timeout, &session).await?
+                {
+                    return Err(AppError::Pooler(format!(
+                        "{found}: database_url seems to point at a connection pooler; for \
                              PgBouncer in transaction mode set database.pooler = \"transaction\" \
                              (--database-pooler transaction, CRABLET_DATABASE_POOLER=transaction), \
                              see docs/operations.md"
-                        ))
-                    })?;
+                    )));
+                }
             }
             Pooler::Transaction => {
                 check_pooled(&self.config, &self.tls, timeout, &session).await?;
             }
         }
         if let Some((config, tls)) = &self.listen {
-            check_direct(config, tls, timeout, &session)
-                .await
-                .map_err(|found| {
-                    AppError::Pooler(format!(
-                        "{found}: database.listen_database_url must be a direct connection to \
+            if let Some(found) = check_direct(config, tls, timeout, &session).await? {
+                return Err(AppError::Pooler(format!(
+                    "{found}: database.listen_database_url must be a direct connection to \
                          PostgreSQL, never through a pooler; point it at the primary itself"
-                    ))
-                })?;
+                )));
+            }
         }
         Ok(())
     }
@@ -302,14 +300,15 @@ fn refuses_startup_options(error: &tokio_postgres::Error) -> bool {
 const STARTUP_MARK: &str = "crablet.startup_check";
 
 /// Connects to `config` as a direct connection does (with the startup
-/// parameter `options`) and checks that the server applied the settings;
-/// what it found otherwise, as the start of a one-line message.
+/// parameter `options`) and checks that the server applied the settings:
+/// `Some` of what it found otherwise, as the start of a one-line message;
+/// an error when it could not tell (no connection).
 async fn check_direct(
     config: &tokio_postgres::Config,
     tls: &store::tls::DbTls,
     timeout: Duration,
     session: &SessionSettings,
-) -> Result<(), String> {
+) -> Result<Option<String>, AppError> {
     let address = describe_address(config);
     let mut config = config.clone();
     config.application_name("crablet-check");
@@ -320,38 +319,39 @@ async fn check_direct(
     let (client, connection) = match connect_at_startup(&config, tls, timeout).await {
         Ok(connected) => connected,
         Err(AppError::OptionsRefused { address, cause }) => {
-            return Err(format!(
+            return Ok(Some(format!(
                 "the server at {address} refused the startup parameter `options` ({cause})"
-            ))
+            )))
         }
-        Err(other) => return Err(other.to_string()),
+        Err(other) => return Err(other),
     };
     let driver = actix_rt::spawn(connection);
     let query = format!("{SETTINGS_SEEN}, current_setting('{STARTUP_MARK}', true)");
     let seen = client.query_typed(&query, &[]).await;
     drop(client);
     let _ = driver.await;
+    let unreadable = |e: tokio_postgres::Error| {
+        AppError::Pooler(format!(
+            "checking the settings at {address}: {}",
+            store::describe(&e)
+        ))
+    };
     let row = seen
-        .map_err(|e| {
-            format!(
-                "checking the settings at {address}: {}",
-                store::describe(&e)
-            )
-        })?
+        .map_err(unreadable)?
         .into_iter()
         .next()
-        .ok_or_else(|| format!("checking the settings at {address}: no row"))?;
-    let seen = SettingsSeen::of_row(&row).map_err(|e| e.to_string())?;
-    let mark: Option<String> = row.try_get(3).map_err(|e| e.to_string())?;
+        .ok_or_else(|| AppError::Pooler(format!("checking the settings at {address}: no row")))?;
+    let seen = SettingsSeen::of_row(&row).map_err(unreadable)?;
+    let mark: Option<String> = row.try_get(3).map_err(unreadable)?;
     if mark.as_deref() == Some("on") && session.are(&seen) {
-        return Ok(());
+        return Ok(None);
     }
-    Err(format!(
+    Ok(Some(format!(
         "the server at {address} dropped the settings crablet gives at connect in the startup \
          parameter `options` (asked plan_cache_mode = force_generic_plan, jit = off, \
          statement_timeout = {} ms; found {seen})",
         session.statement_timeout.as_millis()
-    ))
+    )))
 }
 
 /// Behind a pooler in transaction mode: runs one statement the way every
