@@ -443,6 +443,7 @@ mod tests {
                 connection_timeout,
                 statement_timeout: Duration::ZERO,
                 application_name: "crablet-test".into(),
+                pooler: crate::config::Pooler::None,
             },
         )
     }

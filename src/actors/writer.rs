@@ -308,7 +308,7 @@ impl WriterLane {
             let mut batch = batch;
             // The lane's own connection, unless the server closed it while
             // it was idle (a PostgreSQL restart): then a fresh one.
-            let mut conn = match connection.filter(|c| !c.client.is_closed()) {
+            let mut conn = match connection.filter(|c| c.is_usable()) {
                 Some(conn) => conn,
                 None => match store::checkout(&pool).await {
                     Ok(conn) => conn,
@@ -366,7 +366,7 @@ impl WriterLane {
         // refused batch leaves it idle, its transaction rolled back); one
         // not kept goes back to the pool flagged, and is discarded.
         if failure != Some(Failure::OutcomeUnknown) {
-            self.connection = conn.filter(|c| !c.client.is_closed()).map(|mut c| {
+            self.connection = conn.filter(|c| c.is_usable()).map(|mut c| {
                 c.discard_on_return = false;
                 c
             });

@@ -7,10 +7,11 @@ use actix_web::web;
 
 use super::AppError;
 use crate::actors::ReaderPools;
-use crate::config::Settings;
+use crate::config::{Pooler, Settings};
 use crate::embedded::{EmbeddedError, EmbeddedPostgres};
 use crate::metrics::{Metrics, PoolSample};
-use crate::store::{self, PoolSettings};
+use crate::store::connection::{settings_in_transaction, SettingsSeen, SETTINGS_SEEN};
+use crate::store::{self, PoolSettings, SessionSettings};
 
 /// The database crablet serves: how to connect, and the private cluster
 /// when crablet runs its own.
@@ -19,6 +20,8 @@ pub struct Database {
     pub tls: store::tls::DbTls,
     /// The private cluster, when no database URL is configured.
     pub embedded: Option<EmbeddedPostgres>,
+    /// `database.listen_database_url`, when set: a direct connection.
+    pub listen: Option<(tokio_postgres::Config, store::tls::DbTls)>,
 }
 
 impl Database {
@@ -42,16 +45,64 @@ impl Database {
         } else {
             settings.database_url.clone()
         };
-        let (mut config, tls) =
-            store::tls::parse_database_url(&url).map_err(AppError::DatabaseUrl)?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(settings.database.connect_timeout());
-        }
+        let parse = |url: &str| {
+            let (mut config, tls) =
+                store::tls::parse_database_url(url).map_err(AppError::DatabaseUrl)?;
+            if config.get_connect_timeout().is_none() {
+                config.connect_timeout(settings.database.connect_timeout());
+            }
+            Ok::<_, AppError>((config, tls))
+        };
+        let (config, tls) = parse(&url)?;
+        let listen = match settings.database.listen_database_url.trim() {
+            "" => None,
+            url => Some(parse(url)?),
+        };
         Ok(Database {
             config,
             tls,
             embedded,
+            listen,
         })
+    }
+
+    /// Checks, waiting up to `database.startup_timeout_s` for the database,
+    /// that what is between crablet and PostgreSQL is what
+    /// `database.pooler` says, and that `database.listen_database_url` is
+    /// a direct connection: a mismatch would break silently later (settings
+    /// missing, named statements handed to other sessions), so it refuses
+    /// to start instead, saying what to set.
+    pub async fn check(&self, settings: &Settings) -> Result<(), AppError> {
+        let timeout = settings.database.startup_timeout();
+        let session = SessionSettings {
+            statement_timeout: settings.database.statement_timeout(),
+        };
+        match settings.database.pooler {
+            Pooler::None => {
+                if let Some(found) =
+                    check_direct(&self.config, &self.tls, timeout, &session).await?
+                {
+                    return Err(AppError::Pooler(format!(
+                        "{found}: database_url seems to point at a connection pooler; for \
+                             PgBouncer in transaction mode set database.pooler = \"transaction\" \
+                             (--database-pooler transaction, CRABLET_DATABASE_POOLER=transaction), \
+                             see docs/operations.md"
+                    )));
+                }
+            }
+            Pooler::Transaction => {
+                check_pooled(&self.config, &self.tls, timeout, &session).await?;
+            }
+        }
+        if let Some((config, tls)) = &self.listen {
+            if let Some(found) = check_direct(config, tls, timeout, &session).await? {
+                return Err(AppError::Pooler(format!(
+                    "{found}: database.listen_database_url must be a direct connection to \
+                         PostgreSQL, never through a pooler; point it at the primary itself"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Applies the schema over a connection of its own, first waiting up to
@@ -72,22 +123,34 @@ impl Database {
     }
 
     /// The pools: one for the writer lanes, the plain and the costly reader
-    /// pools; each one's usage exported in `metrics`.
+    /// pools, and the one connection on `database.listen_database_url` when
+    /// it is set; each one's usage exported in `metrics`.
     pub fn pools(&self, settings: &Settings, metrics: &Metrics) -> Pools {
         let statement_timeout = settings.database.statement_timeout();
-        let pool = |name: &'static str, max_size: u32, wait: Duration, statement: Duration| {
+        let build = |(config, tls): (&tokio_postgres::Config, &store::tls::DbTls),
+                     pooler: Pooler,
+                     name: &'static str,
+                     max_size: u32,
+                     wait: Duration,
+                     statement: Duration| {
             let pool = store::build_pool_with_tls(
-                &self.config,
-                &self.tls,
+                config,
+                tls,
                 &PoolSettings {
                     max_size,
                     connection_timeout: wait,
                     statement_timeout: statement,
                     application_name: format!("crablet-{name}"),
+                    pooler,
                 },
             );
             watch_pool(metrics, name, &pool, max_size);
             pool
+        };
+        let primary = (&self.config, &self.tls);
+        let pooler = settings.database.pooler;
+        let pool = |name, max_size, wait, statement| {
+            build(primary, pooler, name, max_size, wait, statement)
         };
         let reader = &settings.reader;
         // One connection per lane (the decision lane included), and one
@@ -117,8 +180,21 @@ impl Database {
             reader.pool_timeout() + reader.costly_statement_timeout(),
             costly_statement,
         );
+        // A direct connection (checked at start-up): prepared statements,
+        // settings given at connect.
+        let listen = self.listen.as_ref().map(|(config, tls)| {
+            build(
+                (config, tls),
+                Pooler::None,
+                "listen",
+                1,
+                settings.writer.connect_timeout(),
+                statement_timeout,
+            )
+        });
         Pools {
             writer,
+            listen,
             readers: ReaderPools {
                 plain,
                 costly,
@@ -157,6 +233,8 @@ impl Database {
                         connection_timeout: wait,
                         statement_timeout: statement,
                         application_name: format!("crablet-replica-{kind}"),
+                        // A replica is reached directly (no pooler in between).
+                        pooler: crate::config::Pooler::None,
                     },
                 );
                 watch_pool(metrics, label, &pool, max_size);
@@ -189,6 +267,9 @@ pub struct Pools {
     pub readers: ReaderPools,
     /// Each replica's, with its name (see [`Database::replica_pools`]).
     pub replicas: Vec<(String, ReaderPools)>,
+    /// One direct connection on `database.listen_database_url`, for the
+    /// connection that follows the log; `None` when that is not set.
+    pub listen: Option<store::Pool>,
 }
 
 /// `host:port` of a replica's URL (the socket directory for a unix socket):
@@ -255,6 +336,10 @@ async fn connect_at_startup(
             Err(error) => error,
         };
         let cause = cause_chain(&error);
+        // A pooler that does not pass the parameter on: no wait will help.
+        if refuses_startup_options(&error) {
+            return Err(AppError::OptionsRefused { address, cause });
+        }
         let elapsed = started.elapsed();
         if !store::connect_may_pass(&error) || elapsed + delay > timeout {
             return Err(AppError::Connect {
@@ -272,6 +357,106 @@ async fn connect_at_startup(
         delay = (delay * 2).min(STARTUP_RETRY_MAX_DELAY);
     }
     unreachable!("the attempts never run out")
+}
+
+/// Whether a connection attempt was refused for its startup parameter
+/// `options`: PgBouncer's "unsupported startup parameter: options".
+fn refuses_startup_options(error: &tokio_postgres::Error) -> bool {
+    error
+        .as_db_error()
+        .is_some_and(|db| db.message().starts_with("unsupported startup parameter"))
+}
+
+/// Marks a connection whose startup parameter `options` reached the server:
+/// a custom setting no server has by default.
+const STARTUP_MARK: &str = "crablet.startup_check";
+
+/// Connects to `config` as a direct connection does (with the startup
+/// parameter `options`) and checks that the server applied the settings:
+/// `Some` of what it found otherwise, as the start of a one-line message;
+/// an error when it could not tell (no connection).
+async fn check_direct(
+    config: &tokio_postgres::Config,
+    tls: &store::tls::DbTls,
+    timeout: Duration,
+    session: &SessionSettings,
+) -> Result<Option<String>, AppError> {
+    let address = describe_address(config);
+    let mut config = config.clone();
+    config.application_name("crablet-check");
+    config.options(format!(
+        "{} -c {STARTUP_MARK}=on",
+        session.startup_options()
+    ));
+    let (client, connection) = match connect_at_startup(&config, tls, timeout).await {
+        Ok(connected) => connected,
+        Err(AppError::OptionsRefused { address, cause }) => {
+            return Ok(Some(format!(
+                "the server at {address} refused the startup parameter `options` ({cause})"
+            )))
+        }
+        Err(other) => return Err(other),
+    };
+    let driver = actix_rt::spawn(connection);
+    let query = format!("{SETTINGS_SEEN}, current_setting('{STARTUP_MARK}', true)");
+    let seen = client.query_typed(&query, &[]).await;
+    drop(client);
+    let _ = driver.await;
+    let unreadable = |e: tokio_postgres::Error| {
+        AppError::Pooler(format!(
+            "checking the settings at {address}: {}",
+            store::describe(&e)
+        ))
+    };
+    let row = seen
+        .map_err(unreadable)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| AppError::Pooler(format!("checking the settings at {address}: no row")))?;
+    let seen = SettingsSeen::of_row(&row).map_err(unreadable)?;
+    let mark: Option<String> = row.try_get(3).map_err(unreadable)?;
+    if mark.as_deref() == Some("on") && session.are(&seen) {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "the server at {address} dropped the settings crablet gives at connect in the startup \
+         parameter `options` (asked plan_cache_mode = force_generic_plan, jit = off, \
+         statement_timeout = {} ms; found {seen})",
+        session.statement_timeout.as_millis()
+    )))
+}
+
+/// Behind a pooler in transaction mode: runs one statement the way every
+/// statement runs ([`settings_in_transaction`]) and checks that the
+/// settings of its transaction held for it, that is, that the pooler kept
+/// the transaction on one server connection.
+async fn check_pooled(
+    config: &tokio_postgres::Config,
+    tls: &store::tls::DbTls,
+    timeout: Duration,
+    session: &SessionSettings,
+) -> Result<(), AppError> {
+    let address = describe_address(config);
+    let (client, connection) = connect_at_startup(config, tls, timeout).await?;
+    let driver = actix_rt::spawn(connection);
+    let seen = settings_in_transaction(&client, session).await;
+    drop(client);
+    let _ = driver.await;
+    let refuse = |found: String| {
+        AppError::Pooler(format!(
+            "database.pooler = \"transaction\", but {found}: crablet needs the pooler at \
+             {address} in transaction mode (PgBouncer pool_mode = transaction), see \
+             docs/operations.md"
+        ))
+    };
+    match seen {
+        Ok(seen) if session.are(&seen) => Ok(()),
+        Ok(seen) => Err(refuse(format!(
+            "the settings set at the start of a transaction did not hold for its statement \
+             (found {seen}): the transaction did not stay on one server connection"
+        ))),
+        Err(e) => Err(refuse(format!("a transaction failed ({e})"))),
+    }
 }
 
 /// `host=... port=... dbname=... user=...` of a configuration; never its password.

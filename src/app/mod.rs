@@ -19,7 +19,7 @@ use std::time::Duration;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::web;
 
-use crate::actors::{EventStore, Writers};
+use crate::actors::{EventStore, ReaderPools, Writers};
 use crate::auth::AuthError;
 use crate::config::Settings;
 use crate::embedded::{EmbeddedError, EmbeddedPostgres};
@@ -57,6 +57,12 @@ pub enum AppError {
         cause: String,
         waited_s: f64,
     },
+    /// The startup parameter `options` was refused (a pooler in between).
+    #[error("cannot connect to PostgreSQL at {address}: {cause}")]
+    OptionsRefused { address: String, cause: String },
+    /// What sits between crablet and PostgreSQL is not what the settings say.
+    #[error("{0}")]
+    Pooler(String),
     #[error("schema migration failed: {0}")]
     Migrate(#[from] store::migrate::MigrateError),
     #[error("embedded PostgreSQL: {0}")]
@@ -102,7 +108,13 @@ impl Core {
         let sources = Sources {
             primary: pools.readers,
             head: head.clone(),
-            follow: None,
+            // The tailer's own direct connection, for plain and costly
+            // pages alike (it reads every event: plain pages).
+            follow: pools.listen.map(|listen| ReaderPools {
+                plain: listen.clone(),
+                costly: listen,
+                costly_budget_ms: settings.reader.costly_statement_timeout_ms,
+            }),
             replicas: Replicas::new(replicas, &settings.replicas, &metrics),
         };
         if !sources.replicas.is_empty() {
@@ -145,13 +157,14 @@ pub struct Application {
 impl Application {
     /// Builds the server, step by step: the door (tokens, HTTPS), the
     /// database (the embedded cluster when no URL is set; waiting for it;
-    /// the schema; the pools), the core (the writer lanes, the readers'
+    /// the pooler or its absence checked; the schema; the pools), the core (the writer lanes, the readers'
     /// pools, subscriptions), then the listener and the HTTP server. Must
     /// run inside an actix system.
     pub async fn build(settings: Settings) -> Result<Self, AppError> {
         let door = Door::load(&settings)?;
         let reload = Reload::new(&settings.auth, &door.tokens);
         let database = Database::locate(&settings).await?;
+        database.check(&settings).await?;
         database.migrate(&settings).await?;
         let metrics = Metrics::new();
         let mut pools = database.pools(&settings, &metrics);

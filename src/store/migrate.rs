@@ -10,13 +10,20 @@
 //!   again whenever their text changes, so an edited function reaches every
 //!   existing database at the next start.
 //!
-//! Several crablet processes may start at once against one database: the
-//! whole run, the creation of the bookkeeping table included, holds a session
-//! advisory lock taken before any DDL (two concurrent `CREATE TABLE IF NOT
-//! EXISTS` can both pass the check and one then fails on the catalog's unique
-//! index). Exactly one process applies what is missing; the others wait, then
-//! find it applied. What it must not do: anything but DDL and its bookkeeping.
+//! Several crablet processes may start at once against one database. Each
+//! step is a transaction of its own that first takes a transaction-scoped
+//! advisory lock (`pg_advisory_xact_lock`), before any DDL (two concurrent
+//! `CREATE TABLE IF NOT EXISTS` can both pass the check and one then fails
+//! on the catalog's unique index): the bookkeeping table, then each
+//! migration, which reads its own record again under the lock. Exactly one
+//! process applies what is missing; the others wait, then find it applied.
+//! No step leaves anything in the session (no session lock, no `SET`, no
+//! named statement), so the migrator runs the same through a pooler in
+//! transaction mode, where consecutive transactions may land on different
+//! server sessions. What it must not do: anything but DDL and its
+//! bookkeeping.
 
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 /// One migration file.
@@ -106,13 +113,7 @@ pub enum MigrateError {
     },
 }
 
-/// tokio-postgres says only "db error"; the server's message is in its source.
-fn describe(error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => format!("{error}: {db}"),
-        None => error.to_string(),
-    }
-}
+use super::describe;
 
 /// What one run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -128,40 +129,34 @@ pub fn checksum(sql: &str) -> String {
     format!("{:032x}", xxhash_rust::xxh3::xxh3_128(sql.as_bytes()))
 }
 
-/// Brings the schema up to date under the migration lock.
-pub async fn run(client: &mut Client) -> Result<MigrationReport, MigrateError> {
-    // The migrations' `IF EXISTS`/`IF NOT EXISTS` clauses make the server send
-    // NOTICEs ("... does not exist, skipping") at every start; they are
-    // expected, and logged they would read as errors. Warnings still come.
-    client
-        .batch_execute("SET client_min_messages = warning")
-        .await?;
-    // The lock comes first: nothing, not even the bookkeeping table, is
-    // created outside it.
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
-        .await?;
-    let result = apply_under_lock(client).await;
-    let unlock = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
-        .await;
-    let report = result?;
-    unlock?;
-    Ok(report)
+/// Opens a migration step: a transaction holding the migration lock, its
+/// NOTICEs quiet. The migrations' `IF EXISTS`/`IF NOT EXISTS` clauses make
+/// the server send NOTICEs ("... does not exist, skipping") at every start;
+/// they are expected, and logged they would read as errors. Warnings still
+/// come.
+async fn locked(client: &mut Client) -> Result<tokio_postgres::Transaction<'_>, MigrateError> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(&format!(
+        "SET LOCAL client_min_messages = warning; \
+         SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
+    ))
+    .await?;
+    Ok(tx)
 }
 
-async fn apply_under_lock(client: &mut Client) -> Result<MigrationReport, MigrateError> {
-    client.batch_execute(BOOKKEEPING_DDL).await?;
-    let recorded: Vec<(i32, Option<String>)> = client
-        .query(
-            "SELECT version, checksum FROM crablet_schema_migrations",
-            &[],
-        )
+/// Brings the schema up to date, each step under the migration lock.
+pub async fn run(client: &mut Client) -> Result<MigrationReport, MigrateError> {
+    // The lock comes first: nothing, not even the bookkeeping table, is
+    // created outside it.
+    let tx = locked(client).await?;
+    tx.batch_execute(BOOKKEEPING_DDL).await?;
+    let newest: Option<i32> = tx
+        .query_typed("SELECT max(version) FROM crablet_schema_migrations", &[])
         .await?
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
-    if let Some(newest) = recorded.iter().map(|(v, _)| *v).max() {
+        .first()
+        .and_then(|row| row.get(0));
+    tx.commit().await?;
+    if let Some(newest) = newest {
         let known = MIGRATIONS.last().map_or(0, |m| m.version);
         if newest > known {
             log::warn!(
@@ -172,81 +167,98 @@ async fn apply_under_lock(client: &mut Client) -> Result<MigrationReport, Migrat
     }
     let mut report = MigrationReport::default();
     for migration in MIGRATIONS {
-        let current = checksum(migration.sql);
-        let previous = recorded
-            .iter()
-            .find(|(version, _)| *version == migration.version)
-            .map(|(_, sum)| sum.clone());
-        match previous {
-            None => {
-                apply(client, migration, &current).await?;
-                log::info!(
-                    "applied migration {:03} {}",
-                    migration.version,
-                    migration.name
-                );
-                report.applied += 1;
-            }
-            Some(Some(sum)) if sum == current => {}
-            // Applied by a version that recorded no checksum: a schema
-            // migration is taken as it is; a function is applied again, as
-            // nothing says which text the database holds.
-            Some(None) if !migration.repeatable => {
-                record_checksum(client, migration, &current).await?;
-            }
-            Some(recorded) if migration.repeatable => {
-                apply(client, migration, &current).await?;
-                log::info!(
-                    "re-applied migration {:03} {}: its text changed (checksum {} -> {current})",
-                    migration.version,
-                    migration.name,
-                    recorded.as_deref().unwrap_or("none"),
-                );
-                report.reapplied += 1;
-            }
-            Some(recorded) => {
-                return Err(MigrateError::ChangedSchemaMigration {
-                    version: migration.version,
-                    name: migration.name,
-                    recorded: recorded.unwrap_or_default(),
-                    current,
-                });
-            }
-        }
+        let tx = locked(client).await?;
+        step(&tx, migration, &mut report).await?;
+        tx.commit().await?;
     }
     Ok(report)
 }
 
-/// Runs a migration and records it, in one transaction.
+/// Brings one migration up to date, in `tx` (which holds the lock).
+async fn step(
+    tx: &tokio_postgres::Transaction<'_>,
+    migration: &Migration,
+    report: &mut MigrationReport,
+) -> Result<(), MigrateError> {
+    let current = checksum(migration.sql);
+    let previous: Option<Option<String>> = tx
+        .query_typed(
+            "SELECT checksum FROM crablet_schema_migrations WHERE version = $1",
+            &[(&migration.version, Type::INT4)],
+        )
+        .await?
+        .first()
+        .map(|row| row.get(0));
+    match previous {
+        None => {
+            apply(tx, migration, &current).await?;
+            log::info!(
+                "applied migration {:03} {}",
+                migration.version,
+                migration.name
+            );
+            report.applied += 1;
+        }
+        Some(Some(sum)) if sum == current => {}
+        // Applied by a version that recorded no checksum: a schema
+        // migration is taken as it is; a function is applied again, as
+        // nothing says which text the database holds.
+        Some(None) if !migration.repeatable => {
+            record_checksum(tx, migration, &current).await?;
+        }
+        Some(recorded) if migration.repeatable => {
+            apply(tx, migration, &current).await?;
+            log::info!(
+                "re-applied migration {:03} {}: its text changed (checksum {} -> {current})",
+                migration.version,
+                migration.name,
+                recorded.as_deref().unwrap_or("none"),
+            );
+            report.reapplied += 1;
+        }
+        Some(recorded) => {
+            return Err(MigrateError::ChangedSchemaMigration {
+                version: migration.version,
+                name: migration.name,
+                recorded: recorded.unwrap_or_default(),
+                current,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Runs a migration and records it, in the step's transaction.
 async fn apply(
-    client: &mut Client,
+    tx: &tokio_postgres::Transaction<'_>,
     migration: &Migration,
     checksum: &str,
 ) -> Result<(), MigrateError> {
-    let tx = client.transaction().await?;
     tx.batch_execute(migration.sql).await?;
-    tx.execute(
+    tx.query_typed(
         "INSERT INTO crablet_schema_migrations (version, name, checksum) VALUES ($1, $2, $3)
          ON CONFLICT (version) DO UPDATE
              SET name = EXCLUDED.name, checksum = EXCLUDED.checksum, applied_at = now()",
-        &[&migration.version, &migration.name, &checksum],
+        &[
+            (&migration.version, Type::INT4),
+            (&migration.name, Type::TEXT),
+            (&checksum, Type::TEXT),
+        ],
     )
     .await?;
-    tx.commit().await?;
     Ok(())
 }
 
 async fn record_checksum(
-    client: &mut Client,
+    tx: &tokio_postgres::Transaction<'_>,
     migration: &Migration,
     checksum: &str,
 ) -> Result<(), MigrateError> {
-    client
-        .execute(
-            "UPDATE crablet_schema_migrations SET checksum = $2 WHERE version = $1",
-            &[&migration.version, &checksum],
-        )
-        .await?;
+    tx.query_typed(
+        "UPDATE crablet_schema_migrations SET checksum = $2 WHERE version = $1",
+        &[(&migration.version, Type::INT4), (&checksum, Type::TEXT)],
+    )
+    .await?;
     Ok(())
 }
 

@@ -34,6 +34,7 @@ pub use append::append_batch;
 pub use clear::clear;
 pub use connection::{
     build_pool, build_pool_with_tls, checkout, Connection, LiveConnection, Pool, PoolSettings,
+    SessionSettings, Sql,
 };
 pub use project::project;
 pub use read::{read_page, JsonEvents, PageRows};
@@ -50,7 +51,7 @@ pub enum StoreError {
     #[error("database unavailable: {0}")]
     Unavailable(String),
     /// The database answered with an error, or the connection broke mid-request.
-    #[error("database error")]
+    #[error("database error: {}", describe(.0))]
     Database(#[from] tokio_postgres::Error),
     /// A stored row could not be decoded (never expected).
     #[error("corrupt stored event at position {position}: {reason}")]
@@ -99,6 +100,8 @@ impl StoreError {
             StoreError::Corrupt { .. } => Failure::Refused,
             // Nothing was written; another connection may answer right.
             StoreError::Misordered { .. } => Failure::Unavailable,
+            // The statement never ran (see `is_statement_lost`).
+            StoreError::Database(_) if self.is_statement_lost() => Failure::Unavailable,
             StoreError::Database(e) => classify(
                 e.is_closed(),
                 e.as_db_error()
@@ -111,6 +114,29 @@ impl StoreError {
     pub fn is_statement_timeout(&self) -> bool {
         matches!(self, StoreError::Database(e)
             if e.code() == Some(&SqlState::QUERY_CANCELED))
+    }
+
+    /// Whether the server answered that the statement, or the protocol's
+    /// state around it, was not what the connection had set up: a named
+    /// statement missing (26000) or already there (42P05), a portal missing
+    /// (34000), a bind that does not fit the statement (08P01), a cached plan
+    /// that no longer fits its statement. What a pooler in transaction mode
+    /// does to named statements (or a schema changed under a connection's
+    /// prepared statements): the statement did not run, so nothing was
+    /// written and another connection may succeed; this one is discarded.
+    pub fn is_statement_lost(&self) -> bool {
+        let StoreError::Database(error) = self else {
+            return false;
+        };
+        let Some(db) = error.as_db_error() else {
+            return false;
+        };
+        db.parsed_severity() == Some(Severity::Error)
+            && (statement_lost(db.code())
+                || (*db.code() == SqlState::FEATURE_NOT_SUPPORTED
+                    && db
+                        .message()
+                        .starts_with("cached plan must not change result type")))
     }
 
     /// Whether nothing was written and a retry later may succeed: such
@@ -152,6 +178,42 @@ fn is_transient(code: &SqlState) -> bool {
     matches!(class, "08" | "53" | "40" | "57")
         || *code == SqlState::LOCK_NOT_AVAILABLE
         || *code == SqlState::READ_ONLY_SQL_TRANSACTION
+}
+
+/// SQLSTATEs of a statement whose named statement, portal or protocol
+/// state the server does not have (see [`StoreError::is_statement_lost`]).
+fn statement_lost(code: &SqlState) -> bool {
+    [
+        SqlState::INVALID_SQL_STATEMENT_NAME,
+        SqlState::DUPLICATE_PSTATEMENT,
+        SqlState::INVALID_CURSOR_NAME,
+        SqlState::PROTOCOL_VIOLATION,
+    ]
+    .contains(code)
+}
+
+/// tokio-postgres says only "db error"; the server's SQLSTATE and message
+/// are in its source.
+pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!(
+            "{} {}: {}{}",
+            db.severity(),
+            db.code().code(),
+            db.message(),
+            db.detail().map(|d| format!(" ({d})")).unwrap_or_default()
+        ),
+        None => {
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
+        }
+    }
 }
 
 /// Whether a failed connection attempt may pass by waiting: no answer at

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::read::decode;
 use super::states::ProjectionStates;
-use super::{Connection, StoreError};
+use super::{Connection, Sql, StoreError};
 use crate::dcb::projection::{Projection, ProjectorSpec, State};
 use crate::dcb::Position;
 
@@ -22,10 +22,7 @@ pub async fn project(
     states: &ProjectionStates,
 ) -> Result<Projection, StoreError> {
     let argument = states.arguments(specs, None);
-    let rows = conn
-        .client
-        .query(&conn.statements.project, &[&argument])
-        .await?;
+    let rows = conn.query(Sql::Project, &[&argument]).await?;
     let mut position: Position = 0;
     let mut projected = vec![State::Json(Value::Null); specs.len()];
     // Each state as the database wrote it, to be remembered exactly (a

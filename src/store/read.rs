@@ -5,11 +5,10 @@
 //! commits happen in position order (see [`super::append`]), a page that
 //! starts after the last position of the previous one misses nothing.
 
-use futures_util::TryStreamExt;
 use serde::Serialize;
 use tokio_postgres::types::{FromSql, ToSql, Type};
 
-use super::{Connection, StoreError};
+use super::{Connection, Sql, StoreError};
 use crate::dcb::footprint;
 use crate::dcb::{Page, Position, Query, SequencedEvent};
 
@@ -36,7 +35,6 @@ pub async fn read_page<R: PageRows>(
     page: &Page,
     max_bytes: usize,
 ) -> Result<R, StoreError> {
-    let st = &conn.statements;
     let (after, before, limit) = (&page.after, &page.before, &page.limit);
     let probes: Vec<ReadProbe> = footprint::probes(query)
         .into_iter()
@@ -59,24 +57,22 @@ pub async fn read_page<R: PageRows>(
         String::new()
     };
     let (statement, params): (_, Vec<&(dyn ToSql + Sync)>) = if query.is_all() {
-        (st.read_all.pick(page.backwards), vec![after, before, limit])
+        (Sql::read_all(page.backwards), vec![after, before, limit])
     } else if let Some(probe) = single {
         (
-            st.read_key.pick(page.backwards),
+            Sql::read_key(page.backwards),
             vec![&probe.k, after, before, &probe.tags, &probe.types, limit],
         )
     } else {
         (
-            st.read_probes.pick(page.backwards),
+            Sql::read_probes(page.backwards),
             vec![&probes_json, after, before, limit],
         )
     };
-    let rows = conn.client.query_raw(statement, params).await?;
-    futures_util::pin_mut!(rows);
     let mut taken = R::default();
     let mut bytes = 0;
     let mut previous = None;
-    while let Some(row) = rows.try_next().await? {
+    conn.for_each_row(statement, &params, |row| {
         let event = EventRow::from_row(&row)?;
         // Readers of a page (subscriptions above all) move their cursor to
         // its last event: a row out of order must not be taken.
@@ -90,10 +86,9 @@ pub async fn read_page<R: PageRows>(
         }
         previous = Some(event.position);
         bytes += taken.push(event);
-        if bytes >= max_bytes {
-            break;
-        }
-    }
+        Ok(bytes < max_bytes)
+    })
+    .await?;
     Ok(taken)
 }
 

@@ -23,6 +23,7 @@ mod model;
 mod observability;
 mod openapi;
 mod plans;
+mod pooler;
 mod project;
 mod recovery;
 mod replicas;

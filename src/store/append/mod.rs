@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use tokio_postgres::Row;
 
 use super::states::ProjectionStates;
-use super::{Connection, StoreError};
+use super::{Connection, Sql, StoreError};
 use crate::dcb::{AppendOutcome, CheckedAppend, OverBudget, Position, StoredEvent};
 use args::BatchArgs;
 
@@ -57,14 +57,14 @@ pub async fn append_batch(
     budget: i64,
 ) -> Result<Vec<AppendOutcome>, StoreError> {
     let args = BatchArgs::of(batch, states, known_head, budget);
-    // One statement in an implicit transaction: PostgreSQL commits it at the
-    // protocol's Sync and answers ReadyForQuery only after the commit, and
-    // the rows are handed over only then, so nothing is acknowledged before
-    // it is durable. A failure rolls the whole batch back.
-    let rows = conn
-        .client
-        .query(&conn.statements.append_batch, &args.params())
-        .await?;
+    // One statement in a transaction of its own: on a direct connection an
+    // implicit one, which PostgreSQL commits at the protocol's Sync and
+    // answers ReadyForQuery only after the commit, and the rows are handed
+    // over only then; behind a pooler an explicit one whose COMMIT is sent
+    // with it and awaited before the rows are used. Either way nothing is
+    // acknowledged before it is durable, and a failure rolls the whole
+    // batch back.
+    let rows = conn.query(Sql::AppendBatch, &args.params()).await?;
     let outcomes = decide(batch, &rows, &args)?;
     for row in rows
         .iter()

@@ -25,6 +25,7 @@ use crablet::dcb::SequencedEvent;
 use crablet::embedded::EmbeddedPostgres;
 use serde_json::{json, Value};
 
+pub mod pgbouncer;
 mod process;
 pub mod replica;
 pub mod subscription;
