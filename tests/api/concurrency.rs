@@ -21,7 +21,12 @@ const RACE_KEYS: usize = 200;
 /// with the condition "no event tagged with this username"; returns the
 /// violations: usernames registered other than exactly once, by answers or
 /// in the store, plus requests that did not get a 200.
-async fn unique_key_race(addresses: &[String]) -> usize {
+pub(crate) async fn unique_key_race(addresses: &[String]) -> usize {
+    unique_key_race_read_at(addresses, &addresses[0]).await
+}
+
+/// [`unique_key_race`] whose store is read at the end through `reader`.
+pub(crate) async fn unique_key_race_read_at(addresses: &[String], reader: &str) -> usize {
     let http = client();
     let clients = (0..RACE_CLIENTS).map(|c| {
         let http = http.clone();
@@ -56,7 +61,7 @@ async fn unique_key_race(addresses: &[String]) -> usize {
             wins_per_key[k] += 1;
         }
     }
-    let events = get_read(&http, &addresses[0], &json!({"items": []}), &json!({})).await;
+    let events = get_read(&http, reader, &json!({"items": []}), &json!({})).await;
     let mut stored_per_key = vec![0usize; RACE_KEYS];
     for e in &events {
         let k: usize = e.tags[0].trim_start_matches("username:").parse().unwrap();

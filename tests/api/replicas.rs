@@ -459,3 +459,44 @@ async fn a_subscriber_never_catches_up_from_a_replica_behind_the_live_feed() {
         .expect("resume");
     assert_eq!(total, (0, 0, 0), "missing, duplicated, out of order");
 }
+
+#[actix_rt::test]
+async fn two_processes_behind_pgbouncer_with_a_replica_register_each_username_once() {
+    let set = ReplicaSet::start().await;
+    // The schema first, directly.
+    let direct = spawn_app_on(&set.primary_url(), |_| {}).await;
+    let bouncer = crate::helpers::pgbouncer::PgBouncer::in_front_of(
+        &set.primary_url(),
+        "server_round_robin = 1",
+    );
+    let (pooled, replica, primary) = (
+        bouncer.url(&set.primary_url()),
+        set.replica_url(),
+        set.primary_url(),
+    );
+    let env = [
+        ("CRABLET_DATABASE_POOLER", "transaction"),
+        ("CRABLET_REPLICA_URLS", replica.as_str()),
+        ("CRABLET_LISTEN_DATABASE_URL", primary.as_str()),
+    ];
+    let first = crate::helpers::spawn_process_with_env(&pooled, &env).await;
+    let second = crate::helpers::spawn_process_with_env(&pooled, &env).await;
+    let violations = crate::concurrency::unique_key_race_read_at(
+        &[first.address.clone(), second.address.clone()],
+        &direct.address,
+    )
+    .await;
+    assert_eq!(
+        violations, 0,
+        "usernames not registered exactly once, or errors"
+    );
+    // Both processes read from the replica meanwhile.
+    for process in [&first, &second] {
+        let response = client()
+            .get(format!("{}/head", process.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(source(&response), "replica");
+    }
+}

@@ -19,6 +19,8 @@ use super::{cluster, free_port};
 /// A running PgBouncer.
 pub struct PgBouncer {
     pub port: u16,
+    /// The role it connects as (crablet's).
+    user: String,
     dir: PathBuf,
     child: Child,
 }
@@ -33,7 +35,13 @@ impl PgBouncer {
     /// keys override earlier ones: `pool_mode = statement`,
     /// `ignore_startup_parameters = options`).
     pub fn start_with(extra: &str) -> Self {
-        let base = &cluster().base;
+        Self::in_front_of(&cluster().base, extra)
+    }
+
+    /// PgBouncer in transaction mode in front of the server of `base` (a
+    /// key-value connection string with `host`, `port` and `user`), with
+    /// `extra` settings.
+    pub fn in_front_of(base: &str, extra: &str) -> Self {
         let value = |key: &str| {
             base.split_whitespace()
                 .find_map(|part| part.strip_prefix(&format!("{key}=")))
@@ -90,6 +98,7 @@ impl PgBouncer {
         let child = command.spawn().expect("spawn pgbouncer");
         let mut bouncer = PgBouncer {
             port: listen_port,
+            user,
             dir,
             child,
         };
@@ -115,14 +124,9 @@ impl PgBouncer {
             .split_whitespace()
             .find_map(|part| part.strip_prefix("dbname="))
             .expect("a dbname");
-        let user = cluster()
-            .base
-            .split_whitespace()
-            .find_map(|part| part.strip_prefix("user="))
-            .unwrap_or("crablet");
         format!(
-            "host=127.0.0.1 port={} user={user} dbname={dbname}",
-            self.port
+            "host=127.0.0.1 port={} user={} dbname={dbname}",
+            self.port, self.user
         )
     }
 
