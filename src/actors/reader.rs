@@ -252,22 +252,12 @@ impl<R: PageRows> Handler<ReadPage<R>> for Reader {
         let page_max_bytes = self.page_max_bytes;
         let head = self.head.clone();
         let work = async move {
-            let target = sources.pick(msg.route).await;
-            let read = read_on::<R>(&target, &msg, page_max_bytes, &faults).await;
-            let (target, read) = match read {
-                Err(e) if sources.served(target.source, Some(&e)) => {
-                    // The replica failed it: the primary serves it.
-                    let primary = sources.pick(Route::Primary).await;
-                    let read = read_on::<R>(&primary, &msg, page_max_bytes, &faults).await;
-                    (primary, read)
-                }
-                read => {
-                    if read.is_ok() {
-                        sources.served(target.source, None);
-                    }
-                    (target, read)
-                }
-            };
+            let (msg, faults) = (&msg, &faults);
+            let (target, read) = sources
+                .serve(msg.route, |target| async move {
+                    read_on::<R>(&target, msg, page_max_bytes, faults).await
+                })
+                .await;
             let (events, known_head) = read.map_err(|e| {
                 target
                     .pools
@@ -334,23 +324,14 @@ impl Handler<Project> for Reader {
         let (states, head) = (self.states.clone(), self.head.clone());
         let reader = ctx.address();
         let work = async move {
-            let target = sources.pick(msg.route).await;
             // The cost class as it was before the projection remembered anything.
-            let (_, cost) = target.pools.for_projection(&msg.specs, &states);
-            let result = project_on(&target, &msg.specs, &states).await;
-            let (target, result) = match result {
-                Err(e) if sources.served(target.source, Some(&e)) => {
-                    let primary = sources.pick(Route::Primary).await;
-                    let result = project_on(&primary, &msg.specs, &states).await;
-                    (primary, result)
-                }
-                result => {
-                    if result.is_ok() {
-                        sources.served(target.source, None);
-                    }
-                    (target, result)
-                }
-            };
+            let (_, cost) = sources.primary.for_projection(&msg.specs, &states);
+            let (specs, states_ref) = (&msg.specs, &states);
+            let (target, result) = sources
+                .serve(msg.route, |target| async move {
+                    project_on(&target, specs, states_ref).await
+                })
+                .await;
             let projection =
                 result.map_err(|e| target.pools.failure("projection", cost, e, &metrics))?;
             head.saw(projection.position);

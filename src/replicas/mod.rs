@@ -180,11 +180,37 @@ impl Sources {
         }
     }
 
+    /// Runs `work` on the target of `route`: a replica that fails it is
+    /// taken out of rotation and the primary runs it again (see
+    /// [`Sources::served`]). Answers the target that ran it last.
+    pub async fn serve<T, Work, Done>(
+        &self,
+        route: Route,
+        work: Work,
+    ) -> (Target, Result<T, StoreError>)
+    where
+        Work: Fn(Target) -> Done,
+        Done: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut target = self.pick(route).await;
+        loop {
+            let result = work(target.clone()).await;
+            match &result {
+                Err(e) if self.served(target.source, Some(e)) => target = self.on_primary(),
+                Err(_) => return (target, result),
+                Ok(_) => {
+                    self.served(target.source, None);
+                    return (target, result);
+                }
+            }
+        }
+    }
+
     /// Records that `source` served a request, or failed it with `error`:
     /// a replica that failed for want of a connection or a database is
     /// taken out of rotation until its next good check. Answers whether the
     /// request should be served again by the primary.
-    pub fn served(&self, source: Source, error: Option<&StoreError>) -> bool {
+    fn served(&self, source: Source, error: Option<&StoreError>) -> bool {
         let Source::Replica(index) = source else {
             return false;
         };

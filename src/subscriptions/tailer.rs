@@ -29,7 +29,7 @@ use crate::actors::{EventStore, EventStoreError};
 use crate::config::SubscriptionSettings;
 use crate::dcb::{Position, Query, SequencedEvent};
 use crate::metrics::Metrics;
-use crate::replicas::Route;
+use crate::replicas::{Route, Source};
 use crate::store::PageRows;
 
 /// The subscriptions of this process: admission, the live feed and shutdown.
@@ -252,6 +252,8 @@ async fn tail(inner: Arc<Inner>, store: EventStore, mut head_advances: watch::Re
     // process knows committed, the tailer looks again soon: 1 ms, doubling
     // up to the poll interval.
     let mut behind_pause = BEHIND_FIRST_PAUSE;
+    // Whether the last read was served by a replica.
+    let mut read_replica = false;
     loop {
         if *closing.borrow() {
             break;
@@ -265,12 +267,16 @@ async fn tail(inner: Arc<Inner>, store: EventStore, mut head_advances: watch::Re
         if idle && inner.lock().cursor.is_some() {
             inner.restart(None);
         }
+        let before = inner.lock().cursor;
         let more = match if idle {
-            Ok(false)
+            Ok((false, Source::Primary))
         } else {
             read_new(&inner, &store, &all, page_size).await
         } {
-            Ok(more) => more,
+            Ok((more, source)) => {
+                read_replica = matches!(source, Source::Replica(_));
+                more
+            }
             Err(e) => {
                 // One line per 10 s at most while the database is away.
                 if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
@@ -283,8 +289,18 @@ async fn tail(inner: Arc<Inner>, store: EventStore, mut head_advances: watch::Re
         if more {
             continue;
         }
+        // Behind this process's head on a replica: it has not replayed
+        // every commit this process knows of. Read again at once after a
+        // read that brought something; after one that brought nothing,
+        // pause first. (On the primary, waiting for the head to advance
+        // is enough: it wakes at once when commits came during the read.)
         let head = *head_advances.borrow();
-        if !idle && inner.lock().cursor.is_some_and(|cursor| cursor < head) {
+        let cursor = inner.lock().cursor;
+        if !idle && read_replica && cursor.is_some_and(|cursor| cursor < head) {
+            if cursor != before {
+                behind_pause = BEHIND_FIRST_PAUSE;
+                continue;
+            }
             tokio::select! {
                 _ = tokio::time::sleep(behind_pause) => {}
                 _ = closing.changed() => {}
@@ -310,18 +326,20 @@ async fn tail(inner: Arc<Inner>, store: EventStore, mut head_advances: watch::Re
 
 /// Reads one page after the cursor (or the head, the first time) and
 /// passes it on; `true` when the page was full, so more may be waiting.
+/// Also says which database it read.
 async fn read_new(
     inner: &Inner,
     store: &EventStore,
     all: &Arc<Query>,
     page_size: i64,
-) -> Result<bool, EventStoreError> {
+) -> Result<(bool, Source), EventStoreError> {
     let cursor = inner.lock().cursor;
     inner.metrics.subscription_tailer_reads_total.inc();
     let Some(cursor) = cursor else {
         // Start at the head: subscribers read the past from the store.
-        inner.restart(Some(store.last_position(Route::Follow).await?.0));
-        return Ok(true);
+        let (head, source) = store.last_position(Route::Follow).await?;
+        inner.restart(Some(head));
+        return Ok((true, source));
     };
     let page = crate::dcb::Page {
         after: cursor,
@@ -329,12 +347,12 @@ async fn read_new(
         backwards: false,
         limit: page_size,
     };
-    let (events, _): (Vec<SequencedEvent>, _) =
+    let (events, source): (Vec<SequencedEvent>, _) =
         store.read_page(all.clone(), page, Route::Follow).await?;
     // Full, or cut short at the reader's byte budget: more may be waiting.
     let more = events.len() as i64 >= page_size || events.bytes() >= store.page_max_bytes();
     if let Some(last) = events.last().map(|e| e.position) {
         inner.pass_on(cursor, events, last).await;
     }
-    Ok(more)
+    Ok((more, source))
 }

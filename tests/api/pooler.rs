@@ -464,12 +464,47 @@ async fn the_listen_database_url_must_be_direct() {
         &[POOLER_ENV, ("CRABLET_LISTEN_DATABASE_URL", &database)],
     )
     .await;
-    let metrics = metrics_text(&client(), &server.address).await;
+    let http = client();
+    let metrics = metrics_text(&http, &server.address).await;
     assert_eq!(
         metric(&metrics, "crablet_pool_max_connections", "pool=\"listen\""),
         1.0,
         "{metrics}"
     );
+    // The live feed is read there: a subscriber gets what is appended, and
+    // the listen pool's one connection was opened.
+    let mut subscription = Subscription::open(
+        &http,
+        &server.address,
+        &json!({"items": []}),
+        None,
+        false,
+        None,
+    )
+    .await;
+    let appended = post_append(
+        &http,
+        &server.address,
+        &json!({"events": [event("Followed", &["f:1"], "{}")]}),
+    )
+    .await;
+    assert!(appended.appended(), "{appended:?}");
+    let got = subscription.events(1, Duration::from_secs(10)).await;
+    assert_eq!(
+        positions(&got),
+        vec![appended.body["lastPosition"].as_i64().unwrap()]
+    );
+    let metrics = metrics_text(&http, &server.address).await;
+    let open = metric(
+        &metrics,
+        "crablet_pool_connections",
+        "pool=\"listen\",state=\"idle\"",
+    ) + metric(
+        &metrics,
+        "crablet_pool_connections",
+        "pool=\"listen\",state=\"in_use\"",
+    );
+    assert_eq!(open, 1.0, "the follower's connection: {metrics}");
 }
 
 /// A statement whose prepared form the server no longer has as it was (a
