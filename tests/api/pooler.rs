@@ -303,27 +303,17 @@ async fn through_pgbouncer_a_costly_read_over_its_budget_answers_over_budget() {
         .batch_execute("BEGIN; LOCK TABLE events, event_keys IN ACCESS EXCLUSIVE MODE")
         .await
         .expect("lock the tables");
+    let filtering = json!({"query": {"items": [{"tags": ["a:1", "b:1"]}]}}).to_string();
+    let costly_read = || app.raw(reqwest::Method::POST, "/read", Some(&filtering));
     let started = std::time::Instant::now();
-    let (status, body) = app
-        .raw(
-            reqwest::Method::POST,
-            "/read",
-            Some(&json!({"query": {"items": [{"tags": ["a:1", "b:1"]}]}}).to_string()),
-        )
-        .await;
+    let (status, body) = costly_read().await;
     let waited = started.elapsed();
     locker.batch_execute("COMMIT").await.expect("unlock");
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("over_budget"), "{body}");
     assert!(waited < Duration::from_secs(3), "answered after {waited:?}");
     // The transaction's settings ended with it: the next read is served.
-    let (status, body) = app
-        .raw(
-            reqwest::Method::POST,
-            "/read",
-            Some(&json!({"query": {"items": [{"tags": ["a:1", "b:1"]}]}}).to_string()),
-        )
-        .await;
+    let (status, body) = costly_read().await;
     assert_eq!(status, 200, "{body}");
 }
 

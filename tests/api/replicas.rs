@@ -103,23 +103,15 @@ async fn reads_head_and_projections_come_from_the_replica_and_appends_from_the_p
     );
     assert!(head >= 20, "head {head}");
     let condition = json!({"failIfEventsMatch": {"items": [{"tags": ["shop:1"]}]}, "after": head});
-    let decided = post_append(
-        http,
-        &app.address,
-        &json!({"events": [event("Closed", &["shop:1"], "{}")], "condition": condition}),
-    )
-    .await;
+    let close = json!({"events": [event("Closed", &["shop:1"], "{}")], "condition": condition});
+    let decided = post_append(http, &app.address, &close).await;
     assert_eq!(
         decided.body["appendConditionFailed"], false,
         "{:?}",
         decided.body
     );
-    let stale = post_append(
-        http,
-        &app.address,
-        &json!({"events": [event("Closed", &["shop:1"], "{}")], "condition": condition}),
-    )
-    .await;
+    // The same decision again: the first close is on the primary.
+    let stale = post_append(http, &app.address, &close).await;
     assert_eq!(
         stale.body["appendConditionFailed"], true,
         "decided on the primary"
