@@ -81,11 +81,6 @@ pub enum Route {
     Follow,
 }
 
-impl Route {
-    /// Any source, no minimum position.
-    pub const ANY: Route = Route::Any { min_position: None };
-}
-
 /// Where one request runs: its pools, the source's name and head.
 #[derive(Clone)]
 pub struct Target {
@@ -374,7 +369,7 @@ impl Replica {
     /// and raises [`Replica::head`] to it.
     async fn check_head(&self) -> Result<Position, StoreError> {
         let conn = store::checkout(&self.pools.plain).await?;
-        let head = store::last_position_of(&conn.client).await?;
+        let head = store::standby::last_position_of(&conn.client).await?;
         self.head.saw(head);
         Ok(head)
     }

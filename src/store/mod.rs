@@ -38,7 +38,6 @@ pub use connection::{
 };
 pub use project::project;
 pub use read::{read_page, JsonEvents, PageRows};
-pub use standby::last_position_of;
 pub use states::ProjectionStates;
 
 use tokio_postgres::error::{Severity, SqlState};
