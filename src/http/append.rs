@@ -3,29 +3,10 @@
 use std::time::Instant;
 
 use actix_web::{web, HttpResponse};
-use serde::Serialize;
 
 use super::{parse, ApiError, AppState, JsonBody};
-use crate::dcb::{AppendOutcome, AppendRequest, CheckedAppend, Position};
-
-/// The response of an append: the contract's two fields, plus the position
-/// of the last event written.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AppendResponse {
-    pub duration_in_microseconds: u64,
-    pub append_condition_failed: bool,
-    pub last_position: Option<Position>,
-    /// Present (and true) only when the append was a retry of an append
-    /// already stored with the same ids: `lastPosition` is the original's.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub duplicate: bool,
-    /// Present only when a requirement (`require`) did not hold: its index.
-    /// `appendConditionFailed` is then true too (nothing was written); the
-    /// condition, checked first, held.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failed_requirement: Option<usize>,
-}
+use crate::dcb::{AppendOutcome, AppendRequest, CheckedAppend};
+use crablet_model::AppendResponse;
 
 pub async fn append(
     state: web::Data<AppState>,

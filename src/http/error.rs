@@ -17,7 +17,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use serde::Serialize;
+use crablet_model::{ErrorBody, ErrorDetail};
 
 use super::context;
 use crate::actors::EventStoreError;
@@ -101,20 +101,6 @@ pub enum ApiError {
     Internal(String),
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ErrorDetail<'a> {
-    code: &'a str,
-    message: String,
-    /// The `X-Request-Id` of the request, to find it in the log.
-    request_id: &'a str,
-}
-
 impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
@@ -175,9 +161,9 @@ impl ResponseError for ApiError {
         }
         let body = ErrorBody {
             error: ErrorDetail {
-                code: self.code(),
+                code: self.code().to_owned(),
                 message: self.to_string(),
-                request_id: &request_id,
+                request_id,
             },
         };
         let mut response = HttpResponse::build(self.status_code());

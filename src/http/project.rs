@@ -8,7 +8,8 @@
 use std::sync::Arc;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::{json, Map, Value};
+use crablet_model::{AppendCondition, ProjectResponse};
+use serde_json::{Map, Value};
 
 use super::source;
 use super::{parse, ApiError, AppState, JsonBody};
@@ -37,9 +38,9 @@ pub async fn project(
     }
     Ok(HttpResponse::Ok()
         .insert_header(source::header(source))
-        .json(json!({
-            "states": states,
-            "position": projection.position,
-            "condition": {"failIfEventsMatch": condition, "after": projection.position},
-        })))
+        .json(ProjectResponse {
+            states,
+            position: projection.position,
+            condition: AppendCondition::after(condition, projection.position),
+        }))
 }

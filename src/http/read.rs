@@ -300,7 +300,7 @@ pub async fn head(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     let (position, source) = state.store.last_position(route).await?;
     Ok(HttpResponse::Ok()
         .insert_header(source::header(source))
-        .json(serde_json::json!({ "position": position })))
+        .json(crablet_model::HeadResponse { position }))
 }
 
 #[cfg(test)]

@@ -17,8 +17,8 @@
 use actix_web::http::header;
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
+use crablet_model::{SubscriptionEnd, SubscriptionLine};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::source::{self, MIN_POSITION_PARAMETER};
 use super::{parse, ApiError, AppState, JsonBody};
@@ -176,7 +176,14 @@ fn frame(format: Format, item: &Item) -> Bytes {
             message,
             after,
         } => {
-            let end = json!({"end": {"reason": reason, "message": message, "after": after}});
+            let end = SubscriptionLine::End {
+                end: SubscriptionEnd {
+                    reason: reason.to_string(),
+                    message: message.to_string(),
+                    after: *after,
+                },
+            };
+            let end = serde_json::to_string(&end).expect("an end line serialises");
             match format {
                 Format::Sse => {
                     out.extend_from_slice(format!("event: end\ndata: {end}\n\n").as_bytes())
