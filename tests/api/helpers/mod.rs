@@ -32,7 +32,7 @@ pub mod subscription;
 
 pub use process::{
     free_port, send_signal, spawn_embedded_process, spawn_process, spawn_process_with_env,
-    start_process, two_processes, ServerProcess,
+    start_process, start_process_on, two_processes, ServerProcess,
 };
 
 /// The PostgreSQL the tests create their databases in.

@@ -122,7 +122,16 @@ pub fn free_port() -> u16 {
 /// environment and output completed by `configure`, and waits up to `ready`
 /// for `/health`.
 pub async fn start_process(configure: impl FnOnce(&mut Command), ready: Duration) -> ServerProcess {
-    let port = free_port();
+    start_process_on(free_port(), configure, ready).await
+}
+
+/// [`start_process`] on a given port: a server restarted where its
+/// clients expect it.
+pub async fn start_process_on(
+    port: u16,
+    configure: impl FnOnce(&mut Command),
+    ready: Duration,
+) -> ServerProcess {
     let mut command = Command::new(env!("CARGO_BIN_EXE_crablet"));
     command
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
