@@ -384,13 +384,19 @@ impl Client {
 
     /// A failure with no answer: transient.
     pub(crate) fn connection_failure(&self, path: &str, error: &reqwest::Error) -> Failure {
-        let mut message = error.to_string();
-        let mut source = std::error::Error::source(error);
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
+        let mut innermost: &dyn std::error::Error = error;
+        while let Some(cause) = innermost.source() {
+            innermost = cause;
         }
+        let message = if error.is_timeout() {
+            "timed out".to_owned()
+        } else if error.is_connect() {
+            format!("could not connect: {innermost}")
+        } else if error.is_body() || error.is_decode() {
+            format!("the answer was cut short: {innermost}")
+        } else {
+            innermost.to_string()
+        };
         Failure::Transient {
             error: Error::Connection {
                 url: format!("{}{path}", self.inner.base),

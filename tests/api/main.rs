@@ -8,6 +8,7 @@ mod helpers;
 mod bad_input;
 mod boundary;
 mod browser;
+mod cli;
 mod client;
 mod concurrency;
 mod crash;

@@ -9,10 +9,11 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 use crablet_client::model::{NewEvent, Position, ProjectRequest, Query, QueryItem};
-use crablet_client::{Append, AppendOutcome, Client};
+use crablet_client::{Append, AppendOutcome, Client, RetryPolicy};
 use futures_util::StreamExt;
 
 use crate::output::{EventWriter, Format};
@@ -31,11 +32,25 @@ pub struct Server {
     /// besides the usual ones.
     #[arg(long)]
     pub ca_cert: Option<PathBuf>,
+    /// How long to keep repeating a request that got no answer, 408, 429,
+    /// 503 or `outcome_unknown`, in seconds (0: one attempt).
+    #[arg(
+        long,
+        env = "CRABLET_RETRY_FOR",
+        default_value_t = 10.0,
+        value_name = "SECONDS"
+    )]
+    pub retry_for: f64,
 }
 
 impl Server {
     pub fn client(&self) -> Result<Client, Failure> {
-        let mut builder = Client::builder(&self.url);
+        let retry_for = Duration::try_from_secs_f64(self.retry_for)
+            .map_err(|_| Failure::usage("--retry-for: a number of seconds"))?;
+        let mut builder = Client::builder(&self.url).retry(RetryPolicy {
+            deadline: retry_for,
+            ..RetryPolicy::default()
+        });
         if let Some(token) = &self.token {
             builder = builder.token(token);
         }
