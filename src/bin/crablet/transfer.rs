@@ -57,9 +57,10 @@ pub async fn export(args: ExportArgs) -> Result<(), Failure> {
     }
     out.flush().map_err(Failure::output)?;
     bar.finish_and_clear();
-    if !bar.is_hidden() {
-        eprintln!("exported {count} events");
-    }
+    eprintln!(
+        "exported {count} events; head {}",
+        events.head().unwrap_or(head)
+    );
     Ok(())
 }
 

@@ -4,8 +4,10 @@
 //! Examples. Every fenced block whose language is `sh` is run, unless its
 //! info string says `no-run` (```` ```sh no-run ````), which the page follows
 //! with an HTML comment saying why (`<!-- not run: ... -->` just before the
-//! block). A runnable block holds only `curl` commands; anything else fails
-//! the test, so that nothing is skipped silently. The `#` lines right after a
+//! block). A runnable block holds only `curl` and `crablet` commands (the
+//! command line client, see [`cli`]); anything else fails the test, so that
+//! nothing is skipped silently. A block whose info string has `file=NAME`
+//! is written to NAME in the page's directory before its commands run. The `#` lines right after a
 //! command (no blank line between) are its expected output, as `curl -s`
 //! prints it; `#` lines after a blank line are prose and are not compared.
 //! The commands of one page run in order on a fresh server of their own, with
@@ -29,6 +31,7 @@ use serde_json::Value;
 use crate::helpers::spawn_app;
 use curl::{parse_curl, run, words};
 
+mod cli;
 mod curl;
 mod links;
 
@@ -133,9 +136,9 @@ fn examples(block: &Block) -> Result<Vec<Example>, String> {
             i += 1;
             continue;
         }
-        if !trimmed.starts_with("curl ") {
+        if !trimmed.starts_with("curl ") && !trimmed.starts_with("crablet ") {
             return Err(format!(
-                "line {}: not a curl command (mark the block `sh no-run` with a reason): {line}",
+                "line {}: not a curl or crablet command (mark the block `sh no-run` with a reason): {line}",
                 block.line + 1 + i
             ));
         }
@@ -248,6 +251,21 @@ async fn every_example_in_the_documentation_answers_as_shown() {
         }
         runnable_blocks += runnable.len();
         let app = spawn_app().await;
+        let dir = std::env::temp_dir().join(format!(
+            "crablet-docs-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).expect("page directory");
+        for block in blocks(&markdown) {
+            if let Some(name) = block
+                .info
+                .split_whitespace()
+                .find_map(|word| word.strip_prefix("file="))
+            {
+                std::fs::write(dir.join(name), &block.text).expect("write a page's file");
+            }
+        }
         for block in &runnable {
             let examples = match examples(block) {
                 Ok(examples) => examples,
@@ -270,20 +288,37 @@ async fn every_example_in_the_documentation_answers_as_shown() {
                     failures.push(format!("{at}: no expected output shown after the command"));
                     continue;
                 }
-                let curl = match words(&example.command) {
-                    Ok(Some(words)) => parse_curl(&words),
+                let (command, stdout_to) = cli::redirect(&example.command);
+                let words = match words(&command) {
+                    Ok(Some(words)) => Ok(words),
                     Ok(None) => Err("an unterminated quote".into()),
                     Err(error) => Err(error),
                 };
-                let curl = match curl {
-                    Ok(curl) => curl,
+                let answer = match words {
+                    Ok(words) if words[0] == "crablet" => {
+                        examples_run += 1;
+                        cli::run(&words, stdout_to.as_deref(), &app.address, &dir).await
+                    }
+                    Ok(_) if stdout_to.is_some() => {
+                        failures.push(format!("{at}: only crablet commands may redirect"));
+                        continue;
+                    }
+                    Ok(words) => match parse_curl(&words) {
+                        Ok(curl) => {
+                            examples_run += 1;
+                            run(&curl, &app.address, &example.expected).await
+                        }
+                        Err(error) => {
+                            failures.push(format!("{at}: {error}\n{}", example.command));
+                            continue;
+                        }
+                    },
                     Err(error) => {
                         failures.push(format!("{at}: {error}\n{}", example.command));
                         continue;
                     }
                 };
-                examples_run += 1;
-                match run(&curl, &app.address, &example.expected).await {
+                match answer {
                     Ok(actual) if matches(&example.expected, &actual) => {}
                     Ok(actual) => failures.push(format!(
                         "{at}: the answer is not what the page shows\n{}--- shown:\n{}\n--- got:\n{}",
@@ -295,6 +330,7 @@ async fn every_example_in_the_documentation_answers_as_shown() {
                 }
             }
         }
+        std::fs::remove_dir_all(&dir).expect("remove the page's directory");
     }
     for failure in &failures {
         eprintln!("MISMATCH {failure}\n");
@@ -335,5 +371,55 @@ fn every_example_that_does_not_run_says_why() {
     assert!(
         unexplained.is_empty(),
         "blocks marked no-run without a `<!-- not run: why -->` comment just before: {unexplained:?}"
+    );
+}
+
+/// Every `rust` block of the pages is an excerpt of an example the tests
+/// run (`client/examples/*.rs`, run by `tests/api/client.rs`): its lines,
+/// in order and together, are lines of one of them.
+#[test]
+fn every_rust_block_is_an_excerpt_of_a_tested_example() {
+    let examples: Vec<(String, Vec<String>)> = std::fs::read_dir(root().join("client/examples"))
+        .expect("client/examples")
+        .map(|entry| entry.expect("entry").path())
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).expect("read example");
+            let lines = text
+                .lines()
+                .map(|l| l.trim().to_owned())
+                .filter(|l| !l.is_empty())
+                .collect();
+            (relative(&path), lines)
+        })
+        .collect();
+    let mut checked = 0;
+    let mut strays = Vec::new();
+    for page in pages() {
+        let markdown = std::fs::read_to_string(&page).expect("read page");
+        for block in blocks(&markdown) {
+            if block.info.split_whitespace().next() != Some("rust") {
+                continue;
+            }
+            checked += 1;
+            let lines: Vec<&str> = block
+                .text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            let found = examples.iter().any(|(_, example)| {
+                example
+                    .windows(lines.len())
+                    .any(|window| window.iter().zip(&lines).all(|(a, b)| a == b))
+            });
+            if !found {
+                strays.push(format!("{}:{}", relative(&page), block.line));
+            }
+        }
+    }
+    assert!(checked >= 3, "only {checked} rust blocks found");
+    assert!(
+        strays.is_empty(),
+        "rust blocks that are no excerpt of client/examples/*.rs: {strays:?}"
     );
 }
