@@ -36,3 +36,4 @@ mod slow_clients;
 mod streaming;
 mod subscribe;
 mod supervision;
+mod transfer;
