@@ -1,7 +1,7 @@
 //! Quoting shared by PostgreSQL's text forms: a libpq connection string's
 //! values (`'…'`, see [`crate::embedded::conninfo_value`]) and the elements
-//! of a `text[]` literal (`"…"`, [`array_literal`]: the batch append's lists
-//! inside lists).
+//! of a `text[]` literal (`"…"`, [`array_literal`]: the batch append's and
+//! the import's lists inside lists).
 
 /// Pushes `value` onto `out` between two `quote`s, with `quote` and `\`
 /// escaped by a backslash inside.

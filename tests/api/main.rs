@@ -17,6 +17,7 @@ mod embedded;
 mod failures;
 mod gocrablet;
 mod ids;
+mod import;
 mod lifecycle;
 mod migrations;
 mod model;
