@@ -4,7 +4,8 @@
 //! store, one per thread ([`EventStore::on_this_thread`]) over the writer
 //! lanes they share ([`Writers`]):
 //! - writes: [`EventStore::append`] (waits for the batch carrying the append
-//!   to commit) and [`EventStore::clear`] (go-crablet's `/cleanup`);
+//!   to commit), [`EventStore::clear`] (go-crablet's `/cleanup`) and
+//!   [`EventStore::import`] (an exported log at its own positions);
 //! - reads: [`EventStore::read_page`], [`EventStore::read_page_with_head`]
 //!   (also answers a head position a client may append after) and
 //!   [`EventStore::project`] (projector states at one head);
@@ -42,7 +43,9 @@ use tokio::sync::oneshot;
 
 use crate::config::{ReaderSettings, WriterSettings};
 use crate::dcb::projection::{Projection, ProjectorSpec};
-use crate::dcb::{AppendOutcome, CheckedAppend, OverBudget, Page, Position, Query};
+use crate::dcb::{
+    AppendOutcome, CheckedAppend, CheckedImport, ImportOutcome, OverBudget, Page, Position, Query,
+};
 use crate::head::Head;
 use crate::metrics::Metrics;
 use crate::replicas::{Route, Source, Sources};
@@ -363,6 +366,20 @@ impl EventStore {
     pub async fn clear(&self) -> Result<(), EventStoreError> {
         self.writers.lanes[0]
             .send(writer::ClearStore)
+            .await
+            .map_err(|_| {
+                EventStoreError::Unavailable(
+                    "the writer lane stopped before answering; retry".into(),
+                )
+            })?
+    }
+
+    /// Writes an exported log at its own positions (`POST /admin/import`),
+    /// through the first writer lane (see [`writer::ImportLog`]); the head
+    /// is raised to its last position before this answers.
+    pub async fn import(&self, import: CheckedImport) -> Result<ImportOutcome, EventStoreError> {
+        self.writers.lanes[0]
+            .send(writer::ImportLog(import))
             .await
             .map_err(|_| {
                 EventStoreError::Unavailable(

@@ -36,7 +36,7 @@ use tokio::sync::oneshot;
 
 use super::EventStoreError;
 use crate::config::WriterSettings;
-use crate::dcb::CheckedAppend;
+use crate::dcb::{CheckedAppend, CheckedImport, ImportOutcome};
 use crate::faults::FaultPoint;
 use crate::head::Head;
 use crate::metrics::Metrics;
@@ -160,6 +160,23 @@ pub struct ClearStore;
 
 impl Message for ClearStore {
     type Result = Result<(), EventStoreError>;
+}
+
+/// Write an exported log at its own positions (`POST /admin/import`); see
+/// [`store::import()`].
+///
+/// Served as [`ClearStore`] is: beside the lane's batches, on a connection
+/// of its own from the writer pool, in a task of its own. The import's locks
+/// order it with the appends that could see its events, and the sequencing
+/// lock with every commit. Once it committed, the committed head is raised
+/// to its last position, before the caller hears of it (the subscription
+/// tailer wakes, readers and lanes know it). The projector states this
+/// process remembers stay valid: each is through a position already used,
+/// and an import writes only beyond those.
+pub struct ImportLog(pub CheckedImport);
+
+impl Message for ImportLog {
+    type Result = Result<ImportOutcome, EventStoreError>;
 }
 
 pub struct WriterLane {
@@ -563,6 +580,25 @@ impl Handler<ClearStore> for WriterLane {
             let cleared = store::clear(&conn).await.map_err(EventStoreError::Store);
             states.forget_all();
             cleared
+        })
+    }
+}
+
+impl Handler<ImportLog> for WriterLane {
+    type Result = ResponseFuture<Result<ImportOutcome, EventStoreError>>;
+
+    fn handle(&mut self, msg: ImportLog, _ctx: &mut Context<Self>) -> Self::Result {
+        let (pool, head) = (self.pool.clone(), self.head.clone());
+        let events = self.metrics.events_appended_total.clone();
+        Box::pin(async move {
+            let ImportLog(import) = msg;
+            let conn = store::checkout(&pool).await?;
+            let outcome = store::import(&conn, &import).await?;
+            if let ImportOutcome::Imported { count, last } = outcome {
+                head.saw(last);
+                events.inc_by(count as u64);
+            }
+            Ok(outcome)
         })
     }
 }

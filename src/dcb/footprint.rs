@@ -16,6 +16,11 @@
 //!   writing the same id, in any process, run one after the other and the
 //!   second sees the first's commit. Id keys are lock keys only: they never
 //!   enter `event_keys` (ids are looked up through their own unique index).
+//! - an import (events written at their own positions, see
+//!   [`super::import`]) takes the keys an unconditional append of its events
+//!   takes, **exclusive**, but the [`GLOBAL_KEY`], which it holds shared
+//!   like any append: every condition an imported event could match is
+//!   decided wholly before or wholly after it.
 //!
 //! An event that matches a query item carries every tag of the item and one of
 //! its types, so any append that could invalidate a condition meets it on at

@@ -21,9 +21,13 @@
 //! - [`outcome`]: what became of an append (appended, condition failed,
 //!   duplicate, id conflict) and one page of a read, shared by the store and
 //!   the HTTP layer.
+//! - [`import`]: an import of an exported log (events at their own
+//!   positions), checked as the append of its events and more, with the
+//!   locks it takes.
 
 pub mod checked;
 pub mod footprint;
+pub mod import;
 pub mod model;
 pub mod outcome;
 pub mod projection;
@@ -31,6 +35,7 @@ pub mod validate;
 
 pub use checked::CheckedAppend;
 pub use footprint::{Footprint, Key, LockMode};
+pub use import::{CheckedImport, ImportOutcome};
 pub use model::{
     AppendCondition, AppendRequest, NewEvent, Position, Query, QueryItem, ReadOptions,
     SequencedEvent,

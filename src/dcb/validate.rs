@@ -98,6 +98,16 @@ pub enum ValidationError {
     /// A projector or requirement breaks a rule (see [`super::projection`]).
     #[error("{field}: {reason}")]
     Projector { field: String, reason: String },
+    #[error("an import needs at least one event")]
+    NoImportedEvents,
+    #[error(
+        "an import holds at most {max} events (limits.max_events_per_append), got {got}; \
+         import a longer log in several requests, in position order"
+    )]
+    TooManyImportedEvents { max: usize, got: usize },
+    /// An imported event's position or `recordedAt` (see [`super::import`]).
+    #[error("{field}: {reason}")]
+    Imported { field: String, reason: String },
 }
 
 /// Bytes in an event id: room for a UUID in any notation, or a short

@@ -5,7 +5,8 @@
 //! input, 404/405 for unknown routes, 408 for a request not received in time,
 //! 401 without a valid bearer token (`unauthorized`, with `WWW-Authenticate`), 403
 //! for a token without the route's scope (`forbidden`), 409 for an append that
-//! reuses stored ids (`id_conflict`), 413 for bodies over the limit, 415 for a body that is not JSON,
+//! reuses stored ids (`id_conflict`) and for an import of ids already stored
+//! (`id_conflict`) or of positions not beyond the store's (`position_taken`), 413 for bodies over the limit, 415 for a body that is not JSON,
 //! 422 for a valid request over a cost budget (`over_budget`), 503 (with
 //! `Retry-After`) only when crablet knows nothing was written, 500
 //! `outcome_unknown` when an append may have been written, and 500 with an
@@ -21,7 +22,7 @@ use crablet_model::{ErrorBody, ErrorDetail};
 
 use super::context;
 use crate::actors::EventStoreError;
-use crate::dcb::{IdClash, OverBudget, ValidationError};
+use crate::dcb::{IdClash, OverBudget, Position, ValidationError};
 use crate::store::Failure;
 
 /// The message of a 409: every clashing id, by its path.
@@ -33,6 +34,19 @@ fn id_conflict_message(ids: &[IdClash]) -> String {
     format!(
         "{}: already stored by a different append (a retry must repeat the \
          original append exactly: the same events with the same ids, in the same order)",
+        named.join(", ")
+    )
+}
+
+/// The message of an import's 409 for ids already stored.
+fn ids_stored_message(ids: &[IdClash]) -> String {
+    let named: Vec<String> = ids
+        .iter()
+        .map(|c| format!("events[{}].id {:?}", c.index, c.id))
+        .collect();
+    format!(
+        "{}: already stored; an import writes only events the store does not hold \
+         (nothing was written)",
         named.join(", ")
     )
 }
@@ -50,6 +64,21 @@ pub enum ApiError {
     /// An append reuses ids stored by a different append; nothing written.
     #[error("{}", id_conflict_message(.0))]
     IdConflict(Vec<IdClash>),
+    /// An import carries ids already stored; nothing written.
+    #[error("{}", ids_stored_message(.0))]
+    ImportedIdsStored(Vec<IdClash>),
+    /// An import's first position is not beyond every position the store
+    /// has used; nothing written.
+    #[error(
+        "events[0].position {first} is not beyond position {used}, the last this store has \
+         used (its head is {head}): an import writes only beyond it; import into an empty \
+         store, or only the events after its head (nothing was written)"
+    )]
+    PositionTaken {
+        first: Position,
+        used: Position,
+        head: Position,
+    },
     #[error("no route for {0}")]
     NotFound(String),
     /// The route exists, the method does not: 405 with `Allow`.
@@ -82,6 +111,13 @@ pub enum ApiError {
          (events[].id), which is safe, or read to find out"
     )]
     OutcomeUnknown(String),
+    /// The import may or may not have been written (the connection failed
+    /// after it was sent). The detail stays in the log.
+    #[error(
+        "the import may or may not have been written; retry it (if it was written, the retry \
+         is answered 409 position_taken), or read /head to find out"
+    )]
+    ImportOutcomeUnknown(String),
     /// No valid bearer token (missing, unknown or expired): 401 with
     /// `WWW-Authenticate: Bearer`.
     #[error("{message}")]
@@ -106,7 +142,8 @@ impl ApiError {
         match self {
             ApiError::InvalidJson(_) => "invalid_json",
             ApiError::Invalid(_) => "invalid_request",
-            ApiError::IdConflict(_) => "id_conflict",
+            ApiError::IdConflict(_) | ApiError::ImportedIdsStored(_) => "id_conflict",
+            ApiError::PositionTaken { .. } => "position_taken",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
@@ -116,7 +153,7 @@ impl ApiError {
             ApiError::Overloaded(_) => "overloaded",
             ApiError::OverBudget(_) => "over_budget",
             ApiError::Unavailable(_) => "unavailable",
-            ApiError::OutcomeUnknown(_) => "outcome_unknown",
+            ApiError::OutcomeUnknown(_) | ApiError::ImportOutcomeUnknown(_) => "outcome_unknown",
             ApiError::Unauthorized { .. } => "unauthorized",
             ApiError::Forbidden { .. } => "forbidden",
             ApiError::Internal(_) => "internal",
@@ -128,7 +165,9 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::InvalidJson(_) | ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
-            ApiError::IdConflict(_) => StatusCode::CONFLICT,
+            ApiError::IdConflict(_)
+            | ApiError::ImportedIdsStored(_)
+            | ApiError::PositionTaken { .. } => StatusCode::CONFLICT,
             ApiError::OverBudget(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -139,9 +178,9 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::Overloaded(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::OutcomeUnknown(_) | ApiError::Internal(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            ApiError::OutcomeUnknown(_)
+            | ApiError::ImportOutcomeUnknown(_)
+            | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -151,7 +190,7 @@ impl ResponseError for ApiError {
             ApiError::Internal(detail) => {
                 log::error!("request {request_id}: internal error: {detail}")
             }
-            ApiError::OutcomeUnknown(detail) => {
+            ApiError::OutcomeUnknown(detail) | ApiError::ImportOutcomeUnknown(detail) => {
                 log::error!("request {request_id}: outcome unknown: {detail}")
             }
             e if e.status_code().is_server_error() => {
@@ -209,6 +248,14 @@ impl ApiError {
             ApiError::Unavailable(message) if !message.contains("nothing was written") => {
                 ApiError::Unavailable(format!("{message} (nothing was written)"))
             }
+            other => other,
+        }
+    }
+
+    /// An import's failure: an unknown outcome says how to find it out.
+    pub fn of_import(err: EventStoreError) -> Self {
+        match ApiError::from(err) {
+            ApiError::OutcomeUnknown(detail) => ApiError::ImportOutcomeUnknown(detail),
             other => other,
         }
     }

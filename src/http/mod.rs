@@ -1,7 +1,8 @@
 //! The HTTP front end (actix-web): routes, request parsing and responses.
 //!
 //! Routes speak the community DCB HTTP contract (`GET /read`, `POST /append`)
-//! plus `POST /read`, `POST /project`, `GET|POST /subscribe`, `GET /head`, the event browser at
+//! plus `POST /read`, `POST /project`, `GET|POST /subscribe`, `GET /head`,
+//! `POST /admin/import` ([`import`]), the event browser at
 //! `/`, `GET /health`, `GET /health/live`, `GET /metrics` and `GET /openapi.json`
 //! (the API described in `openapi/crablet.json`), and go-crablet's web-app
 //! contract under `/go-crablet` ([`gocrablet`]).
@@ -17,6 +18,7 @@ pub mod browser;
 pub mod context;
 pub mod error;
 pub mod gocrablet;
+pub mod import;
 pub mod operations;
 pub mod parse;
 pub mod project;

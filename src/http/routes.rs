@@ -9,7 +9,7 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::{append, browser, gocrablet, operations, project, read, subscribe, ApiError};
+use super::{append, browser, gocrablet, import, operations, project, read, subscribe, ApiError};
 use crate::auth::Scope;
 use crate::config::CompatSettings;
 
@@ -111,6 +111,8 @@ pub const NATIVE: &[Route] = &[
     route("/read", Needs(Scope::Read), &[get(|r| r.to(read::read_get)), post(|r| r.to(read::read_post))]),
     route("/subscribe", Needs(Scope::Read), &[get(|r| r.to(subscribe::subscribe_get)), post(|r| r.to(subscribe::subscribe_post))]),
     route("/head", Needs(Scope::Read), &[get(|r| r.to(read::head))]),
+    // Writes an exported log at its own positions.
+    route("/admin/import", Needs(Scope::Admin), &[post(|r| r.to(import::import))]),
     route("/", Open, &[get(|r| r.to(browser::index))]),
     route("/static/app.js", Open, &[get(|r| r.to(browser::script))]),
     route("/static/style.css", Open, &[get(|r| r.to(browser::style))]),
@@ -230,6 +232,7 @@ mod tests {
         assert_eq!(access_of("/nowhere"), Needs(Scope::Admin));
         assert_eq!(access_of("/append"), Needs(Scope::Append));
         assert_eq!(access_of("/go-crablet/cleanup"), Needs(Scope::Admin));
+        assert_eq!(access_of("/admin/import"), Needs(Scope::Admin));
         assert_eq!(access_of("/go-crablet/read"), Needs(Scope::Read));
         assert_eq!(access_of("/health"), Open);
     }

@@ -37,6 +37,7 @@ pub enum Sql {
     ReadProbesForward,
     ReadProbesBackward,
     Project,
+    Import,
 }
 
 /// `crablet_append_batch`'s parameters (see `sql/migrations/004_append_batch.sql`).
@@ -92,10 +93,25 @@ const READ_KEY_TYPES: &[Type] = &[
 const READ_PROBES_TYPES: &[Type] = &[Type::TEXT, Type::INT8, Type::INT8, Type::INT8];
 /// projectors (JSON).
 const PROJECT_TYPES: &[Type] = &[Type::TEXT];
+/// `crablet_import`'s parameters (see `sql/migrations/010_import.sql`).
+const IMPORT_TYPES: &[Type] = &[
+    Type::INT8_ARRAY,  // p_lock_keys
+    Type::BOOL_ARRAY,  // p_lock_exclusive
+    Type::INT8_ARRAY,  // p_positions
+    Type::TEXT_ARRAY,  // p_types
+    Type::TEXT_ARRAY,  // p_tags
+    Type::BYTEA_ARRAY, // p_data
+    Type::TEXT_ARRAY,  // p_ids
+    Type::BYTEA_ARRAY, // p_metadata
+    Type::TEXT_ARRAY,  // p_recorded_at
+    Type::INT4_ARRAY,  // p_key_event
+    Type::INT8_ARRAY,  // p_keys
+    Type::INT8,        // p_sequence_key
+];
 
 impl Sql {
     /// Every statement, in the order a direct connection prepares them.
-    pub const ALL: [Sql; 8] = [
+    pub const ALL: [Sql; 9] = [
         Sql::AppendBatch,
         Sql::ReadAllForward,
         Sql::ReadAllBackward,
@@ -104,6 +120,7 @@ impl Sql {
         Sql::ReadProbesForward,
         Sql::ReadProbesBackward,
         Sql::Project,
+        Sql::Import,
     ];
 
     /// The statement's text.
@@ -117,6 +134,7 @@ impl Sql {
             Sql::ReadProbesForward => include_str!("../../sql/queries/read_probes_forward.sql"),
             Sql::ReadProbesBackward => include_str!("../../sql/queries/read_probes_backward.sql"),
             Sql::Project => include_str!("../../sql/queries/project.sql"),
+            Sql::Import => include_str!("../../sql/queries/import.sql"),
         }
     }
 
@@ -128,6 +146,7 @@ impl Sql {
             Sql::ReadKeyForward | Sql::ReadKeyBackward => READ_KEY_TYPES,
             Sql::ReadProbesForward | Sql::ReadProbesBackward => READ_PROBES_TYPES,
             Sql::Project => PROJECT_TYPES,
+            Sql::Import => IMPORT_TYPES,
         }
     }
 

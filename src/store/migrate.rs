@@ -77,6 +77,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(7, "reduce", "007_reduce.sql", repeatable),
     migration!(8, "project", "008_project.sql", repeatable),
     migration!(9, "compare", "009_compare.sql", repeatable),
+    migration!(10, "import", "010_import.sql", repeatable),
 ];
 
 /// Advisory lock key held while migrating ("CRABLETM").

@@ -5,7 +5,8 @@
 //! append with its advisory locks and condition checks ([`append`]), the
 //! paged reads ([`read`]), the projections ([`project`](mod@project)) with
 //! the projector states a process remembers ([`states`]), clearing the store
-//! ([`clear`](mod@clear)), and TLS to PostgreSQL as the database URL asks
+//! ([`clear`](mod@clear)), writing an exported log at its own positions
+//! ([`import`](mod@import)), and TLS to PostgreSQL as the database URL asks
 //! ([`tls`]). It also owns the reading of PostgreSQL's errors: what a failed
 //! statement may have done ([`StoreError::failure`]) and whether a failed
 //! connection attempt may pass by waiting ([`connect_may_pass`]).
@@ -17,6 +18,7 @@
 pub mod append;
 pub mod clear;
 pub mod connection;
+pub mod import;
 pub mod migrate;
 pub mod project;
 pub(crate) mod quote;
@@ -36,6 +38,7 @@ pub use connection::{
     build_pool, build_pool_with_tls, checkout, Connection, LiveConnection, Pool, PoolSettings,
     SessionSettings, Sql,
 };
+pub use import::import;
 pub use project::project;
 pub use read::{read_page, JsonEvents, PageRows};
 pub use states::ProjectionStates;

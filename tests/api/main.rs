@@ -19,6 +19,7 @@ mod embedded;
 mod failures;
 mod gocrablet;
 mod ids;
+mod import;
 mod lifecycle;
 mod migrations;
 mod model;

@@ -194,6 +194,9 @@ fn request_schemas_list_exactly_the_fields_the_server_accepts() {
     check_request::<Projector>(&doc, "Projector");
     check_request::<ProjectRequest>(&doc, "ProjectRequest");
     check_request::<Requirement>(&doc, "Requirement");
+    use crablet::dcb::import::{ImportBody, ImportedEvent};
+    check_request::<ImportBody>(&doc, "ImportRequest");
+    check_request::<ImportedEvent>(&doc, "ImportedEvent");
 }
 
 /// Checks a response body against its schema: every field written is
@@ -261,6 +264,17 @@ async fn response_schemas_list_exactly_the_fields_the_server_writes() {
     assert_eq!(projected.status(), 200);
     let projected: Value = projected.json().await.expect("project JSON");
     check_response(&doc, "ProjectResponse", &projected);
+
+    let imported = app
+        .http
+        .post(format!("{}/admin/import", app.address))
+        .json(&schema(&doc, "ImportRequest")["example"])
+        .send()
+        .await
+        .expect("import");
+    assert_eq!(imported.status(), 200);
+    let imported: Value = imported.json().await.expect("import JSON");
+    check_response(&doc, "ImportResponse", &imported);
 
     let (_, read) = app.raw(Method::GET, "/read", None).await;
     let events: Value = serde_json::from_str(&read).expect("read JSON");

@@ -11,7 +11,7 @@ use tokio_postgres::types::ToSql;
 use crate::dcb::footprint::{self, Key, LockMode, SEQUENCE_KEY};
 use crate::dcb::projection::ProjectorSpec;
 use crate::dcb::{CheckedAppend, Footprint, Position};
-use crate::store::quote::push_quoted;
+use crate::store::quote::array_literal;
 use crate::store::states::ProjectionStates;
 use crate::store::StoreError;
 
@@ -253,22 +253,6 @@ impl ProbeColumns {
                 reason: format!("the batch function named probe {probe}"),
             })
     }
-}
-
-/// A PostgreSQL array literal of `items` (`{"a","b\"c"}`), read back by a
-/// `::text[]` cast: every element quoted, `"` and `\` escaped. Lists inside
-/// lists travel this way, so the function reads each argument in one pass.
-fn array_literal(items: &[String]) -> String {
-    let mut literal = String::with_capacity(2 + items.iter().map(|i| i.len() + 3).sum::<usize>());
-    literal.push('{');
-    for (n, item) in items.iter().enumerate() {
-        if n > 0 {
-            literal.push(',');
-        }
-        push_quoted(&mut literal, item, '"');
-    }
-    literal.push('}');
-    literal
 }
 
 /// Where an append of the batch overlaps an earlier one, ordered by the
@@ -575,16 +559,6 @@ mod tests {
         // Events 1, 3, 4 carry course:a; event 2 course:b.
         assert_eq!(cols.fold_event, vec![1, 2, 3, 4]);
         assert_eq!(cols.fold_projector, vec![0, 1, 0, 0]);
-    }
-
-    #[test]
-    fn array_literals_quote_every_element_and_escape_quotes_and_backslashes() {
-        let items = ["a", "q\"uote", "back\\slash", "c,o{m}ma", ""].map(String::from);
-        assert_eq!(
-            array_literal(&items),
-            r#"{"a","q\"uote","back\\slash","c,o{m}ma",""}"#
-        );
-        assert_eq!(array_literal(&[]), "{}");
     }
 
     #[test]

@@ -32,6 +32,10 @@ fn request(
     if method == Method::POST {
         let body = match route {
             "/append" => json!({"events": [event("Secured", &["t:1"], "x")]}),
+            "/admin/import" => json!({"events": [{
+                "type": "Secured", "tags": ["t:1"], "data": "x", "position": 1000,
+                "id": null, "recordedAt": "2026-01-01T00:00:00.000000Z"
+            }]}),
             "/project" => json!({"projectors": [
                 {"id": "n", "query": {"items": [{"tags": ["t:1"]}]}, "reduce": "count"}
             ]}),
@@ -219,7 +223,13 @@ async fn every_route_refuses_missing_wrong_unscoped_expired_and_removed_tokens_a
         if route.starts_with("/go-crablet/") {
             continue;
         }
-        for bearer in [with(scope), ADMIN] {
+        // An import is written once: a second one is refused (409).
+        let bearers = if with(scope) == ADMIN {
+            vec![ADMIN]
+        } else {
+            vec![with(scope), ADMIN]
+        };
+        for bearer in bearers {
             let response = request(&http, address, method, route, Some(bearer))
                 .send()
                 .await
@@ -227,7 +237,11 @@ async fn every_route_refuses_missing_wrong_unscoped_expired_and_removed_tokens_a
             assert_eq!(response.status(), 200, "{method} {route} with its token");
         }
     }
-    assert_eq!(stored(&http, address).await.len(), 2, "two appends");
+    assert_eq!(
+        stored(&http, address).await.len(),
+        3,
+        "two appends and an import"
+    );
     // The go-crablet prefix lets the right token through to its handlers,
     // whatever they answer (cleanup is disabled, for one).
     for (route, method, scope) in protected_routes() {
