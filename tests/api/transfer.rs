@@ -94,12 +94,19 @@ async fn an_export_imported_into_an_empty_store_reads_the_same_byte_for_byte() {
         .args(["export", "--url", &source.address])
         .stdout(std::fs::File::create(&file).expect("create"))
         .stderr(Stdio::piped())
-        .output()
+        .spawn()
+        .expect("run export")
+        .wait_with_output()
         .await
-        .expect("run export");
+        .expect("export");
     assert!(exported.status.success(), "{}", String::from_utf8_lossy(&exported.stderr));
     let text = std::fs::read_to_string(&file).expect("read export");
-    assert_eq!(text.lines().count(), EVENTS);
+    assert_eq!(
+        text.lines().count(),
+        EVENTS,
+        "{}",
+        String::from_utf8_lossy(&exported.stderr)
+    );
     let (source_head, source_body) = whole_read(&source.address).await;
     let path = file.to_str().expect("path");
 
