@@ -109,7 +109,20 @@ impl Following {
                 return None;
             }
             let Some(connection) = self.connection.as_mut() else {
-                match self.connect().await {
+                // A server that accepts the connection but never answers
+                // is as dead as one that refuses it.
+                let connected = tokio::time::timeout(heartbeat_timeout, self.connect())
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Failure::Transient {
+                            error: Error::Connection {
+                                url: format!("{}/subscribe", self.client.url()),
+                                message: format!("no answer within {heartbeat_timeout:?}"),
+                            },
+                            retry_after: None,
+                        })
+                    });
+                match connected {
                     Ok(lines) => self.connection = Some(lines),
                     Err(Failure::Final(error)) => {
                         self.finished = true;

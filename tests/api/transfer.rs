@@ -99,7 +99,11 @@ async fn an_export_imported_into_an_empty_store_reads_the_same_byte_for_byte() {
         .wait_with_output()
         .await
         .expect("export");
-    assert!(exported.status.success(), "{}", String::from_utf8_lossy(&exported.stderr));
+    assert!(
+        exported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exported.stderr)
+    );
     let text = std::fs::read_to_string(&file).expect("read export");
     assert_eq!(
         text.lines().count(),
@@ -113,7 +117,11 @@ async fn an_export_imported_into_an_empty_store_reads_the_same_byte_for_byte() {
     // Into an empty store: the same answers.
     let target = spawn_app().await;
     let imported = crablet(&target.address, &["import", path]).await;
-    assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
     let (target_head, target_body) = whole_read(&target.address).await;
     assert_eq!(source_head, target_head);
     assert_eq!(source_body.len(), target_body.len());
@@ -130,7 +138,10 @@ async fn an_export_imported_into_an_empty_store_reads_the_same_byte_for_byte() {
         .expect("spawn import");
     let started = Instant::now();
     while head(&second.address).await < (EVENTS / 3) as i64 {
-        assert!(started.elapsed() < Duration::from_secs(120), "the import stalled");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the import stalled"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     send_signal(import.id().expect("pid"), "KILL");
@@ -143,7 +154,10 @@ async fn an_export_imported_into_an_empty_store_reads_the_same_byte_for_byte() {
     assert!(said.contains("were already stored"), "{said}");
     let (second_head, second_body) = whole_read(&second.address).await;
     assert_eq!(source_head, second_head);
-    assert!(source_body == second_body, "the /read answers differ after the rerun");
+    assert!(
+        source_body == second_body,
+        "the /read answers differ after the rerun"
+    );
 
     // Into a store that is neither empty nor a prefix of the file: refused.
     let other = spawn_app().await;

@@ -109,3 +109,53 @@ async fn https_serves_with_a_self_signed_certificate_and_sighup_reloads_it() {
     let stale = trusting(&first_pem, port);
     assert!(stale.get(format!("{https}/health")).send().await.is_err());
 }
+
+#[actix_rt::test]
+async fn the_command_line_client_checks_the_servers_certificate_against_its_ca() {
+    let dir = TempDir::new("https-cli");
+    let (cert, key, _) = self_signed(&dir.0, "server");
+    let server = start(|s| {
+        s.tls.cert = cert.display().to_string();
+        s.tls.key = key.display().to_string();
+        s.auth.tokens = vec![token("reader", READER, &[Scope::Read], None)];
+    })
+    .await;
+    let port: u16 = server.address.rsplit(':').next().unwrap().parse().unwrap();
+    let base = format!("https://127.0.0.1:{port}");
+    let stranger = TempDir::new("https-cli-stranger");
+    let (stranger_cert, _, _) = self_signed(&stranger.0, "stranger");
+    let head = |ca: String| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_crablet"))
+            .args([
+                "head",
+                "--url",
+                &base,
+                "--token",
+                READER,
+                "--retry-for",
+                "0",
+            ])
+            .args(["--ca-cert", &ca])
+            .env("RUST_LOG", "warn")
+            .output()
+    };
+    let trusted = head(cert.display().to_string()).await.expect("run crablet");
+    assert_eq!(
+        (
+            String::from_utf8_lossy(&trusted.stdout).as_ref(),
+            trusted.status.code()
+        ),
+        ("0\n", Some(0)),
+        "{}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    let refused = head(stranger_cert.display().to_string())
+        .await
+        .expect("run crablet");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("certificate") || said.contains("Certificate"),
+        "{said}"
+    );
+}
