@@ -32,10 +32,10 @@ fn event(n: usize) -> Value {
         _ => json!({"n": n, "nested": {"a": [1, 2.5, null, true]}}).to_string(),
     };
     let mut event = json!({"type": format!("Type{}", n % 7), "tags": tags, "data": data});
-    if n % 3 != 0 {
+    if !n.is_multiple_of(3) {
         event["id"] = json!(format!("event-{n}"));
     }
-    if n % 4 == 0 {
+    if n.is_multiple_of(4) {
         event["metadata"] = json!(json!({"correlation": n}).to_string());
     }
     event
