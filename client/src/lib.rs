@@ -168,10 +168,14 @@ impl ClientBuilder {
 
     /// The client.
     pub fn build(self) -> Result<Client, Error> {
-        let base = self.url.trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
+        let mut base = self.url.trim().trim_end_matches('/').to_owned();
+        if !base.contains("://") {
+            // `localhost:8080` means plain HTTP, as curl reads it.
+            base = format!("http://{base}");
+        }
+        if !(base.starts_with("http://") || base.starts_with("https://")) || base.len() < 8 {
             return Err(Error::Config(format!(
-                "{}: the URL must start with http:// or https://",
+                "{}: the URL must be http://host:port or https://host:port",
                 self.url
             )));
         }
@@ -228,8 +232,8 @@ pub(crate) struct Request<'a> {
 }
 
 impl Client {
-    /// A client of the server at `url` (`http://host:port` or `https://...`),
-    /// with the default settings.
+    /// A client of the server at `url` (`http://host:port` or `https://...`;
+    /// `host:port` alone is plain HTTP), with the default settings.
     pub fn new(url: impl Into<String>) -> Result<Client, Error> {
         Client::builder(url).build()
     }
@@ -456,4 +460,18 @@ fn parse<T: DeserializeOwned>(base: &str, path: &str, body: &[u8]) -> Result<T, 
         url: format!("{base}{path}"),
         message: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_without_a_scheme_is_plain_http_and_other_schemes_are_refused() {
+        let url = |u: &str| Client::new(u).map(|c| c.url().to_owned());
+        assert_eq!(url("localhost:8080").unwrap(), "http://localhost:8080");
+        assert_eq!(url("https://h:1/").unwrap(), "https://h:1");
+        assert!(matches!(url("ftp://h"), Err(Error::Config(_))));
+        assert!(matches!(url(""), Err(Error::Config(_))));
+    }
 }
