@@ -21,7 +21,12 @@ use serde::de::IgnoredAny;
 use serde::Serialize;
 use tokio::net::TcpStream;
 
-use crate::wire::{self, AppendRequest, AppendResponse, Query, ReadEvent, ReadOptions};
+use crablet_model::{
+    AppendRequest, AppendResponse, Position, ProjectRequest, ProjectResponse, Query, ReadOptions,
+    SequencedEvent,
+};
+
+use crate::paths;
 
 /// Default bound on one request, connect included.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -238,7 +243,7 @@ pub enum AppendOutcome {
     /// Written; the position of the last event when the server says it.
     Appended {
         /// `lastPosition` of the reply.
-        last_position: Option<u64>,
+        last_position: Option<Position>,
     },
     /// The condition failed; nothing written.
     ConditionFailed,
@@ -364,8 +369,8 @@ impl Conn {
         &mut self,
         query: &Query,
         options: Option<&ReadOptions>,
-    ) -> Result<Vec<ReadEvent>, RequestError> {
-        let path = wire::read_path(query, options);
+    ) -> Result<Vec<SequencedEvent>, RequestError> {
+        let path = paths::read_path(query, options);
         let reply = self.request(Method::GET, &path, Bytes::new()).await?;
         serde_json::from_slice(&reply.body)
             .map_err(|e| RequestError::Decode(format!("{e}: {}", snippet(&reply.body))))
@@ -377,19 +382,26 @@ impl Conn {
         query: &Query,
         options: Option<&ReadOptions>,
     ) -> Result<u64, RequestError> {
-        let path = wire::read_path(query, options);
+        let path = paths::read_path(query, options);
         let reply = self.request(Method::GET, &path, Bytes::new()).await?;
         let events: Vec<IgnoredAny> = serde_json::from_slice(&reply.body)
             .map_err(|e| RequestError::Decode(format!("{e}: {}", snippet(&reply.body))))?;
         Ok(events.len() as u64)
     }
 
-    /// `POST /project` with `body`; returns the answer.
+    /// The position of the newest event matching `query` (0: none), read with
+    /// `GET /read` (`limit` 1, backwards).
+    pub async fn last_position(&mut self, query: &Query) -> Result<Position, RequestError> {
+        let events = self.read(query, Some(&paths::newest_only())).await?;
+        Ok(events.first().map_or(0, |e| e.position))
+    }
+
+    /// `POST /project`; returns the answer.
     pub async fn project(
         &mut self,
-        body: &serde_json::Value,
-    ) -> Result<serde_json::Value, RequestError> {
-        let body = serde_json::to_vec(body).map_err(|e| RequestError::Decode(e.to_string()))?;
+        request: &ProjectRequest,
+    ) -> Result<ProjectResponse, RequestError> {
+        let body = serde_json::to_vec(request).map_err(|e| RequestError::Decode(e.to_string()))?;
         let reply = self.request(Method::POST, "/project", body.into()).await?;
         serde_json::from_slice(&reply.body)
             .map_err(|e| RequestError::Decode(format!("{e}: {}", snippet(&reply.body))))
@@ -472,6 +484,15 @@ mod tests {
             counts.to_string(),
             "replica 2, primary 1, other 1, no header 1"
         );
+    }
+
+    #[test]
+    fn append_answers_without_a_last_position_decode() {
+        let r: AppendResponse =
+            serde_json::from_str(r#"{"durationInMicroseconds":5,"appendConditionFailed":true}"#)
+                .unwrap();
+        assert!(r.append_condition_failed);
+        assert_eq!(r.last_position, None);
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //!
 //! # Layout
 //!
-//! - [`wire`]: the JSON shapes of crablet's HTTP API (requests we send, replies we
-//!   parse), the URL encoding of `GET /read` and the events' data ([`wire::payload`]).
-//!   Pure, no I/O.
+//! - [`paths`]: the URLs of `GET /read` and `GET /subscribe` (query and options,
+//!   percent-encoded). The JSON shapes of the API (requests we send, replies we
+//!   parse) are `crablet-model`'s. Pure, no I/O.
 //! - [`http`]: one keep-alive HTTP/1.1 connection per virtual client and the typed
 //!   `append`/`read` calls on it, with timeouts and error classification.
 //! - [`stats`]: per-client latency histograms and outcome counters, merged at the end.
@@ -20,7 +20,8 @@
 //!   a bounded time.
 //! - [`procfs`]: RSS and CPU readings from `/proc` (what a run cost, whether the
 //!   cores were full).
-//! - [`preload`]: fast bulk loading of N events with large batched appends.
+//! - [`preload`]: fast bulk loading of N events with large batched appends, and the
+//!   events' data ([`preload::payload`]).
 //! - [`bench`](mod@bench): the one-command benchmark: PostgreSQL, crablet server, baselines
 //!   (pgbench/psql), the goal table (P1-P14, listed in [`bench::Goal`]).
 //!
@@ -31,6 +32,7 @@
 pub mod bench;
 pub mod driver;
 pub mod http;
+pub mod paths;
 pub mod preload;
 pub mod procfs;
 pub mod report;
@@ -38,5 +40,4 @@ pub mod scenario;
 pub mod stats;
 pub mod subscribe;
 pub mod verify;
-pub mod wire;
 pub mod zipf;

@@ -6,15 +6,17 @@
 //! holds 100 complete tags. Batches are unconditional. A batch refused with 429/503
 //! is retried a bounded number of times (nothing was written); any other failure
 //! stops the preload, since retrying an unacknowledged batch could duplicate it.
+//!
+//! Also the data every event of the load tester carries ([`payload`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use crablet_model::{AppendRequest, NewEvent};
 
 use crate::http::{Conn, Target};
-use crate::wire::{payload, AppendRequest, NewEvent};
 
 /// Events per preloaded tag.
 pub const EVENTS_PER_TAG: u64 = 10;
@@ -61,13 +63,16 @@ pub struct PreloadResult {
     pub retries: u64,
 }
 
+/// The data of an event, `{"p":"xx..."}`, `bytes` bytes long (at least the JSON
+/// braces): what every scenario, the preload and the baselines store.
+pub fn payload(bytes: usize) -> String {
+    let filler = bytes.saturating_sub(r#"{"p":""}"#.len());
+    format!(r#"{{"p":"{}"}}"#, "x".repeat(filler))
+}
+
 /// Event `i` of a preload whose tags hold `per_tag` events each.
 pub fn preload_event(i: u64, tag_prefix: &str, per_tag: u64, data: &str) -> NewEvent {
-    NewEvent {
-        event_type: PRELOAD_TYPE.into(),
-        tags: vec![format!("{tag_prefix}:{}", i / per_tag.max(1))],
-        data: data.to_string(),
-    }
+    NewEvent::new(PRELOAD_TYPE, data).tag(format!("{tag_prefix}:{}", i / per_tag.max(1)))
 }
 
 /// Events `[first, end)` of batch `b`.
@@ -150,6 +155,12 @@ pub async fn preload(target: &Target, cfg: &PreloadConfig) -> anyhow::Result<Pre
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payload_has_the_requested_size() {
+        assert_eq!(payload(64).len(), 64);
+        assert_eq!(payload(0), r#"{"p":""}"#);
+    }
 
     #[test]
     fn every_tag_gets_ten_events_and_batches_hold_whole_tags() {

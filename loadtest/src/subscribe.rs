@@ -16,13 +16,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use crablet_model::{AppendRequest, NewEvent, Position, Query};
 use http_body_util::{BodyExt, Full};
 use hyper::header::{ACCEPT, HOST};
 use hyper::Request;
 use serde::Serialize;
 
 use crate::http::{connect, AppendOutcome, Conn, Target};
-use crate::wire::{percent_encode_into, AppendRequest, NewEvent, Query, QueryItem};
+use crate::paths::subscribe_path;
 
 /// How the scenario is shaped.
 #[derive(Debug, Clone)]
@@ -81,22 +82,14 @@ impl SubscribeReport {
 }
 
 /// Positions received by one subscriber, with when each arrived.
-type Received = Arc<Mutex<Vec<(u64, Instant)>>>;
-
-fn subscribe_path(query: &Query, after: u64) -> String {
-    let mut path = String::from("/subscribe?query=");
-    let json = serde_json::to_string(query).unwrap_or_default();
-    percent_encode_into(&json, &mut path);
-    path.push_str(&format!("&after={after}"));
-    path
-}
+type Received = Arc<Mutex<Vec<(Position, Instant)>>>;
 
 /// Opens `GET /subscribe` (NDJSON) on a connection of its own and returns
 /// the body once the answer is `200`.
 async fn open_stream(
     target: &Target,
     query: &Query,
-    after: u64,
+    after: Position,
 ) -> anyhow::Result<hyper::body::Incoming> {
     let mut sender = connect(target)
         .await
@@ -122,7 +115,7 @@ async fn open_stream(
 async fn follow(
     target: Target,
     query: Query,
-    after: u64,
+    after: Position,
     received: Received,
     until: Instant,
 ) -> anyhow::Result<()> {
@@ -145,7 +138,7 @@ async fn follow(
             let line = &buffer[start..start + end];
             start += end + 1;
             if let Ok(value) = serde_json::from_slice::<serde_json::Value>(line) {
-                if let Some(p) = value.get("position").and_then(|p| p.as_u64()) {
+                if let Some(p) = value.get("position").and_then(|p| p.as_i64()) {
                     got.push((p, now));
                 }
             }
@@ -168,11 +161,7 @@ pub async fn run(cfg: &SubscribeConfig) -> anyhow::Result<SubscribeReport> {
     let after = match head_conn
         .append(&AppendRequest {
             require: Vec::new(),
-            events: vec![NewEvent {
-                event_type: "SubscribeStart".into(),
-                tags: vec![format!("start:{}", cfg.run_id)],
-                data: String::new(),
-            }],
+            events: vec![NewEvent::new("SubscribeStart", "").tag(format!("start:{}", cfg.run_id))],
             condition: None,
         })
         .await
@@ -189,9 +178,9 @@ pub async fn run(cfg: &SubscribeConfig) -> anyhow::Result<SubscribeReport> {
     let mut followers = Vec::with_capacity(total);
     for i in 0..total {
         let query = if i < cfg.subscribers {
-            Query::single(QueryItem::tag(own_tag(i)))
+            Query::tag(own_tag(i))
         } else {
-            Query::single(QueryItem::tag(run_tag.clone()))
+            Query::tag(run_tag.clone())
         };
         let r: Received = Arc::default();
         received.push(r.clone());
@@ -207,7 +196,7 @@ pub async fn run(cfg: &SubscribeConfig) -> anyhow::Result<SubscribeReport> {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Writers: position -> (subscriber, acknowledged at).
-    let acks: Arc<Mutex<HashMap<u64, (usize, Instant)>>> = Arc::default();
+    let acks: Arc<Mutex<HashMap<Position, (usize, Instant)>>> = Arc::default();
     let started = Instant::now();
     let per_writer = cfg.rate / cfg.writers.max(1) as f64;
     let interval = Duration::from_secs_f64(1.0 / per_writer.max(0.001));
@@ -230,9 +219,8 @@ pub async fn run(cfg: &SubscribeConfig) -> anyhow::Result<SubscribeReport> {
                 let request = AppendRequest {
                     require: Vec::new(),
                     events: vec![NewEvent {
-                        event_type: "Delivered".into(),
                         tags: vec![run_tag.clone(), tags[k].clone()],
-                        data: data.clone(),
+                        ..NewEvent::new("Delivered", data.clone())
                     }],
                     condition: None,
                 };
@@ -256,9 +244,9 @@ pub async fn run(cfg: &SubscribeConfig) -> anyhow::Result<SubscribeReport> {
         .lock()
         .map_err(|_| anyhow::anyhow!("poisoned"))?
         .clone();
-    let mut all: Vec<u64> = acks.keys().copied().collect();
+    let mut all: Vec<Position> = acks.keys().copied().collect();
     all.sort_unstable();
-    let expected: Vec<Vec<u64>> = (0..total)
+    let expected: Vec<Vec<Position>> = (0..total)
         .map(|i| {
             if i < cfg.subscribers {
                 all.iter().copied().filter(|p| acks[p].0 == i).collect()
@@ -287,7 +275,7 @@ pub async fn run(cfg: &SubscribeConfig) -> anyhow::Result<SubscribeReport> {
     for (r, e) in received.iter().zip(&expected) {
         let r = r.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
         delivered += r.len() as u64;
-        let mut seen: HashMap<u64, usize> = HashMap::new();
+        let mut seen: HashMap<Position, usize> = HashMap::new();
         for (p, at) in &r {
             *seen.entry(*p).or_default() += 1;
             if let Some((_, acked)) = acks.get(p) {
@@ -352,7 +340,7 @@ pub async fn open_idle(target: &Target, n: usize, run_id: &str) -> anyhow::Resul
     let mut opening = tokio::task::JoinSet::new();
     for i in 0..n {
         let target = target.clone();
-        let query = Query::single(QueryItem::tag(format!("idle:{run_id}:{i}")));
+        let query = Query::tag(format!("idle:{run_id}:{i}"));
         opening.spawn(async move { open_stream(&target, &query, 0).await });
     }
     let mut tasks = Vec::with_capacity(n);
@@ -378,9 +366,9 @@ pub struct CatchUp {
 /// Subscribes to every event from the start of the log and reads until the
 /// event at `head` arrives. Lines are counted, not parsed (only the last one
 /// of each chunk is), so the client keeps up with the server.
-pub async fn catch_up(target: &Target, head: u64) -> anyhow::Result<CatchUp> {
+pub async fn catch_up(target: &Target, head: Position) -> anyhow::Result<CatchUp> {
     let started = Instant::now();
-    let mut body = open_stream(target, &Query { items: Vec::new() }, 0).await?;
+    let mut body = open_stream(target, &Query::all(), 0).await?;
     let (mut events, mut partial) = (0u64, Vec::new());
     loop {
         let frame = tokio::time::timeout(Duration::from_secs(30), body.frame())
@@ -402,7 +390,7 @@ pub async fn catch_up(target: &Target, head: u64) -> anyhow::Result<CatchUp> {
         let last_line = complete.rsplit(|b| *b == b'\n').next().unwrap_or_default();
         let last = serde_json::from_slice::<serde_json::Value>(last_line)
             .ok()
-            .and_then(|v| v.get("position").and_then(|p| p.as_u64()));
+            .and_then(|v| v.get("position").and_then(|p| p.as_i64()));
         partial.drain(..=last_newline);
         if last.is_some_and(|p| p >= head) {
             break;

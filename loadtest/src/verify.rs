@@ -9,18 +9,18 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::wire::Query;
+use crablet_model::{Position, Query};
 
 /// Prefix of the data of a hot-keys event: `after=<position it was based on>`.
 const HOT_KEY_DATA_PREFIX: &str = "after=";
 
 /// The data a hot-keys decision writes: the position it was based on.
-pub fn hot_key_data(after: u64) -> String {
+pub fn hot_key_data(after: Position) -> String {
     format!("{HOT_KEY_DATA_PREFIX}{after}")
 }
 
 /// Parses [`hot_key_data`] back.
-pub fn parse_hot_key_data(data: &str) -> Option<u64> {
+pub fn parse_hot_key_data(data: &str) -> Option<Position> {
     data.strip_prefix(HOT_KEY_DATA_PREFIX)?.parse().ok()
 }
 
@@ -28,20 +28,20 @@ pub fn parse_hot_key_data(data: &str) -> Option<u64> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChainLink {
     /// Its position.
-    pub position: u64,
+    pub position: Position,
     /// The `after` its append used (None: data unparsable).
-    pub after: Option<u64>,
+    pub after: Option<Position>,
 }
 
 /// An event accepted although the key had a newer event than its `after`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChainViolation {
     /// The offending event.
-    pub position: u64,
+    pub position: Position,
     /// The `after` it was appended with.
-    pub after: u64,
+    pub after: Position,
     /// The position of the key's previous event (0: none).
-    pub previous: u64,
+    pub previous: Position,
 }
 
 /// What [`check_chain`] found.
@@ -83,7 +83,7 @@ pub fn check_chain(links: &[ChainLink]) -> ChainCheck {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordedCondition {
     /// The position the decision was based on.
-    pub after: u64,
+    pub after: Position,
     /// The condition's query.
     pub query: Query,
 }
@@ -104,7 +104,7 @@ impl RecordedCondition {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoggedEvent {
     /// Position.
-    pub position: u64,
+    pub position: Position,
     /// Type.
     pub event_type: String,
     /// Tags.
@@ -118,11 +118,11 @@ pub struct LoggedEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConditionViolation {
     /// The event that should have been rejected.
-    pub position: u64,
+    pub position: Position,
     /// Its condition's `after`.
-    pub after: u64,
+    pub after: Position,
     /// A matching event between `after` and `position`.
-    pub conflicting_position: u64,
+    pub conflicting_position: Position,
 }
 
 /// Checks every conditional event of `events` (any order): no event matching its
@@ -175,7 +175,7 @@ pub fn check_conditions(events: &[LoggedEvent]) -> Vec<ConditionViolation> {
 }
 
 /// Acknowledged positions absent from the log (`log` need not be sorted).
-pub fn missing_positions(acknowledged: &[u64], log: &[u64]) -> Vec<u64> {
+pub fn missing_positions(acknowledged: &[Position], log: &[Position]) -> Vec<Position> {
     let mut present = log.to_vec();
     present.sort_unstable();
     acknowledged
@@ -188,9 +188,9 @@ pub fn missing_positions(acknowledged: &[u64], log: &[u64]) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::QueryItem;
+    use crablet_model::QueryItem;
 
-    fn link(position: u64, after: u64) -> ChainLink {
+    fn link(position: Position, after: Position) -> ChainLink {
         ChainLink {
             position,
             after: Some(after),
@@ -240,7 +240,12 @@ mod tests {
         assert_eq!(parse_hot_key_data("{}"), None);
     }
 
-    fn ev(position: u64, ty: &str, tags: &[&str], cond: Option<(u64, Query)>) -> LoggedEvent {
+    fn ev(
+        position: Position,
+        ty: &str,
+        tags: &[&str],
+        cond: Option<(Position, Query)>,
+    ) -> LoggedEvent {
         LoggedEvent {
             position,
             event_type: ty.into(),
@@ -257,8 +262,18 @@ mod tests {
     }
 
     #[test]
+    fn an_item_matches_one_of_its_types_and_all_of_its_tags() {
+        let item = item(&["A", "B"], &["x", "y"]);
+        let tags = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(item.matches("B", &tags(&["y", "x", "z"])));
+        assert!(!item.matches("C", &tags(&["x", "y"])));
+        assert!(!item.matches("A", &tags(&["x"])));
+        assert!(QueryItem::tags(["x"]).matches("anything", &tags(&["x"])));
+    }
+
+    #[test]
     fn conditions_respected_give_no_violation() {
-        let q = Query::single(item(&["A"], &["x"]));
+        let q = Query::of([item(&["A"], &["x"])]);
         let log = [
             ev(1, "A", &["x"], None),
             // Non-matching events in the window are fine: other type, missing tag.
@@ -302,7 +317,7 @@ mod tests {
 
     #[test]
     fn events_at_or_before_after_and_after_own_position_do_not_count() {
-        let q = Query::single(item(&[], &["x"]));
+        let q = Query::of([item(&[], &["x"])]);
         let log = [
             ev(3, "A", &["x"], None),
             ev(4, "A", &["x"], Some((3, q))),
@@ -315,7 +330,7 @@ mod tests {
     fn recorded_conditions_round_trip_through_event_data() {
         let c = RecordedCondition {
             after: 12,
-            query: Query::single(item(&["A"], &["t:\"q\""])),
+            query: Query::of([item(&["A"], &["t:\"q\""])]),
         };
         assert_eq!(RecordedCondition::decode(&c.encode()), Some(c));
         assert_eq!(RecordedCondition::decode("nope"), None);

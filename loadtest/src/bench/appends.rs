@@ -13,8 +13,8 @@ use super::runner::primary;
 use super::server;
 use super::table::{Figure, Row};
 use super::{Bench, Goal, SoakReport};
+use crate::preload::payload;
 use crate::report::ms;
-use crate::wire::payload;
 
 /// P1: conditional appends/s over raw INSERT tx/s, at least.
 const P1_GOAL: f64 = 1.5;

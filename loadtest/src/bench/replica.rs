@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use crablet::embedded::postgres_tool;
+use crablet_model::{AppendRequest, NewEvent, Position};
 use serde::Serialize;
 use tokio::process::Command;
 
@@ -35,9 +36,9 @@ use super::table::{thousands, Figure, Row};
 use super::Bench;
 use crate::driver::{self, LiveCounters};
 use crate::http::{AppendOutcome, Conn, SourceCounts, SourceTally, Target};
+use crate::preload::payload;
 use crate::report::{ms, Report};
 use crate::scenario::ScenarioKind;
-use crate::wire::{payload, AppendRequest, NewEvent};
 
 /// P12: reads/s from the replica over reads/s from the primary, at least.
 const P12_GOAL: f64 = 0.9;
@@ -193,10 +194,9 @@ async fn connect(conn: &ConnInfo) -> anyhow::Result<tokio_postgres::Client> {
 }
 
 /// The head of the store `client` is connected to.
-async fn head(client: &tokio_postgres::Client) -> anyhow::Result<u64> {
+async fn head(client: &tokio_postgres::Client) -> anyhow::Result<Position> {
     let row = client.query_one(HEAD_SQL, &[]).await?;
-    let position: i64 = row.get(0);
-    Ok(u64::try_from(position).unwrap_or(0))
+    Ok(row.get(0))
 }
 
 /// What P13 measured, as written to `--json`.
@@ -242,7 +242,7 @@ async fn sample_heads(
                 break;
             }
             let (p, r) = tokio::join!(head(&on_primary), head(&on_replica));
-            lags.push(p?.saturating_sub(r?));
+            lags.push(u64::try_from(p? - r?).unwrap_or(0));
         }
         tokio::time::sleep(HEAD_SAMPLE_EVERY).await;
     }
@@ -261,11 +261,7 @@ async fn probe_visibility(
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<(Vec<Duration>, usize)> {
     let request = AppendRequest {
-        events: vec![NewEvent {
-            event_type: "LagProbe".into(),
-            tags: vec![tag],
-            data: payload(DATA_BYTES),
-        }],
+        events: vec![NewEvent::new("LagProbe", payload(DATA_BYTES)).tag(tag)],
         condition: None,
         require: Vec::new(),
     };

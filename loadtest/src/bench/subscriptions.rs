@@ -3,12 +3,12 @@
 //! subscriber catches up through the stored log).
 
 use anyhow::Context as _;
+use crablet_model::Query;
 
 use super::plan::{DATA_BYTES, DB_EMPTY, DB_VOLUME};
 use super::table::{thousands, Figure, Row};
 use super::Bench;
 use crate::http::Conn;
-use crate::wire::{Query, ReadOptions};
 
 /// P7: subscription delivery p99 (append acknowledged -> received), ms, at most.
 const P7_GOAL_MS: f64 = 10.0;
@@ -101,11 +101,9 @@ impl Bench {
         let target = self.server_on(DB_VOLUME).await?;
         let mut conn = Conn::new(target.clone(), std::time::Duration::from_secs(30));
         let head = conn
-            .read(&Query { items: Vec::new() }, Some(&ReadOptions::last_one()))
+            .last_position(&Query::all())
             .await
-            .map_err(|e| anyhow::anyhow!("reading the head: {e}"))?
-            .first()
-            .map_or(0, |e| e.position);
+            .map_err(|e| anyhow::anyhow!("reading the head: {e}"))?;
         let run = crate::subscribe::catch_up(&target, head).await?;
         self.report.notes.push(format!(
             "P9: caught up through {} events (head {head}) in {:.2} s = {:.0} events/s",
@@ -117,7 +115,7 @@ impl Bench {
         );
         let crablet = Figure::rate(run.events_per_s, "events/s");
         let goal = format!(">= {} events/s", thousands(P9_GOAL_EVENTS_PER_S));
-        let met = run.events_per_s >= P9_GOAL_EVENTS_PER_S && run.events >= head.min(1);
+        let met = run.events_per_s >= P9_GOAL_EVENTS_PER_S && (head < 1 || run.events >= 1);
         Ok(Some(Row::alone("P9", workload, crablet).goal(goal, met)))
     }
 }

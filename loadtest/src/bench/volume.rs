@@ -9,9 +9,8 @@ use super::postgres;
 use super::runner::primary;
 use super::table::{thousands, Row};
 use super::{Bench, Goal};
-use crate::preload::EVENTS_PER_TAG;
+use crate::preload::{payload, EVENTS_PER_TAG};
 use crate::report::ms;
-use crate::wire::payload;
 
 /// P4: reads/s over pgbench GIN reads/s, at least.
 const P4_GOAL: f64 = 1.0;

@@ -9,7 +9,7 @@ impl Scenario {
     pub async fn verify(
         &self,
         target: &Target,
-        acknowledged: &[u64],
+        acknowledged: &[Position],
     ) -> anyhow::Result<Option<Verification>> {
         let mut conn = Conn::new(target.clone(), VERIFY_READ_TIMEOUT);
         match self.cfg.kind {
@@ -25,9 +25,7 @@ impl Scenario {
                 let mut positions = Vec::new();
                 for k in 0..self.cfg.hot_keys {
                     let key = self.hot_key(k);
-                    let events = conn
-                        .read(&Query::single(QueryItem::tag(key.clone())), None)
-                        .await?;
+                    let events = conn.read(&Query::tag(key.clone()), None).await?;
                     if self.cfg.decision == Decision::Require {
                         positions.extend(events.iter().map(|e| e.position));
                         v.keys_checked += 1;
@@ -65,17 +63,14 @@ impl Scenario {
             }
             ScenarioKind::Consistency => {
                 let events = conn
-                    .read(
-                        &Query::single(QueryItem::tag(self.cons_run_tag.clone())),
-                        None,
-                    )
+                    .read(&Query::tag(self.cons_run_tag.clone()), None)
                     .await?;
                 let mut v = Verification {
                     invariant: "no event matching a condition lies in (after, own position)".into(),
                     events_checked: events.len() as u64,
                     ..Verification::default()
                 };
-                let positions: Vec<u64> = events.iter().map(|e| e.position).collect();
+                let positions: Vec<Position> = events.iter().map(|e| e.position).collect();
                 let logged: Vec<LoggedEvent> = events
                     .into_iter()
                     .map(|e| {
@@ -122,7 +117,7 @@ fn add_violations<T>(v: &mut Verification, violations: &[T], describe: impl Fn(&
     }
 }
 
-fn add_missing(v: &mut Verification, acknowledged: &[u64], log: &[u64]) {
+fn add_missing(v: &mut Verification, acknowledged: &[Position], log: &[Position]) {
     let missing = verify::missing_positions(acknowledged, log);
     v.acknowledged_checked = acknowledged.len() as u64;
     v.lost_acknowledged = missing.len() as u64;

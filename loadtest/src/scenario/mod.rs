@@ -10,17 +10,18 @@ use std::fmt;
 use std::time::Duration;
 
 use clap::ValueEnum;
+use crablet_model::{
+    AppendCondition, AppendRequest, CompareOp, NewEvent, Position, ProjectRequest, Projector,
+    Query, QueryItem, Reducer, Requirement,
+};
 use rand::rngs::SmallRng;
 use rand::Rng;
 
 use crate::http::{AppendOutcome, Conn, RequestError, Target};
-use crate::preload::{self, PreloadConfig, EVENTS_PER_TAG};
+use crate::preload::{self, payload, PreloadConfig, EVENTS_PER_TAG};
 use crate::report::Verification;
 use crate::stats::{Outcome, Stats};
 use crate::verify::{self, ChainLink, LoggedEvent, RecordedCondition};
-use crate::wire::{
-    payload, AppendCondition, AppendRequest, NewEvent, Query, QueryItem, ReadOptions,
-};
 use crate::zipf::Zipf;
 
 mod checks;
@@ -185,7 +186,7 @@ pub struct ClientCtx {
     /// What this client measured.
     pub stats: Stats,
     /// Positions of the appends acknowledged to this client (scenarios that verify).
-    pub acked: Vec<u64>,
+    pub acked: Vec<Position>,
 }
 
 /// A configured scenario, shared read-only by all clients.
@@ -260,9 +261,7 @@ impl Scenario {
         }
         let mut conn = Conn::new(target.clone(), VERIFY_READ_TIMEOUT);
         let last = self.read_tag(self.cfg.read_tags - 1);
-        let present = conn
-            .read_count(&Query::single(QueryItem::tag(last.clone())), None)
-            .await?;
+        let present = conn.read_count(&Query::tag(last.clone()), None).await?;
         if present >= EVENTS_PER_TAG {
             return Ok(());
         }
@@ -337,7 +336,7 @@ impl Scenario {
 
     async fn read_one(&self, ctx: &mut ClientCtx) -> Outcome {
         let k = ctx.rng.gen_range(0..self.cfg.read_tags);
-        let query = Query::single(QueryItem::tag(self.read_tag(k)));
+        let query = Query::tag(self.read_tag(k));
         match ctx.conn.read_count(&query, None).await {
             Ok(items) => Outcome::Ok { items },
             Err(e) => error(&e),
@@ -346,14 +345,14 @@ impl Scenario {
 
     /// `POST /project`: how many preloaded events there are.
     async fn project_all(&self, ctx: &mut ClientCtx) -> Outcome {
-        let projector = serde_json::json!({
-            "id": "all",
-            "query": Query::single(QueryItem {
-                types: vec![preload::PRELOAD_TYPE.into()],
-                tags: Vec::new(),
-            }),
-            "reduce": "count",
-        });
+        let projector = Projector {
+            id: Some("all".into()),
+            query: Query::of([QueryItem::types([preload::PRELOAD_TYPE])]),
+            reduce: Reducer::Count,
+            path: None,
+            limit: None,
+            map: None,
+        };
         project(ctx, vec![projector]).await
     }
 
@@ -362,15 +361,15 @@ impl Scenario {
     /// that name the run, the client, the request and the projector, so no
     /// server has seen any of them before (none is remembered). The events
     /// have nothing there: the sums are 0, but each still reads every event.
-    fn cold_sums(&self, client: usize, seq: u64) -> Vec<serde_json::Value> {
+    fn cold_sums(&self, client: usize, seq: u64) -> Vec<Projector> {
         (0..COLD_PROJECTORS)
-            .map(|j| {
-                serde_json::json!({
-                    "id": format!("s{j}"),
-                    "query": Query { items: Vec::new() },
-                    "reduce": "sum",
-                    "path": format!("/amount/{}/{client}/{seq}/{j}", self.cfg.run_id),
-                })
+            .map(|j| Projector {
+                id: Some(format!("s{j}")),
+                query: Query::all(),
+                reduce: Reducer::Sum,
+                path: Some(format!("/amount/{}/{client}/{seq}/{j}", self.cfg.run_id)),
+                limit: None,
+                map: None,
             })
             .collect()
     }
@@ -380,9 +379,8 @@ impl Scenario {
         let request = AppendRequest {
             require: Vec::new(),
             events: vec![NewEvent {
-                event_type: preload::PRELOAD_TYPE.into(),
                 tags: vec![self.unique_key(ctx)],
-                data: self.payload.clone(),
+                ..NewEvent::new(preload::PRELOAD_TYPE, self.payload.clone())
             }],
             condition: None,
         };
@@ -398,9 +396,8 @@ impl Scenario {
         let request = AppendRequest {
             require: Vec::new(),
             events: vec![NewEvent {
-                event_type: "Appended".into(),
                 tags: vec![self.unique_key(ctx)],
-                data: self.payload.clone(),
+                ..NewEvent::new("Appended", self.payload.clone())
             }],
             condition: None,
         };
@@ -428,39 +425,41 @@ impl Scenario {
 
     async fn hot_key_decision(&self, ctx: &mut ClientCtx) -> Outcome {
         let key = self.hot_key(self.zipf.sample(&mut ctx.rng));
-        let query = Query::single(QueryItem::tag(key.clone()));
+        let query = Query::tag(key.clone());
         if self.cfg.decision == Decision::Require {
             let request = AppendRequest {
-                require: vec![serde_json::json!({
-                    "projector": {"query": &query, "reduce": "count"},
-                    "op": "lt",
-                    "value": HOT_KEY_CAP,
-                })],
+                require: vec![Requirement {
+                    projector: Projector {
+                        id: None,
+                        query,
+                        reduce: Reducer::Count,
+                        path: None,
+                        limit: None,
+                        map: None,
+                    },
+                    op: CompareOp::Lt,
+                    value: HOT_KEY_CAP.into(),
+                }],
                 events: vec![NewEvent {
-                    event_type: "Decided".into(),
                     tags: vec![key],
-                    data: HOT_KEY_REQUIRE_DATA.into(),
+                    ..NewEvent::new("Decided", HOT_KEY_REQUIRE_DATA)
                 }],
                 condition: None,
             };
             let result = ctx.conn.append(&request).await;
             return append_outcome(result, 1, Some(&mut ctx.acked));
         }
-        let after = match ctx.conn.read(&query, Some(&ReadOptions::last_one())).await {
-            Ok(events) => events.first().map_or(0, |e| e.position),
+        let after = match ctx.conn.last_position(&query).await {
+            Ok(position) => position,
             Err(e) => return error(&e),
         };
         let request = AppendRequest {
             require: Vec::new(),
             events: vec![NewEvent {
-                event_type: "Decided".into(),
                 tags: vec![key],
-                data: verify::hot_key_data(after),
+                ..NewEvent::new("Decided", verify::hot_key_data(after))
             }],
-            condition: Some(AppendCondition {
-                fail_if_events_match: query,
-                after: Some(after),
-            }),
+            condition: Some(AppendCondition::after(query, after)),
         };
         let result = ctx.conn.append(&request).await;
         append_outcome(result, 1, Some(&mut ctx.acked))
@@ -496,8 +495,8 @@ impl Scenario {
 
     async fn consistency_decision(&self, ctx: &mut ClientCtx) -> Outcome {
         let query = self.random_consistency_query(&mut ctx.rng);
-        let after = match ctx.conn.read(&query, Some(&ReadOptions::last_one())).await {
-            Ok(events) => events.first().map_or(0, |e| e.position),
+        let after = match ctx.conn.last_position(&query).await {
+            Ok(position) => position,
             Err(e) => return error(&e),
         };
         let mut tags = vec![self.cons_run_tag.clone()];
@@ -516,14 +515,10 @@ impl Scenario {
         let request = AppendRequest {
             require: Vec::new(),
             events: vec![NewEvent {
-                event_type,
                 tags,
-                data,
+                ..NewEvent::new(event_type, data)
             }],
-            condition: Some(AppendCondition {
-                fail_if_events_match: query,
-                after: Some(after),
-            }),
+            condition: Some(AppendCondition::after(query, after)),
         };
         let result = ctx.conn.append(&request).await;
         append_outcome(result, 1, Some(&mut ctx.acked))
@@ -532,13 +527,12 @@ impl Scenario {
     async fn quick_round(&self, ctx: &mut ClientCtx) -> Outcome {
         let key = self.unique_key(ctx);
         let data = format!("{}-{}", self.payload, ctx.seq);
-        let query = Query::single(QueryItem::tag(key.clone()));
+        let query = Query::tag(key.clone());
         let request = AppendRequest {
             require: Vec::new(),
             events: vec![NewEvent {
-                event_type: "Quick".into(),
                 tags: vec![key.clone()],
-                data: data.clone(),
+                ..NewEvent::new("Quick", data.clone())
             }],
             condition: Some(AppendCondition {
                 fail_if_events_match: query.clone(),
@@ -583,15 +577,14 @@ fn append_once(event_type: &str, tag: String, data: String) -> AppendRequest {
     AppendRequest {
         require: Vec::new(),
         events: vec![NewEvent {
-            event_type: event_type.into(),
             tags: vec![tag.clone()],
-            data,
+            ..NewEvent::new(event_type, data)
         }],
         condition: Some(AppendCondition {
-            fail_if_events_match: Query::single(QueryItem {
+            fail_if_events_match: Query::of([QueryItem {
                 types: vec![event_type.into()],
                 tags: vec![tag],
-            }),
+            }]),
             after: None,
         }),
     }
@@ -599,17 +592,14 @@ fn append_once(event_type: &str, tag: String, data: String) -> AppendRequest {
 
 /// `POST /project` of `projectors` (each with an `id`): ok when every one of
 /// them has a number for its state.
-async fn project(ctx: &mut ClientCtx, projectors: Vec<serde_json::Value>) -> Outcome {
-    let ids: Vec<String> = projectors
-        .iter()
-        .filter_map(|p| p["id"].as_str().map(str::to_owned))
-        .collect();
-    let body = serde_json::json!({ "projectors": projectors });
-    match ctx.conn.project(&body).await {
+async fn project(ctx: &mut ClientCtx, projectors: Vec<Projector>) -> Outcome {
+    let ids: Vec<String> = projectors.iter().filter_map(|p| p.id.clone()).collect();
+    let request = ProjectRequest { projectors };
+    match ctx.conn.project(&request).await {
         Ok(answer)
             if ids
                 .iter()
-                .all(|id| answer["states"][id.as_str()].is_number()) =>
+                .all(|id| answer.states.get(id).is_some_and(|s| s.is_number())) =>
         {
             Outcome::Ok {
                 items: ids.len() as u64,
@@ -617,7 +607,7 @@ async fn project(ctx: &mut ClientCtx, projectors: Vec<serde_json::Value>) -> Out
         }
         Ok(answer) => Outcome::Error {
             label: "bad_state".into(),
-            message: answer.to_string(),
+            message: serde_json::to_string(&answer).unwrap_or_default(),
         },
         Err(e) => error(&e),
     }
@@ -635,7 +625,7 @@ fn error(e: &RequestError) -> Outcome {
 fn append_outcome(
     result: Result<AppendOutcome, RequestError>,
     events: u64,
-    acked: Option<&mut Vec<u64>>,
+    acked: Option<&mut Vec<Position>>,
 ) -> Outcome {
     match result {
         Ok(AppendOutcome::Appended { last_position }) => {

@@ -60,9 +60,9 @@ fn cold_projections_never_repeat_a_projector() {
         s.cold_sums(client, seq)
             .iter()
             .map(|p| {
-                assert_eq!(p["reduce"], "sum");
-                assert_eq!(p["query"], serde_json::json!({"items": []}));
-                p["path"].as_str().unwrap().to_owned()
+                assert_eq!(p.reduce, Reducer::Sum);
+                assert_eq!(p.query, Query::all());
+                p.path.clone().unwrap()
             })
             .collect()
     };
@@ -73,6 +73,25 @@ fn cold_projections_never_repeat_a_projector() {
         assert!(request.into_iter().all(|p| seen.insert(p)));
     }
     assert!(seen.iter().all(|p| p.starts_with("/amount/r1/")));
+}
+
+#[test]
+fn append_requests_serialize_to_the_contract_shape() {
+    let req = append_once("T", "a:1".into(), "d".into());
+    assert_eq!(
+        serde_json::to_string(&req).unwrap(),
+        r#"{"events":[{"type":"T","tags":["a:1"],"data":"d"}],"condition":{"failIfEventsMatch":{"items":[{"types":["T"],"tags":["a:1"]}]}}}"#
+    );
+    let req = AppendRequest {
+        condition: Some(AppendCondition::after(Query::tag("a:1"), 17)),
+        ..req
+    };
+    assert!(
+        serde_json::to_string(&req).unwrap().ends_with(
+            r#""condition":{"failIfEventsMatch":{"items":[{"tags":["a:1"]}]},"after":17}}"#
+        ),
+        "{req:?}"
+    );
 }
 
 #[test]
