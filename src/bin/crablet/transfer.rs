@@ -47,13 +47,15 @@ pub async fn export(args: ExportArgs) -> Result<(), Failure> {
         .stream();
     let mut out = BufWriter::new(std::io::stdout().lock());
     let mut count = 0u64;
+    let started = std::time::Instant::now();
     while let Some(event) = events.next().await {
         let event = event?;
         serde_json::to_writer(&mut out, &event).map_err(|e| Failure::output(e.into()))?;
         out.write_all(b"\n").map_err(Failure::output)?;
         count += 1;
         bar.set_position((event.position - args.after).max(0) as u64);
-        bar.set_message(format!("{count} events"));
+        let rate = count as f64 / started.elapsed().as_secs_f64().max(0.001);
+        bar.set_message(format!("{count} events, {rate:.0} events/s"));
     }
     out.flush().map_err(Failure::output)?;
     bar.finish_and_clear();
