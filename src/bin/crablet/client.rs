@@ -19,23 +19,31 @@ use futures_util::StreamExt;
 use crate::output::{EventWriter, Format};
 use crate::Failure;
 
-/// Where the server is and how to reach it.
+/// Where the server is and how to reach it: options of every command that
+/// talks to one (before or after the command's name).
 #[derive(Args, Clone)]
 pub struct Server {
-    /// The server's base URL.
-    #[arg(long, env = "CRABLET_URL", default_value = "http://127.0.0.1:8080")]
+    /// The server's base URL (client commands, health).
+    #[arg(
+        long,
+        global = true,
+        env = "CRABLET_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub url: String,
-    /// Sent as `Authorization: Bearer <token>`.
-    #[arg(long, env = "CRABLET_TOKEN", hide_env_values = true)]
+    /// Sent as `Authorization: Bearer <token>` (client commands, health).
+    #[arg(long, global = true, env = "CRABLET_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// With https://: a PEM file of the certificate authority to trust
-    /// besides the usual ones.
-    #[arg(long)]
+    /// With https://: a PEM file of the certificate authority to check the
+    /// server's certificate against (besides the usual roots; for health,
+    /// instead of not checking it).
+    #[arg(long, global = true)]
     pub ca_cert: Option<PathBuf>,
     /// How long to keep repeating a request that got no answer, 408, 429,
     /// 503 or `outcome_unknown`, in seconds (0: one attempt).
     #[arg(
         long,
+        global = true,
         env = "CRABLET_RETRY_FOR",
         default_value_t = 10.0,
         value_name = "SECONDS"
@@ -109,8 +117,6 @@ pub fn run<F: Future<Output = Result<(), Failure>>>(future: F) -> Result<(), Fai
 
 #[derive(Args)]
 pub struct AppendArgs {
-    #[command(flatten)]
-    pub server: Server,
     /// The event's type.
     #[arg(long = "type", value_name = "TYPE")]
     pub event_type: String,
@@ -139,8 +145,8 @@ pub struct AppendArgs {
     pub json: bool,
 }
 
-pub async fn append(args: AppendArgs) -> Result<(), Failure> {
-    let client = args.server.client()?;
+pub async fn append(server: Server, args: AppendArgs) -> Result<(), Failure> {
+    let client = server.client()?;
     let mut event = NewEvent::new(args.event_type, args.data);
     event.tags = args.tags;
     event.id = args.id;
@@ -200,8 +206,6 @@ pub async fn append(args: AppendArgs) -> Result<(), Failure> {
 #[derive(Args)]
 pub struct ReadArgs {
     #[command(flatten)]
-    pub server: Server,
-    #[command(flatten)]
     pub selection: Selection,
     /// Only events after this position (before it with --backwards).
     #[arg(long)]
@@ -217,8 +221,8 @@ pub struct ReadArgs {
     pub json: bool,
 }
 
-pub async fn read(args: ReadArgs) -> Result<(), Failure> {
-    let client = args.server.client()?;
+pub async fn read(server: Server, args: ReadArgs) -> Result<(), Failure> {
+    let client = server.client()?;
     let mut read = client.read(args.selection.query()?);
     if let Some(after) = args.after {
         read = read.after(after);
@@ -240,8 +244,6 @@ pub async fn read(args: ReadArgs) -> Result<(), Failure> {
 #[derive(Args)]
 pub struct TailArgs {
     #[command(flatten)]
-    pub server: Server,
-    #[command(flatten)]
     pub selection: Selection,
     /// Start after this position [default: the head: only new events].
     #[arg(long)]
@@ -251,8 +253,8 @@ pub struct TailArgs {
     pub json: bool,
 }
 
-pub async fn tail(args: TailArgs) -> Result<(), Failure> {
-    let client = args.server.client()?;
+pub async fn tail(server: Server, args: TailArgs) -> Result<(), Failure> {
+    let client = server.client()?;
     let after = match args.after {
         Some(after) => after,
         None => client.head().await?,
@@ -269,28 +271,20 @@ pub async fn tail(args: TailArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-#[derive(Args)]
-pub struct HeadArgs {
-    #[command(flatten)]
-    pub server: Server,
-}
-
-pub async fn head(args: HeadArgs) -> Result<(), Failure> {
-    let position = args.server.client()?.head().await?;
+pub async fn head(server: Server) -> Result<(), Failure> {
+    let position = server.client()?.head().await?;
     println!("{position}");
     Ok(())
 }
 
 #[derive(Args)]
 pub struct ProjectArgs {
-    #[command(flatten)]
-    pub server: Server,
     /// A JSON file: `{"projectors": [...]}` as `POST /project` takes it
     /// (`-`: stdin).
     pub file: PathBuf,
 }
 
-pub async fn project(args: ProjectArgs) -> Result<(), Failure> {
+pub async fn project(server: Server, args: ProjectArgs) -> Result<(), Failure> {
     let text = if args.file.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin()).map_err(Failure::input)?
     } else {
@@ -299,7 +293,7 @@ pub async fn project(args: ProjectArgs) -> Result<(), Failure> {
     };
     let request: ProjectRequest = serde_json::from_str(&text)
         .map_err(|e| Failure::usage(format!("{}: {e}", args.file.display())))?;
-    let answer = args.server.client()?.project(request.projectors).await?;
+    let answer = server.client()?.project(request.projectors).await?;
     let text = if Format::of(false) == Format::Json {
         serde_json::to_string(&answer)
     } else {

@@ -23,6 +23,8 @@ use crablet::config::Overrides;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    server: client::Server,
 }
 
 #[derive(Subcommand)]
@@ -73,25 +75,17 @@ enum Command {
     /// Ask a running server whether it is ready (`/health`) or alive
     /// (`/health/live`): exit 0 on 200, 1 otherwise. A plain HTTP GET, for
     /// container health checks where no curl is installed.
+    ///
+    /// --url is http://, or https:// when crablet serves HTTPS (`tls.cert`).
+    /// With https:// and no --ca-cert the connection is encrypted but the
+    /// certificate is not checked, which is enough to ask a local process
+    /// whether it is up; --token (the health routes are open, a proxy in
+    /// front may not be) then needs --ca-cert, so that a token never goes to
+    /// an unchecked server.
     Health {
-        /// The server's base URL: http://, or https:// when crablet serves
-        /// HTTPS (`tls.cert`).
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        url: String,
-        /// With https://: the PEM file of the certificate authority to check
-        /// the server's certificate (and name) against. Without it the
-        /// connection is encrypted but the certificate is not checked, which
-        /// is enough to ask a local process whether it is up; --token then
-        /// needs --ca-cert, so that a token never goes to an unchecked server.
-        #[arg(long)]
-        ca_cert: Option<PathBuf>,
         /// Check liveness (`/health/live`) instead of readiness.
         #[arg(long)]
         live: bool,
-        /// Sent as `Authorization: Bearer <token>` (the health routes are
-        /// open; a proxy in front may not be).
-        #[arg(long, env = "CRABLET_TOKEN", hide_env_values = true)]
-        token: Option<String>,
     },
     /// Manage bearer tokens.
     Token {
@@ -107,7 +101,7 @@ enum Command {
     /// on its own; the same output as `read`.
     Tail(client::TailArgs),
     /// Print the head position (0: empty store).
-    Head(client::HeadArgs),
+    Head,
     /// Print the states of the projectors in FILE (`{"projectors": [...]}`),
     /// their position and the append condition that keeps a decision safe.
     Project(client::ProjectArgs),
@@ -231,14 +225,16 @@ fn main() -> ExitCode {
             remove_data_dir_on_exit,
         } => crablet::embedded::run_foreground(&data_dir, remove_data_dir_on_exit)
             .map_err(|e| Failure::error(e.to_string())),
-        Command::Health {
-            url,
-            live,
-            token,
-            ca_cert,
-        } => {
+        Command::Health { live } => {
             let path = if live { "/health/live" } else { "/health" };
-            server::health(&url, path, token.as_deref(), ca_cert.as_deref()).map_err(Failure::from)
+            let server = &cli.server;
+            server::health(
+                &server.url,
+                path,
+                server.token.as_deref(),
+                server.ca_cert.as_deref(),
+            )
+            .map_err(Failure::from)
         }
         Command::Token {
             command:
@@ -248,13 +244,13 @@ fn main() -> ExitCode {
                     expires_at,
                 },
         } => server::new_token(&name, &scopes, expires_at.as_deref()).map_err(Failure::from),
-        Command::Append(args) => client::run(client::append(args)),
-        Command::Read(args) => client::run(client::read(args)),
-        Command::Tail(args) => client::run(client::tail(args)),
-        Command::Head(args) => client::run(client::head(args)),
-        Command::Project(args) => client::run(client::project(args)),
-        Command::Export(args) => client::run(transfer::export(args)),
-        Command::Import(args) => client::run(transfer::import(args)),
+        Command::Append(args) => client::run(client::append(cli.server, args)),
+        Command::Read(args) => client::run(client::read(cli.server, args)),
+        Command::Tail(args) => client::run(client::tail(cli.server, args)),
+        Command::Head => client::run(client::head(cli.server)),
+        Command::Project(args) => client::run(client::project(cli.server, args)),
+        Command::Export(args) => client::run(transfer::export(cli.server, args)),
+        Command::Import(args) => client::run(transfer::import(cli.server, args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

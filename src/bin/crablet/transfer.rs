@@ -29,15 +29,13 @@ const MAX_BATCH_BYTES: usize = 3 << 20;
 
 #[derive(Args)]
 pub struct ExportArgs {
-    #[command(flatten)]
-    pub server: Server,
     /// Only events after this position.
     #[arg(long, default_value_t = 0)]
     pub after: Position,
 }
 
-pub async fn export(args: ExportArgs) -> Result<(), Failure> {
-    let client = args.server.client()?;
+pub async fn export(server: Server, args: ExportArgs) -> Result<(), Failure> {
+    let client = server.client()?;
     let head = client.head().await?;
     let bar = output::progress(head.saturating_sub(args.after).max(0) as u64, "positions");
     let mut events = client
@@ -68,8 +66,6 @@ pub async fn export(args: ExportArgs) -> Result<(), Failure> {
 
 #[derive(Args)]
 pub struct ImportArgs {
-    #[command(flatten)]
-    pub server: Server,
     /// The NDJSON file `crablet export` wrote (`-`: stdin).
     pub file: PathBuf,
     /// Import into a store that already holds events (and is not an
@@ -82,8 +78,8 @@ pub struct ImportArgs {
     pub batch_size: usize,
 }
 
-pub async fn import(args: ImportArgs) -> Result<(), Failure> {
-    let client = args.server.client()?;
+pub async fn import(server: Server, args: ImportArgs) -> Result<(), Failure> {
+    let client = server.client()?;
     let (input, size): (Box<dyn Read>, u64) = if args.file.as_os_str() == "-" {
         (Box::new(std::io::stdin().lock()), 0)
     } else {
