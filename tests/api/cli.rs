@@ -177,6 +177,10 @@ async fn append_read_head_and_project_print_what_the_server_answered() {
 
     let head = crablet(url, &["head"]).await;
     assert_eq!(stdout(&head), "2\n");
+    // The server's options go before or after the command.
+    let elsewhere = format!("http://127.0.0.1:{}", free_port());
+    let before = crablet(&elsewhere, &["--url", url, "head"]).await;
+    assert_eq!(stdout(&before), "2\n");
 
     let dir = tempdir("project");
     let file = dir.join("projectors.json");
