@@ -259,6 +259,130 @@ async fn an_append_written_but_answered_outcome_unknown_is_repeated_and_stored_o
     assert_eq!(outcomes, expected);
 }
 
+/// A TCP proxy to `target` whose connections can be silenced: after
+/// `silence()`, the connections open at that moment stay open but carry
+/// nothing more either way (a dead server or a lost network, without a
+/// reset); new connections are forwarded as usual.
+struct SilentProxy {
+    address: String,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl SilentProxy {
+    async fn start(target: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = format!("http://{}", listener.local_addr().expect("address"));
+        let target = target.trim_start_matches("http://").to_owned();
+        let generation = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let shared = generation.clone();
+        actix_rt::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let born = shared.load(Ordering::SeqCst);
+                let alive = shared.clone();
+                let target = target.clone();
+                actix_rt::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let (in_read, in_write) = inbound.into_split();
+                    let (out_read, out_write) = outbound.into_split();
+                    futures_util::join!(
+                        pump(in_read, out_write, alive.clone(), born),
+                        pump(out_read, in_write, alive, born)
+                    );
+                });
+            }
+        });
+        SilentProxy {
+            address,
+            generation,
+        }
+    }
+
+    fn silence(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` until either ends, or holds both silently once the
+/// proxy's generation is no longer `born`.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    alive: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    born: u32,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 16 << 10];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if alive.load(std::sync::atomic::Ordering::SeqCst) != born {
+            // Silenced: hold the connection, say nothing.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The next event's position, within 10 s.
+async fn next(events: &mut crablet_client::Subscription) -> i64 {
+    tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("an event within 10 s")
+        .expect("the stream goes on")
+        .expect("an event")
+        .position
+}
+
+#[actix_rt::test]
+async fn a_subscription_whose_connection_goes_silent_reconnects_after_its_heartbeat_timeout() {
+    let app = spawn_app_with(|s| s.subscriptions.heartbeat_interval_ms = 200).await;
+    let proxy = SilentProxy::start(&app.address).await;
+    let through_proxy = Client::builder(&proxy.address)
+        .heartbeat_timeout(Duration::from_secs(1))
+        .build()
+        .expect("client");
+    let direct = Client::new(&app.address).expect("client");
+    let mut events = through_proxy.subscribe(Query::tag("s")).stream();
+    let append = |n: usize| {
+        let direct = &direct;
+        async move {
+            for i in 0..n {
+                let event = NewEvent::new("E", json!({ "i": i }).to_string()).tag("s");
+                direct.append(event).await.expect("append");
+            }
+        }
+    };
+    append(5).await;
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(next(&mut events).await);
+    }
+    // The open connection goes silent: no event, no heartbeat, no close.
+    proxy.silence();
+    append(5).await;
+    let silenced = Instant::now();
+    for _ in 0..5 {
+        got.push(next(&mut events).await);
+    }
+    let waited = silenced.elapsed();
+    println!("the five events after the silence came {waited:?} later");
+    assert_eq!(got, (1..=10).collect::<Vec<i64>>());
+    assert!(
+        waited >= Duration::from_millis(900),
+        "not through a new connection: {waited:?}"
+    );
+}
+
 fn client_for_metrics() -> reqwest::Client {
     client()
 }
