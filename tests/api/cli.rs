@@ -12,7 +12,7 @@ use crablet::auth::{digest_hex, Scope, TokenSettings};
 use crablet::dcb::SequencedEvent;
 use serde_json::{json, Value};
 
-use crate::helpers::{free_port, spawn_app, spawn_app_with};
+use crate::helpers::{free_port, spawn_app, spawn_app_with, TempDir};
 
 /// Runs `crablet <args>` against `url` and waits for it (without
 /// blocking the runtime the in-process server runs on).
@@ -182,8 +182,8 @@ async fn append_read_head_and_project_print_what_the_server_answered() {
     let before = crablet(&elsewhere, &["--url", url, "head"]).await;
     assert_eq!(stdout(&before), "2\n");
 
-    let dir = tempdir("project");
-    let file = dir.join("projectors.json");
+    let dir = TempDir::new("cli-project");
+    let file = dir.0.join("projectors.json");
     std::fs::write(
         &file,
         r#"{"projectors":[{"id":"names","query":{"items":[{"tags":["username:ada"]}]},"reduce":"count"}]}"#,
@@ -193,7 +193,6 @@ async fn append_read_head_and_project_print_what_the_server_answered() {
     assert_eq!(projected["states"]["names"], json!(2));
     assert_eq!(projected["position"], json!(2));
     assert_eq!(projected["condition"]["after"], json!(2));
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[actix_rt::test]
@@ -345,15 +344,4 @@ async fn tail_prints_new_events_as_they_are_appended() {
         "only the new ones, in order"
     );
     assert!(events.iter().all(|e| e.event_type == "New"));
-}
-
-/// A fresh directory under the system's temporary one.
-pub fn tempdir(what: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "crablet-cli-{what}-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }

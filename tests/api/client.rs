@@ -21,8 +21,8 @@ use crate::helpers::subscription::counted_violations;
 use crablet::faults::{FaultPoint, Faults};
 
 use crate::helpers::{
-    client, free_port, fresh_database, metric, metrics_text, spawn_app, spawn_app_with,
-    start_process_on, ServerProcess,
+    free_port, fresh_database, metric, metrics_text, spawn_app, spawn_app_with, start_process_on,
+    ServerProcess,
 };
 
 /// `crablet serve` on `port` over `database`, with extra settings.
@@ -176,7 +176,7 @@ async fn a_subscription_through_the_client_survives_a_lag_disconnect_and_a_resta
     let mut got = Vec::new();
     got.push(events.next().await.expect("an event").expect("ok").position);
     append_batch(300).await;
-    let http = client_for_metrics();
+    let http = crate::helpers::client();
     let mut lagging = 0.0;
     let started = Instant::now();
     while lagging < 1.0 && started.elapsed() < Duration::from_secs(20) {
@@ -381,10 +381,6 @@ async fn a_subscription_whose_connection_goes_silent_reconnects_after_its_heartb
         waited >= Duration::from_millis(900),
         "not through a new connection: {waited:?}"
     );
-}
-
-fn client_for_metrics() -> reqwest::Client {
-    client()
 }
 
 #[actix_rt::test]

@@ -8,13 +8,13 @@
 //! `prometheus` and `docker-compose`.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{event, free_port, spawn_app, TestApp};
+use crate::helpers::{event, free_port, spawn_app, TempDir, TestApp};
 use crate::observability::{exported_families, scrape};
 
 /// Metrics that dashboards and alerts use before the code that exports them
@@ -98,27 +98,6 @@ fn promtool_unit_tests_of_the_alert_rules_pass() {
             unit_tests.contains(&format!("alertname: {alert}")),
             "no unit test for {alert}"
         );
-    }
-}
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let path =
-            std::env::temp_dir().join(format!("crablet-{name}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

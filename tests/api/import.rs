@@ -20,6 +20,7 @@ use crate::helpers::{
     client, event, fresh_database, get_read, post_append, spawn_app, spawn_app_with,
     spawn_process_with_env, unless_tagged, TestApp,
 };
+use crate::helpers::{head_of, read_raw};
 
 /// An event of an import body. `id` is written as `null` when there is none
 /// and `metadata` left out, as `/read` prints them.
@@ -75,35 +76,6 @@ async fn post_import_as(
 
 async fn post_import(app: &TestApp, events: &[Value]) -> (u16, Value) {
     post_import_as(&app.http, &app.address, events, None).await
-}
-
-/// `GET /read` of every event: its `X-Crablet-Head` and its body, as sent.
-async fn read_raw(http: &reqwest::Client, address: &str) -> (String, String) {
-    let response = http
-        .get(format!("{address}/read"))
-        .query(&[("query", r#"{"items":[]}"#)])
-        .send()
-        .await
-        .expect("read request");
-    assert_eq!(response.status(), 200);
-    let head = response.headers()["x-crablet-head"]
-        .to_str()
-        .expect("head header")
-        .to_owned();
-    (head, response.text().await.expect("read body"))
-}
-
-/// The `position` of `GET /head`.
-async fn head_of(http: &reqwest::Client, address: &str) -> i64 {
-    let body: Value = http
-        .get(format!("{address}/head"))
-        .send()
-        .await
-        .expect("head request")
-        .json()
-        .await
-        .expect("head body");
-    body["position"].as_i64().expect("head position")
 }
 
 /// Whether an answer is the error `code` with `status`.

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::cli::{crablet, tempdir};
-use crate::helpers::{client, send_signal, spawn_app, TestApp};
+use crate::cli::crablet;
+use crate::helpers::{client, head_of, read_raw, send_signal, spawn_app, TempDir, TestApp};
 
 const EVENTS: usize = 100_000;
 const PER_APPEND: usize = 500;
@@ -58,38 +58,11 @@ async fn source() -> TestApp {
     app
 }
 
-/// `GET /read` of the whole store: its head header and its body.
-async fn whole_read(address: &str) -> (String, Vec<u8>) {
-    let response = client()
-        .get(format!("{address}/read"))
-        .send()
-        .await
-        .expect("read");
-    assert_eq!(response.status(), 200);
-    let head = response.headers()["x-crablet-head"]
-        .to_str()
-        .expect("head")
-        .to_owned();
-    (head, response.bytes().await.expect("body").to_vec())
-}
-
-async fn head(address: &str) -> i64 {
-    let answer: Value = client()
-        .get(format!("{address}/head"))
-        .send()
-        .await
-        .expect("head")
-        .json()
-        .await
-        .expect("json");
-    answer["position"].as_i64().expect("position")
-}
-
 #[actix_rt::test]
 async fn an_export_imported_into_an_empty_store_reads_the_same_byte_for_byte() {
     let source = source().await;
-    let dir = tempdir("export");
-    let file = dir.join("events.ndjson");
+    let dir = TempDir::new("export");
+    let file = dir.0.join("events.ndjson");
     let exported = tokio::process::Command::new(env!("CARGO_BIN_EXE_crablet"))
         .args(["export", "--url", &source.address])
         .stdout(std::fs::File::create(&file).expect("create"))
@@ -111,7 +84,7 @@ async fn an_export_imported_into_an_empty_store_reads_the_same_byte_for_byte() {
         "{}",
         String::from_utf8_lossy(&exported.stderr)
     );
-    let (source_head, source_body) = whole_read(&source.address).await;
+    let (source_head, source_body) = read_raw(&source.http, &source.address).await;
     let path = file.to_str().expect("path");
 
     // Into an empty store: the same answers.
@@ -122,7 +95,7 @@ async fn an_export_imported_into_an_empty_store_reads_the_same_byte_for_byte() {
         "{}",
         String::from_utf8_lossy(&imported.stderr)
     );
-    let (target_head, target_body) = whole_read(&target.address).await;
+    let (target_head, target_body) = read_raw(&target.http, &target.address).await;
     assert_eq!(source_head, target_head);
     assert_eq!(source_body.len(), target_body.len());
     assert!(source_body == target_body, "the /read answers differ");
@@ -137,7 +110,7 @@ async fn an_export_imported_into_an_empty_store_reads_the_same_byte_for_byte() {
         .spawn()
         .expect("spawn import");
     let started = Instant::now();
-    while head(&second.address).await < (EVENTS / 3) as i64 {
+    while head_of(&second.http, &second.address).await < (EVENTS / 3) as i64 {
         assert!(
             started.elapsed() < Duration::from_secs(120),
             "the import stalled"
@@ -146,13 +119,13 @@ async fn an_export_imported_into_an_empty_store_reads_the_same_byte_for_byte() {
     }
     send_signal(import.id().expect("pid"), "KILL");
     import.wait().await.expect("wait");
-    let halfway = head(&second.address).await;
+    let halfway = head_of(&second.http, &second.address).await;
     assert!(halfway < EVENTS as i64, "killed after it finished");
     let again = crablet(&second.address, &["import", path]).await;
     let said = String::from_utf8_lossy(&again.stderr).to_string();
     assert!(again.status.success(), "{said}");
     assert!(said.contains("were already stored"), "{said}");
-    let (second_head, second_body) = whole_read(&second.address).await;
+    let (second_head, second_body) = read_raw(&second.http, &second.address).await;
     assert_eq!(source_head, second_head);
     assert!(
         source_body == second_body,
@@ -167,6 +140,9 @@ async fn an_export_imported_into_an_empty_store_reads_the_same_byte_for_byte() {
     assert_eq!(refused.status.code(), Some(1));
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(said.contains("is not empty"), "{said}");
-    assert_eq!(head(&other.address).await, 1, "nothing imported");
-    std::fs::remove_dir_all(dir).expect("remove");
+    assert_eq!(
+        head_of(&other.http, &other.address).await,
+        1,
+        "nothing imported"
+    );
 }

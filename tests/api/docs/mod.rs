@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, TempDir};
 use curl::{parse_curl, run, words};
 
 mod cli;
@@ -251,12 +251,8 @@ async fn every_example_in_the_documentation_answers_as_shown() {
         }
         runnable_blocks += runnable.len();
         let app = spawn_app().await;
-        let dir = std::env::temp_dir().join(format!(
-            "crablet-docs-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&dir).expect("page directory");
+        let page_dir = TempDir::new("docs");
+        let dir = &page_dir.0;
         for block in blocks(&markdown) {
             if let Some(name) = block
                 .info
@@ -297,7 +293,7 @@ async fn every_example_in_the_documentation_answers_as_shown() {
                 let answer = match words {
                     Ok(words) if words[0] == "crablet" => {
                         examples_run += 1;
-                        cli::run(&words, stdout_to.as_deref(), &app.address, &dir).await
+                        cli::run(&words, stdout_to.as_deref(), &app.address, dir).await
                     }
                     Ok(_) if stdout_to.is_some() => {
                         failures.push(format!("{at}: only crablet commands may redirect"));
@@ -330,7 +326,6 @@ async fn every_example_in_the_documentation_answers_as_shown() {
                 }
             }
         }
-        std::fs::remove_dir_all(&dir).expect("remove the page's directory");
     }
     for failure in &failures {
         eprintln!("MISMATCH {failure}\n");

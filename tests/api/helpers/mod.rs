@@ -550,3 +550,53 @@ pub fn random_item(
     }
     item
 }
+
+/// `GET /read` of every event: its `X-Crablet-Head` and its body, as sent.
+pub async fn read_raw(http: &reqwest::Client, address: &str) -> (String, String) {
+    let response = http
+        .get(format!("{address}/read"))
+        .query(&[("query", r#"{"items":[]}"#)])
+        .send()
+        .await
+        .expect("read request");
+    assert_eq!(response.status(), 200);
+    let head = response.headers()["x-crablet-head"]
+        .to_str()
+        .expect("head header")
+        .to_owned();
+    (head, response.text().await.expect("read body"))
+}
+
+/// The `position` of `GET /head`.
+pub async fn head_of(http: &reqwest::Client, address: &str) -> i64 {
+    let body: Value = http
+        .get(format!("{address}/head"))
+        .send()
+        .await
+        .expect("head request")
+        .json()
+        .await
+        .expect("head body");
+    body["position"].as_i64().expect("head position")
+}
+
+/// A temporary directory, removed when dropped (also when a test fails).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "crablet-{what}-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crablet::auth::Scope;
 
-use super::{self_signed, start, status_with, token, TempDir, READER};
+use super::{self_signed, start, status_with, token, Server, TempDir, READER};
 use crate::helpers::client;
 
 fn trusting(pem: &str, port: u16) -> reqwest::Client {
@@ -18,10 +18,9 @@ fn trusting(pem: &str, port: u16) -> reqwest::Client {
         .expect("client")
 }
 
-#[actix_rt::test]
-async fn https_serves_with_a_self_signed_certificate_and_sighup_reloads_it() {
-    let dir = TempDir::new("https");
-    let (cert, key, first_pem) = self_signed(&dir.0, "first");
+/// A server on HTTPS with `cert` and `key` that knows the `READER` token,
+/// and its port.
+async fn https_with_a_reader(cert: &std::path::Path, key: &std::path::Path) -> (Server, u16) {
     let server = start(|s| {
         s.tls.cert = cert.display().to_string();
         s.tls.key = key.display().to_string();
@@ -29,6 +28,14 @@ async fn https_serves_with_a_self_signed_certificate_and_sighup_reloads_it() {
     })
     .await;
     let port: u16 = server.address.rsplit(':').next().unwrap().parse().unwrap();
+    (server, port)
+}
+
+#[actix_rt::test]
+async fn https_serves_with_a_self_signed_certificate_and_sighup_reloads_it() {
+    let dir = TempDir::new("https");
+    let (cert, key, first_pem) = self_signed(&dir.0, "first");
+    let (server, port) = https_with_a_reader(&cert, &key).await;
     let https = format!("https://localhost:{port}");
 
     let first = trusting(&first_pem, port);
@@ -114,13 +121,7 @@ async fn https_serves_with_a_self_signed_certificate_and_sighup_reloads_it() {
 async fn the_command_line_client_checks_the_servers_certificate_against_its_ca() {
     let dir = TempDir::new("https-cli");
     let (cert, key, _) = self_signed(&dir.0, "server");
-    let server = start(|s| {
-        s.tls.cert = cert.display().to_string();
-        s.tls.key = key.display().to_string();
-        s.auth.tokens = vec![token("reader", READER, &[Scope::Read], None)];
-    })
-    .await;
-    let port: u16 = server.address.rsplit(':').next().unwrap().parse().unwrap();
+    let (_server, port) = https_with_a_reader(&cert, &key).await;
     let base = format!("https://127.0.0.1:{port}");
     let stranger = TempDir::new("https-cli-stranger");
     let (stranger_cert, _, _) = self_signed(&stranger.0, "stranger");

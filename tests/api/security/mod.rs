@@ -18,25 +18,7 @@ use crablet::config::Settings;
 
 use crate::helpers::{fresh_database, settings_for, TestDatabase};
 
-/// A temporary directory, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "crablet-security-{what}-{:016x}",
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub(crate) use crate::helpers::TempDir;
 
 fn token(name: &str, secret: &str, scopes: &[Scope], expires_at: Option<&str>) -> TokenSettings {
     TokenSettings {
